@@ -1,0 +1,192 @@
+"""Command line: parses arguments and calls app.py; nothing else.
+
+Every usage or configuration problem is one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import click
+
+from . import config as config_mod
+
+__all__ = ["main", "cli"]
+
+log = logging.getLogger("imds_flow")
+
+CONFIG_HELP = "TOML config file (default: the embedded copy of config/imds-flow.toml)."
+ALERTS_HELP = "Where the msgpack alert stream goes: a file (appended to) or - for stdout."
+
+
+class _Group(click.Group):
+    def main(self, args=None, prog_name=None, **kwargs):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("imds-flow: aborted", err=True)
+            sys.exit(1)
+        except click.UsageError as e:
+            hint = f" (see imds-flow {e.ctx.command_path.split(' ', 1)[1] + ' ' if e.ctx and ' ' in e.ctx.command_path else ''}--help)"
+            click.echo(f"imds-flow: {e.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"imds-flow: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(rv or 0)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=getattr(logging, level.upper()),
+        format="%(asctime)s imds-flow %(levelname)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+
+
+def _load_config(path: str | None) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as e:
+        raise click.UsageError(f"config: {e}") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imds-flow")
+def cli():
+    """imds-flow: a NetFlow v5 / v9 / IPFIX collector that raises an alert for every flow record
+    touching an instance-metadata endpoint (169.254.169.254, fd00:ec2::254, ...) on networks
+    where none may exist (AWS bulletin AWS-2025-021, "IMDS impersonation").
+
+    Point your routers' flow exports at `imds-flow listen :2055`; read alerts with
+    `imds-flow alerts FILE`.
+    """
+
+
+@cli.command()
+@click.argument("addresses", nargs=-1, required=True, metavar="[HOST]:PORT...")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--alerts", "alerts_path", default="-", show_default=True, help=ALERTS_HELP)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Overrides logging.level from the config.")
+def listen(addresses, config_path, alerts_path, log_level):
+    """Receive flow exports on UDP and alert on metadata-endpoint traffic.
+
+    [HOST]:PORT is :2055 (every IPv4 address), 127.0.0.1:2055, [::]:2055 (IPv6 and, unless an
+    IPv4 listener shares the port, IPv4 too) or [::1]:2055; give several to listen on each.
+    SIGINT / SIGTERM stop it: queued datagrams are decoded and every pending alert is written.
+    """
+    from .receive import parse_listen
+    try:
+        listen_on = [parse_listen(a) for a in addresses]
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    cfg = _load_config(config_path)
+    _setup_logging(log_level or cfg.logging.level)
+    from .app import run_listen
+    from .sinks import open_sink
+    sink = _open_sink(alerts_path)
+    log.info("config %s: %d endpoint(s), %d suppressed subnet(s), %d suppressed VLAN(s); alerts to %s",
+             cfg.source, len(cfg.endpoints), len(cfg.suppress.source_subnets), len(cfg.suppress.vlans),
+             "stdout" if alerts_path == "-" else alerts_path)
+    try:
+        run_listen(cfg, sink, listen_on)
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _open_sink(path: str):
+    from .sinks import open_sink
+    try:
+        return open_sink(path)
+    except OSError as e:
+        raise click.UsageError(f"--alerts {path}: {e.strerror}") from None
+
+
+@cli.command()
+@click.argument("pcaps", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False), metavar="PCAP...")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--alerts", "alerts_path", default="-", show_default=True, help=ALERTS_HELP)
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Only datagrams sent to this UDP port (default: every UDP datagram in the capture).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when stderr is a terminal or the file is over 64 MiB).")
+def replay(pcaps, config_path, alerts_path, port, progress):
+    """Decode the flow exports captured in PCAP files (pcap or pcapng) offline.
+
+    Each datagram goes through exactly the path `listen` uses; the exporter is the packet's
+    source address and port, and alert folding follows the capture's timestamps.
+    """
+    cfg = _load_config(config_path)
+    _setup_logging(cfg.logging.level)
+    from .app import run_replay
+    from .pcapread import PcapError, UdpReader
+    sink = _open_sink(alerts_path)
+    readers = []
+
+    def batches():
+        for path in pcaps:
+            reader = UdpReader(path, batch=cfg.listen.batch_datagrams, dst_port=port,
+                               progress=_progress_printer(path, progress))
+            readers.append(reader)
+            yield from reader
+
+    started = time.monotonic()
+    try:
+        pipeline = run_replay(cfg, sink, batches())
+    except PcapError as e:
+        raise click.UsageError(str(e)) from None
+    for path, reader in zip(pcaps, readers):
+        skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(reader.stats.items()) if v and k != "udp")
+        if skipped:
+            log.info("%s: skipped %s", path, skipped)
+    log.info("replayed in %.1f s: %s", time.monotonic() - started, pipeline.summary())
+
+
+def _progress_printer(path: str, wanted: bool | None):
+    tty = sys.stderr.isatty()
+    state = {"last": 0.0, "shown": False}
+
+    def show(done: int, total: int | None) -> None:
+        big = total is not None and total > 64 << 20
+        if not (wanted or (wanted is None and (tty or big))):
+            return
+        now = time.monotonic()
+        if now - state["last"] < 0.5 and (total is None or done < total):
+            return
+        state["last"] = now
+        pct = f"{100 * done / total:5.1f}%" if total else ""
+        line = f"replay {path}: {pct} {done / 1e6:,.1f} of {total / 1e6 if total else 0:,.1f} MB"
+        if tty:
+            sys.stderr.write("\r" + line + ("\n" if total and done >= total else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    return show
+
+
+@cli.command("alerts")
+@click.argument("file", type=click.File("rb"))
+def alerts_cmd(file):
+    """Print a msgpack alert stream (a file, or - for stdin) as JSON lines."""
+    import msgpack
+    unpacker = msgpack.Unpacker(file, raw=False)
+    out = sys.stdout
+    try:
+        for alert in unpacker:
+            out.write(json.dumps(alert, separators=(",", ":"), default=str) + "\n")
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
+        raise click.ClickException(f"{file.name}: not a msgpack alert stream ({e})") from None
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
+def main():
+    cli(prog_name="imds-flow")
+
+
+if __name__ == "__main__":
+    main()

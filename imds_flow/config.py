@@ -1,0 +1,198 @@
+"""One strict, typed configuration object, loaded once.
+
+Unknown keys, wrong types and bad values raise ConfigError with one line that names the key and
+the value; the CLI turns it into exit code 2.
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "Endpoint", "load", "parse", "default_text"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one line naming the key and the value."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    address: str                      # as written
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Suppress:
+    source_subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    vlans: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Listen:
+    rcvbuf_bytes: int = 64 << 20
+    batch_datagrams: int = 512
+    max_datagram_bytes: int = 65535
+
+
+@dataclass(frozen=True)
+class Alerts:
+    fold_window_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: str = "info"
+    error_interval_seconds: float = 5.0
+    stats_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    endpoints: tuple[Endpoint, ...]
+    suppress: Suppress = field(default_factory=Suppress)
+    listen: Listen = field(default_factory=Listen)
+    alerts: Alerts = field(default_factory=Alerts)
+    logging: Logging = field(default_factory=Logging)
+    source: str = "<default>"
+
+
+def default_text() -> str:
+    """The embedded default config (a copy of config/imds-flow.toml; a test keeps them equal)."""
+    return resources.files("imds_flow").joinpath("default.toml").read_text()
+
+
+# --- validation helpers: each names the key it checks ------------------------------------------
+
+def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ConfigError(f"unknown key {where}{key} = {table[key]!r} (known: {known})")
+
+
+def _typed(table: dict, key: str, kind: type | tuple, where: str, default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}{key} = {value!r}: expected {name}")
+    return value
+
+
+def _positive(value, key: str, lo, hi=None):
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ConfigError(f"{key} = {value!r}: must be {bound}")
+    return value
+
+
+def _network(text: Any, key: str):
+    if not isinstance(text, str):
+        raise ConfigError(f"{key} = {text!r}: expected an address or CIDR string")
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(f"{key} = {text!r}: not an IPv4/IPv6 address or CIDR") from None
+
+
+def _endpoints(raw: Any) -> tuple[Endpoint, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("endpoints: at least one [[endpoints]] table with name and address is required")
+    out, names = [], set()
+    for i, table in enumerate(raw):
+        where = f"endpoints[{i}]."
+        if not isinstance(table, dict):
+            raise ConfigError(f"endpoints[{i}] = {table!r}: expected a table")
+        _check_keys(table, {"name", "address"}, where)
+        for key in ("name", "address"):
+            if key not in table:
+                raise ConfigError(f"{where}{key}: missing")
+        name = _typed(table, "name", str, where, None)
+        if not name or name in names:
+            raise ConfigError(f"{where}name = {name!r}: must be non-empty and unique")
+        names.add(name)
+        out.append(Endpoint(name, table["address"], _network(table["address"], where + "address")))
+    return tuple(out)
+
+
+def _suppress(raw: dict) -> Suppress:
+    _check_keys(raw, {"source_subnets", "vlans"}, "suppress.")
+    subnets = _typed(raw, "source_subnets", list, "suppress.", [])
+    vlans = _typed(raw, "vlans", list, "suppress.", [])
+    nets = tuple(_network(s, f"suppress.source_subnets[{i}]") for i, s in enumerate(subnets))
+    for i, v in enumerate(vlans):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4095:
+            raise ConfigError(f"suppress.vlans[{i}] = {v!r}: VLAN ids are integers in 0..4095")
+    return Suppress(nets, tuple(sorted(set(vlans))))
+
+
+def _listen(raw: dict) -> Listen:
+    w = "listen."
+    _check_keys(raw, {"rcvbuf_bytes", "batch_datagrams", "max_datagram_bytes"}, w)
+    d = Listen()
+    return Listen(
+        _positive(_typed(raw, "rcvbuf_bytes", int, w, d.rcvbuf_bytes), w + "rcvbuf_bytes", 4096),
+        _positive(_typed(raw, "batch_datagrams", int, w, d.batch_datagrams), w + "batch_datagrams", 1, 65536),
+        _positive(_typed(raw, "max_datagram_bytes", int, w, d.max_datagram_bytes), w + "max_datagram_bytes",
+                  512, 65535),
+    )
+
+
+def _alerts(raw: dict) -> Alerts:
+    w = "alerts."
+    _check_keys(raw, {"fold_window_seconds"}, w)
+    return Alerts(_positive(_typed(raw, "fold_window_seconds", float, w, 60.0), w + "fold_window_seconds", 0.0))
+
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _logging(raw: dict) -> Logging:
+    w = "logging."
+    _check_keys(raw, {"level", "error_interval_seconds", "stats_interval_seconds"}, w)
+    level = _typed(raw, "level", str, w, "info")
+    if level not in _LEVELS:
+        raise ConfigError(f"logging.level = {level!r}: expected one of {', '.join(_LEVELS)}")
+    return Logging(
+        level,
+        _positive(_typed(raw, "error_interval_seconds", float, w, 5.0), w + "error_interval_seconds", 0.0),
+        _positive(_typed(raw, "stats_interval_seconds", float, w, 60.0), w + "stats_interval_seconds", 0.0),
+    )
+
+
+_SECTIONS = {"suppress": _suppress, "listen": _listen, "alerts": _alerts, "logging": _logging}
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    _check_keys(raw, {"endpoints", *_SECTIONS}, "")
+    parts = {}
+    for name, build in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name} = {table!r}: expected a table [{name}]")
+        parts[name] = build(table)
+    return Config(endpoints=_endpoints(raw.get("endpoints")), source=source, **parts)
+
+
+def load(path: str | Path | None = None) -> Config:
+    """The config at `path`, or the embedded default when `path` is None."""
+    if path is None:
+        return parse(default_text(), "<embedded default>")
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"--config {p}: cannot read: {e.strerror}") from None
+    return parse(text, str(p))

@@ -1,0 +1,61 @@
+"""Detection: endpoint and suppression tables built once from the config; wraps kernels.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+from .addr import network_hilo
+from .config import Config
+from .flows import FlowBatch
+
+__all__ = ["Detector", "Hits", "REQUEST", "RESPONSE", "DIRECTIONS"]
+
+REQUEST = kernels.REQUEST
+RESPONSE = kernels.RESPONSE
+DIRECTIONS = ("request", "response")
+
+
+def _net_table(cidrs) -> tuple[np.ndarray, ...]:
+    rows = [network_hilo(str(c)) for c in cidrs]
+    cols = list(zip(*rows)) if rows else [(), (), (), ()]
+    return tuple(np.array(col, dtype=np.uint64) for col in cols)
+
+
+@dataclass
+class Hits:
+    """Rows of a FlowBatch that alert: row index, endpoint index (into Detector.names), direction."""
+    idx: np.ndarray
+    endpoint: np.ndarray
+    direction: np.ndarray
+    suppressed: int
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+class Detector:
+    """Immutable once built; a config reload builds a new one and swaps it in whole."""
+
+    def __init__(self, config: Config, url_patterns: tuple[str, ...] = ()):
+        self.names = tuple(e.name for e in config.endpoints) + tuple(f"url:{u}" for u in url_patterns)
+        self.n_endpoints = len(config.endpoints)
+        self._ep = _net_table(e.network for e in config.endpoints)
+        self._sup = _net_table(config.suppress.source_subnets)
+        self._vlans = np.zeros(4096, dtype=np.bool_)
+        self._vlans[list(config.suppress.vlans)] = True
+        self._grow(4096)
+
+    def _grow(self, n: int) -> None:
+        self._idx = np.empty(n, np.int64)
+        self._epi = np.empty(n, np.int32)
+        self._dir = np.empty(n, np.uint8)
+
+    def run(self, batch: FlowBatch) -> Hits:
+        if batch.n > len(self._idx):
+            self._grow(max(batch.n, 2 * len(self._idx)))
+        hits, suppressed = kernels.detect_batch(
+            batch.cols, batch.n, *self._ep, *self._sup, self._vlans, self.n_endpoints,
+            self._idx, self._epi, self._dir)
+        return Hits(self._idx[:hits], self._epi[:hits], self._dir[:hits], int(suppressed))

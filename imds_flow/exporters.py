@@ -1,0 +1,107 @@
+"""Per-exporter state, the only state in the pipeline: identity, counters, sequence tracking.
+
+An exporter is one (address, port) that sends us datagrams; it gets a small integer index the
+kernels use to address per-exporter arrays. Lookups are vectorised per batch: Python work is per
+distinct exporter in a batch, never per datagram. The clock is injected so tests never sleep.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from .addr import from_hilo
+from .wire.errors import REASONS
+
+__all__ = ["ExporterTable", "COUNTERS"]
+
+# counter columns: datagrams, records, then one per decode error reason (REASONS[1:])
+COUNTERS = ("datagrams", "records", *REASONS[1:], "alerts", "suppressed")
+_C = {name: i for i, name in enumerate(COUNTERS)}
+_REASON_COL = np.array([0] + [_C[r] for r in REASONS[1:]], dtype=np.int64)  # status code -> column
+
+
+class ExporterTable:
+    def __init__(self, clock: Callable[[], float] = time.time, capacity: int = 64):
+        self.clock = clock
+        self._index: dict[tuple[int, int, int], int] = {}
+        self.address: list[str] = []
+        self.port: list[int] = []
+        self.counters = np.zeros((capacity, len(COUNTERS)), np.int64)
+        self.first_seen = np.zeros(capacity, np.float64)
+        self.last_seen = np.zeros(capacity, np.float64)
+        # NetFlow v5 sequence tracking (flow_sequence counts records)
+        self.seq_next = np.zeros(capacity, np.uint32)
+        self.seq_seen = np.zeros(capacity, np.bool_)
+        self.seq_lost = np.zeros(capacity, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.address)
+
+    def _add(self, key: tuple[int, int, int]) -> int:
+        i = len(self.address)
+        if i == len(self.first_seen):
+            self._resize(2 * i)
+        self._index[key] = i
+        self.address.append(from_hilo(key[0], key[1]))
+        self.port.append(key[2])
+        self.first_seen[i] = self.clock()
+        return i
+
+    def _resize(self, cap: int) -> None:
+        for name in ("counters", "first_seen", "last_seen", "seq_next", "seq_seen", "seq_lost"):
+            old = getattr(self, name)
+            new = np.zeros((cap,) + old.shape[1:], old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> np.ndarray:
+        """Exporter index of every datagram (int32), registering new exporters."""
+        n = len(sport)
+        out = np.empty(n, np.int32)
+        if n == 0:
+            return out
+        if (src_hi == src_hi[0]).all() and (src_lo == src_lo[0]).all() and (sport == sport[0]).all():
+            key = (int(src_hi[0]), int(src_lo[0]), int(sport[0]))
+            out[:] = self._index.get(key) if key in self._index else self._add(key)
+            return out
+        keys = np.empty(n, dtype=[("hi", "u8"), ("lo", "u8"), ("port", "u2")])
+        keys["hi"], keys["lo"], keys["port"] = src_hi, src_lo, sport
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        ids = np.empty(len(uniq), np.int32)
+        for j, (hi, lo, port) in enumerate(uniq.tolist()):
+            key = (hi, lo, port)
+            ids[j] = self._index[key] if key in self._index else self._add(key)
+        out[:] = ids[inverse.ravel()]
+        return out
+
+    def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray, now: float) -> None:
+        """Account one decoded batch: datagrams and records per exporter, errors per reason."""
+        m = len(self.address)
+        c = self.counters
+        c[:m, _C["datagrams"]] += np.bincount(exp_ids, minlength=m)
+        if len(rec_exporter):
+            c[:m, _C["records"]] += np.bincount(rec_exporter, minlength=m)
+        bad = status != 0
+        if bad.any():
+            np.add.at(c, (exp_ids[bad], _REASON_COL[status[bad]]), 1)
+        self.last_seen[np.unique(exp_ids)] = now
+
+    def add(self, counter: str, exp_ids: np.ndarray) -> None:
+        np.add.at(self.counters[:, _C[counter]], exp_ids, 1)
+
+    def total(self, counter: str) -> int:
+        return int(self.counters[: len(self.address), _C[counter]].sum())
+
+    def errors(self, exporter: int) -> dict[str, int]:
+        row = self.counters[exporter]
+        return {r: int(row[_C[r]]) for r in REASONS[1:] if row[_C[r]]}
+
+    def snapshot(self) -> list[dict]:
+        """Every exporter with its counters, for logs and metrics."""
+        out = []
+        for i, (addr, port) in enumerate(zip(self.address, self.port)):
+            row = {name: int(self.counters[i, j]) for j, name in enumerate(COUNTERS)}
+            out.append({"exporter": addr, "exporter_port": port, **row, "sequence_lost": int(self.seq_lost[i])})
+        return out

@@ -1,0 +1,69 @@
+"""FlowBatch: the column arrays that are the one contract between decode and detect.
+
+A decoder writes every column of records i = n, n+1, ... into preallocated columns and returns
+the new n; detect reads them. One row is one flow record; no Python object per record exists.
+Absent values: NAT addresses 0 with the flag bit clear, VLAN -1, times NaN, sampling 0, url -1.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+__all__ = ["COLUMNS", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "VLAN_COLUMNS"]
+
+# flag bits
+NAT_SRC = 1        # nsrc_* holds a post-NAT source address
+NAT_DST = 2        # ndst_* holds a post-NAT destination address
+NO_COUNTERS = 4    # the record carried neither bytes nor packets
+
+COLUMNS = (
+    ("exporter", np.int32),   # index into the exporter table
+    ("version", np.uint8),    # 5, 9 or 10
+    ("ts", np.float64),       # arrival time of the datagram, epoch seconds
+    ("src_hi", np.uint64), ("src_lo", np.uint64),     # see addr.py: IPv4 is IPv4-mapped
+    ("dst_hi", np.uint64), ("dst_lo", np.uint64),
+    ("nsrc_hi", np.uint64), ("nsrc_lo", np.uint64),   # post-NAT (IE 225/281), valid with NAT_SRC
+    ("ndst_hi", np.uint64), ("ndst_lo", np.uint64),   # post-NAT (IE 226/282), valid with NAT_DST
+    ("sport", np.uint16), ("dport", np.uint16), ("proto", np.uint8),
+    ("vlan_src", np.int16),   # IE 58 vlanId
+    ("vlan_dst", np.int16),   # IE 59 postVlanId
+    ("vlan_dot1q", np.int16), # IE 243 dot1qVlanId
+    ("vlan_cust", np.int16),  # IE 245 dot1qCustomerVlanId
+    ("bytes", np.uint64), ("packets", np.uint64),
+    ("first", np.float64), ("last", np.float64),      # flow start / end, epoch seconds
+    ("in_if", np.uint32), ("out_if", np.uint32),
+    ("sampling", np.uint32),  # sampling interval (1 in N); 0 unknown
+    ("url", np.int16),        # index of the configured URL substring found in an HTTP field, -1 none
+    ("flags", np.uint8),
+)
+VLAN_COLUMNS = ("vlan_src", "vlan_dst", "vlan_dot1q", "vlan_cust")
+
+Columns = namedtuple("Columns", [name for name, _ in COLUMNS])
+
+class FlowBatch:
+    """Preallocated columns with a fill level `n`; reused batch after batch."""
+
+    __slots__ = ("cols", "n")
+
+    def __init__(self, capacity: int = 16384):
+        self.cols = Columns(*(np.empty(capacity, dtype) for _, dtype in COLUMNS))
+        self.n = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self.cols.ts)
+
+    def reset(self, need: int) -> None:
+        """Empty the batch with room for `need` records (contents are left as they were)."""
+        if need > self.capacity:
+            cap = max(need, 2 * self.capacity)
+            self.cols = Columns(*(np.empty(cap, dtype) for _, dtype in COLUMNS))
+        self.n = 0
+
+    def view(self, name: str) -> np.ndarray:
+        return getattr(self.cols, name)[: self.n]
+
+    def __len__(self) -> int:
+        return self.n
+

@@ -1,0 +1,268 @@
+"""Sockets and batching, no parsing: drain UDP sockets into a preallocated buffer, a batch at a time.
+
+Linux: recvmmsg(2) through ctypes fills up to `batch_datagrams` slots per system call, driven by
+uvloop's add_reader; the mmsghdr array is a numpy structured array, so lengths and source
+addresses are read as columns. Elsewhere a portable recvfrom_into loop fills the same buffers.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import errno
+import logging
+import signal
+import socket
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from .addr import MAPPED_V4
+from .datagrams import DatagramBatch
+
+__all__ = ["parse_listen", "open_socket", "Receiver", "serve", "HAVE_RECVMMSG"]
+
+log = logging.getLogger("imds_flow")
+
+MSG_DONTWAIT = 0x40
+MSG_TRUNC = 0x20
+SO_RCVBUFFORCE = 33
+_NAME = 28                                   # sizeof(struct sockaddr_in6)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+def _load_recvmmsg():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.recvmmsg
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_recvmmsg = _load_recvmmsg()
+HAVE_RECVMMSG = _recvmmsg is not None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'[HOST]:PORT' -> (host, port): ':2055', '127.0.0.1:2055', '[::]:2055', '[::1]:2055'."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"listen address {text!r}: expected [HOST]:PORT, e.g. :2055 or [::]:2055")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"listen address {text!r}: write IPv6 hosts in brackets, e.g. [::1]:2055")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {text!r}: port must be 0..65535")
+    return host or "0.0.0.0", int(port)
+
+
+def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+        _set_rcvbuf(sock, rcvbuf)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _set_rcvbuf(sock: socket.socket, want: int) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2   # Linux reports twice the value
+    if got < want:
+        try:                                 # root (CAP_NET_ADMIN) may pass net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
+            got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        except OSError:
+            pass
+    if got < want:
+        log.warning("SO_RCVBUF capped by the kernel at %d bytes (asked %d): bursts may be dropped; "
+                    "raise net.core.rmem_max (sysctl -w net.core.rmem_max=%d)", got, want, want)
+
+
+class Receiver:
+    """Owns one socket's receive buffers; read() returns the next batch (n == 0 when drained)."""
+
+    def __init__(self, sock: socket.socket, batch: int, slot: int, clock: Callable[[], float] = time.time):
+        self.sock = sock
+        self.clock = clock
+        self.slot = slot
+        self.batch = batch
+        self.buf = np.zeros(batch * slot, np.uint8)
+        self.offs = np.arange(batch, dtype=np.int64) * slot
+        self.names = np.zeros((batch, 32), np.uint8)
+        self._hdrs = np.zeros(batch, dtype=np.dtype(_MMsgHdr))
+        iov = np.zeros(batch, dtype=np.dtype(_IoVec))
+        iov["base"] = self.buf.ctypes.data + self.offs
+        iov["len"] = slot
+        self._iov = iov
+        h = self._hdrs["hdr"]
+        h["name"] = self.names.ctypes.data + np.arange(batch, dtype=np.int64) * 32
+        h["iov"] = iov.ctypes.data + np.arange(batch, dtype=np.int64) * iov.itemsize
+        h["iovlen"] = 1
+        self._fd = sock.fileno()
+        self._use_mmsg = HAVE_RECVMMSG
+        self._view = memoryview(self.buf)
+
+    def read(self) -> tuple[DatagramBatch, np.ndarray | None]:
+        """The next batch and a mask of datagrams cut short by the slot size (None: none were)."""
+        n = self._recv_mmsg() if self._use_mmsg else self._recv_portable()
+        lens = self._hdrs["len"][:n].astype(np.int32)
+        trunc = (self._hdrs["hdr"]["flags"][:n] & MSG_TRUNC) != 0
+        hi, lo, port = _parse_names(self.names[:n])
+        ts = np.full(n, self.clock())
+        return DatagramBatch(self.buf, self.offs[:n], lens, hi, lo, port, ts, n), (trunc if trunc.any() else None)
+
+    def _recv_mmsg(self) -> int:
+        self._hdrs["hdr"]["namelen"] = _NAME
+        n = _recvmmsg(self._fd, self._hdrs.ctypes.data, self.batch, MSG_DONTWAIT, None)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                return 0
+            if err == errno.ENOSYS:
+                self._use_mmsg = False
+                return self._recv_portable()
+            raise OSError(err, "recvmmsg: " + errno.errorcode.get(err, str(err)))
+        return n
+
+    def _recv_portable(self) -> int:
+        n = 0
+        while n < self.batch:
+            o = n * self.slot
+            try:
+                size, addr = self.sock.recvfrom_into(self._view[o: o + self.slot])
+            except (BlockingIOError, InterruptedError):
+                break
+            self._hdrs["len"][n] = size
+            self._hdrs["hdr"]["flags"][n] = 0
+            _store_name(self.names[n], addr)
+            n += 1
+        return n
+
+
+def _store_name(row: np.ndarray, addr: tuple) -> None:
+    """Write a Python socket address into a sockaddr-shaped row (portable path only)."""
+    row[:] = 0
+    if len(addr) == 2:
+        row[0:2] = np.frombuffer(np.uint16(socket.AF_INET).tobytes(), np.uint8)
+        row[4:8] = np.frombuffer(socket.inet_pton(socket.AF_INET, addr[0]), np.uint8)
+    else:
+        row[0:2] = np.frombuffer(np.uint16(socket.AF_INET6).tobytes(), np.uint8)
+        row[8:24] = np.frombuffer(socket.inet_pton(socket.AF_INET6, addr[0].split("%")[0]), np.uint8)
+    row[2], row[3] = addr[1] >> 8, addr[1] & 0xFF
+
+
+def _parse_names(names: np.ndarray):
+    """Columns (hi, lo, port) from sockaddr_in / sockaddr_in6 rows; IPv4 becomes IPv4-mapped."""
+    n = len(names)
+    family = names[:, 0].astype(np.uint16) | (names[:, 1].astype(np.uint16) << 8)
+    port = (names[:, 2].astype(np.uint16) << 8) | names[:, 3]
+    v6 = family == socket.AF_INET6
+    hi = np.zeros(n, np.uint64)
+    lo = np.zeros(n, np.uint64)
+    if v6.any():
+        hi[v6] = np.ascontiguousarray(names[v6, 8:16]).view(">u8").ravel()
+        lo[v6] = np.ascontiguousarray(names[v6, 16:24]).view(">u8").ravel()
+    v4 = ~v6
+    if v4.any():
+        lo[v4] = np.uint64(MAPPED_V4) | np.ascontiguousarray(names[v4, 4:8]).view(">u4").ravel().astype(np.uint64)
+    return hi, lo, port
+
+
+def serve(config, listen: list[tuple[str, int]], pipeline, ready=None) -> None:
+    """Run the uvloop event loop until SIGINT/SIGTERM; every socket feeds `pipeline.process`."""
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:                      # portable fallback: asyncio's own loop
+        runner = asyncio.run
+    runner(_serve(config, listen, pipeline, ready))
+
+
+async def _serve(config, listen, pipeline, ready) -> None:
+    loop = asyncio.get_running_loop()
+    lc = config.listen
+    v4_ports = {p for h, p in listen if ":" not in h}
+    socks = []
+    try:
+        for host, port in listen:
+            socks.append(open_socket(host, port, lc.rcvbuf_bytes, v6only=(":" in host and port in v4_ports)))
+    except OSError as e:
+        for s in socks:
+            s.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    receivers = [Receiver(s, lc.batch_datagrams, lc.max_datagram_bytes) for s in socks]
+    stop = asyncio.Event()
+
+    def drain(r: Receiver) -> None:
+        # Bounded work per wake-up so other sockets and timers get their turn.
+        for _ in range(64):
+            dg, truncated = r.read()
+            if dg.n == 0:
+                return
+            pipeline.process(dg, truncated)
+            if dg.n < r.batch:
+                return
+
+    for r in receivers:
+        loop.add_reader(r.sock.fileno(), drain, r)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bound = [s.getsockname()[:2] for s in socks]
+    log.info("listening on %s (recvmmsg: %s, batch %d)", ", ".join(_fmt(a) for a in bound),
+             "yes" if HAVE_RECVMMSG else "no, portable fallback", lc.batch_datagrams)
+    if ready is not None:
+        ready(bound)
+    stats_every = config.logging.stats_interval_seconds
+    next_stats = time.monotonic() + stats_every if stats_every > 0 else None
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            pipeline.tick(time.time())
+            if next_stats is not None and time.monotonic() >= next_stats:
+                next_stats += stats_every
+                log.info("%s", pipeline.summary())
+    finally:
+        for r in receivers:
+            loop.remove_reader(r.sock.fileno())
+            while True:                      # drain what the kernel still holds
+                dg, truncated = r.read()
+                if dg.n == 0:
+                    break
+                pipeline.process(dg, truncated)
+            r.sock.close()
+
+
+def _fmt(addr) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
