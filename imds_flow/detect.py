@@ -17,10 +17,13 @@ RESPONSE = kernels.RESPONSE
 DIRECTIONS = ("request", "response")
 
 
-def _net_table(cidrs) -> tuple[np.ndarray, ...]:
-    rows = [network_hilo(str(c)) for c in cidrs]
+def _net_table(networks) -> tuple[np.ndarray, ...]:
+    """(net_hi, net_lo, mask_hi, mask_lo, is_v4) arrays for kernels.match_net."""
+    networks = list(networks)
+    rows = [network_hilo(str(n)) for n in networks]
     cols = list(zip(*rows)) if rows else [(), (), (), ()]
-    return tuple(np.array(col, dtype=np.uint64) for col in cols)
+    v4 = np.array([n.version == 4 for n in networks], dtype=np.bool_)
+    return (*(np.array(col, dtype=np.uint64) for col in cols), v4)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Pure detection kernels on ndarrays and scalars: no dicts, no logging, no config.
 
-Addresses are (hi, lo) uint64 pairs (addr.py); a network is (net_hi, net_lo, mask_hi, mask_lo)
-in four parallel arrays. detect.py builds those tables once and is the only caller.
+Addresses are (hi, lo) uint64 pairs (addr.py); a network is (net_hi, net_lo, mask_hi, mask_lo,
+is_v4) in five parallel arrays. An IPv6 network never contains an IPv4(-mapped) address, so
+::/0 means "all IPv6", as an operator reads it. detect.py builds the tables once.
 """
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ RESPONSE = 1
 
 
 @njit
-def match_net(hi, lo, net_hi, net_lo, mask_hi, mask_lo):
+def match_net(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4):
     """Index of the first network containing (hi, lo), or -1."""
+    v4 = hi == 0 and (lo >> np.uint64(32)) == np.uint64(0xFFFF)
     for e in range(net_hi.shape[0]):
-        if (hi & mask_hi[e]) == net_hi[e] and (lo & mask_lo[e]) == net_lo[e]:
+        if (hi & mask_hi[e]) == net_hi[e] and (lo & mask_lo[e]) == net_lo[e] and net_v4[e] == v4:
             return e
     return -1
 
 
 @njit
-def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, sup_hi, sup_lo, sup_mhi, sup_mlo,
+def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_mhi, sup_mlo, sup_v4,
                  vlan_suppressed, n_endpoints, out_idx, out_ep, out_dir):
     """Find records that touch an endpoint and are not suppressed.
 
@@ -41,14 +43,14 @@ def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, sup_hi, sup_lo, sup_mhi, su
     for i in range(n):
         flags = c.flags[i]
         direction = REQUEST
-        ep = match_net(c.dst_hi[i], c.dst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo)
+        ep = match_net(c.dst_hi[i], c.dst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
         if ep < 0 and flags & NAT_DST:
-            ep = match_net(c.ndst_hi[i], c.ndst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo)
+            ep = match_net(c.ndst_hi[i], c.ndst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
         if ep < 0:
             direction = RESPONSE
-            ep = match_net(c.src_hi[i], c.src_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo)
+            ep = match_net(c.src_hi[i], c.src_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
             if ep < 0 and flags & NAT_SRC:
-                ep = match_net(c.nsrc_hi[i], c.nsrc_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo)
+                ep = match_net(c.nsrc_hi[i], c.nsrc_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
         if ep < 0:
             if c.url[i] < 0:
                 continue
@@ -60,7 +62,7 @@ def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, sup_hi, sup_lo, sup_mhi, su
         else:
             local_hi = c.dst_hi[i]
             local_lo = c.dst_lo[i]
-        if match_net(local_hi, local_lo, sup_hi, sup_lo, sup_mhi, sup_mlo) >= 0 or _vlan_hit(c, i, vlan_suppressed):
+        if match_net(local_hi, local_lo, sup_hi, sup_lo, sup_mhi, sup_mlo, sup_v4) >= 0 or _vlan_hit(c, i, vlan_suppressed):
             suppressed += 1
             continue
         out_idx[hits] = i

@@ -1,0 +1,114 @@
+"""The detection kernel against the ipaddress oracle on hypothesis-generated records."""
+import ipaddress
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from imds_flow.addr import network_hilo, to_hilo, from_hilo
+from imds_flow.config import parse
+from imds_flow.detect import DIRECTIONS, Detector
+from imds_flow.flows import NAT_DST, NAT_SRC, FlowBatch
+from imds_flow.kernels import match_net
+
+from .oracle import detect_one
+
+ENDPOINT_POOL = ["169.254.169.254", "fd00:ec2::254", "169.254.170.0/24", "100.100.100.200", "fd00:c1::/32"]
+SUBNET_POOL = ["10.0.0.0/8", "10.99.0.0/16", "2001:db8:99::/48", "192.168.1.0/24", "::/0", "0.0.0.0/0",
+               "169.254.0.0/16", "fd00::/8"]
+
+
+def near(pool):
+    """Addresses that sit in, at the edge of, or just outside the pool's networks."""
+    out = []
+    for text in pool:
+        net = ipaddress.ip_network(text, strict=False)
+        first, last = int(net.network_address), int(net.broadcast_address)
+        top = (1 << net.max_prefixlen) - 1
+        for v in (first, last, max(first - 1, 0), min(last + 1, top), (first + last) // 2):
+            out.append(str(ipaddress.ip_address(v) if net.version == 4 else ipaddress.IPv6Address(v)))
+    return out
+
+
+addr = st.one_of(
+    st.sampled_from(near(ENDPOINT_POOL) + near(SUBNET_POOL)),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(str),
+)
+vlan = st.one_of(st.just(-1), st.integers(0, 4095), st.sampled_from([10, 99, 0, 4095, 5000]))
+record = st.fixed_dictionaries({
+    "src": addr, "dst": addr,
+    "nsrc": st.one_of(st.none(), addr), "ndst": st.one_of(st.none(), addr),
+    "vlans": st.lists(vlan, min_size=4, max_size=4),
+    "url": st.sampled_from([-1, -1, -1, 0, 1]),
+})
+config = st.fixed_dictionaries({
+    "endpoints": st.lists(st.sampled_from(ENDPOINT_POOL), min_size=1, max_size=4, unique=True),
+    "subnets": st.lists(st.sampled_from(SUBNET_POOL), max_size=3, unique=True),
+    "vlans": st.lists(st.sampled_from([0, 10, 99, 4095]), max_size=3, unique=True),
+})
+
+
+def build_config(cfg):
+    eps = "\n".join(f'[[endpoints]]\nname = "e{i}"\naddress = "{a}"' for i, a in enumerate(cfg["endpoints"]))
+    subnets = ", ".join(f'"{s}"' for s in cfg["subnets"])
+    return parse(f"{eps}\n[suppress]\nsource_subnets = [{subnets}]\nvlans = {cfg['vlans']}\n")
+
+
+def fill(records):
+    fb = FlowBatch(max(1, len(records)))
+    fb.reset(len(records))
+    c = fb.cols
+    for i, r in enumerate(records):
+        c.src_hi[i], c.src_lo[i] = to_hilo(r["src"])
+        c.dst_hi[i], c.dst_lo[i] = to_hilo(r["dst"])
+        flags = 0
+        c.nsrc_hi[i] = c.nsrc_lo[i] = c.ndst_hi[i] = c.ndst_lo[i] = 0
+        if r["nsrc"] is not None:
+            c.nsrc_hi[i], c.nsrc_lo[i] = to_hilo(r["nsrc"])
+            flags |= NAT_SRC
+        if r["ndst"] is not None:
+            c.ndst_hi[i], c.ndst_lo[i] = to_hilo(r["ndst"])
+            flags |= NAT_DST
+        c.flags[i] = flags
+        c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i] = r["vlans"]
+        c.url[i] = r["url"]
+    fb.n = len(records)
+    return fb
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=config, records=st.lists(record, max_size=40))
+def test_detect_matches_oracle(cfg, records):
+    conf = build_config(cfg)
+    det = Detector(conf, url_patterns=("/latest/meta-data", "/latest/api/token"))
+    hits = det.run(fill(records))
+    got = {int(i): (int(e), DIRECTIONS[d]) for i, e, d in zip(hits.idx, hits.endpoint, hits.direction)}
+    nets = [e.network for e in conf.endpoints]
+    want = {}
+    suppressed = 0
+    for i, r in enumerate(records):
+        res = detect_one(r, nets, list(conf.suppress.source_subnets), set(conf.suppress.vlans))
+        if res is not None:
+            want[i] = res
+        elif detect_one(r, nets, [], set()) is not None:
+            suppressed += 1
+    assert got == want
+    assert hits.suppressed == suppressed
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=addr, net=st.sampled_from(ENDPOINT_POOL + SUBNET_POOL))
+def test_match_net_matches_ipaddress(a, net):
+    n = ipaddress.ip_network(net)
+    table = [np.array([v], np.uint64) for v in network_hilo(net)] + [np.array([n.version == 4])]
+    hi, lo = to_hilo(a)
+    ip = ipaddress.ip_address(a)
+    ip = ip.ipv4_mapped or ip if ip.version == 6 else ip
+    assert (match_net(np.uint64(hi), np.uint64(lo), *table) == 0) == (ip.version == n.version and ip in n)
+
+
+@given(a=addr)
+def test_hilo_roundtrip(a):
+    ip = ipaddress.ip_address(a)
+    want = ip.ipv4_mapped or ip if ip.version == 6 else ip   # IPv4-mapped renders as IPv4
+    assert from_hilo(*to_hilo(a)) == str(want)
