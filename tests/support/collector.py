@@ -1,0 +1,99 @@
+"""Run `imds-flow listen` as a real process for tests: start, learn its ports, stop, read alerts."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+
+_LISTENING = re.compile(r"listening on (.*?) \(")
+
+
+def read_alerts(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        return list(msgpack.Unpacker(f, raw=False))
+
+
+class Collector:
+    """`with Collector(tmp_path, config_text) as c:` ... `c.port`, `c.send(...)`, then `c.stop()`."""
+
+    def __init__(self, workdir: Path, config_text: str | None = None, listen=("127.0.0.1:0",), args=()):
+        self.workdir = Path(workdir)
+        self.alerts_path = self.workdir / "alerts.mp"
+        self.log_path = self.workdir / "collector.log"
+        self.config_path = None
+        if config_text is not None:
+            self.config_path = self.workdir / "imds-flow.toml"
+            self.config_path.write_text(config_text)
+        self.listen = list(listen)
+        self.args = list(args)
+        self.proc = None
+        self.addresses: list[tuple[str, int]] = []
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    def start(self, timeout: float = 60.0) -> "Collector":
+        cmd = [sys.executable, "-m", "imds_flow.cli", "listen", *self.listen, "--alerts", str(self.alerts_path),
+               *self.args]
+        if self.config_path:
+            cmd += ["--config", str(self.config_path)]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = _LISTENING.search(self.log_path.read_text())
+            if m:
+                for part in m.group(1).split(", "):
+                    host, _, port = part.rpartition(":")
+                    self.addresses.append((host.strip("[]"), int(port)))
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"collector exited {self.proc.returncode}: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError(f"collector did not start: {self.log_path.read_text()}")
+
+    def wait_alerts(self, count: int, timeout: float = 30.0) -> list[dict]:
+        """Alerts written so far, once their count sums to at least `count` (or the timeout ends)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alerts = read_alerts(self.alerts_path)
+            if sum(a["count"] for a in alerts) >= count or time.monotonic() > deadline:
+                return alerts
+            time.sleep(0.05)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30.0) -> list[dict]:
+        """Signal the collector, wait for it to exit 0, and return every alert it wrote."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        self._log.close()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"collector exited {self.proc.returncode}: {self.log_path.read_text()}")
+        return read_alerts(self.alerts_path)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
