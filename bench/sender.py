@@ -1,0 +1,131 @@
+"""Paced UDP sender for benchmarks: sendmmsg(2) bursts from K exporter sockets at a target rate.
+
+Run as its own process (`python -m bench.sender ...`) so it has a core of its own; prints one JSON
+line with what it really sent. Loopback only.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import socket
+import sys
+import time
+
+import numpy as np
+
+from bench.synth import set_v5_sequence, v5_datagrams
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_sendmmsg = _libc.sendmmsg
+_sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+_sendmmsg.restype = ctypes.c_int
+
+
+class Burst:
+    """A preallocated burst of `n` datagrams (rows of `data`) ready for sendmmsg on a connected socket."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = np.ascontiguousarray(data)
+        n, size = self.data.shape
+        self.iov = np.zeros(n, dtype=np.dtype(_IoVec))
+        self.iov["base"] = self.data.ctypes.data + np.arange(n, dtype=np.int64) * size
+        self.iov["len"] = size
+        self.hdrs = np.zeros(n, dtype=np.dtype(_MMsgHdr))
+        self.hdrs["hdr"]["iov"] = self.iov.ctypes.data + np.arange(n, dtype=np.int64) * self.iov.itemsize
+        self.hdrs["hdr"]["iovlen"] = 1
+        self.n = n
+
+    def send(self, fd: int) -> int:
+        sent = 0
+        while sent < self.n:
+            k = _sendmmsg(fd, self.hdrs.ctypes.data + sent * self.hdrs.itemsize, self.n - sent, 0)
+            if k < 0:
+                err = ctypes.get_errno()
+                if err in (11, 105):         # EAGAIN / ENOBUFS: the sender outran the socket; retry
+                    time.sleep(0.0001)
+                    continue
+                raise OSError(err, "sendmmsg")
+            sent += k
+        return sent
+
+
+def run(host: str, port: int, rate: float, duration: float, exporters: int, records: int,
+        imds_fraction: float, burst: int = 32) -> dict:
+    """Send v5 at `rate` records/s for `duration` s; returns offered datagrams, records, hits."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    for _ in range(exporters):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.connect((host, port))
+        socks.append(s)
+    pool = v5_datagrams(burst * 64, records, imds_fraction)
+    per_dgram_hits = (pool[:, 24:].reshape(len(pool), records, 48)[:, :, 4:8].copy().view(">u4")[..., 0]
+                      == ((169 << 24) | (254 << 16) | (169 << 8) | 254)).sum(axis=1)
+    bursts = [Burst(pool[i * burst:(i + 1) * burst]) for i in range(64)]
+    seq = [0] * exporters
+    dgram_rate = rate / records
+    interval = burst / dgram_rate
+    sent_d = hits = 0
+    start = time.perf_counter()
+    next_at = start
+    end = start + duration
+    i = 0
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if now < next_at:
+            if next_at - now > 0.0005:
+                time.sleep(next_at - now - 0.0003)
+            continue
+        e = i % exporters
+        b = bursts[i % 64]
+        set_v5_sequence(b.data, seq[e], records)
+        sent = b.send(socks[e].fileno())
+        seq[e] += sent * records
+        sent_d += sent
+        hits += int(per_dgram_hits[(i % 64) * burst:(i % 64) * burst + sent].sum())
+        i += 1
+        next_at += interval
+        if now - next_at > 1.0:              # cannot keep up: do not build an unbounded backlog
+            next_at = now
+    took = time.perf_counter() - start
+    return {"datagrams": sent_d, "records": sent_d * records, "hits": hits, "seconds": took,
+            "records_per_s": sent_d * records / took, "exporters": exporters}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--rate", type=float, required=True, help="records per second")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--exporters", type=int, default=4)
+    p.add_argument("--records", type=int, default=30, help="records per datagram")
+    p.add_argument("--imds-fraction", type=float, default=0.001)
+    a = p.parse_args()
+    if not (a.host.startswith("127.") or a.host in ("::1", "localhost")):
+        sys.exit("bench sender: loopback targets only")
+    print(json.dumps(run(a.host, a.port, a.rate, a.duration, a.exporters, a.records, a.imds_fraction)))
+
+
+if __name__ == "__main__":
+    main()
