@@ -107,7 +107,7 @@ def test_replay_gives_the_same_alerts_as_listen(tmp_path):
             s.sendto(d, ("127.0.0.1", c.port))
         c.wait_alerts(40)
         live = c.stop()
-    pkts = [Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=sport, dport=2055) / d for d in datagrams]
+    pkts = [Ether(src="00:00:00:00:00:01", dst="00:00:00:00:00:02") / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=sport, dport=2055) / d for d in datagrams]
     for i, p in enumerate(pkts):
         p.time = 1_700_000_000 + i * 0.001
     wrpcap(str(tmp_path / "export.pcap"), pkts)
