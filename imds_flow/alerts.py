@@ -22,7 +22,7 @@ __all__ = ["Folder", "ALERT_FIELDS", "hit_alerts", "Encoder"]
 
 ALERT_FIELDS = ("ts", "exporter", "exporter_port", "version", "src", "dst", "sport", "dport", "proto",
                 "vlan", "endpoint", "direction", "bytes", "packets", "first_seen", "last_seen", "count",
-                "sampling_rate")
+                "sampling_rate", "bytes_estimate", "packets_estimate")
 
 
 def _time(v: float) -> float | None:
@@ -60,6 +60,8 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             "bytes": cols["bytes"][j], "packets": cols["packets"][j],
             "first_seen": _time(cols["first"][j]), "last_seen": _time(cols["last"][j]),
             "count": 1, "sampling_rate": sampling,
+            # bytes / packets as the exporter reported them; estimates scaled by its sampling rate
+            "bytes_estimate": cols["bytes"][j] * sampling, "packets_estimate": cols["packets"][j] * sampling,
         }
         side_port = dport if direction == REQUEST else sport
         out.append(((e, src, dst, proto, side_port, ep, direction), alert))
@@ -70,6 +72,9 @@ def _merge(into: dict, a: dict) -> None:
     into["count"] += a["count"]
     into["bytes"] += a["bytes"]
     into["packets"] += a["packets"]
+    for key in ("bytes_estimate", "packets_estimate"):
+        if key in a:
+            into[key] = into.get(key, 0) + a[key]
     for key, pick in (("first_seen", min), ("last_seen", max)):
         if a[key] is not None:
             into[key] = a[key] if into[key] is None else pick(into[key], a[key])

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "Endpoint", "load", "parse", "default_text"]
+__all__ = ["Config", "ConfigError", "Endpoint", "load", "parse", "default_text", "default_state_file"]
 
 
 class ConfigError(ValueError):
@@ -52,12 +52,28 @@ class Logging:
 
 
 @dataclass(frozen=True)
+class Templates:
+    scope_port: bool = True               # the exporter's UDP source port is part of a template's scope
+    lifetime_seconds: float = 1800.0      # a template not re-sent for this long is forgotten
+    pending_max_sets: int = 256           # data sets waiting for their template, per scope
+    pending_max_seconds: float = 60.0     # ... and for at most this long
+    state_file: str = "auto"              # "auto": default_state_file(); "": no persistence
+
+
+@dataclass(frozen=True)
+class Http:
+    url_substrings: tuple[str, ...] = ("/latest/meta-data", "/latest/api/token")
+
+
+@dataclass(frozen=True)
 class Config:
     endpoints: tuple[Endpoint, ...]
     suppress: Suppress = field(default_factory=Suppress)
     listen: Listen = field(default_factory=Listen)
     alerts: Alerts = field(default_factory=Alerts)
     logging: Logging = field(default_factory=Logging)
+    templates: Templates = field(default_factory=Templates)
+    http: Http = field(default_factory=Http)
     source: str = "<default>"
 
 
@@ -168,7 +184,42 @@ def _logging(raw: dict) -> Logging:
     )
 
 
-_SECTIONS = {"suppress": _suppress, "listen": _listen, "alerts": _alerts, "logging": _logging}
+def _templates(raw: dict) -> Templates:
+    w = "templates."
+    _check_keys(raw, {"scope_port", "lifetime_seconds", "pending_max_sets", "pending_max_seconds", "state_file"}, w)
+    d = Templates()
+    return Templates(
+        _typed(raw, "scope_port", bool, w, d.scope_port),
+        _positive(_typed(raw, "lifetime_seconds", float, w, d.lifetime_seconds), w + "lifetime_seconds", 1.0),
+        _positive(_typed(raw, "pending_max_sets", int, w, d.pending_max_sets), w + "pending_max_sets", 0, 1 << 20),
+        _positive(_typed(raw, "pending_max_seconds", float, w, d.pending_max_seconds), w + "pending_max_seconds", 0.0),
+        _typed(raw, "state_file", str, w, d.state_file),
+    )
+
+
+def _http(raw: dict) -> Http:
+    w = "http."
+    _check_keys(raw, {"url_substrings"}, w)
+    subs = _typed(raw, "url_substrings", list, w, list(Http().url_substrings))
+    for i, u in enumerate(subs):
+        if not isinstance(u, str) or not u or not u.isascii():
+            raise ConfigError(f"http.url_substrings[{i}] = {u!r}: expected a non-empty ASCII string")
+    return Http(tuple(subs))
+
+
+def default_state_file() -> Path:
+    """Where templates persist when templates.state_file = "auto": systemd's $STATE_DIRECTORY,
+    else $XDG_STATE_HOME/imds-flow, else ~/.local/state/imds-flow; the file is templates.json."""
+    import os
+    base = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if base:
+        return Path(base) / "templates.json"
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "imds-flow" / "templates.json"
+
+
+_SECTIONS = {"suppress": _suppress, "listen": _listen, "alerts": _alerts, "logging": _logging,
+             "templates": _templates, "http": _http}
 
 
 def parse(text: str, source: str = "<string>") -> Config:

@@ -13,17 +13,22 @@ import numpy as np
 
 from .addr import from_hilo
 from .wire.errors import REASONS
+from .wire.templates import TemplateCache
 
 __all__ = ["ExporterTable", "COUNTERS"]
 
 # counter columns: datagrams, records, then one per decode error reason (REASONS[1:])
-COUNTERS = ("datagrams", "records", *REASONS[1:], "alerts", "suppressed")
+COUNTERS = ("datagrams", "records", *REASONS[1:], "alerts", "suppressed",
+            # NetFlow v9 / IPFIX template handling (wire/templates.py, wire/pending.py)
+            "templates", "templates_rejected", "withdrawals_ignored", "options_records",
+            "sets_waiting", "sets_late", "sets_expired", "sets_dropped")
 _C = {name: i for i, name in enumerate(COUNTERS)}
 _REASON_COL = np.array([0] + [_C[r] for r in REASONS[1:]], dtype=np.int64)  # status code -> column
 
 
 class ExporterTable:
-    def __init__(self, clock: Callable[[], float] = time.time, capacity: int = 64):
+    def __init__(self, clock: Callable[[], float] = time.time, capacity: int = 64,
+                 templates: TemplateCache | None = None):
         self.clock = clock
         self._index: dict[tuple[int, int, int], int] = {}
         self.address: list[str] = []
@@ -35,6 +40,9 @@ class ExporterTable:
         self.seq_next = np.zeros(capacity, np.uint32)
         self.seq_seen = np.zeros(capacity, np.bool_)
         self.seq_lost = np.zeros(capacity, np.int64)
+        # NetFlow v9 / IPFIX: templates, sampling and sequence numbers per scope (address, port,
+        # version, domain); the scope's exporter index links it back to this table
+        self.templates = templates if templates is not None else TemplateCache()
 
     def __len__(self) -> int:
         return len(self.address)
@@ -88,6 +96,14 @@ class ExporterTable:
             np.add.at(c, (exp_ids[bad], _REASON_COL[status[bad]]), 1)
         self.last_seen[np.unique(exp_ids)] = now
 
+    def add_count(self, counter: str, exporter: int, k: int = 1) -> None:
+        self.counters[exporter, _C[counter]] += k
+
+    def add_counts(self, counter: str, exp_ids: np.ndarray) -> None:
+        """One count per entry of exp_ids (an exporter index may repeat)."""
+        if len(exp_ids):
+            np.add.at(self.counters[:, _C[counter]], exp_ids, 1)
+
     def add(self, counter: str, exp_ids: np.ndarray) -> None:
         np.add.at(self.counters[:, _C[counter]], exp_ids, 1)
 
@@ -98,10 +114,21 @@ class ExporterTable:
         row = self.counters[exporter]
         return {r: int(row[_C[r]]) for r in REASONS[1:] if row[_C[r]]}
 
+    def sequence_lost(self) -> np.ndarray:
+        """Records (v5, IPFIX) or datagrams (v9) missed upstream, per exporter, from sequence gaps."""
+        m = len(self.address)
+        t = self.templates
+        k = len(t.scope_keys)
+        lost = self.seq_lost[:m].copy()
+        if k:
+            lost += np.bincount(t.scope_exporter[:k], weights=t.seq_lost[:k], minlength=m)[:m].astype(np.int64)
+        return lost
+
     def snapshot(self) -> list[dict]:
         """Every exporter with its counters, for logs and metrics."""
         out = []
+        lost = self.sequence_lost()
         for i, (addr, port) in enumerate(zip(self.address, self.port)):
             row = {name: int(self.counters[i, j]) for j, name in enumerate(COUNTERS)}
-            out.append({"exporter": addr, "exporter_port": port, **row, "sequence_lost": int(self.seq_lost[i])})
+            out.append({"exporter": addr, "exporter_port": port, **row, "sequence_lost": int(lost[i])})
         return out

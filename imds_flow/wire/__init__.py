@@ -10,6 +10,8 @@ import numpy as np
 from ..datagrams import DatagramBatch
 from ..flows import FlowBatch
 from .errors import OK, REASONS, DecodeError, error_for, reason_code
+from . import v9ipfix
+from .templates import TemplateCache
 from .v5 import RECORD as V5_RECORD, decode_v5
 
 __all__ = ["decode", "decode_one", "DecodeError", "REASONS", "versions"]
@@ -38,12 +40,16 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch) -> np.
     status = np.zeros(n, np.int16)
     version = versions(dg)
     status[version < 0] = _TOO_SHORT
-    out.reset(int(dg.lens[:n].sum()) // V5_RECORD + 1)
     sel5 = np.flatnonzero(version == 5)
+    sel_t = np.flatnonzero((version == 9) | (version == 10))
+    prep = v9ipfix.prepare(dg, sel_t, version, exp_ids, state, status) if len(sel_t) else None
+    out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0))
     if len(sel5):
         out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel5, exp_ids, dg.ts, out.cols, out.n, status,
                           state.seq_next, state.seq_seen, state.seq_lost)
-    status[(version >= 0) & (version != 5)] = _UNKNOWN
+    if prep is not None:
+        out.n = v9ipfix.finish(prep, state, out, status)
+    status[(version >= 0) & (version != 5) & (version != 9) & (version != 10)] = _UNKNOWN
     return status
 
 
@@ -54,6 +60,15 @@ class _OneExporter:
         self.seq_next = np.zeros(1, np.uint32)
         self.seq_seen = np.zeros(1, np.bool_)
         self.seq_lost = np.zeros(1, np.int64)
+        self.address, self.port = ["192.0.2.1"], [0]
+        self.templates = TemplateCache()
+        self.counters = {}
+
+    def add_count(self, counter: str, exporter: int, k: int = 1) -> None:
+        self.counters[counter] = self.counters.get(counter, 0) + k
+
+    def add_counts(self, counter: str, exp_ids: np.ndarray) -> None:
+        self.add_count(counter, 0, len(exp_ids))
 
 
 def decode_one(data: bytes, state=None, out: FlowBatch | None = None) -> FlowBatch:

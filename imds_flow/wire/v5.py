@@ -75,10 +75,6 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
             c.src_lo[n] = _MAPPED | np.uint64(_u32(buf, r))
             c.dst_hi[n] = 0
             c.dst_lo[n] = _MAPPED | np.uint64(_u32(buf, r + 4))
-            c.nsrc_hi[n] = 0
-            c.nsrc_lo[n] = 0
-            c.ndst_hi[n] = 0
-            c.ndst_lo[n] = 0
             c.in_if[n] = _u16(buf, r + 12)
             c.out_if[n] = _u16(buf, r + 14)
             c.packets[n] = _u32(buf, r + 16)
