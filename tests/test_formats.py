@@ -1,0 +1,121 @@
+"""imds_flow.formats: msgpack as it was, and ECS JSON lines checked field by field."""
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from imds_flow import config as config_mod
+from imds_flow import formats
+from imds_flow.app import Pipeline
+
+V4 = {"ts": 1759947300.5, "exporter": "192.0.2.1", "exporter_port": 2055, "version": 9, "src": "10.1.2.3",
+      "dst": "169.254.169.254", "sport": 51234, "dport": 80, "proto": 6, "vlan": 30, "endpoint": "aws-imds-ipv4",
+      "direction": "request", "bytes": 400, "packets": 5, "first_seen": 1759947299.0, "last_seen": 1759947300.25,
+      "count": 3, "sampling_rate": 1}
+V6 = {"ts": 1759947301.0, "exporter": "2001:db8::1", "exporter_port": 4739, "version": 10, "src": "fd00:ec2::254",
+      "dst": "2001:db8:5::7", "sport": 0, "dport": 0, "proto": 58, "vlan": None, "endpoint": "aws-imds-ipv6",
+      "direction": "response", "bytes": 64, "packets": 1, "first_seen": None, "last_seen": None, "count": 1,
+      "sampling_rate": 100}
+
+
+def _ecs(alert):
+    line = formats.encoder("ecs-json").encode(alert)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    return json.loads(line)
+
+
+def test_ecs_ipv4_field_by_field():
+    doc = _ecs(V4)
+    assert list(doc)[0] == "@timestamp"
+    assert doc["@timestamp"] == "2025-10-08T18:15:00.500Z"
+    assert doc["ecs"] == {"version": formats.ECS_VERSION}
+    assert doc["event"] == {"kind": "alert", "category": ["network"], "type": ["connection"], "module": "imds_flow",
+                            "dataset": "imds_flow.alert", "start": "2025-10-08T18:14:59.000Z",
+                            "end": "2025-10-08T18:15:00.250Z"}
+    assert doc["source"] == {"ip": "10.1.2.3", "port": 51234, "bytes": 400, "packets": 5}
+    assert doc["destination"] == {"ip": "169.254.169.254", "port": 80}
+    assert doc["network"] == {"transport": "tcp", "iana_number": "6", "type": "ipv4", "bytes": 400, "packets": 5,
+                              "vlan": {"id": "30"}}
+    assert doc["observer"] == {"ip": ["192.0.2.1"]}
+    assert doc["rule"] == {"name": "aws-imds-ipv4", "ruleset": "imds-flow"}
+    assert doc["threat"]["framework"] == "MITRE ATT&CK"
+    assert doc["threat"]["technique"]["subtechnique"]["id"] == ["T1552.005"]
+    assert doc["threat"]["tactic"]["name"] == ["Credential Access"]
+    assert doc["imds_flow"] == {"count": 3, "direction": "request", "exporter_port": 2055, "netflow_version": 9,
+                                "sampling_rate": 1}
+    assert doc["message"].startswith("instance-metadata traffic 10.1.2.3:51234 -> 169.254.169.254:80 tcp")
+    assert set(doc) == {"@timestamp", "ecs", "event", "source", "destination", "network", "observer", "rule",
+                        "threat", "imds_flow", "message"}
+
+
+def test_ecs_ipv6_icmp_leaves_missing_values_out():
+    doc = _ecs(V6)
+    assert doc["network"] == {"transport": "ipv6-icmp", "iana_number": "58", "type": "ipv6", "bytes": 64, "packets": 1}
+    assert "start" not in doc["event"] and "end" not in doc["event"]
+    assert doc["source"]["ip"] == "fd00:ec2::254" and doc["destination"]["ip"] == "2001:db8:5::7"
+    assert doc["observer"] == {"ip": ["2001:db8::1"]}
+    assert "null" not in json.dumps(doc)
+
+
+def test_unknown_transport_keeps_the_number():
+    doc = _ecs({**V4, "proto": 253})
+    assert "transport" not in doc["network"] and doc["network"]["iana_number"] == "253"
+
+
+@pytest.mark.parametrize("alert", [V4, V6])
+def test_ecs_reads_back_to_the_alert(alert):
+    assert formats.from_ecs(_ecs(alert)) == alert
+
+
+def test_msgpack_is_the_alert_map():
+    enc = formats.encoder()
+    assert msgpack.unpackb(enc.encode(V4), raw=False) == V4
+
+
+def test_unknown_format():
+    with pytest.raises(ValueError, match="ecs-json"):
+        formats.encoder("xml")
+
+
+class _Sink:
+    def __init__(self):
+        self.data = b""
+
+    def write(self, data):
+        self.data += data
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_pipeline_writes_the_format_it_is_given():
+    cfg = config_mod.load(None)
+    for name, decode in (("ecs-json", lambda b: [json.loads(x) for x in b.splitlines()]),
+                         ("msgpack", lambda b: list(msgpack.Unpacker(__import__("io").BytesIO(b), raw=False)))):
+        sink = _Sink()
+        pipeline = Pipeline(cfg, sink, encoder=formats.encoder(name))
+        pipeline._emit(V4)
+        pipeline._emit(V6)
+        pipeline.flush()
+        out = decode(sink.data)
+        assert len(out) == 2
+        assert (out[0]["rule"]["name"] if name == "ecs-json" else out[0]["endpoint"]) == "aws-imds-ipv4"
+
+
+def test_default_pipeline_is_msgpack():
+    pipeline = Pipeline(config_mod.load(None), _Sink())
+    assert isinstance(pipeline.encoder, formats.MsgpackEncoder)
+
+
+@pytest.mark.parametrize("command", ["listen", "replay"])
+def test_cli_has_the_format_option(command):
+    from click.testing import CliRunner
+
+    from imds_flow.cli import cli
+    out = CliRunner().invoke(cli, [command, "--help"])
+    assert "--alerts-format [msgpack|ecs-json]" in out.output
