@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from bench.synth import set_v5_sequence, v5_datagrams
+from .synth import flow_datagrams
 
 
 class _IoVec(ctypes.Structure):
@@ -67,8 +67,12 @@ class Burst:
 
 
 def run(host: str, port: int, rate: float, duration: float, exporters: int, records: int,
-        imds_fraction: float, burst: int = 32) -> dict:
-    """Send v5 at `rate` records/s for `duration` s; returns offered datagrams, records, hits."""
+        imds_fraction: float, version: int = 5, ipv6_fraction: float = 0.0, burst: int = 32,
+        template_every: int = 256) -> dict:
+    """Send `version` exports at `rate` records/s for `duration` s from `exporters` sockets.
+
+    v9 / IPFIX exporters send their template datagram first and again every `template_every`
+    bursts. Returns offered datagrams, records and metadata records (hits)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks = []
     for _ in range(exporters):
@@ -76,14 +80,24 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         s.connect((host, port))
         socks.append(s)
-    pool = v5_datagrams(burst * 64, records, imds_fraction)
-    per_dgram_hits = (pool[:, 24:].reshape(len(pool), records, 48)[:, :, 4:8].copy().view(">u4")[..., 0]
-                      == ((169 << 24) | (254 << 16) | (169 << 8) | 254)).sum(axis=1)
-    bursts = [Burst(pool[i * burst:(i + 1) * burst]) for i in range(64)]
+    nb = 64
+    n6 = round(nb * ipv6_fraction) if version != 5 else 0
+    exports = [flow_datagrams(version, burst * (nb - n6), records, imds_fraction, 0.0, seed=1)]
+    if n6:
+        exports.append(flow_datagrams(version, burst * n6, records, imds_fraction, 1.0, seed=2))
+    bursts = []                               # (Burst, export, hits in that burst)
+    for ex in exports:
+        for i in range(len(ex.data) // burst):
+            rows = slice(i * burst, (i + 1) * burst)
+            bursts.append((Burst(ex.data[rows]), ex, int(ex.hits[rows].sum())))
+    order = np.random.default_rng(3).permutation(len(bursts))    # spread the IPv6 bursts out
+    bursts = [bursts[i] for i in order]
+    template = exports[0].template
     seq = [0] * exporters
+    sent_by = [0] * exporters
     dgram_rate = rate / records
     interval = burst / dgram_rate
-    sent_d = hits = 0
+    sent_d = hits = templates = 0
     start = time.perf_counter()
     next_at = start
     end = start + duration
@@ -97,19 +111,22 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
                 time.sleep(next_at - now - 0.0003)
             continue
         e = i % exporters
-        b = bursts[i % 64]
-        set_v5_sequence(b.data, seq[e], records)
+        b, ex, h = bursts[i % len(bursts)]
+        if template is not None and sent_by[e] % template_every == 0:
+            socks[e].send(template)
+            templates += 1
+        seq[e] = ex.set_sequence(b.data, seq[e])
         sent = b.send(socks[e].fileno())
-        seq[e] += sent * records
+        sent_by[e] += 1
         sent_d += sent
-        hits += int(per_dgram_hits[(i % 64) * burst:(i % 64) * burst + sent].sum())
+        hits += h
         i += 1
         next_at += interval
         if now - next_at > 1.0:              # cannot keep up: do not build an unbounded backlog
             next_at = now
     took = time.perf_counter() - start
-    return {"datagrams": sent_d, "records": sent_d * records, "hits": hits, "seconds": took,
-            "records_per_s": sent_d * records / took, "exporters": exporters}
+    return {"datagrams": sent_d, "template_datagrams": templates, "records": sent_d * records, "hits": hits,
+            "seconds": took, "records_per_s": sent_d * records / took, "exporters": exporters, "version": version}
 
 
 def main() -> None:
@@ -121,10 +138,13 @@ def main() -> None:
     p.add_argument("--exporters", type=int, default=4)
     p.add_argument("--records", type=int, default=30, help="records per datagram")
     p.add_argument("--imds-fraction", type=float, default=0.001)
+    p.add_argument("--version", type=int, choices=(5, 9, 10), default=5)
+    p.add_argument("--ipv6-fraction", type=float, default=0.0)
     a = p.parse_args()
     if not (a.host.startswith("127.") or a.host in ("::1", "localhost")):
         sys.exit("bench sender: loopback targets only")
-    print(json.dumps(run(a.host, a.port, a.rate, a.duration, a.exporters, a.records, a.imds_fraction)))
+    print(json.dumps(run(a.host, a.port, a.rate, a.duration, a.exporters, a.records, a.imds_fraction,
+                         a.version, a.ipv6_fraction)))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,11 @@
-"""Synthetic exports for benchmarks: NetFlow v5 datagrams built with numpy, a fraction aimed at IMDS."""
+"""Synthetic exports for benchmarks: NetFlow v5, v9 and IPFIX datagrams built with numpy, a
+fraction of the records aimed at the metadata endpoints (requests to 169.254.169.254:80 or
+[fd00:ec2::254]:80). Headers carry sequence number 0: the sender patches them per datagram.
+"""
 from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +49,124 @@ def v5_datagrams(count: int, records: int = 30, imds_fraction: float = 0.001, se
     rec["input"], rec["output"] = 1, 2
     out[:, V5_HEADER:] = rec.view(np.uint8).reshape(count, records * V5_RECORD)
     return out
+
+
+IMDS_V6 = bytes.fromhex("fd000ec2000000000000000000000254")
+V4_TEMPLATE, V6_TEMPLATE = 256, 257
+# (IE, length): src, dst, sport, dport, proto, bytes, packets, flowStart/EndMilliseconds, in/out if
+_V4_FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (152, 8), (153, 8), (10, 4), (14, 4)]
+_V6_FIELDS = [(27, 16), (28, 16)] + _V4_FIELDS[2:]
+_V9_HEADER, _IPFIX_HEADER = 20, 16
+
+
+@dataclass
+class Export:
+    """Datagrams of one protocol version ready to send: `data` rows (count, size), the template
+    datagram every exporter must send first (None for v5), and where each header's sequence is."""
+    version: int
+    data: np.ndarray
+    template: bytes | None
+    hits: np.ndarray          # metadata records per datagram
+    records: int              # records per datagram
+
+    def set_sequence(self, rows: np.ndarray, first: int) -> int:
+        """Number the datagrams in `rows` from `first`; returns the next number. v5 and IPFIX count
+        records, v9 counts datagrams (RFC 3954 / RFC 7011)."""
+        step = 1 if self.version == 9 else self.records
+        at = {5: 16, 9: 12, 10: 8}[self.version]
+        seq = (first + step * np.arange(len(rows), dtype=np.uint64)) & 0xFFFFFFFF
+        rows[:, at:at + 4] = seq.astype(">u4").view(np.uint8).reshape(-1, 4)
+        return first + step * len(rows)
+
+
+def _records(n: int, rng, imds_fraction: float, ipv6_fraction: float, now_ms: int):
+    """Column values of n flow records; returns (is_v6, hit, columns dict)."""
+    v6 = rng.random(n) < ipv6_fraction
+    hit = rng.random(n) < imds_fraction
+    pkts = rng.integers(1, 1000, n).astype(np.uint64)
+    cols = {
+        "src4": ((10 << 24) | rng.integers(0, 1 << 24, n)).astype(np.uint32),
+        "dst4": np.where(hit, IMDS_V4, rng.integers(1 << 24, 223 << 24, n)).astype(np.uint32),
+        "sport": rng.integers(1024, 65535, n).astype(np.uint16),
+        "dport": np.where(hit, 80, rng.choice([53, 123, 443, 8080], n)).astype(np.uint16),
+        "proto": np.where(hit, 6, rng.choice([6, 17], n)).astype(np.uint8),
+        "bytes": pkts * rng.integers(40, 1500, n).astype(np.uint64), "pkts": pkts,
+        "start": (now_ms - rng.integers(1000, 60_000, n)).astype(np.uint64),
+        "end": (now_ms - rng.integers(0, 1000, n)).astype(np.uint64),
+    }
+    return v6, hit, cols
+
+
+def _pack(fields, cols, idx, src6=None, dst6=None) -> np.ndarray:
+    """Records `idx` laid out as `fields` describes: a (len(idx), record length) uint8 array."""
+    names = {8: "src4", 12: "dst4", 7: "sport", 11: "dport", 4: "proto", 1: "bytes", 2: "pkts", 152: "start",
+             153: "end"}
+    dtype = []
+    for ie, length in fields:
+        kind = {1: "u1", 2: ">u2", 4: ">u4", 8: ">u8", 16: "V16"}[length]
+        dtype.append((f"f{ie}", kind))
+    rec = np.zeros(len(idx), dtype=dtype)
+    for ie, _ in fields:
+        if ie in names:
+            rec[f"f{ie}"] = cols[names[ie]][idx]
+        elif ie in (10, 14):
+            rec[f"f{ie}"] = 1 if ie == 10 else 2
+    if src6 is not None:
+        rec["f27"] = src6
+        rec["f28"] = dst6
+    return rec.view(np.uint8).reshape(len(idx), -1)
+
+
+def flow_datagrams(version: int, count: int, records: int = 30, imds_fraction: float = 0.001,
+                   ipv6_fraction: float = 0.0, seed: int = 1, unix_secs: int = 1_700_000_000) -> Export:
+    """`count` datagrams of one version, each with `records` records of one address family."""
+    if version == 5:
+        data = v5_datagrams(count, records, imds_fraction, seed)
+        per = data[:, V5_HEADER:].reshape(count, records, V5_RECORD)[:, :, 4:8].copy().view(">u4")[..., 0]
+        return Export(5, data, None, (per == IMDS_V4).sum(axis=1), records)
+    rng = np.random.default_rng(seed)
+    n = count * records
+    _, hit, cols = _records(n, rng, imds_fraction, 0.0, unix_secs * 1000)
+    v6_dgram = rng.random(count) < ipv6_fraction            # one family per datagram
+    rows = []
+    for d in range(count):
+        idx = np.arange(d * records, (d + 1) * records)
+        if v6_dgram[d]:
+            src6 = np.frombuffer(bytes.fromhex("20010db8000100000000000000000000") * records, "V16").copy()
+            dst6 = np.frombuffer(bytes.fromhex("20010db8ffff00000000000000000001") * records, "V16").copy()
+            dst6[hit[idx]] = np.frombuffer(IMDS_V6, "V16")[0]
+            body = _pack(_V6_FIELDS, cols, idx, src6, dst6).tobytes()
+            tid = V6_TEMPLATE
+        else:
+            body = _pack(_V4_FIELDS, cols, idx).tobytes()
+            tid = V4_TEMPLATE
+        data_set = struct.pack("!HH", tid, 4 + len(body)) + body
+        rows.append(_header(version, records, unix_secs, len(data_set)) + data_set)
+    size = max(len(r) for r in rows)
+    # datagrams of both families differ in length: keep them apart by padding to one size is wrong
+    # (padding would be a malformed set), so v6 batches are built as their own Export when mixed.
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError("mixed address families need separate exports; call once per family")
+    data = np.frombuffer(b"".join(rows), np.uint8).reshape(count, size).copy()
+    return Export(version, data, template_datagram(version, unix_secs), hit.reshape(count, records).sum(axis=1),
+                  records)
+
+
+def _header(version: int, records: int, unix_secs: int, body: int) -> bytes:
+    if version == 9:
+        return struct.pack("!HHIIII", 9, records, 3_600_000, unix_secs, 0, 0)
+    return struct.pack("!HHIII", 10, _IPFIX_HEADER + body, unix_secs, 0, 0)
+
+
+def template_datagram(version: int, unix_secs: int = 1_700_000_000) -> bytes:
+    """Both templates (IPv4 256, IPv6 257) in one datagram."""
+    body = b""
+    for tid, fields in ((V4_TEMPLATE, _V4_FIELDS), (V6_TEMPLATE, _V6_FIELDS)):
+        body += struct.pack("!HH", tid, len(fields)) + b"".join(struct.pack("!HH", ie, ln) for ie, ln in fields)
+    tset = struct.pack("!HH", 0 if version == 9 else 2, 4 + len(body)) + body
+    if version == 9:
+        return struct.pack("!HHIIII", 9, 2, 3_600_000, unix_secs, 0, 0) + tset
+    return struct.pack("!HHIII", 10, _IPFIX_HEADER + len(tset), unix_secs, 0, 0) + tset
 
 
 def set_v5_sequence(datagrams: np.ndarray, first: int, records: int) -> None:

@@ -13,13 +13,16 @@ import numpy as np
 
 from . import wire
 from .alerts import Encoder, Folder, hit_alerts
-from .config import Config
+from .config import Config, default_state_file
 from .datagrams import DatagramBatch
 from .detect import Detector
 from .exporters import ExporterTable
 from .flows import FlowBatch
-from .metrics import ErrorLog, summary_line
+from .metrics import ErrorLog, Latency, stats_of, summary_line
 from .sinks import Sink
+from .templates_store import TemplateFile
+from .wire import v9ipfix
+from .wire.templates import TemplateCache
 
 __all__ = ["Pipeline", "run_listen", "run_replay"]
 
@@ -28,18 +31,23 @@ _TRUNCATED = wire.errors.reason_code("truncated_by_receive")
 
 
 class Pipeline:
-    def __init__(self, config: Config, sink: Sink, clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config, sink: Sink, clock: Callable[[], float] = time.time, encoder=None):
         self.config = config
         self.clock = clock
         self.sink = sink
-        self.exporters = ExporterTable(clock)
-        self.detector = Detector(config)
+        t = config.templates
+        self.exporters = ExporterTable(clock, templates=TemplateCache(
+            t.scope_port, t.lifetime_seconds, t.pending_max_sets, t.pending_max_seconds, config.http.url_substrings))
+        self.detector = Detector(config, url_patterns=config.http.url_substrings)
+        self.template_file: TemplateFile | None = None    # set by persist_templates() (listen only)
         self.batch = FlowBatch()
-        self.encoder = Encoder()
+        self.encoder = encoder if encoder is not None else Encoder()   # formats.encoder(name)
         self.alerts_written = 0
         self.records_matched = 0
         self.suppressed = 0
         self._out: list[bytes] = []
+        self._out_ts: list[float] = []        # arrival time of each alert in _out, for latency
+        self.latency = Latency()
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit)
         self.errors = ErrorLog(self.exporters, config.logging.error_interval_seconds)
 
@@ -47,7 +55,7 @@ class Pipeline:
         """Load (or compile) every kernel on a scratch batch, so the first real burst is not spent
         waiting for the JIT while the socket buffer fills. Touches no counters."""
         header = (5).to_bytes(2, "big") + (1).to_bytes(2, "big") + bytes(20)
-        dg = DatagramBatch.from_payloads([header + bytes(48), b"\x00"], ts=0.0)
+        dg = DatagramBatch.from_payloads([header + bytes(48), b"\x00", v9ipfix.WARM_UP], ts=0.0)
         scratch = ExporterTable(self.clock)
         ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
         batch = FlowBatch(64)
@@ -56,6 +64,7 @@ class Pipeline:
 
     def _emit(self, alert: dict) -> None:
         self._out.append(self.encoder.encode(alert))
+        self._out_ts.append(alert["ts"])
         self.alerts_written += 1
 
     def process(self, dg: DatagramBatch, truncated: np.ndarray | None = None) -> None:
@@ -83,28 +92,48 @@ class Pipeline:
         self.flush()
 
     def tick(self, now: float) -> None:
-        """Close folding windows that ended by `now` and write what they held."""
+        """Close folding windows that ended by `now` and write what they held; expire templates and
+        data that waited too long for one (counted), and save changed templates."""
         self.folder.tick(now)
         self.flush()
+        cache = self.exporters.templates
+        cache.expire(now)
+        self.exporters.add_counts("sets_expired", cache.pending.expire(now, cache.pending_max_seconds))
+        if self.template_file is not None:
+            self.template_file.maybe_save(now)
+
+    def persist_templates(self, path) -> None:
+        """Restore templates from `path` now and keep it up to date (tick, close)."""
+        self.template_file = TemplateFile(path, self.exporters.templates)
+        self.template_file.load()
 
     def flush(self) -> None:
         if self._out:
             self.sink.write(b"".join(self._out))
             self._out.clear()
             self.sink.flush()
+            self.latency.add(self.clock() - np.array(self._out_ts))
+            self._out_ts.clear()
 
     def close(self) -> None:
         self.folder.close()
         self.flush()
+        if self.template_file is not None:
+            self.template_file.save()
         self.sink.close()
 
-    def summary(self) -> str:
-        return summary_line(self.exporters, self.alerts_written, self.suppressed)
+    def stats(self) -> dict:
+        return stats_of(self.exporters, self.alerts_written, self.suppressed)
+
+    def summary(self, latency: bool = True) -> str:
+        """One line of counters; `latency` adds alert latency (live only: a replay's arrival times
+        are the capture's)."""
+        return summary_line(self.stats(), self.latency if latency else None)
 
 
-def run_replay(config: Config, sink: Sink, batches: Iterable[DatagramBatch]) -> Pipeline:
+def run_replay(config: Config, sink: Sink, batches: Iterable[DatagramBatch], encoder=None) -> Pipeline:
     """Feed captured datagrams through the pipeline; folding windows follow capture time."""
-    pipeline = Pipeline(config, sink)
+    pipeline = Pipeline(config, sink, encoder=encoder)
     last_tick = None
     try:
         for dg in batches:
@@ -119,17 +148,58 @@ def run_replay(config: Config, sink: Sink, batches: Iterable[DatagramBatch]) -> 
     return pipeline
 
 
-def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready: Callable[[list], None] | None = None):
-    """Receive on every address until SIGINT/SIGTERM, then drain, flush every alert and return."""
-    from .receive import serve   # the socket side is imported only by the live path
+def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready: Callable[[list], None] | None = None,
+               encoder=None, workers: int = 1):
+    """Receive on every address until SIGINT/SIGTERM, then drain, flush every alert and return.
 
-    pipeline = Pipeline(config, sink)
+    With workers > 1 the kernels are loaded once, then `workers` processes share every address
+    (SO_REUSEPORT); the parent merges their alerts into `sink` and their counters into the summary.
+    """
+    from . import receive   # the socket side is imported only by the live path
+    from .workers import run_workers
+
+    def make_pipeline(out: Sink, worker: int | None = None) -> Pipeline:
+        pipeline = Pipeline(config, out, encoder=encoder)
+        if config.templates.state_file:
+            auto = config.templates.state_file == "auto"
+            path = default_state_file() if auto else config.templates.state_file
+            pipeline.persist_templates(path if worker is None else f"{path}.worker{worker}")
+        return pipeline
+
     started = time.monotonic()
-    pipeline.warm_up()
+    Pipeline(config, _NullSink(), encoder=encoder).warm_up()
     log.debug("kernels ready in %.2f s", time.monotonic() - started)
+    groups = receive.open_sockets(listen, config.listen.rcvbuf_bytes, copies=workers)
+    bound = [g[0].getsockname()[:2] for g in groups]
+
+    def announce() -> None:
+        log.info("listening on %s (%s)", ", ".join(receive._fmt(a) for a in bound),
+                 receive.describe(config.listen.batch_datagrams, workers))
+        if ready is not None:
+            ready(bound)
+
+    if workers > 1:
+        try:
+            run_workers(groups, workers, sink, make_pipeline,
+                        lambda socks, p: receive.serve(config, socks, p, announce=False), announce)
+        finally:
+            sink.close()
+        return None
+    pipeline = make_pipeline(sink)
     try:
-        serve(config, listen, pipeline, ready=ready)
+        receive.serve(config, [g[0] for g in groups], pipeline, ready=lambda _: announce(), announce=False)
     finally:
         pipeline.close()
         log.info("stopped: %s", pipeline.summary())
     return pipeline
+
+
+class _NullSink:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -18,7 +18,10 @@ __all__ = ["main", "cli"]
 log = logging.getLogger("imds_flow")
 
 CONFIG_HELP = "TOML config file (default: the embedded copy of config/imds-flow.toml)."
-ALERTS_HELP = "Where the msgpack alert stream goes: a file (appended to) or - for stdout."
+ALERTS_HELP = "Where the alert stream goes: a file (appended to) or - for stdout."
+FORMAT_HELP = "Alert format: msgpack maps, or one Elastic Common Schema (ECS) JSON object per line."
+_format_option = click.option("--alerts-format", "alerts_format", type=click.Choice(["msgpack", "ecs-json"]),
+                              default="msgpack", show_default=True, help=FORMAT_HELP)
 
 
 class _Group(click.Group):
@@ -41,9 +44,11 @@ class _Group(click.Group):
 
 
 def _setup_logging(level: str) -> None:
+    """Our messages at `level`; other libraries' (numba's compiler traces) only from WARNING up."""
     logging.basicConfig(
-        stream=sys.stderr, level=getattr(logging, level.upper()),
+        stream=sys.stderr, level=logging.WARNING,
         format="%(asctime)s imds-flow %(levelname)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+    log.setLevel(getattr(logging, level.upper()))
 
 
 def _load_config(path: str | None) -> config_mod.Config:
@@ -69,9 +74,12 @@ def cli():
 @click.argument("addresses", nargs=-1, required=True, metavar="[HOST]:PORT...")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--alerts", "alerts_path", default="-", show_default=True, help=ALERTS_HELP)
+@_format_option
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Processes sharing the addresses (SO_REUSEPORT); an exporter always reaches the same one.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Overrides logging.level from the config.")
-def listen(addresses, config_path, alerts_path, log_level):
+def listen(addresses, config_path, alerts_path, alerts_format, workers, log_level):
     """Receive flow exports on UDP and alert on metadata-endpoint traffic.
 
     [HOST]:PORT is :2055 (every IPv4 address), 127.0.0.1:2055, [::]:2055 (IPv6 and, unless an
@@ -86,13 +94,12 @@ def listen(addresses, config_path, alerts_path, log_level):
     cfg = _load_config(config_path)
     _setup_logging(log_level or cfg.logging.level)
     from .app import run_listen
-    from .sinks import open_sink
     sink = _open_sink(alerts_path)
     log.info("config %s: %d endpoint(s), %d suppressed subnet(s), %d suppressed VLAN(s); alerts to %s",
              cfg.source, len(cfg.endpoints), len(cfg.suppress.source_subnets), len(cfg.suppress.vlans),
              "stdout" if alerts_path == "-" else alerts_path)
     try:
-        run_listen(cfg, sink, listen_on)
+        run_listen(cfg, sink, listen_on, encoder=_encoder(alerts_format), workers=workers)
     except OSError as e:
         raise click.ClickException(str(e)) from None
 
@@ -109,11 +116,12 @@ def _open_sink(path: str):
 @click.argument("pcaps", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False), metavar="PCAP...")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--alerts", "alerts_path", default="-", show_default=True, help=ALERTS_HELP)
+@_format_option
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Only datagrams sent to this UDP port (default: every UDP datagram in the capture).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal or the file is over 64 MiB).")
-def replay(pcaps, config_path, alerts_path, port, progress):
+def replay(pcaps, config_path, alerts_path, alerts_format, port, progress):
     """Decode the flow exports captured in PCAP files (pcap or pcapng) offline.
 
     Each datagram goes through exactly the path `listen` uses; the exporter is the packet's
@@ -135,14 +143,14 @@ def replay(pcaps, config_path, alerts_path, port, progress):
 
     started = time.monotonic()
     try:
-        pipeline = run_replay(cfg, sink, batches())
+        pipeline = run_replay(cfg, sink, batches(), encoder=_encoder(alerts_format))
     except PcapError as e:
         raise click.UsageError(str(e)) from None
     for path, reader in zip(pcaps, readers):
-        skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(reader.stats.items()) if v and k != "udp")
-        if skipped:
-            log.info("%s: skipped %s", path, skipped)
-    log.info("replayed in %.1f s: %s", time.monotonic() - started, pipeline.summary())
+        skipped = reader.skipped_summary()
+        log.info("%s: %d packets, %d UDP datagrams%s", path, reader.stats["packets"], reader.stats["datagrams"],
+                 f"; {skipped}" if skipped else "")
+    log.info("replayed in %.1f s: %s", time.monotonic() - started, pipeline.summary(latency=False))
 
 
 def _progress_printer(path: str, wanted: bool | None):
@@ -168,20 +176,89 @@ def _progress_printer(path: str, wanted: bool | None):
     return show
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args):
+    """Capacity planning: records/s one collector takes without loss (imds-flow bench --help)."""
+    try:
+        from imds_flow_bench.flowbench import main as bench_main
+    except ImportError:                      # a checkout run without installing: bench/ is beside us
+        from pathlib import Path
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from bench.flowbench import main as bench_main
+    sys.exit(bench_main(list(args)))
+
+
 @cli.command("alerts")
 @click.argument("file", type=click.File("rb"))
-def alerts_cmd(file):
-    """Print a msgpack alert stream (a file, or - for stdin) as JSON lines."""
-    import msgpack
-    unpacker = msgpack.Unpacker(file, raw=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep reading as the file grows (like tail -f); Ctrl-C stops.")
+@click.option("--format", "out_format", type=click.Choice(["json", "table"]), default="json", show_default=True,
+              help="One JSON object per alert, or an aligned table.")
+@click.option("--summary", is_flag=True,
+              help="Totals instead of alerts: top local hosts, endpoints and exporters, first and last seen.")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Entries per --summary list.")
+def alerts_cmd(file, follow, out_format, summary, top):
+    """Print an alert file (msgpack or ECS JSON lines; - for stdin) as JSON lines or a table, or sum it up."""
+    from . import alerts_tool as tool
+    if summary and follow:
+        raise click.UsageError("--summary reads the file once; it cannot be combined with --follow")
     out = sys.stdout
+    alerts = tool.read_alerts(file, follow=follow, warn=lambda m: click.echo(f"imds-flow: {file.name}: {m}", err=True))
     try:
-        for alert in unpacker:
-            out.write(json.dumps(alert, separators=(",", ":"), default=str) + "\n")
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
-        raise click.ClickException(f"{file.name}: not a msgpack alert stream ({e})") from None
+        if summary:
+            s = tool.summarize(alerts)
+            out.write((json.dumps(s.as_dict(top)) if out_format == "json" else s.text(top)) + "\n")
+            return
+        if out_format == "table":
+            out.write(tool.table_header() + "\n")
+        line = tool.json_line if out_format == "json" else tool.table_row
+        for alert in alerts:
+            out.write(line(alert) + "\n")
+            if follow:
+                out.flush()
+    except tool.AlertFormatError as e:
+        raise click.ClickException(f"{file.name}: {e}") from None
+    except KeyboardInterrupt:
+        pass
     except BrokenPipeError:
         sys.stderr.close()
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--logsource", type=click.Choice(["bulletin", "standard"]), default=None,
+              help="bulletin: the one rule AWS-2025-021 describes (category network, every field spelling); "
+                   "standard: one rule per Sigma standard log source (firewall, proxy, network_connection, "
+                   "Zeek conn and http). Default: bulletin, or the log sources the --target supports.")
+@click.option("--target", default=None, metavar="TARGET",
+              help="Convert offline with pySigma instead of printing the rules: splunk, splunk-cim, lucene, "
+                   "esql, eql, kusto, sentinel-asim, microsoft-xdr, qradar (needs imds-flow[sigma]).")
+def sigma(config_path, logsource, target):
+    """Print the Sigma detection rule(s) for the config's endpoints and suppressed subnets, or their
+    queries for a SIEM.
+
+    The same config the collector runs with gives the same rules and the same rule ids.
+    """
+    from . import sigma as sigma_mod
+    cfg = _load_config(config_path)
+    if target is None:
+        click.echo(sigma_mod.to_yaml(sigma_mod.rules(cfg, logsource or "bulletin")), nl=False)
+        return
+    try:
+        converted = sigma_mod.convert(cfg, target, logsource)
+    except sigma_mod.SigmaTargetError as e:
+        raise click.UsageError(str(e)) from None
+    except sigma_mod.SigmaUnavailable as e:
+        missing = click.ClickException(str(e))
+        missing.exit_code = 2                # like every other "cannot run as asked" in the CLI
+        raise missing from None
+    for rule, query in converted:
+        click.echo(f"# {rule['title']} ({rule['id']})\n{query}\n")
+
+
+def _encoder(name: str):
+    from .formats import encoder
+    return encoder(name)
 
 
 def main():

@@ -22,14 +22,17 @@ import numpy as np
 from .addr import MAPPED_V4
 from .datagrams import DatagramBatch
 
-__all__ = ["parse_listen", "open_socket", "Receiver", "serve", "HAVE_RECVMMSG"]
+__all__ = ["parse_listen", "open_socket", "open_sockets", "Receiver", "serve", "describe", "HAVE_RECVMMSG"]
 
 log = logging.getLogger("imds_flow")
 
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
 SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35                          # also the cmsg type (SCM_TIMESTAMPNS) it produces
+SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 _NAME = 28                                   # sizeof(struct sockaddr_in6)
+_CONTROL = 64                                # one cmsghdr (16 bytes) + struct timespec (16), with room
 
 
 class _IoVec(ctypes.Structure):
@@ -77,12 +80,18 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False) -> socket.socket:
+def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
+        try:                                 # kernel arrival time of each datagram
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass
         _set_rcvbuf(sock, rcvbuf)
         sock.bind((host, port))
         sock.setblocking(False)
@@ -90,6 +99,32 @@ def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False) -> sock
         sock.close()
         raise
     return sock
+
+
+def open_sockets(listen: list[tuple[str, int]], rcvbuf: int, copies: int = 1) -> list[list[socket.socket]]:
+    """`copies` sockets per address (SO_REUSEPORT when more than one: the kernel then spreads
+    exporters over them by address and port, so one exporter always reaches the same copy).
+    Port 0 picks one free port shared by every copy. Raises OSError naming the address."""
+    v4_ports = {p for h, p in listen if ":" not in h}
+    out: list[list[socket.socket]] = []
+    try:
+        for host, port in listen:
+            group = []
+            out.append(group)
+            for _ in range(copies):
+                v6only = ":" in host and port in v4_ports
+                try:
+                    sock = open_socket(host, port, rcvbuf, v6only=v6only, reuseport=copies > 1)
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot listen on {_fmt((host, port))}: {e.strerror}") from None
+                group.append(sock)
+                port = sock.getsockname()[1]
+    except OSError:
+        for group in out:
+            for sock in group:
+                sock.close()
+        raise
+    return out
 
 
 def _set_rcvbuf(sock: socket.socket, want: int) -> None:
@@ -117,6 +152,7 @@ class Receiver:
         self.buf = np.zeros(batch * slot, np.uint8)
         self.offs = np.arange(batch, dtype=np.int64) * slot
         self.names = np.zeros((batch, 32), np.uint8)
+        self.control = np.zeros((batch, _CONTROL), np.uint8)
         self._hdrs = np.zeros(batch, dtype=np.dtype(_MMsgHdr))
         iov = np.zeros(batch, dtype=np.dtype(_IoVec))
         iov["base"] = self.buf.ctypes.data + self.offs
@@ -126,6 +162,7 @@ class Receiver:
         h["name"] = self.names.ctypes.data + np.arange(batch, dtype=np.int64) * 32
         h["iov"] = iov.ctypes.data + np.arange(batch, dtype=np.int64) * iov.itemsize
         h["iovlen"] = 1
+        h["control"] = self.control.ctypes.data + np.arange(batch, dtype=np.int64) * _CONTROL
         self._fd = sock.fileno()
         self._use_mmsg = HAVE_RECVMMSG
         self._view = memoryview(self.buf)
@@ -136,11 +173,26 @@ class Receiver:
         lens = self._hdrs["len"][:n].astype(np.int32)
         trunc = (self._hdrs["hdr"]["flags"][:n] & MSG_TRUNC) != 0
         hi, lo, port = _parse_names(self.names[:n])
-        ts = np.full(n, self.clock())
+        ts = self._arrival(n)
         return DatagramBatch(self.buf, self.offs[:n], lens, hi, lo, port, ts, n), (trunc if trunc.any() else None)
 
+    def _arrival(self, n: int) -> np.ndarray:
+        """Kernel receive time of each datagram (SCM_TIMESTAMPNS); our clock where there is none."""
+        now = self.clock()
+        if not self._use_mmsg or n == 0:
+            return np.full(n, now)
+        ctl = self.control[:n]
+        have = (self._hdrs["hdr"]["controllen"][:n] >= 32) & (ctl[:, 12] == SO_TIMESTAMPNS)
+        ts = np.full(n, now)
+        if have.any():
+            spec = np.ascontiguousarray(ctl[have, 16:32]).view(np.int64)
+            ts[have] = spec[:, 0] + spec[:, 1] * 1e-9
+        return ts
+
     def _recv_mmsg(self) -> int:
-        self._hdrs["hdr"]["namelen"] = _NAME
+        h = self._hdrs["hdr"]
+        h["namelen"] = _NAME
+        h["controllen"] = _CONTROL
         n = _recvmmsg(self._fd, self._hdrs.ctypes.data, self.batch, MSG_DONTWAIT, None)
         if n < 0:
             err = ctypes.get_errno()
@@ -196,28 +248,19 @@ def _parse_names(names: np.ndarray):
     return hi, lo, port
 
 
-def serve(config, listen: list[tuple[str, int]], pipeline, ready=None) -> None:
+def serve(config, socks: list[socket.socket], pipeline, ready=None, announce: bool = True) -> None:
     """Run the uvloop event loop until SIGINT/SIGTERM; every socket feeds `pipeline.process`."""
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:                      # portable fallback: asyncio's own loop
         runner = asyncio.run
-    runner(_serve(config, listen, pipeline, ready))
+    runner(_serve(config, socks, pipeline, ready, announce))
 
 
-async def _serve(config, listen, pipeline, ready) -> None:
+async def _serve(config, socks, pipeline, ready, announce) -> None:
     loop = asyncio.get_running_loop()
     lc = config.listen
-    v4_ports = {p for h, p in listen if ":" not in h}
-    socks = []
-    try:
-        for host, port in listen:
-            socks.append(open_socket(host, port, lc.rcvbuf_bytes, v6only=(":" in host and port in v4_ports)))
-    except OSError as e:
-        for s in socks:
-            s.close()
-        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
     receivers = [Receiver(s, lc.batch_datagrams, lc.max_datagram_bytes) for s in socks]
     stop = asyncio.Event()
 
@@ -236,8 +279,8 @@ async def _serve(config, listen, pipeline, ready) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     bound = [s.getsockname()[:2] for s in socks]
-    log.info("listening on %s (recvmmsg: %s, batch %d)", ", ".join(_fmt(a) for a in bound),
-             "yes" if HAVE_RECVMMSG else "no, portable fallback", lc.batch_datagrams)
+    if announce:
+        log.info("listening on %s (%s)", ", ".join(_fmt(a) for a in bound), describe(lc.batch_datagrams))
     if ready is not None:
         ready(bound)
     stats_every = config.logging.stats_interval_seconds
@@ -261,6 +304,11 @@ async def _serve(config, listen, pipeline, ready) -> None:
                     break
                 pipeline.process(dg, truncated)
             r.sock.close()
+
+
+def describe(batch: int, workers: int = 1) -> str:
+    recv = f"recvmmsg, batch {batch}" if HAVE_RECVMMSG else "portable recvfrom, recvmmsg unavailable"
+    return f"{recv}, {workers} worker{'s' if workers > 1 else ''}"
 
 
 def _fmt(addr) -> str:

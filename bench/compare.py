@@ -1,0 +1,322 @@
+"""Rival C collectors for side-by-side benchmarks: nfcapd (nfdump 1.7) and nfacctd (pmacct 1.7).
+
+`start(name, workdir)` runs one on 127.0.0.1 and a free port; the bench sends the same datagrams to it
+as to imds-flow; `Rival.stop()` drains it, stops it cleanly and returns what it decoded. Loopback only.
+
+How each is configured (as fast as it reasonably goes, on the same terms as imds-flow):
+- Both bind 127.0.0.1 only and ask for a `rcvbuf` (64 MiB) socket receive buffer: nfcapd `-B`,
+  nfacctd `nfacctd_pipe_size`. Both use plain SO_RCVBUF, so the kernel caps the request at
+  net.core.rmem_max (the effective buffer is twice that; 8 MiB with this machine's 4 MiB rmem_max);
+  `Rival.rcvbuf` is what the kernel granted, read back from `ss`.
+- nfcapd: one flow source, writes uncompressed nffiles (no -z/-y/-j: compression costs CPU in
+  its writer thread) into `workdir/nfcapd`, rotation every hour (-t 3600, so a run normally fills one
+  file), no -e expiry, no -x launcher, no repeaters, no metric socket. It stores every element it
+  decodes; nfcapd 1.7 has no switch to drop extensions.
+- nfacctd: no daemonize, one `print` plugin with `aggregate: flows` (a single grand-total row: the
+  cheapest aggregation, one cache bucket hit per record), refresh every hour, appended CSV in
+  `workdir/nfacctd`, a 64 MiB core-to-plugin pipe with 64 KiB buffers (pmacct's advice: ratio
+  1:100..1:1000; buffering is what makes the core fast), sequence checks left disabled (the default).
+
+How decoded records are counted, exactly:
+- nfcapd: SIGTERM makes it close the current file with its statistics record; `nfdump -r FILE -I`
+  prints "Flows: N" per file and we sum over files.
+- nfacctd: the `flows` counter of the print plugin is incremented once per NetFlow/IPFIX record
+  (records carry no flow-count element in our synthetic exports), so the FLOWS column of the grand
+  total is the number of records the plugin received; no special packets value is needed. SIGINT (not
+  SIGTERM, which it ignores) makes the plugin purge its cache to the CSV. Records lost in the
+  core-to-plugin pipe are therefore not counted, as they should not be.
+Before stopping, `stop()` waits until the socket's receive queue is empty, so nothing still queued is
+lost by the stop itself, then reads the kernel drop counter (`drops` in /proc/net/udp[6]) for the port.
+CPU is utime+stime of the collector's process tree (nfacctd runs its plugin as a child process).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["Rival", "available", "start", "NAMES"]
+
+NAMES = ("nfcapd", "nfacctd")
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_LOCALHOST_HEX = "0100007F"
+
+
+def available(name: str) -> bool:
+    """True when the collector `name` (and, for nfcapd, nfdump to read its files) is installed."""
+    if name == "nfcapd":
+        return shutil.which("nfcapd") is not None and shutil.which("nfdump") is not None
+    if name == "nfacctd":
+        return shutil.which("nfacctd") is not None
+    raise ValueError(f"unknown collector {name!r}; expected one of {NAMES}")
+
+
+def start(name: str, workdir: Path, port: int = 0, rcvbuf: int = 64 << 20, timeout: float = 30) -> "Rival":
+    """Start collector `name` on 127.0.0.1:`port` (0: a free port) with output under `workdir/name`.
+
+    Returns once its socket is bound; raises RuntimeError (with the tail of its log) if it is not
+    listening within `timeout` seconds.
+    """
+    if not available(name):
+        raise RuntimeError(f"{name} is not installed")
+    out = Path(workdir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port()
+    argv = _nfcapd_argv(out, port, rcvbuf) if name == "nfcapd" else _nfacctd_argv(out, port, rcvbuf)
+    log = open(out / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=out, start_new_session=True)
+    log.close()
+    rival = Rival(name, port, proc, out)
+    try:
+        rival._wait_listening(timeout)
+    except BaseException:
+        rival.kill()
+        raise
+    return rival
+
+
+class Rival:
+    """One running C collector; `stop()` ends it and reports what it decoded."""
+
+    def __init__(self, name: str, port: int, proc: subprocess.Popen, out: Path):
+        self.name, self.port, self.pid, self.out = name, port, proc.pid, out
+        self.rcvbuf: int | None = None   # receive buffer the kernel granted, bytes (None: unknown)
+        self._proc = proc
+        self._result: dict | None = None
+
+    def __repr__(self) -> str:
+        return f"Rival({self.name!r}, port={self.port}, pid={self.pid})"
+
+    def __enter__(self) -> "Rival":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._result is None:
+            self.kill()
+
+    # -- live counters -------------------------------------------------------------------------
+    def cpu_seconds(self) -> float:
+        """utime+stime so far of the collector and its child processes (from /proc/<pid>/stat)."""
+        ticks = 0
+        for pid in _process_tree(self.pid):
+            fields = _stat_fields(pid)
+            if fields is not None:
+                ticks += int(fields[11]) + int(fields[12])    # utime, stime (fields 14, 15)
+        return ticks / _CLK_TCK
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped at this collector's socket (full receive buffer) so far."""
+        return sum(row["drops"] for row in _udp_sockets(self.port))
+
+    def queued_bytes(self) -> int:
+        return sum(row["rx_queue"] for row in _udp_sockets(self.port))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def stop(self, drain_timeout: float = 30.0) -> dict:
+        """Drain, stop cleanly (flushing output), and count what was decoded.
+
+        Returns {"decoded_records", "kernel_drop_datagrams", "cpu_seconds"}.
+        """
+        if self._result is not None:
+            return self._result
+        self._drain(drain_timeout)
+        drops = self.kernel_drops()
+        cpu = self.cpu_seconds()
+        self._proc.send_signal(signal.SIGTERM if self.name == "nfcapd" else signal.SIGINT)
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not exit after its stop signal; {self._log_tail()}")
+        decoded = _count_nfcapd(self.out) if self.name == "nfcapd" else _count_nfacctd(self.out)
+        self._result = {"decoded_records": decoded, "kernel_drop_datagrams": drops, "cpu_seconds": cpu}
+        return self._result
+
+    def kill(self) -> None:
+        """Stop without counting (error paths). Kills the whole session the collector leads."""
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._proc.wait()
+
+    def _wait_listening(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self._proc.returncode}; {self._log_tail()}")
+            if _udp_sockets(self.port, _socket_inodes(self.pid)):
+                self.rcvbuf = _granted_rcvbuf(self.port)
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} not listening on 127.0.0.1:{self.port} after {timeout}s; "
+                           f"{self._log_tail()}")
+
+    def _drain(self, timeout: float) -> None:
+        """Wait until the receive queue is empty and the collector's CPU time has stopped moving.
+
+        The second condition lets nfacctd's plugin finish the buffers still in the core's pipe
+        and nfcapd's writer finish its blocks, so the stop signal loses nothing.
+        """
+        deadline = time.monotonic() + timeout
+        quiet, last = 0, -1.0
+        while quiet < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            cpu = self.cpu_seconds()
+            quiet = quiet + 1 if self.queued_bytes() == 0 and cpu == last else 0
+            last = cpu
+
+    def _log_tail(self, lines: int = 15) -> str:
+        path = self.out / f"{self.name}.log"
+        try:
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "no log"
+        return "log tail:\n" + "\n".join(text)
+
+
+# -- command lines ---------------------------------------------------------------------------------
+def _nfcapd_argv(out: Path, port: int, rcvbuf: int) -> list[str]:
+    flows = out / "flows"
+    flows.mkdir(exist_ok=True)
+    return ["nfcapd", "-b", "127.0.0.1", "-p", str(port), "-w", str(flows), "-B", str(rcvbuf),
+            "-t", "3600", "-P", str(out / "nfcapd.pid")]
+
+
+def _nfacctd_argv(out: Path, port: int, rcvbuf: int) -> list[str]:
+    conf = out / "nfacctd.conf"
+    csv_out = out / "flows.csv"
+    csv_out.unlink(missing_ok=True)
+    conf.write_text(f"""\
+! written by bench/compare.py: the least work per record that still counts records
+daemonize: false
+nfacctd_ip: 127.0.0.1
+nfacctd_port: {port}
+nfacctd_pipe_size: {rcvbuf}
+plugins: print[p]
+aggregate[p]: flows
+print_output[p]: csv
+print_output_file[p]: {csv_out}
+print_output_file_append[p]: true
+print_refresh_time[p]: 3600
+print_cache_entries[p]: 1021
+plugin_pipe_size[p]: {64 << 20}
+plugin_buffer_size[p]: {64 << 10}
+""")
+    return ["nfacctd", "-f", str(conf)]
+
+
+# -- counting --------------------------------------------------------------------------------------
+_FLOWS_LINE = re.compile(rb"^Flows:\s+(\d+)\s*$", re.M)
+
+
+def _count_nfcapd(out: Path) -> int:
+    total = 0
+    for f in sorted((out / "flows").glob("nfcapd.*")):
+        r = subprocess.run(["nfdump", "-r", str(f), "-I"], capture_output=True, timeout=60)
+        m = _FLOWS_LINE.search(r.stdout)
+        if r.returncode != 0 or m is None:
+            raise RuntimeError(f"nfdump -r {f} -I failed: {r.stderr.decode(errors='replace')[-500:]}")
+        total += int(m.group(1))
+    return total
+
+
+def _count_nfacctd(out: Path) -> int:
+    path = out / "flows.csv"
+    if not path.exists():                 # nothing received: the plugin writes no file
+        return 0
+    total = 0
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh)
+        col = None
+        for row in rows:
+            if "FLOWS" in row:            # the title line
+                col = row.index("FLOWS")
+            elif row and col is not None:
+                total += int(row[col])
+    return total
+
+
+# -- /proc helpers ---------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _udp_sockets(port: int, inodes: set[int] | None = None) -> list[dict]:
+    """Rows of /proc/net/udp and udp6 whose local port is `port` (and inode in `inodes`, if given)."""
+    rows = []
+    want = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 13 or not f[1].endswith(want):
+                continue
+            inode = int(f[9])
+            if inodes is not None and inode not in inodes:
+                continue
+            rows.append({"local": f[1], "rx_queue": int(f[4].split(":")[1], 16), "inode": inode,
+                         "drops": int(f[12])})
+    return rows
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (so index 0 is field 3, state)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _process_tree(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, ()))
+    return tree
+
+
+def _granted_rcvbuf(port: int) -> int | None:
+    """SO_RCVBUF the kernel granted the socket on `port` (from `ss -m`), or None without ss."""
+    if shutil.which("ss") is None:
+        return None
+    r = subprocess.run(["ss", "-Huamn", "sport", "=", f":{port}"], capture_output=True, text=True)
+    m = re.search(r"\brb(\d+)", r.stdout)
+    return int(m.group(1)) if m else None
