@@ -143,7 +143,10 @@ class Ours:
         self._log = open(workdir / "log", "w")
         cmd = [sys.executable, "-m", "imds_flow.cli", "listen", "127.0.0.1:0", "--config", str(workdir / "cfg.toml"),
                "--alerts", str(workdir / "alerts.mp"), "--workers", str(workers)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL)
+        env = {**os.environ, "XDG_STATE_HOME": str(workdir / "state")}     # no template state between points
+        env.pop("STATE_DIRECTORY", None)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
+                                     env=env)
         deadline = time.monotonic() + 60
         while not (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", (workdir / "log").read_text())):
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -18,7 +18,7 @@ from .datagrams import DatagramBatch
 from .detect import Detector
 from .exporters import ExporterTable
 from .flows import FlowBatch
-from .metrics import ErrorLog, Latency, stats_of, summary_line
+from .metrics import ErrorLog, Latency, kernel_drops, stats_of, summary_line
 from .sinks import Sink
 from .templates_store import TemplateFile
 from .wire import v9ipfix
@@ -48,6 +48,8 @@ class Pipeline:
         self._out: list[bytes] = []
         self._out_ts: list[float] = []        # arrival time of each alert in _out, for latency
         self.latency = Latency()
+        self.socket_inodes: set[int] = set()      # set by receive.serve, for kernel drop counts
+        self.reporter: Callable[[], None] | None = None   # called every tick (workers report to the parent)
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit)
         self.errors = ErrorLog(self.exporters, config.logging.error_interval_seconds)
 
@@ -96,6 +98,8 @@ class Pipeline:
         data that waited too long for one (counted), and save changed templates."""
         self.folder.tick(now)
         self.flush()
+        if self.reporter is not None:
+            self.reporter()
         cache = self.exporters.templates
         cache.expire(now)
         self.exporters.add_counts("sets_expired", cache.pending.expire(now, cache.pending_max_seconds))
@@ -109,8 +113,8 @@ class Pipeline:
 
     def flush(self) -> None:
         if self._out:
-            self.sink.write(b"".join(self._out))
-            self._out.clear()
+            self.sink.write_alerts(self._out)     # one bytes per alert: sinks cut between alerts
+            self._out = []
             self.sink.flush()
             self.latency.add(self.clock() - np.array(self._out_ts))
             self._out_ts.clear()
@@ -121,6 +125,26 @@ class Pipeline:
         if self.template_file is not None:
             self.template_file.save()
         self.sink.close()
+
+    def snapshot(self) -> dict:
+        """Every counter, for the metrics endpoint (read from another thread: monitoring-grade)."""
+        sink_stats = getattr(self.sink, "stats", None)
+        extra = sink_stats() if callable(sink_stats) else {}
+        return {"exporters": self.exporters.snapshot(),
+                "global": {"exporters": len(self.exporters), "alerts_written": self.alerts_written,
+                           "kernel_drops": kernel_drops(self.socket_inodes), "pending": self.folder.pending,
+                           "spool_bytes": extra.get("spool_bytes", 0), "spool_dropped": extra.get("spool_dropped", 0)}}
+
+    def reload(self, config: Config) -> None:
+        """Swap in a new config's endpoints and suppression at once (between two batches).
+        Other sections take effect at the next start; a warning says so."""
+        self.detector = Detector(config, url_patterns=config.http.url_substrings)
+        for section in ("listen", "templates", "http", "alerts", "logging"):
+            if getattr(config, section, None) != getattr(self.config, section, None):
+                log.warning("reload: [%s] changed; it takes effect at the next start", section)
+        self.config = config
+        log.info("reload: %d endpoint(s), %d suppressed subnet(s), %d suppressed VLAN(s) in force",
+                 len(config.endpoints), len(config.suppress.source_subnets), len(config.suppress.vlans))
 
     def stats(self) -> dict:
         return stats_of(self.exporters, self.alerts_written, self.suppressed)
@@ -149,12 +173,15 @@ def run_replay(config: Config, sink: Sink, batches: Iterable[DatagramBatch], enc
 
 
 def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready: Callable[[list], None] | None = None,
-               encoder=None, workers: int = 1):
+               encoder=None, workers: int = 1, metrics_at: tuple[str, int] | None = None,
+               reload: Callable[[], Config] | None = None):
     """Receive on every address until SIGINT/SIGTERM, then drain, flush every alert and return.
 
     With workers > 1 the kernels are loaded once, then `workers` processes share every address
     (SO_REUSEPORT); the parent merges their alerts into `sink` and their counters into the summary.
+    `metrics_at` serves Prometheus metrics on /metrics; SIGHUP applies `reload()`'s config.
     """
+    from .metrics import MetricsServer
     from . import receive   # the socket side is imported only by the live path
     from .workers import run_workers
 
@@ -173,29 +200,35 @@ def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready:
     bound = [g[0].getsockname()[:2] for g in groups]
 
     def announce() -> None:
-        log.info("listening on %s (%s)", ", ".join(receive._fmt(a) for a in bound),
-                 receive.describe(config.listen.batch_datagrams, workers))
+        log.info("listening on %s (%s)%s", ", ".join(receive._fmt(a) for a in bound),
+                 receive.describe(config.listen.batch_datagrams, workers),
+                 f"; metrics on http://{receive._fmt(metrics_at)}/metrics" if metrics_at else "")
         if ready is not None:
             ready(bound)
 
     if workers > 1:
         try:
             run_workers(groups, workers, sink, make_pipeline,
-                        lambda socks, p: receive.serve(config, socks, p, announce=False), announce)
+                        lambda socks, p: receive.serve(config, socks, p, announce=False, reload=reload), announce,
+                        metrics_at)
         finally:
             sink.close()
         return None
     pipeline = make_pipeline(sink)
+    server = MetricsServer(*metrics_at, pipeline.snapshot) if metrics_at else None
     try:
-        receive.serve(config, [g[0] for g in groups], pipeline, ready=lambda _: announce(), announce=False)
+        receive.serve(config, [g[0] for g in groups], pipeline, ready=lambda _: announce(), announce=False,
+                      reload=reload)
     finally:
+        if server is not None:
+            server.close()
         pipeline.close()
         log.info("stopped: %s", pipeline.summary())
     return pipeline
 
 
 class _NullSink:
-    def write(self, data: bytes) -> None:
+    def write_alerts(self, alerts: list[bytes]) -> None:
         pass
 
     def flush(self) -> None:

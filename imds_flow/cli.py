@@ -19,6 +19,8 @@ log = logging.getLogger("imds_flow")
 
 CONFIG_HELP = "TOML config file (default: the embedded copy of config/imds-flow.toml)."
 ALERTS_HELP = "Where the alert stream goes: a file (appended to) or - for stdout."
+LISTEN_ALERTS_HELP = ("Where the alert stream goes: a file (appended to) or - for stdout; added to the config's "
+                      "[[sinks]]. Without it: the [[sinks]], or stdout when the config has none.")
 FORMAT_HELP = "Alert format: msgpack maps, or one Elastic Common Schema (ECS) JSON object per line."
 _format_option = click.option("--alerts-format", "alerts_format", type=click.Choice(["msgpack", "ecs-json"]),
                               default="msgpack", show_default=True, help=FORMAT_HELP)
@@ -73,35 +75,54 @@ def cli():
 @cli.command()
 @click.argument("addresses", nargs=-1, required=True, metavar="[HOST]:PORT...")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-@click.option("--alerts", "alerts_path", default="-", show_default=True, help=ALERTS_HELP)
+@click.option("--alerts", "alerts_path", default="-", show_default=True, help=LISTEN_ALERTS_HELP)
 @_format_option
+@click.option("--metrics", "metrics_at", metavar="[HOST]:PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9109).")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Processes sharing the addresses (SO_REUSEPORT); an exporter always reaches the same one.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Overrides logging.level from the config.")
-def listen(addresses, config_path, alerts_path, alerts_format, workers, log_level):
+def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, workers, log_level):
     """Receive flow exports on UDP and alert on metadata-endpoint traffic.
 
     [HOST]:PORT is :2055 (every IPv4 address), 127.0.0.1:2055, [::]:2055 (IPv6 and, unless an
     IPv4 listener shares the port, IPv4 too) or [::1]:2055; give several to listen on each.
     SIGINT / SIGTERM stop it: queued datagrams are decoded and every pending alert is written.
+    SIGHUP reloads the config's endpoints and suppression without losing a datagram.
     """
     from .receive import parse_listen
     try:
         listen_on = [parse_listen(a) for a in addresses]
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    try:
+        metrics = parse_listen(metrics_at) if metrics_at else None
+    except ValueError as e:
+        raise click.UsageError(str(e).replace("listen address", "--metrics")) from None
     cfg = _load_config(config_path)
     _setup_logging(log_level or cfg.logging.level)
     from .app import run_listen
-    sink = _open_sink(alerts_path)
+    given = click.get_current_context().get_parameter_source("alerts_path") != click.core.ParameterSource.DEFAULT
+    sink = _open_sinks(cfg, alerts_path if given else None, alerts_format)
     log.info("config %s: %d endpoint(s), %d suppressed subnet(s), %d suppressed VLAN(s); alerts to %s",
              cfg.source, len(cfg.endpoints), len(cfg.suppress.source_subnets), len(cfg.suppress.vlans),
-             "stdout" if alerts_path == "-" else alerts_path)
+             ", ".join(s.name for s in sink.sinks))
     try:
-        run_listen(cfg, sink, listen_on, encoder=_encoder(alerts_format), workers=workers)
+        run_listen(cfg, sink, listen_on, encoder=_encoder(sink.input_format), workers=workers, metrics_at=metrics,
+                   reload=lambda: config_mod.load(config_path))
     except OSError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _open_sinks(cfg, alerts_path: str | None, alerts_format: str):
+    """The config's [[sinks]] and --alerts (listen only; replay writes --alerts alone)."""
+    from .sinks import open_sinks
+    try:
+        return open_sinks(cfg.sinks, alerts_path, alerts_format)
+    except OSError as e:
+        where = f"--alerts {alerts_path}" if alerts_path and getattr(e, "filename", None) == alerts_path else "sinks"
+        raise click.UsageError(f"{where}: {e.strerror or e}") from None
 
 
 def _open_sink(path: str):

@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .exporters import ExporterTable
 from .wire.errors import REASONS
 
-__all__ = ["ErrorLog", "Latency", "summary_line", "STAT_KEYS"]
+__all__ = ["ErrorLog", "Latency", "summary_line", "STAT_KEYS", "render_prometheus", "MetricsServer",
+           "kernel_drops"]
 
 log = logging.getLogger("imds_flow")
 
@@ -71,7 +77,7 @@ STAT_KEYS = ("exporters", "datagrams", "records", "rejected", "sequence_lost", "
 def stats_of(exporters: ExporterTable, alerts: int, suppressed: int) -> dict:
     return {"exporters": len(exporters), "datagrams": exporters.total("datagrams"),
             "records": exporters.total("records"), "rejected": sum(exporters.total(r) for r in REASONS[1:]),
-            "sequence_lost": int(exporters.seq_lost[:len(exporters)].sum()), "alerts": alerts,
+            "sequence_lost": int(exporters.sequence_lost().sum()), "alerts": alerts,
             "suppressed": suppressed}
 
 
@@ -82,3 +88,109 @@ def summary_line(stats: dict, latency: Latency | None = None) -> str:
     if latency is not None and (p50 := latency.quantile(0.5)) is not None:
         line += f", alert latency p50 {p50 * 1e3:.2f} ms p99 {latency.quantile(0.99) * 1e3:.2f} ms"
     return line
+
+
+def kernel_drops(inodes: set[int]) -> int:
+    """Datagrams the kernel dropped on our sockets (their receive queues were full)."""
+    drops = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 12 and int(f[9]) in inodes:
+                drops += int(f[-1])
+    return drops
+
+
+# --- Prometheus text exposition --------------------------------------------------------------------
+
+# per-exporter counters as metric families: (metric, help, counter column or reason label)
+_FAMILIES = (
+    ("imds_flow_datagrams_total", "Datagrams received from the exporter.", "datagrams"),
+    ("imds_flow_records_total", "Flow records decoded.", "records"),
+    ("imds_flow_alert_records_total", "Records that touched a metadata endpoint and alerted.", "alerts"),
+    ("imds_flow_suppressed_records_total", "Records that touched an endpoint but were suppressed.", "suppressed"),
+    ("imds_flow_sequence_lost_total", "Records (v5, IPFIX) or datagrams (v9) missed upstream: sequence gaps.",
+     "sequence_lost"),
+    ("imds_flow_templates_total", "Templates received.", "templates"),
+    ("imds_flow_template_misses_total", "Data sets that arrived before their template (waited).", "sets_waiting"),
+    ("imds_flow_template_expired_sets_total", "Data sets dropped because their template never came.",
+     "sets_expired"),
+)
+
+
+def _labels(row: dict) -> str:
+    return f'exporter="{row["exporter"]}",exporter_port="{row["exporter_port"]}"'
+
+
+def render_prometheus(snapshot: dict) -> str:
+    """Text exposition format 0.0.4 of a snapshot (Pipeline.snapshot(), or several merged)."""
+    rows = snapshot["exporters"]
+    out = []
+    for name, help_text, key in _FAMILIES:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        out += [f"{name}{{{_labels(r)}}} {r.get(key, 0)}" for r in rows]
+    name = "imds_flow_decode_errors_total"
+    out += [f"# HELP {name} Datagrams rejected by the decoders, by reason.", f"# TYPE {name} counter"]
+    for r in rows:
+        for reason in REASONS[1:]:
+            if r.get(reason):
+                out.append(f'{name}{{{_labels(r)},reason="{reason}"}} {r[reason]}')
+    g = snapshot["global"]
+    for name, kind, help_text, key in (
+            ("imds_flow_exporters", "gauge", "Exporters seen since start.", "exporters"),
+            ("imds_flow_alerts_written_total", "counter", "Alerts written (after folding).", "alerts_written"),
+            ("imds_flow_kernel_drops_total", "counter", "Datagrams dropped by the kernel: socket queue full.",
+             "kernel_drops"),
+            ("imds_flow_pending_alerts", "gauge", "Folded alerts waiting for their window to close.", "pending"),
+            ("imds_flow_spool_bytes", "gauge", "Alert bytes spooled on disk for sinks that are down.",
+             "spool_bytes"),
+            ("imds_flow_spool_dropped_alerts_total", "counter", "Spooled alerts dropped because the spool was full.",
+             "spool_dropped")):
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {g.get(key, 0)}"]
+    return "\n".join(out) + "\n"
+
+
+def merge_snapshots(parts: list[dict]) -> dict:
+    """Workers' snapshots as one: exporters concatenated (each lives on one worker), globals summed."""
+    merged = {"exporters": [], "global": {}}
+    for p in parts:
+        merged["exporters"] += p["exporters"]
+        for k, v in p["global"].items():
+            merged["global"][k] = merged["global"].get(k, 0) + v
+    return merged
+
+
+class MetricsServer:
+    """GET /metrics on HOST:PORT from a daemon thread; `snapshot` is called per scrape."""
+
+    def __init__(self, host: str, port: int, snapshot: Callable[[], dict]):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):                # noqa: N802 - http.server's naming
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics here")
+                    return
+                body = render_prometheus(snapshot()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):    # scrapes are not news
+                pass
+
+        server_class = type("Server", (ThreadingHTTPServer,),
+                            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+        self.httpd = server_class((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.address = self.httpd.server_address[:2]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -248,19 +249,22 @@ def _parse_names(names: np.ndarray):
     return hi, lo, port
 
 
-def serve(config, socks: list[socket.socket], pipeline, ready=None, announce: bool = True) -> None:
-    """Run the uvloop event loop until SIGINT/SIGTERM; every socket feeds `pipeline.process`."""
+def serve(config, socks: list[socket.socket], pipeline, ready=None, announce: bool = True,
+          reload: Callable[[], object] | None = None) -> None:
+    """Run the uvloop event loop until SIGINT/SIGTERM; every socket feeds `pipeline.process`.
+    SIGHUP calls `reload()` for a new config and swaps it into the pipeline between batches."""
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:                      # portable fallback: asyncio's own loop
         runner = asyncio.run
-    runner(_serve(config, socks, pipeline, ready, announce))
+    runner(_serve(config, socks, pipeline, ready, announce, reload))
 
 
-async def _serve(config, socks, pipeline, ready, announce) -> None:
+async def _serve(config, socks, pipeline, ready, announce, reload) -> None:
     loop = asyncio.get_running_loop()
     lc = config.listen
+    pipeline.socket_inodes = {os.fstat(s.fileno()).st_ino for s in socks}
     receivers = [Receiver(s, lc.batch_datagrams, lc.max_datagram_bytes) for s in socks]
     stop = asyncio.Event()
 
@@ -278,6 +282,16 @@ async def _serve(config, socks, pipeline, ready, announce) -> None:
         loop.add_reader(r.sock.fileno(), drain, r)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def on_hup() -> None:
+        # Runs on the loop, between two batches: no datagram is lost, the kernel queues them.
+        try:
+            pipeline.reload(reload())
+        except Exception as e:               # noqa: BLE001 - a bad new config must not stop the collector
+            log.error("reload failed, keeping the running config: %s", e)
+
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     bound = [s.getsockname()[:2] for s in socks]
     if announce:
         log.info("listening on %s (%s)", ", ".join(_fmt(a) for a in bound), describe(lc.batch_datagrams))

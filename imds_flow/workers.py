@@ -16,23 +16,23 @@ import socket
 import struct
 from typing import Callable
 
-from .metrics import STAT_KEYS, Latency, summary_line
+from .metrics import STAT_KEYS, Latency, MetricsServer, merge_snapshots, summary_line
 
 __all__ = ["run_workers"]
 
 log = logging.getLogger("imds_flow")
 
-_HEAD = struct.Struct("!cI")                 # frame: kind (b"A" alerts, b"S" stats), payload length
+_HEAD = struct.Struct("!cI")    # frame: kind (b"A" alerts, b"M" metrics snapshot, b"S" final stats), length
 
 
 class FrameSink:
-    """The worker's sink: alert bytes go to the parent as frames."""
+    """The worker's sink: alerts go to the parent as frames, one alert per frame."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
 
-    def write(self, data: bytes) -> None:
-        self.sock.sendall(_HEAD.pack(b"A", len(data)) + data)
+    def write_alerts(self, alerts: list[bytes]) -> None:
+        self.sock.sendall(b"".join(_HEAD.pack(b"A", len(a)) + a for a in alerts))
 
     def flush(self) -> None:
         pass
@@ -40,16 +40,22 @@ class FrameSink:
     def close(self) -> None:
         pass
 
+    def send_snapshot(self, snapshot: dict) -> None:
+        data = json.dumps(snapshot).encode()
+        self.sock.sendall(_HEAD.pack(b"M", len(data)) + data)
+
     def send_stats(self, stats: dict, latency: Latency) -> None:
         data = json.dumps({"stats": stats, "latency": latency.counts.tolist()}).encode()
         self.sock.sendall(_HEAD.pack(b"S", len(data)) + data)
 
 
-def _worker(index: int, conn: socket.socket, socks, make_pipeline, serve_fn) -> int:
-    for sig in (signal.SIGINT, signal.SIGTERM):
+def _worker(index: int, conn: socket.socket, socks, make_pipeline, serve_fn, report: bool) -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     sink = FrameSink(conn)
     pipeline = make_pipeline(sink, index)
+    if report:
+        pipeline.reporter = lambda: sink.send_snapshot(pipeline.snapshot())
     try:
         serve_fn(socks, pipeline)
     finally:
@@ -60,9 +66,12 @@ def _worker(index: int, conn: socket.socket, socks, make_pipeline, serve_fn) -> 
 
 
 def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipeline: Callable,
-                serve_fn: Callable, announce: Callable[[], None]) -> tuple[dict, Latency]:
+                serve_fn: Callable, announce: Callable[[], None],
+                metrics_at: tuple[str, int] | None = None) -> tuple[dict, Latency]:
     """Fork `workers` processes; worker i serves socket i of every address group. Returns the
-    merged counters and latency once every worker has drained, flushed and exited."""
+    merged counters and latency once every worker has drained, flushed and exited. SIGHUP is
+    passed on (each worker reloads); with `metrics_at` the parent serves the workers' merged
+    metrics, which they report every second."""
     children: dict[int, socket.socket] = {}
     for i in range(workers):
         parent_end, child_end = socket.socketpair()
@@ -73,7 +82,8 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
                 other.close()
             code = 1
             try:
-                code = _worker(i, child_end, [g[i] for g in groups], make_pipeline, serve_fn)
+                code = _worker(i, child_end, [g[i] for g in groups], make_pipeline, serve_fn,
+                               metrics_at is not None)
             except BaseException:            # noqa: BLE001 - a worker must report and exit, never return
                 log.exception("worker %d failed", i)
             finally:
@@ -83,19 +93,21 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
     for group in groups:                      # the parent keeps no socket: datagrams go to workers only
         for sock in group:
             sock.close()
+    latest: dict[int, dict] = {}
+    server = None
+    if metrics_at is not None:
+        server = MetricsServer(*metrics_at, lambda: merge_snapshots(list(latest.values())) if latest
+                               else {"exporters": [], "global": {}})
     announce()
 
-    stopping = {"signal": None}
-
     def forward(signum, _frame):
-        stopping["signal"] = signum
         for pid in children:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     totals = {k: 0 for k in STAT_KEYS}
     latency = Latency()
     failed = 0
@@ -117,6 +129,7 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
                     continue
                 buf = buffers[pid]
                 buf += chunk
+                alerts = []
                 while len(buf) >= _HEAD.size:
                     kind, size = _HEAD.unpack_from(buf)
                     if len(buf) < _HEAD.size + size:
@@ -124,13 +137,17 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
                     payload = bytes(buf[_HEAD.size:_HEAD.size + size])
                     del buf[:_HEAD.size + size]
                     if kind == b"A":
-                        sink.write(payload)
-                        sink.flush()
+                        alerts.append(payload)
+                    elif kind == b"M":
+                        latest[pid] = json.loads(payload)
                     else:
                         report = json.loads(payload)
                         for k in STAT_KEYS:
                             totals[k] += report["stats"][k]
                         latency.merge(Latency(report["latency"]))
+                if alerts:
+                    sink.write_alerts(alerts)
+                    sink.flush()
         for pid in children:
             _, status = os.waitpid(pid, 0)
             if os.waitstatus_to_exitcode(status) != 0:
@@ -138,6 +155,8 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if server is not None:
+            server.close()
     if failed:
         log.error("%d of %d workers failed; see the messages above", failed, workers)
     log.info("stopped (%d workers): %s", workers, summary_line(totals, latency))

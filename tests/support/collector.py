@@ -41,14 +41,17 @@ class Collector:
     def port(self) -> int:
         return self.addresses[0][1]
 
-    def start(self, timeout: float = 60.0) -> "Collector":
+    def start(self, timeout: float = 120.0) -> "Collector":
         cmd = [sys.executable, "-m", "imds_flow.cli", "listen", *self.listen, "--alerts", str(self.alerts_path),
                *self.args]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
         self._log = open(self.log_path, "w")
+        # templates.state_file = "auto" resolves under XDG_STATE_HOME: keep each test's state its own
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(self.workdir / "state")}
+        env.pop("STATE_DIRECTORY", None)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = _LISTENING.search(self.log_path.read_text())
