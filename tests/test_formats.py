@@ -83,8 +83,8 @@ class _Sink:
     def __init__(self):
         self.data = b""
 
-    def write(self, data):
-        self.data += data
+    def write_alerts(self, alerts):
+        self.data += b"".join(alerts)
 
     def flush(self):
         pass

@@ -1,0 +1,307 @@
+"""Network sinks: UDP (one datagram per alert, best effort) and spooled TCP / Fluent forward.
+
+Rules: a spooled sink never blocks the caller on the network: write_alerts appends to its on-disk
+spool and returns; one thread per sink takes chunks from the spool in order, sends them, and commits
+a chunk only once it is confirmed (Fluent: the server's ack of the chunk id; TCP: the receiver's
+kernel acknowledged every byte, SIOCOUTQ = 0). A failed chunk is sent again after a reconnect with
+exponential backoff. close() delivers for at most drain_seconds and leaves the rest on disk.
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+import select
+import socket
+import struct
+import termios
+import threading
+import time
+import weakref
+
+import msgpack
+
+from . import fluent
+from .spool import Chunk, Spool
+
+__all__ = ["UdpSink", "SpooledSink", "StreamProtocol", "ForwardProtocol"]
+
+log = logging.getLogger("imds_flow")
+
+_TCP_CLOSE = 7                                # tcpi_state of a connection that was reset or closed
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
+CHUNK_RECORDS, CHUNK_BYTES = 512, 1 << 20
+
+
+class _Throttle:
+    """At most one message per interval; says how many were held back."""
+
+    def __init__(self, interval: float = 30.0, clock=time.monotonic):
+        self.interval, self.clock, self.last, self.held = interval, clock, -1e18, 0
+
+    def __call__(self, level: int, msg: str, *args) -> None:
+        now = self.clock()
+        if now - self.last < self.interval:
+            self.held += 1
+            return
+        suffix = f" ({self.held} similar message(s) held back)" if self.held else ""
+        log.log(level, msg + suffix, *args)
+        self.last, self.held = now, 0
+
+
+class UdpSink:
+    """Each alert one datagram to host:port; a datagram the kernel refuses is counted as dropped."""
+
+    kind = "udp"
+
+    def __init__(self, name: str, host: str, port: int):
+        self.name = name
+        family, stype, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self.sock = socket.socket(family, stype, proto)
+        self.sock.setblocking(False)
+        self.sock.connect(addr)
+        self.sent = 0
+        self.dropped = 0
+        self.spooled = 0
+        self.spool_bytes = 0
+        self._warn = _Throttle()
+
+    def write_alerts(self, alerts: list[bytes]) -> None:
+        for a in alerts:
+            try:
+                self.sock.send(a)
+                self.sent += 1
+            except OSError as e:              # refused (ICMP port unreachable), too large, buffer full
+                self.dropped += 1
+                self._warn(logging.WARNING, "%s: alert datagram dropped: %s", self.name, e.strerror or e)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _outq(sock: socket.socket) -> int:
+    """Bytes written but not yet acknowledged by the receiver's kernel (Linux SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
+def _raise_if_broken(sock: socket.socket) -> None:
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE:
+        raise ConnectionResetError("connection closed by the receiver")
+
+
+def wait_acknowledged(sock: socket.socket, deadline: float) -> bool:
+    """Until the receiver's kernel has acknowledged every byte sent; True if the receiver closed its
+    side meanwhile (what it was sent still reaches it: a half-closed receiver keeps reading)."""
+    eof = False
+    while True:
+        _raise_if_broken(sock)
+        if _outq(sock) == 0:
+            return eof
+        if time.monotonic() > deadline:
+            raise TimeoutError("the receiver did not take the data in time")
+        if eof:
+            time.sleep(0.005)
+        elif select.select([sock], [], [], 0.005)[0]:
+            eof = not sock.recv(65536)         # a stream receiver sends nothing; what it sends is ignored
+
+
+class StreamProtocol:
+    """TCP: the alerts as the format wrote them, one after another (msgpack maps or JSON lines)."""
+
+    kind = "tcp"
+
+    def record(self, alert: bytes) -> bytes:
+        return alert
+
+    def send(self, sock: socket.socket, records: list[bytes], deadline: float) -> bool:
+        sock.sendall(b"".join(records))
+        return wait_acknowledged(sock, deadline)
+
+
+class ForwardProtocol:
+    """Fluent forward: one Forward mode message per chunk; with require_ack, a chunk counts as
+    delivered only when the server acknowledges its chunk id."""
+
+    kind = "fluent"
+
+    def __init__(self, tag: str, fmt: str, require_ack: bool = True, use_event_time: bool = True):
+        self.tag, self.fmt, self.require_ack, self.use_event_time = tag, fmt, require_ack, use_event_time
+
+    def record(self, alert: bytes) -> bytes:
+        return fluent.entry(alert, self.fmt, self.use_event_time)
+
+    def send(self, sock: socket.socket, records: list[bytes], deadline: float) -> bool:
+        chunk = fluent.new_chunk_id() if self.require_ack else None
+        sock.sendall(fluent.message(self.tag, records, chunk))
+        if chunk is None:
+            return wait_acknowledged(sock, deadline)
+        unpacker = msgpack.Unpacker(raw=False)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no ack for chunk {chunk}")
+            if not select.select([sock], [], [], min(left, 0.5))[0]:
+                continue
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError(f"closed by the receiver before it acknowledged chunk {chunk}")
+            unpacker.feed(data)
+            for reply in unpacker:
+                if isinstance(reply, dict) and reply.get("ack") == chunk:
+                    return False
+
+
+def _close_in_child(ref) -> None:
+    """After fork: the child must not hold the parent's connection open (no FIN would be sent)."""
+    sink = ref()
+    if sink is not None and sink._sock is not None:
+        try:
+            os.close(sink._sock.detach())
+        except OSError:
+            pass
+        sink._sock = None
+
+
+class SpooledSink:
+    """write_alerts -> spool (never waits for the network) -> delivery thread -> host:port."""
+
+    def __init__(self, name: str, host: str, port: int, spool: Spool, protocol, timeout: float = 30.0,
+                 drain_seconds: float = 5.0):
+        self.name = name
+        self.kind = protocol.kind
+        self.host, self.port = host, port
+        self.spool = spool
+        self.protocol = protocol
+        self.timeout = timeout
+        self.drain_seconds = drain_seconds
+        self.connected = False
+        self.connects = 0
+        self._sock: socket.socket | None = None
+        self._sock_lock = threading.Lock()
+        self._closing = threading.Event()     # deliver what is left, then stop
+        self._stop = threading.Event()        # stop now
+        self._warn = _Throttle()
+        os.register_at_fork(after_in_child=functools.partial(_close_in_child, weakref.ref(self)))
+        self._thread = threading.Thread(target=self._run, name=f"imds-flow {name}", daemon=True)
+        self._thread.start()
+
+    # --- counters for the metrics endpoint -------------------------------------------------------
+
+    @property
+    def sent(self) -> int:
+        return self.spool.delivered
+
+    @property
+    def spooled(self) -> int:
+        return self.spool.appended
+
+    @property
+    def dropped(self) -> int:
+        return self.spool.dropped
+
+    @property
+    def spool_bytes(self) -> int:
+        return self.spool.bytes
+
+    @property
+    def spool_alerts(self) -> int:
+        return self.spool.records
+
+    # --- the sink protocol -----------------------------------------------------------------------
+
+    def write_alerts(self, alerts: list[bytes]) -> None:
+        if alerts:
+            self.spool.append([self.protocol.record(a) for a in alerts])
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """Deliver for at most drain_seconds, then stop; what is left stays in the spool for the next start."""
+        self._closing.set()
+        self.spool.notify()
+        self._thread.join(self.drain_seconds)
+        if self._thread.is_alive():
+            self._stop.set()
+            self._abort()
+            self.spool.notify()
+            self._thread.join(5.0)
+        left = self.spool.records
+        if left:
+            log.warning("%s: %d alert(s) not delivered to %s:%d stay in %s for the next start", self.name, left,
+                        self.host, self.port, self.spool.directory)
+        self.spool.close()
+
+    # --- the delivery thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        while not self._stop.is_set():
+            chunk = self.spool.peek(CHUNK_RECORDS, CHUNK_BYTES)
+            if chunk is None:
+                if self._closing.is_set():
+                    break
+                self.spool.wait(0.5)
+                continue
+            try:
+                self._deliver(chunk)
+            except (OSError, ValueError) as e:       # ValueError: a reply that is not msgpack
+                self._disconnect()
+                if self._stop.is_set():
+                    break
+                self._warn(logging.WARNING, "%s: %s:%d: %s; %d alert(s) spooled, retrying", self.name,
+                           self.host, self.port, e, self.spool.records)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+        self._disconnect()
+
+    def _deliver(self, chunk: Chunk) -> None:
+        if self._sock is None or self._peer_gone():
+            self._disconnect()
+            self._connect()
+        peer_closed = self.protocol.send(self._sock, chunk.records, time.monotonic() + self.timeout)
+        self.spool.commit(chunk)
+        if peer_closed:                       # the receiver is going away: reconnect for the next chunk
+            self._disconnect()
+
+    def _connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        with self._sock_lock:
+            self._sock = sock
+        log.info("%s: connected to %s:%d; %d alert(s) spooled", self.name, self.host, self.port, self.spool.records)
+        self.connected = True
+        self.connects += 1
+
+    def _peer_gone(self) -> bool:
+        """The receiver closed (or reset) the connection since the last chunk."""
+        try:
+            return bool(select.select([self._sock], [], [], 0)[0]) and \
+                not self._sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return True
+
+    def _disconnect(self) -> None:
+        with self._sock_lock:
+            sock, self._sock = self._sock, None
+        self.connected = False
+        if sock is not None:
+            sock.close()
+
+    def _abort(self) -> None:
+        """From close(): wake the thread out of a send or a wait for an ack."""
+        with self._sock_lock:
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
