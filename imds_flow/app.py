@@ -18,11 +18,11 @@ from .datagrams import DatagramBatch
 from .detect import Detector
 from .exporters import ExporterTable
 from .flows import FlowBatch
-from .metrics import ErrorLog, Latency, kernel_drops, stats_of, summary_line
+from .metrics import ErrorLog, LimitLog, Latency, kernel_drops, stats_of, summary_line
 from .sinks import Sink
 from .templates_store import TemplateFile
 from .wire import v9ipfix
-from .wire.templates import TemplateCache
+from .wire.templates import Bounds, TemplateCache
 
 __all__ = ["Pipeline", "run_listen", "run_replay"]
 
@@ -35,9 +35,12 @@ class Pipeline:
         self.config = config
         self.clock = clock
         self.sink = sink
-        t = config.templates
+        t, lim = config.templates, config.limits
+        bounds = Bounds(lim.max_scopes_per_exporter, lim.max_templates_per_scope, lim.max_templates,
+                        lim.max_template_fields, lim.max_pending_bytes_per_exporter, lim.max_pending_bytes)
         self.exporters = ExporterTable(clock, templates=TemplateCache(
-            t.scope_port, t.lifetime_seconds, t.pending_max_sets, t.pending_max_seconds, config.http.url_substrings))
+            t.scope_port, t.lifetime_seconds, t.pending_max_sets, t.pending_max_seconds, config.http.url_substrings,
+            bounds), max_exporters=lim.max_exporters, allowed=config.listen.allowed_exporters)
         self.detector = Detector(config, url_patterns=config.http.url_substrings)
         self.template_file: TemplateFile | None = None    # set by persist_templates() (listen only)
         self.batch = FlowBatch()
@@ -52,6 +55,7 @@ class Pipeline:
         self.reporter: Callable[[], None] | None = None   # called every tick (workers report to the parent)
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit)
         self.errors = ErrorLog(self.exporters, config.logging.error_interval_seconds)
+        self.limit_log = LimitLog(self.exporters, config.logging.error_interval_seconds)
 
     def warm_up(self) -> None:
         """Load (or compile) every kernel on a scratch batch, so the first real burst is not spent
@@ -77,6 +81,14 @@ class Pipeline:
         if dg.n == 0:
             return
         exp_ids = self.exporters.lookup(dg.src_hi[: dg.n], dg.src_lo[: dg.n], dg.sport[: dg.n])
+        if (exp_ids < 0).any():        # not in listen.allowed_exporters, or past limits.max_exporters
+            keep = exp_ids >= 0
+            self.limit_log.report(float(dg.ts[dg.n - 1]))
+            dg, exp_ids = dg.select(keep), exp_ids[keep]
+            truncated = truncated[keep] if truncated is not None else None
+            if dg.n == 0:
+                self.batch.n = 0
+                return
         if truncated is not None:
             dg.lens[truncated] = 0
         status = wire.decode(dg, exp_ids, self.exporters, self.batch)
@@ -85,6 +97,7 @@ class Pipeline:
         now = float(dg.ts[dg.n - 1])
         self.exporters.count(exp_ids, status, self.batch.view("exporter"), now)
         self.errors.report(exp_ids, status, now)
+        self.limit_log.report(now)
         hits = self.detector.run(self.batch)
         self.suppressed += hits.suppressed
         if len(hits):
@@ -132,6 +145,7 @@ class Pipeline:
         extra = sink_stats() if callable(sink_stats) else {}
         return {"exporters": self.exporters.snapshot(),
                 "global": {"exporters": len(self.exporters), "alerts_written": self.alerts_written,
+                           **self.exporters.dropped,
                            "kernel_drops": kernel_drops(self.socket_inodes), "pending": self.folder.pending,
                            "spool_bytes": extra.get("spool_bytes", 0), "spool_dropped": extra.get("spool_dropped", 0)}}
 
@@ -139,7 +153,7 @@ class Pipeline:
         """Swap in a new config's endpoints and suppression at once (between two batches).
         Other sections take effect at the next start; a warning says so."""
         self.detector = Detector(config, url_patterns=config.http.url_substrings)
-        for section in ("listen", "templates", "http", "alerts", "logging"):
+        for section in ("listen", "templates", "http", "alerts", "logging", "limits"):
             if getattr(config, section, None) != getattr(self.config, section, None):
                 log.warning("reload: [%s] changed; it takes effect at the next start", section)
         self.config = config

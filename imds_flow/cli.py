@@ -120,9 +120,8 @@ def _open_sinks(cfg, alerts_path: str | None, alerts_format: str):
     from .sinks import open_sinks
     try:
         return open_sinks(cfg.sinks, alerts_path, alerts_format)
-    except OSError as e:
-        where = f"--alerts {alerts_path}" if alerts_path and getattr(e, "filename", None) == alerts_path else "sinks"
-        raise click.UsageError(f"{where}: {e.strerror or e}") from None
+    except OSError as e:                      # "<sink name>: <reason>"; --alerts PATH is named PATH
+        raise click.UsageError(f"alert sink {e.strerror or e}") from None
 
 
 def _open_sink(path: str):

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "Endpoint", "load", "parse", "default_text", "default_state_file"]
+__all__ = ["Config", "ConfigError", "Endpoint", "SinkSpec", "load", "parse", "default_text", "default_state_file"]
 
 
 class ConfigError(ValueError):
@@ -37,6 +37,21 @@ class Listen:
     rcvbuf_bytes: int = 64 << 20
     batch_datagrams: int = 512
     max_datagram_bytes: int = 65535
+    # sources whose datagrams are decoded; empty: every source. A filter against noise and
+    # misconfiguration, not authentication: UDP source addresses are trivially forged.
+    allowed_exporters: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what exporters can make the collector hold (memory); see [limits] in default.toml."""
+    max_exporters: int = 4096
+    max_scopes_per_exporter: int = 32
+    max_templates_per_scope: int = 1024
+    max_templates: int = 65536
+    max_template_fields: int = 1 << 21
+    max_pending_bytes_per_exporter: int = 1 << 20
+    max_pending_bytes: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,27 @@ class Http:
 
 
 @dataclass(frozen=True)
+class SinkSpec:
+    """One [[sinks]] table; which keys apply depends on type (SINK_KEYS)."""
+    type: str                             # stdout, file, udp, tcp, fluent
+    name: str = ""                        # for logs and metrics; default "<type> <path or address>"
+    format: str = "msgpack"               # msgpack or ecs-json
+    path: str = ""                        # file
+    max_bytes: int = 0                    # file: rotate before passing this size (0: never)
+    keep: int = 5                         # file: rotated files kept (PATH.1 .. PATH.keep)
+    address: str = ""                     # udp, tcp, fluent: "host:port", "[v6]:port"
+    host: str = ""
+    port: int = 0
+    tag: str = "imds_flow.alert"          # fluent
+    require_ack: bool = True              # fluent: chunk ids, resend until acknowledged
+    event_time: bool = True               # fluent: EventTime (ns); false: integer seconds (Fluentd v0.12)
+    spool_dir: str = "auto"               # tcp, fluent
+    spool_max_bytes: int = 256 << 20      # tcp, fluent
+    timeout_seconds: float = 30.0         # tcp, fluent: connect, send, ack
+    drain_seconds: float = 5.0            # tcp, fluent: delivery time allowed at shutdown
+
+
+@dataclass(frozen=True)
 class Config:
     endpoints: tuple[Endpoint, ...]
     suppress: Suppress = field(default_factory=Suppress)
@@ -74,6 +110,8 @@ class Config:
     logging: Logging = field(default_factory=Logging)
     templates: Templates = field(default_factory=Templates)
     http: Http = field(default_factory=Http)
+    limits: Limits = field(default_factory=Limits)
+    sinks: tuple[SinkSpec, ...] = ()
     source: str = "<default>"
 
 
@@ -152,14 +190,24 @@ def _suppress(raw: dict) -> Suppress:
 
 def _listen(raw: dict) -> Listen:
     w = "listen."
-    _check_keys(raw, {"rcvbuf_bytes", "batch_datagrams", "max_datagram_bytes"}, w)
+    _check_keys(raw, {"rcvbuf_bytes", "batch_datagrams", "max_datagram_bytes", "allowed_exporters"}, w)
     d = Listen()
+    allowed = _typed(raw, "allowed_exporters", list, w, [])
     return Listen(
         _positive(_typed(raw, "rcvbuf_bytes", int, w, d.rcvbuf_bytes), w + "rcvbuf_bytes", 4096),
         _positive(_typed(raw, "batch_datagrams", int, w, d.batch_datagrams), w + "batch_datagrams", 1, 65536),
         _positive(_typed(raw, "max_datagram_bytes", int, w, d.max_datagram_bytes), w + "max_datagram_bytes",
                   512, 65535),
+        tuple(_network(a, f"listen.allowed_exporters[{i}]") for i, a in enumerate(allowed)),
     )
+
+
+def _limits(raw: dict) -> Limits:
+    w = "limits."
+    d = Limits()
+    names = tuple(d.__dataclass_fields__)
+    _check_keys(raw, set(names), w)
+    return Limits(*(_positive(_typed(raw, k, int, w, getattr(d, k)), w + k, 0 if "pending" in k else 1) for k in names))
 
 
 def _alerts(raw: dict) -> Alerts:
@@ -207,6 +255,75 @@ def _http(raw: dict) -> Http:
     return Http(tuple(subs))
 
 
+_NET_KEYS = {"address", "spool_dir", "spool_max_bytes", "timeout_seconds", "drain_seconds"}
+SINK_KEYS = {
+    "stdout": set(),
+    "file": {"path", "max_bytes", "keep"},
+    "udp": {"address"},
+    "tcp": _NET_KEYS,
+    "fluent": _NET_KEYS | {"tag", "require_ack", "event_time"},
+}
+_SINK_FORMATS = ("msgpack", "ecs-json")
+
+
+def _host_port(text: str, key: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or ":" in host and not text.startswith("[") or not port.isdigit() \
+            or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{key} = {text!r}: expected host:port or [IPv6]:port with a port in 1..65535")
+    return host, int(port)
+
+
+def _sinks(raw: Any) -> tuple[SinkSpec, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"sinks = {raw!r}: expected [[sinks]] tables")
+    out, names, spools = [], set(), set()
+    for i, table in enumerate(raw):
+        w = f"sinks[{i}]."
+        if not isinstance(table, dict):
+            raise ConfigError(f"sinks[{i}] = {table!r}: expected a table")
+        kind = _typed(table, "type", str, w, None)
+        if kind not in SINK_KEYS:
+            raise ConfigError(f"{w}type = {kind!r}: expected one of {', '.join(SINK_KEYS)}")
+        _check_keys(table, {"type", "name", "format"} | SINK_KEYS[kind], w)
+        d = SinkSpec(kind)
+        fmt = _typed(table, "format", str, w, d.format)
+        if fmt not in _SINK_FORMATS:
+            raise ConfigError(f"{w}format = {fmt!r}: expected one of {', '.join(_SINK_FORMATS)}")
+        for key in ({"path"} if kind == "file" else {"address"} if kind != "stdout" else set()):
+            if not _typed(table, key, str, w, ""):
+                raise ConfigError(f"{w}{key}: missing for a {kind} sink")
+        host, port = _host_port(table["address"], w + "address") if "address" in table else ("", 0)
+        spec = SinkSpec(
+            kind, _typed(table, "name", str, w, ""), fmt,
+            _typed(table, "path", str, w, d.path),
+            _positive(_typed(table, "max_bytes", int, w, d.max_bytes), w + "max_bytes", 0),
+            _positive(_typed(table, "keep", int, w, d.keep), w + "keep", 0, 1000),
+            table.get("address", ""), host, port,
+            _typed(table, "tag", str, w, d.tag),
+            _typed(table, "require_ack", bool, w, d.require_ack),
+            _typed(table, "event_time", bool, w, d.event_time),
+            _typed(table, "spool_dir", str, w, d.spool_dir),
+            _positive(_typed(table, "spool_max_bytes", int, w, d.spool_max_bytes), w + "spool_max_bytes", 4096),
+            _positive(_typed(table, "timeout_seconds", float, w, d.timeout_seconds), w + "timeout_seconds", 0.1),
+            _positive(_typed(table, "drain_seconds", float, w, d.drain_seconds), w + "drain_seconds", 0.0),
+        )
+        if not spec.tag:
+            raise ConfigError(f"{w}tag = '': must be non-empty")
+        name = spec.name or f"{kind} {spec.path or spec.address}".strip()
+        if name in names:
+            raise ConfigError(f"{w}name = {name!r}: two sinks have this name (give each a name)")
+        names.add(name)
+        if kind in ("tcp", "fluent") and spec.spool_dir != "auto":
+            if spec.spool_dir in spools:
+                raise ConfigError(f"{w}spool_dir = {spec.spool_dir!r}: already the spool of another sink")
+            spools.add(spec.spool_dir)
+        out.append(SinkSpec(**{**spec.__dict__, "name": name}))
+    return tuple(out)
+
+
 def default_state_file() -> Path:
     """Where templates persist when templates.state_file = "auto": systemd's $STATE_DIRECTORY,
     else $XDG_STATE_HOME/imds-flow, else ~/.local/state/imds-flow; the file is templates.json."""
@@ -219,7 +336,7 @@ def default_state_file() -> Path:
 
 
 _SECTIONS = {"suppress": _suppress, "listen": _listen, "alerts": _alerts, "logging": _logging,
-             "templates": _templates, "http": _http}
+             "templates": _templates, "http": _http, "limits": _limits}
 
 
 def parse(text: str, source: str = "<string>") -> Config:
@@ -227,14 +344,15 @@ def parse(text: str, source: str = "<string>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    _check_keys(raw, {"endpoints", *_SECTIONS}, "")
+    _check_keys(raw, {"endpoints", "sinks", *_SECTIONS}, "")
     parts = {}
     for name, build in _SECTIONS.items():
         table = raw.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{name} = {table!r}: expected a table [{name}]")
         parts[name] = build(table)
-    return Config(endpoints=_endpoints(raw.get("endpoints")), source=source, **parts)
+    return Config(endpoints=_endpoints(raw.get("endpoints")), sinks=_sinks(raw.get("sinks", [])), source=source,
+                  **parts)
 
 
 def load(path: str | Path | None = None) -> Config:

@@ -35,6 +35,12 @@ class DatagramBatch:
         o = int(self.offs[i])
         return self.buf[o : o + int(self.lens[i])].tobytes()
 
+    def select(self, keep: np.ndarray) -> "DatagramBatch":
+        """The datagrams where `keep` (bool[n]) is true, in order; shares the payload buffer."""
+        return DatagramBatch(self.buf, self.offs[: self.n][keep], self.lens[: self.n][keep], self.src_hi[: self.n][keep],
+                             self.src_lo[: self.n][keep], self.sport[: self.n][keep], self.ts[: self.n][keep],
+                             int(np.count_nonzero(keep)))
+
     @classmethod
     def from_payloads(
         cls,

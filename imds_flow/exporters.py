@@ -3,6 +3,10 @@
 An exporter is one (address, port) that sends us datagrams; it gets a small integer index the
 kernels use to address per-exporter arrays. Lookups are vectorised per batch: Python work is per
 distinct exporter in a batch, never per datagram. The clock is injected so tests never sleep.
+At most `max_exporters` are ever registered (an index is never reused): datagrams from further
+sources get index -1, are dropped by the caller and counted in `dropped["exporters_over_limit"]`.
+With `allowed` networks (listen.allowed_exporters), datagrams from other sources get -1 before
+any registration (one numba pass per batch), counted in `dropped["not_allowed"]`.
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .addr import from_hilo
+from . import kernels
+from .addr import from_hilo, network_hilo
 from .wire.errors import REASONS
 from .wire.templates import TemplateCache
 
@@ -21,15 +26,25 @@ __all__ = ["ExporterTable", "COUNTERS"]
 COUNTERS = ("datagrams", "records", *REASONS[1:], "alerts", "suppressed",
             # NetFlow v9 / IPFIX template handling (wire/templates.py, wire/pending.py)
             "templates", "templates_rejected", "withdrawals_ignored", "options_records",
-            "sets_waiting", "sets_late", "sets_expired", "sets_dropped")
+            "sets_waiting", "sets_late", "sets_expired", "sets_dropped",
+            # [limits]: template definitions refused (per scope, in all, fields in all)
+            "templates_over_limit")
 _C = {name: i for i, name in enumerate(COUNTERS)}
 _REASON_COL = np.array([0] + [_C[r] for r in REASONS[1:]], dtype=np.int64)  # status code -> column
 
 
 class ExporterTable:
     def __init__(self, clock: Callable[[], float] = time.time, capacity: int = 64,
-                 templates: TemplateCache | None = None):
+                 templates: TemplateCache | None = None, max_exporters: int = 4096, allowed=()):
         self.clock = clock
+        self.max_exporters = max_exporters
+        nets = [network_hilo(str(a)) for a in allowed]
+        self._allowed = tuple(np.array(col, np.uint64) for col in zip(*nets)) + \
+            (np.array([a.version == 4 for a in allowed], np.bool_),) if nets else None
+        # datagrams dropped before they had an exporter row: over max_exporters, not in
+        # listen.allowed_exporters; `refused` is the last such source, for the rate-limited log
+        self.dropped = {"exporters_over_limit": 0, "not_allowed": 0}
+        self.refused: dict[str, tuple[int, int, int]] = {}
         self._index: dict[tuple[int, int, int], int] = {}
         self.address: list[str] = []
         self.port: list[int] = []
@@ -49,6 +64,9 @@ class ExporterTable:
 
     def _add(self, key: tuple[int, int, int]) -> int:
         i = len(self.address)
+        if i >= self.max_exporters:
+            self.refused["exporters_over_limit"] = key
+            return -1
         if i == len(self.first_seen):
             self._resize(2 * i)
         self._index[key] = i
@@ -65,7 +83,24 @@ class ExporterTable:
             setattr(self, name, new)
 
     def lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> np.ndarray:
-        """Exporter index of every datagram (int32), registering new exporters."""
+        """Exporter index of every datagram (int32), registering new exporters; -1 for a source not
+        allowed or past max_exporters."""
+        n = len(sport)
+        if self._allowed is not None and n:
+            ok = np.empty(n, np.bool_)
+            kernels.match_nets(src_hi, src_lo, *self._allowed, ok)
+            if not ok.all():
+                bad = np.flatnonzero(~ok)
+                self.dropped["not_allowed"] += len(bad)
+                self.refused["not_allowed"] = (int(src_hi[bad[0]]), int(src_lo[bad[0]]), int(sport[bad[0]]))
+                out = np.full(n, -1, np.int32)
+                good = np.flatnonzero(ok)
+                if len(good):
+                    out[good] = self._lookup(src_hi[good], src_lo[good], sport[good])
+                return out
+        return self._lookup(src_hi, src_lo, sport)
+
+    def _lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> np.ndarray:
         n = len(sport)
         out = np.empty(n, np.int32)
         if n == 0:
@@ -73,6 +108,8 @@ class ExporterTable:
         if (src_hi == src_hi[0]).all() and (src_lo == src_lo[0]).all() and (sport == sport[0]).all():
             key = (int(src_hi[0]), int(src_lo[0]), int(sport[0]))
             out[:] = self._index.get(key) if key in self._index else self._add(key)
+            if out[0] < 0:
+                self.dropped["exporters_over_limit"] += n
             return out
         keys = np.empty(n, dtype=[("hi", "u8"), ("lo", "u8"), ("port", "u2")])
         keys["hi"], keys["lo"], keys["port"] = src_hi, src_lo, sport
@@ -82,6 +119,8 @@ class ExporterTable:
             key = (hi, lo, port)
             ids[j] = self._index[key] if key in self._index else self._add(key)
         out[:] = ids[inverse.ravel()]
+        if (ids < 0).any():
+            self.dropped["exporters_over_limit"] += int((out < 0).sum())
         return out
 
     def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray, now: float) -> None:

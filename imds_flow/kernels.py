@@ -11,7 +11,7 @@ import numpy as np
 from .flows import NAT_DST, NAT_SRC
 from .jit import njit
 
-__all__ = ["match_net", "detect_batch", "REQUEST", "RESPONSE"]
+__all__ = ["match_net", "match_nets", "detect_batch", "REQUEST", "RESPONSE"]
 
 REQUEST = 0
 RESPONSE = 1
@@ -25,6 +25,13 @@ def match_net(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4):
         if (hi & mask_hi[e]) == net_hi[e] and (lo & mask_lo[e]) == net_lo[e] and net_v4[e] == v4:
             return e
     return -1
+
+
+@njit
+def match_nets(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4, out):
+    """out[i] = whether address (hi[i], lo[i]) lies in any of the networks."""
+    for i in range(hi.shape[0]):
+        out[i] = match_net(hi[i], lo[i], net_hi, net_lo, mask_hi, mask_lo, net_v4) >= 0
 
 
 @njit

@@ -10,10 +10,11 @@ from typing import Callable
 
 import numpy as np
 
-from .exporters import ExporterTable
+from .addr import from_hilo
+from .exporters import COUNTERS, ExporterTable
 from .wire.errors import REASONS
 
-__all__ = ["ErrorLog", "Latency", "summary_line", "STAT_KEYS", "render_prometheus", "MetricsServer",
+__all__ = ["ErrorLog", "LimitLog", "Latency", "summary_line", "STAT_KEYS", "render_prometheus", "MetricsServer",
            "kernel_drops"]
 
 log = logging.getLogger("imds_flow")
@@ -44,6 +45,52 @@ class ErrorLog:
             log.warning("exporter %s:%d: %d datagram(s) rejected: %s (total %d)",
                         self.exporters.address[e], self.exporters.port[e], held, REASONS[code].replace("_", " "),
                         self.exporters.errors(e).get(REASONS[code], 0))
+
+
+class LimitLog:
+    """Warnings for [limits] and listen.allowed_exporters, at most one per kind per `interval`:
+    datagrams dropped before they had an exporter (naming the last source), and per-exporter
+    refusals (naming the exporters with the most since the last warning). Per batch it only
+    compares a time; the counters are read when a warning is due."""
+
+    GLOBAL = {"not_allowed": "not in listen.allowed_exporters",
+              "exporters_over_limit": "past limits.max_exporters"}
+    PER_EXPORTER = {"templates_over_limit": "template definitions refused (limits.max_templates*)",
+                    "sets_dropped": "data sets dropped while waiting for their template (pending bounds)"}
+
+    def __init__(self, exporters: ExporterTable, interval: float):
+        self.exporters = exporters
+        self.interval = interval
+        self._last = -1e18
+        self._seen = dict(exporters.dropped)
+        self._cols = [COUNTERS.index(k) for k in self.PER_EXPORTER]
+        self._prev = np.zeros((0, len(self._cols)), np.int64)
+
+    def report(self, now: float) -> None:
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        ex = self.exporters
+        for kind, why in self.GLOBAL.items():
+            new = ex.dropped[kind] - self._seen[kind]
+            if new:
+                hi, lo, port = ex.refused[kind]
+                log.warning("%d datagram(s) dropped: source %s, last from %s port %d (total %d)",
+                            new, why, from_hilo(hi, lo), port, ex.dropped[kind])
+        self._seen = dict(ex.dropped)
+        m = len(ex)
+        cur = ex.counters[:m][:, self._cols]
+        prev = np.zeros_like(cur)
+        prev[: len(self._prev)] = self._prev
+        diff = cur - prev
+        self._prev = cur
+        for j, (kind, why) in enumerate(self.PER_EXPORTER.items()):
+            hit = np.flatnonzero(diff[:, j])
+            if len(hit):
+                top = hit[np.argsort(-diff[hit, j], kind="stable")[:3]]
+                who = ", ".join(f"{ex.address[e]}:{ex.port[e]} ({diff[e, j]})" for e in top.tolist())
+                log.warning("%d %s: %s%s", int(diff[hit, j].sum()), why, who,
+                            f" and {len(hit) - 3} more exporter(s)" if len(hit) > 3 else "")
 
 
 class Latency:
@@ -119,6 +166,9 @@ _FAMILIES = (
     ("imds_flow_template_misses_total", "Data sets that arrived before their template (waited).", "sets_waiting"),
     ("imds_flow_template_expired_sets_total", "Data sets dropped because their template never came.",
      "sets_expired"),
+    ("imds_flow_pending_dropped_sets_total", "Data sets waiting for a template dropped by pending bounds.",
+     "sets_dropped"),
+    ("imds_flow_templates_over_limit_total", "Template definitions refused by [limits].", "templates_over_limit"),
 )
 
 
@@ -142,6 +192,10 @@ def render_prometheus(snapshot: dict) -> str:
     g = snapshot["global"]
     for name, kind, help_text, key in (
             ("imds_flow_exporters", "gauge", "Exporters seen since start.", "exporters"),
+            ("imds_flow_not_allowed_datagrams_total", "counter",
+             "Datagrams dropped undecoded: source not in listen.allowed_exporters.", "not_allowed"),
+            ("imds_flow_exporters_over_limit_datagrams_total", "counter",
+             "Datagrams dropped undecoded: a new source past limits.max_exporters.", "exporters_over_limit"),
             ("imds_flow_alerts_written_total", "counter", "Alerts written (after folding).", "alerts_written"),
             ("imds_flow_kernel_drops_total", "counter", "Datagrams dropped by the kernel: socket queue full.",
              "kernel_drops"),

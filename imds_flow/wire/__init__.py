@@ -42,6 +42,8 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch) -> np.
     status[version < 0] = _TOO_SHORT
     sel5 = np.flatnonzero(version == 5)
     sel_t = np.flatnonzero((version == 9) | (version == 10))
+    if len(sel_t):
+        state.templates.begin_batch()                # compacts plans between batches only
     prep = v9ipfix.prepare(dg, sel_t, version, exp_ids, state, status) if len(sel_t) else None
     out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0))
     if len(sel5):

@@ -18,6 +18,7 @@ REASONS = (
     "bad_set_length",            # a set/flowset shorter than its header or longer than what is left
     "bad_template",              # a template record that cannot be parsed (zero fields, overrun, ...)
     "bad_record",                # a data record that overruns its set (variable-length fields)
+    "scope_over_limit",          # v9/IPFIX: a new source id / domain past limits.max_scopes_per_exporter; dropped
 )
 _CODE = {name: i for i, name in enumerate(REASONS)}
 

@@ -1,8 +1,9 @@
 """Data sets that arrived before their template, kept (bounded) until it arrives.
 
 Rules: a data set whose (scope, template id) has no plan is copied here with what its datagram's
-header said. At most `max_sets` wait per scope (the oldest leave first) and none longer than
-`max_seconds`; whatever leaves unread is counted by the caller, never dropped silently. Columns
+header said. At most `max_sets` wait per scope, `max_bytes_per_exporter` bytes per exporter and
+`max_bytes` in all (the oldest leave first; a set larger than a byte bound never waits), and none
+longer than `max_seconds`; whatever leaves unread is counted by the caller, never dropped silently. Columns
 and one byte buffer, no Python object per set: every operation is per batch.
 """
 from __future__ import annotations
@@ -34,7 +35,9 @@ def _starts(lens: np.ndarray) -> np.ndarray:
 
 
 class Pending:
-    def __init__(self):
+    def __init__(self, max_bytes_per_exporter: int = 1 << 20, max_bytes: int = 16 << 20):
+        self.max_bytes_per_exporter = max_bytes_per_exporter
+        self.max_bytes = max_bytes
         self.cols = {name: np.zeros(0, dtype) for name, dtype in COLUMNS}
         self.buf = np.zeros(1, np.uint8)
 
@@ -59,6 +62,7 @@ class Pending:
         return self._bound(max_sets)
 
     def _bound(self, max_sets: int) -> np.ndarray:
+        # rows are in arrival order: within a group, the newest are kept
         scope = self.cols["scope"]
         order = np.argsort(scope, kind="stable")
         s = scope[order]
@@ -66,6 +70,16 @@ class Pending:
         from_end = last - 1 - np.arange(len(s))      # 0 for the newest set of its scope
         drop = np.zeros(len(s), np.bool_)
         drop[order] = from_end >= max_sets
+        lens = np.where(drop, 0, self.cols["len"])
+        exp = self.cols["exp"]
+        order = np.argsort(exp, kind="stable")[::-1]  # newest first within each exporter
+        e = exp[order]
+        newer = np.cumsum(lens[order])                # bytes of this set and every newer one ...
+        first = np.searchsorted(-e, -e, side="left")  # ... of its exporter (e is descending)
+        newer -= np.concatenate([[0], newer])[first]
+        drop[order[newer > self.max_bytes_per_exporter]] = True
+        lens = np.where(drop, 0, lens)
+        drop |= np.cumsum(lens[::-1])[::-1] > self.max_bytes
         return self._remove(drop)
 
     def expire(self, now: float, max_seconds: float) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..jit import njit
 from .errors import reason_code
+from .readers import _u16, _u32
 
 __all__ = ["HEADER", "RECORD", "decode_v5"]
 
@@ -18,16 +19,6 @@ RECORD = 48
 _MAPPED = np.uint64(0x0000FFFF_00000000)
 _TOO_SHORT = reason_code("too_short")
 _COUNT = reason_code("count_exceeds_datagram")
-
-
-@njit
-def _u16(b, o):
-    return (np.uint32(b[o]) << 8) | np.uint32(b[o + 1])
-
-
-@njit
-def _u32(b, o):
-    return (np.uint32(b[o]) << 24) | (np.uint32(b[o + 1]) << 16) | (np.uint32(b[o + 2]) << 8) | np.uint32(b[o + 3])
 
 
 @njit

@@ -10,7 +10,10 @@ buffer until its template arrives. Options data sets the sampling rate of their 
 -1) or of their sampler / selector id; they are applied before the batch's flow records.
 
 Python runs per template set and per distinct (scope, template) in a batch; walking, cutting and
-sequence accounting are numba kernels over every datagram of the batch.
+sequence accounting are numba kernels over every datagram of the batch. Flow data sets of fixed-length
+templates are cut column by column by the plan's compiled program (`_cut_fixed`); variable-length
+templates (and options data) go record by record (`_emit`), the reference the fast path is tested
+against.
 """
 from __future__ import annotations
 
@@ -19,16 +22,23 @@ import numpy as np
 from ..flows import NAT_DST, NAT_SRC, NO_COUNTERS
 from ..jit import njit
 from .errors import reason_code
+from .readers import _u16, _u32, _u64, _uint
 from .fields import SLOT
-from .templates import parse_template_set
+from .templates import (A_V4, A_V6, A_V6_V4, OP_NONE, OP_SUM, P_BYTES, P_DPORT, P_DST, P_FIRST, P_ICMP,
+                        P_IN_IF, P_LAST, P_NDST, P_NSRC, P_OUT_IF, P_PKTS, P_PROTO, P_SAMPLING, P_SPORT, P_SRC,
+                        P_URL, P_VCUST, P_VDOT1Q, P_VDST, P_VSRC, SAMP_INTERVAL, SAMP_SAMPLER, T_DELTA_US, T_MS,
+                        T_NTP, T_S, T_UPTIME, parse_template_set)
 
 __all__ = ["prepare", "finish", "Prepared"]
+
+FAST_PATH = True      # cut fixed-length flow data sets by program; False: record by record (tests)
 
 _TOO_SHORT = reason_code("too_short")
 _BAD_LENGTH = reason_code("bad_length")
 _BAD_SET = reason_code("bad_set_length")
 _BAD_TEMPLATE = reason_code("bad_template")
 _BAD_RECORD = reason_code("bad_record")
+_SCOPE_OVER = reason_code("scope_over_limit")
 _MAPPED = np.uint64(0x0000FFFF_00000000)
 _NTP_EPOCH = 2208988800.0
 _NO_SAMPLER = 0xFFFF_FFFF
@@ -51,32 +61,6 @@ S_PINT, S_PSPACE, S_SIZE, S_POP = SLOT["packet_interval"], SLOT["packet_space"],
 S_URL0 = SLOT["url0"]
 N_URL = 6
 NSLOT = len(SLOT)
-
-
-@njit(inline="always")
-def _u16(b, o):
-    return (np.uint32(b[o]) << 8) | np.uint32(b[o + 1])
-
-
-@njit(inline="always")
-def _u32(b, o):
-    return (np.uint32(b[o]) << 24) | (np.uint32(b[o + 1]) << 16) | (np.uint32(b[o + 2]) << 8) | np.uint32(b[o + 3])
-
-
-@njit(inline="always")
-def _uint(b, o, n):
-    if n == 4:
-        return np.uint64(_u32(b, o))
-    if n == 8:
-        return (np.uint64(_u32(b, o)) << np.uint64(32)) | np.uint64(_u32(b, o + 4))
-    if n == 2:
-        return np.uint64(_u16(b, o))
-    if n == 1:
-        return np.uint64(b[o])
-    v = np.uint64(0)
-    for i in range(n):
-        v = (v << np.uint64(8)) | np.uint64(b[o + i])
-    return v
 
 
 @njit
@@ -185,6 +169,14 @@ def _time(b, base, so, sl, s_ns, s_us, s_ms, s_s, s_dus, s_up, ver, uptime, secs
         if so[S_SYS_INIT] >= 0:
             return (np.float64(_uint(b, base + so[S_SYS_INIT], sl[S_SYS_INIT])) + np.float64(up)) * 1e-3
     return np.nan
+
+
+@njit(inline="always")
+def _rate32(rate):
+    """The sampling column's value of a rate: rounded, 0 below 1, saturating (never undefined)."""
+    if rate >= 1.0:
+        return np.uint32(min(rate, 4294967295.0) + 0.5)
+    return np.uint32(0)
 
 
 @njit(inline="always")
@@ -334,30 +326,224 @@ def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, s
     c.in_if[n] = np.uint32(_uint(b, base + so[S_IN_IF], sl[S_IN_IF])) if so[S_IN_IF] >= 0 else np.uint32(0)
     c.out_if[n] = np.uint32(_uint(b, base + so[S_OUT_IF], sl[S_OUT_IF])) if so[S_OUT_IF] >= 0 else np.uint32(0)
     rate = _sampling(b, base, so, sl, scope, samp_keys, samp_rates)
-    c.sampling[n] = np.uint32(rate + 0.5) if rate >= 1.0 else np.uint32(0)
-    url = -1
+    c.sampling[n] = _rate32(rate)
+    c.url[n] = _url(b, base, so, sl, pat, pat_off)
+    c.flags[n] = flags
+
+
+@njit(inline="always")
+def _url(b, base, so, sl, pat, pat_off):
+    """Index of the first configured substring found in one of the record's HTTP fields, or -1."""
     for k in range(pat_off.shape[0] - 1):
         for u in range(N_URL):
             s = S_URL0 + u
             if so[s] >= 0 and _find(b, base + so[s], sl[s], pat, pat_off[k], pat_off[k + 1]):
-                url = k
-                break
-        if url >= 0:
-            break
-    c.url[n] = url
-    c.flags[n] = flags
+                return k
+    return -1
+
+
+# --- the fast path: a fixed-length set, column by column over its compiled program ------------
+# The program is read as prog[plan, row, i] scalars: no array views per set. The column helpers
+# are inlined into _cut_fixed (one call per set, no reference counting per column).
+
+@njit(inline="always")
+def _fill(col, n, m, v):
+    for k in range(n, m):
+        col[np.uint64(k)] = v
+
+
+@njit(inline="always")
+def _col_uint(b, q, L, cnt, ln, col, n):
+    """col[np.uint64(n + k)] = the `ln`-byte unsigned at q + k * L (cast to the column's type), k < cnt."""
+    if ln == 1:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = b[np.uint64(q + k * L)]
+    elif ln == 2:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = _u16(b, q + k * L)
+    elif ln == 4:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = _u32(b, q + k * L)
+    elif ln == 8:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = _uint(b, q + k * L, 8)
+    else:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = _uint(b, q + k * L, ln)
+
+
+@njit(inline="always")
+def _col_read(b, o, L, cnt, prog, p, row, col, n):
+    if prog[p, row, 0] == OP_NONE:
+        _fill(col, n, n + cnt, 0)
+    else:
+        _col_uint(b, o + prog[p, row, 1], L, cnt, prog[p, row, 2], col, n)
+
+
+@njit(inline="always")
+def _col_addr(b, o, L, cnt, prog, p, row, hi, lo, n):
+    op = prog[p, row, 0]
+    if op == OP_NONE:
+        _fill(hi, n, n + cnt, 0)
+        _fill(lo, n, n + cnt, 0)
+    elif op == A_V4:
+        _fill(hi, n, n + cnt, 0)
+        q = o + prog[p, row, 1]
+        for k in range(cnt):
+            lo[np.uint64(n + k)] = _MAPPED | np.uint64(_u32(b, q + k * L))
+    else:
+        q = o + prog[p, row, 1]
+        q4 = o + prog[p, row, 3]
+        for k in range(cnt):
+            h = _uint(b, q + k * L, 8)
+            l = _uint(b, q + k * L + 8, 8)
+            if op == A_V6_V4 and (h | l) == 0:
+                l = _MAPPED | np.uint64(_u32(b, q4 + k * L))
+            hi[np.uint64(n + k)] = h
+            lo[np.uint64(n + k)] = l
+
+
+@njit(inline="always")
+def _col_vlan(b, o, L, cnt, prog, p, row, col, n):
+    if prog[p, row, 0] == OP_NONE:
+        _fill(col, n, n + cnt, -1)
+        return
+    q = o + prog[p, row, 1]
+    ln = prog[p, row, 2]
+    for k in range(cnt):
+        v = _uint(b, q + k * L, ln)
+        col[np.uint64(n + k)] = np.int16(v) if 1 <= v <= 4095 else -1
+
+
+@njit(inline="always")
+def _col_counter(b, o, L, cnt, prog, p, row, col, n):
+    op = prog[p, row, 0]
+    if op == OP_SUM:
+        q, ln, q2, ln2 = o + prog[p, row, 1], prog[p, row, 2], o + prog[p, row, 3], prog[p, row, 4]
+        for k in range(cnt):
+            col[np.uint64(n + k)] = _uint(b, q + k * L, ln) + _uint(b, q2 + k * L, ln2)
+    else:
+        _col_read(b, o, L, cnt, prog, p, row, col, n)
+
+
+@njit(inline="always")
+def _col_time(b, o, L, cnt, prog, p, row, col, n, ver, uptime, secs):
+    op = prog[p, row, 0]
+    q = o + prog[p, row, 1]
+    ln = prog[p, row, 2]
+    if op == T_MS and ln == 8:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = np.float64(_uint(b, q + k * L, 8)) * 1e-3
+    elif op == T_NTP:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = _ntp(_uint(b, q + k * L, ln))
+    elif op == T_MS:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = np.float64(_uint(b, q + k * L, ln)) * 1e-3
+    elif op == T_S:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = np.float64(_uint(b, q + k * L, ln))
+    elif op == T_DELTA_US:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = secs - np.float64(_uint(b, q + k * L, ln)) * 1e-6
+    elif op == T_UPTIME and ver == 9:
+        for k in range(cnt):
+            up = np.uint32(_uint(b, q + k * L, ln))
+            col[np.uint64(n + k)] = secs - np.float64(np.uint32(uptime - up)) * 1e-3
+    elif op == T_UPTIME and prog[p, row, 3] >= 0:
+        q2 = o + prog[p, row, 3]
+        ln2 = prog[p, row, 4]
+        for k in range(cnt):
+            up = np.uint32(_uint(b, q + k * L, ln))
+            col[np.uint64(n + k)] = (np.float64(_uint(b, q2 + k * L, ln2)) + np.float64(up)) * 1e-3
+    else:
+        _fill(col, n, n + cnt, np.nan)
+
+
+@njit(inline="always")
+def _lookup_rate(samp_keys, samp_rates, key):
+    i = np.searchsorted(samp_keys, key)
+    if i < samp_keys.shape[0] and samp_keys[i] == key:
+        return samp_rates[i]
+    return -1.0
+
+
+@njit(inline="always")
+def _col_sampling(b, o, L, cnt, prog, p, row, col, n, scope, samp_keys, samp_rates):
+    op = prog[p, row, 0]
+    q = o + prog[p, row, 1]
+    ln = prog[p, row, 2]
+    if op == SAMP_INTERVAL:
+        for k in range(cnt):
+            col[np.uint64(n + k)] = _rate32(np.float64(_uint(b, q + k * L, ln)))
+    elif samp_keys.shape[0] == 0:
+        _fill(col, n, n + cnt, 0)
+    else:
+        top = np.int64(scope) << 32
+        dflt = max(_lookup_rate(samp_keys, samp_rates, top | np.int64(_NO_SAMPLER)), 0.0)
+        if op == SAMP_SAMPLER:
+            for k in range(cnt):
+                key = top | np.int64(_uint(b, q + k * L, ln) & np.uint64(0xFFFFFFFF))
+                rate = _lookup_rate(samp_keys, samp_rates, key)
+                col[np.uint64(n + k)] = _rate32(rate if rate >= 0.0 else dflt)
+        else:
+            _fill(col, n, n + cnt, _rate32(dflt))
+
+
+@njit
+def _cut_fixed(b, o, L, cnt, prog, p, flags, so, sl, c, n, exp, ver, ts, uptime, secs, scope,
+               samp_keys, samp_rates, pat, pat_off):
+    """Records o, o + L, ... (cnt of them) of one fixed-length set into rows n.. of `c`, column by
+    column over plan p's program (templates.compile_program); so/sl are its slot offsets."""
+    m = n + cnt
+    _fill(c.exporter, n, m, exp)
+    _fill(c.version, n, m, ver)
+    _fill(c.ts, n, m, ts)
+    _col_addr(b, o, L, cnt, prog, p, P_SRC, c.src_hi, c.src_lo, n)
+    _col_addr(b, o, L, cnt, prog, p, P_DST, c.dst_hi, c.dst_lo, n)
+    _col_addr(b, o, L, cnt, prog, p, P_NSRC, c.nsrc_hi, c.nsrc_lo, n)
+    _col_addr(b, o, L, cnt, prog, p, P_NDST, c.ndst_hi, c.ndst_lo, n)
+    _col_read(b, o, L, cnt, prog, p, P_PROTO, c.proto, n)
+    _col_read(b, o, L, cnt, prog, p, P_SPORT, c.sport, n)
+    _col_read(b, o, L, cnt, prog, p, P_DPORT, c.dport, n)
+    if prog[p, P_ICMP, 0] != OP_NONE:           # after proto and ports: type * 256 + code as dport
+        q = o + prog[p, P_ICMP, 1]
+        ln = prog[p, P_ICMP, 2]
+        for k in range(cnt):
+            pr = c.proto[np.uint64(n + k)]
+            if pr == 1 or pr == 58:
+                c.sport[np.uint64(n + k)] = 0
+                c.dport[np.uint64(n + k)] = np.uint16(_uint(b, q + k * L, ln))
+    _col_vlan(b, o, L, cnt, prog, p, P_VSRC, c.vlan_src, n)
+    _col_vlan(b, o, L, cnt, prog, p, P_VDST, c.vlan_dst, n)
+    _col_vlan(b, o, L, cnt, prog, p, P_VDOT1Q, c.vlan_dot1q, n)
+    _col_vlan(b, o, L, cnt, prog, p, P_VCUST, c.vlan_cust, n)
+    _col_counter(b, o, L, cnt, prog, p, P_BYTES, c.bytes, n)
+    _col_counter(b, o, L, cnt, prog, p, P_PKTS, c.packets, n)
+    _col_time(b, o, L, cnt, prog, p, P_FIRST, c.first, n, ver, uptime, secs)
+    _col_time(b, o, L, cnt, prog, p, P_LAST, c.last, n, ver, uptime, secs)
+    _col_read(b, o, L, cnt, prog, p, P_IN_IF, c.in_if, n)
+    _col_read(b, o, L, cnt, prog, p, P_OUT_IF, c.out_if, n)
+    _col_sampling(b, o, L, cnt, prog, p, P_SAMPLING, c.sampling, n, scope, samp_keys, samp_rates)
+    if prog[p, P_URL, 0] == OP_NONE or pat_off.shape[0] < 2:
+        _fill(c.url, n, m, -1)
+    else:
+        for k in range(cnt):
+            c.url[np.uint64(n + k)] = _url(b, o + k * L, so, sl, pat, pat_off)
+    _fill(c.flags, n, m, flags)
 
 
 @njit
 def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_uptime, r_secs, r_scope,
-                reclen, minlen, f0, nf, options, slot_off, slot_len, f_len, f_slot,
-                samp_keys, samp_rates, pat, pat_off, want_options,
+                reclen, minlen, f0, nf, options, slot_off, slot_len, f_len, f_slot, prog, prog_flags,
+                samp_keys, samp_rates, pat, pat_off, want_options, fast,
                 c, n, r_bad, r_nrec, o_scope, o_sampler, o_rate):
     """Cut the data sets r_* over their plans: flow records into columns `c` from row n (when
     want_options is False) or sampling settings of options records into o_* (when True).
 
     Returns (new n, options rows written). r_bad[i] gets 1 when set i had a record overrunning it;
-    r_nrec[i] the number of records cut from it.
+    r_nrec[i] the number of records cut from it. With `fast`, flow sets of fixed-length plans are cut
+    column by column by the plan's program; otherwise every record goes through `_emit`.
     """
     cap = c.ts.shape[0]
     no = 0
@@ -376,6 +562,13 @@ def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_up
             for s in range(NSLOT):
                 so[s] = slot_off[p, s]
                 sl[s] = slot_len[p, s]
+            if fast and not want_options:
+                cnt = min((end - o) // L, max(cap - n, 0))
+                _cut_fixed(b, o, L, cnt, prog, p, prog_flags[p], so, sl, c, n, r_exp[i], r_ver[i], r_ts[i],
+                           r_uptime[i], r_secs[i], r_scope[i], samp_keys, samp_rates, pat, pat_off)
+                n += cnt
+                r_nrec[i] = cnt
+                continue
         while True:
             if L > 0:
                 if end - o < L:
@@ -519,6 +712,9 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
     if len(walked):
         scope_dg[walked] = cache.scopes_for(exp_ids[walked], version[walked], h_domain[walked], exporters)
     now = float(dg.ts[:n].max()) if n else 0.0
+    status[walked[scope_dg[walked] < 0]] = _SCOPE_OVER  # past limits.max_scopes_per_exporter: dropped
+    keep = scope_dg[s_dg] >= 0
+    s_dg, s_id, s_off, s_len = s_dg[keep], s_id[keep], s_off[keep], s_len[keep]
     s_ver = version[s_dg]
     s_scope = scope_dg[s_dg]
     is_tmpl = np.where(s_ver == 9, s_id <= 1, (s_id == 2) | (s_id == 3))
@@ -543,7 +739,11 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
             key = (sid << 16) | t.template_id
             if key not in before:
                 before[key] = cache.lookup(key, float(dg.ts[d]))
-            defs.setdefault(key, []).append((row, cache.define(sid, t, float(dg.ts[d]))))
+            pid = cache.define(sid, t, float(dg.ts[d]))
+            if pid < 0:                              # past a [limits] bound: not stored, counted
+                exporters.add_count("templates_over_limit", e)
+                continue
+            defs.setdefault(key, []).append((row, pid))
 
     # data sets: Python per distinct (scope, template id)
     data_rows = np.flatnonzero(s_id >= 256)
@@ -613,19 +813,19 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray) -> int:
     if m:
         args = (prep.buf, prep.pbuf, r["src"], r["off"], r["len"], r["plan"], r["exp"], r["ver"], r["ts"],
                 r["uptime"], r["secs"], r["scope"], pl.reclen, pl.minlen, pl.f0, pl.nf, pl.options,
-                pl.slot_off, pl.slot_len, pl.f_len, pl.f_slot)
+                pl.slot_off, pl.slot_len, pl.f_len, pl.f_slot, pl.prog, pl.prog_flags)
         if pl.options[r["plan"]].any():
             cap = prep.need + 1
             o_scope = np.empty(cap, np.int64)
             o_sampler = np.empty(cap, np.int64)
             o_rate = np.empty(cap, np.float64)
-            _, no = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, True,
+            _, no = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, True, False,
                                 out.cols, n, bad, nrec, o_scope, o_sampler, o_rate)
             cache.set_rates(o_scope[:no], o_sampler[:no], o_rate[:no])
             opts = pl.options[r["plan"]]
             exporters.add_counts("options_records", np.repeat(r["exp"][opts], nrec[opts]))
         empty = np.empty(0, np.int64)
-        n, _ = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, False,
+        n, _ = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, False, FAST_PATH,
                            out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64))
         baddg = r["dg"][(bad != 0) & (r["dg"] >= 0)]
         status[baddg[status[baddg] == 0]] = _BAD_RECORD
