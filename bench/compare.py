@@ -1,33 +1,40 @@
 """Rival C collectors for side-by-side benchmarks: nfcapd (nfdump 1.7) and nfacctd (pmacct 1.7).
 
-`start(name, workdir)` runs one on 127.0.0.1 and a free port; the bench sends the same datagrams to it
-as to imds-flow; `Rival.stop()` drains it, stops it cleanly and returns what it decoded. Loopback only.
+`start(name, workdir)` runs one on 127.0.0.1 and a free port; the bench sends it the same datagrams
+as imds-flow; `Rival.stop()` drains it, stops it cleanly and returns what it decoded. Loopback only.
 
-How each is configured (as fast as it reasonably goes, on the same terms as imds-flow):
+Configuration: each is set up to go as fast as it reasonably can, on the same terms as imds-flow.
 - Both bind 127.0.0.1 only and ask for a `rcvbuf` (64 MiB) socket receive buffer: nfcapd `-B`,
   nfacctd `nfacctd_pipe_size`. Both use plain SO_RCVBUF, so the kernel caps the request at
-  net.core.rmem_max (the effective buffer is twice that; 8 MiB with this machine's 4 MiB rmem_max);
-  `Rival.rcvbuf` is what the kernel granted, read back from `ss`.
-- nfcapd: one flow source, writes uncompressed nffiles (no -z/-y/-j: compression costs CPU in
-  its writer thread) into `workdir/nfcapd`, rotation every hour (-t 3600, so a run normally fills one
-  file), no -e expiry, no -x launcher, no repeaters, no metric socket. It stores every element it
-  decodes; nfcapd 1.7 has no switch to drop extensions.
-- nfacctd: no daemonize, one `print` plugin with `aggregate: flows` (a single grand-total row: the
-  cheapest aggregation, one cache bucket hit per record), refresh every hour, appended CSV in
-  `workdir/nfacctd`, a 64 MiB core-to-plugin pipe with 64 KiB buffers (pmacct's advice: ratio
-  1:100..1:1000; buffering is what makes the core fast), sequence checks left disabled (the default).
+  net.core.rmem_max, and the granted buffer is twice that: 8 MiB with this machine's 4 MiB rmem_max.
+  `Rival.rcvbuf` is the granted size, read back with `ss -m`. For a fair race imds-flow should get
+  the same buffer size.
+- nfcapd: one flow source. It writes uncompressed nffiles into `workdir/nfcapd/flows`: -z/-y/-j would
+  cost CPU in its writer thread. Files rotate every hour (-t 3600), so a run normally fills one file.
+  No -e expiry, no -x launcher, no repeaters, no metric socket. nfcapd 1.7 stores every element it
+  decodes and has no switch to leave extensions out.
+- nfacctd: runs in the foreground with one `print` plugin and `aggregate: flows`. That gives a single
+  grand-total row, the cheapest aggregation: one cache bucket per record. It refreshes every hour and
+  appends CSV into `workdir/nfacctd`. The core-to-plugin pipe is 64 MiB with 64 KiB buffers
+  (pmacct's advice is a 1:100..1:1000 ratio; other sizes from 4 KiB to 8 MiB measured no better).
+  Sequence checks are left disabled (the default). Its limit here is the plugin: past about
+  1.5 M records/s the log says "Missing data detected" and records are lost inside it, with no
+  kernel drops.
 
-How decoded records are counted, exactly:
-- nfcapd: SIGTERM makes it close the current file with its statistics record; `nfdump -r FILE -I`
-  prints "Flows: N" per file and we sum over files.
-- nfacctd: the `flows` counter of the print plugin is incremented once per NetFlow/IPFIX record
-  (records carry no flow-count element in our synthetic exports), so the FLOWS column of the grand
-  total is the number of records the plugin received; no special packets value is needed. SIGINT (not
-  SIGTERM, which it ignores) makes the plugin purge its cache to the CSV. Records lost in the
-  core-to-plugin pipe are therefore not counted, as they should not be.
-Before stopping, `stop()` waits until the socket's receive queue is empty, so nothing still queued is
-lost by the stop itself, then reads the kernel drop counter (`drops` in /proc/net/udp[6]) for the port.
-CPU is utime+stime of the collector's process tree (nfacctd runs its plugin as a child process).
+Counting decoded records, exactly:
+- nfcapd: SIGTERM makes it close the current file with its statistics record. For each file,
+  `nfdump -r FILE -I` prints "Flows: N", and we sum N over the files.
+- nfacctd: the print plugin's `flows` counter goes up by one for every NetFlow/IPFIX record. Our
+  synthetic records carry no flow-count element, so the FLOWS column of the grand total is the number
+  of records the plugin received, and packets=1 is not needed. SIGINT makes the plugin purge its
+  cache to the CSV (nfacctd ignores SIGTERM). Records lost in the core-to-plugin pipe are correctly
+  left out of the count. Stopping takes about 2.5 s.
+Before it sends the signal, `stop()` waits until the socket's receive queue is empty and the
+collector's CPU time has stopped moving, so the stop itself loses nothing. Then it reads the kernel
+drop counter for the collector's socket (`drops` in /proc/net/udp and udp6). Every offered record is
+therefore decoded, in a kernel-dropped datagram, or lost inside the collector (offered - decoded -
+records per datagram * drops). The tests check that identity over real traffic.
+CPU is utime+stime of the collector's process tree (nfacctd's plugin is a child process).
 """
 from __future__ import annotations
 
@@ -46,6 +53,8 @@ __all__ = ["Rival", "available", "start", "NAMES"]
 NAMES = ("nfcapd", "nfacctd")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _LOCALHOST_HEX = "0100007F"
+NFACCTD_PLUGIN_PIPE = 64 << 20         # core -> plugin queue, bytes
+NFACCTD_PLUGIN_BUFFER = 64 << 10       # its transfer unit, bytes
 
 
 def available(name: str) -> bool:
@@ -89,6 +98,7 @@ class Rival:
         self.name, self.port, self.pid, self.out = name, port, proc.pid, out
         self.rcvbuf: int | None = None   # receive buffer the kernel granted, bytes (None: unknown)
         self._proc = proc
+        self._inodes: set[int] | None = None   # its listening socket(s), once bound
         self._result: dict | None = None
 
     def __repr__(self) -> str:
@@ -104,19 +114,15 @@ class Rival:
     # -- live counters -------------------------------------------------------------------------
     def cpu_seconds(self) -> float:
         """utime+stime so far of the collector and its child processes (from /proc/<pid>/stat)."""
-        ticks = 0
-        for pid in _process_tree(self.pid):
-            fields = _stat_fields(pid)
-            if fields is not None:
-                ticks += int(fields[11]) + int(fields[12])    # utime, stime (fields 14, 15)
-        return ticks / _CLK_TCK
+        return tree_cpu_seconds(self.pid)
 
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped at this collector's socket (full receive buffer) so far."""
-        return sum(row["drops"] for row in _udp_sockets(self.port))
+        return sum(row["drops"] for row in _udp_sockets(self.port, self._inodes))
 
     def queued_bytes(self) -> int:
-        return sum(row["rx_queue"] for row in _udp_sockets(self.port))
+        """Bytes waiting in its socket receive queue."""
+        return sum(row["rx_queue"] for row in _udp_sockets(self.port, self._inodes))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, drain_timeout: float = 30.0) -> dict:
@@ -153,7 +159,9 @@ class Rival:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self._proc.returncode}; {self._log_tail()}")
-            if _udp_sockets(self.port, _socket_inodes(self.pid)):
+            rows = _udp_sockets(self.port, _socket_inodes(self.pid))
+            if rows:
+                self._inodes = {row["inode"] for row in rows}
                 self.rcvbuf = _granted_rcvbuf(self.port)
                 return
             time.sleep(0.02)
@@ -187,6 +195,8 @@ class Rival:
 def _nfcapd_argv(out: Path, port: int, rcvbuf: int) -> list[str]:
     flows = out / "flows"
     flows.mkdir(exist_ok=True)
+    for old in flows.glob("nfcapd.*"):     # a previous run's files would be counted again
+        old.unlink()
     return ["nfcapd", "-b", "127.0.0.1", "-p", str(port), "-w", str(flows), "-B", str(rcvbuf),
             "-t", "3600", "-P", str(out / "nfcapd.pid")]
 
@@ -208,8 +218,8 @@ print_output_file[p]: {csv_out}
 print_output_file_append[p]: true
 print_refresh_time[p]: 3600
 print_cache_entries[p]: 1021
-plugin_pipe_size[p]: {64 << 20}
-plugin_buffer_size[p]: {64 << 10}
+plugin_pipe_size[p]: {NFACCTD_PLUGIN_PIPE}
+plugin_buffer_size[p]: {NFACCTD_PLUGIN_BUFFER}
 """)
     return ["nfacctd", "-f", str(conf)]
 
@@ -296,6 +306,21 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return text[text.rindex(")") + 2:].split()
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime so far of a process and all its descendants (imds-flow's workers, nfacctd's plugin)."""
+    ticks = 0
+    for pid in _process_tree(root):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])    # utime, stime (fields 14, 15)
+    return ticks / _CLK_TCK
+
+
+def udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped at every UDP socket bound to `port` (full receive queue)."""
+    return sum(row["drops"] for row in _udp_sockets(port))
 
 
 def _process_tree(root: int) -> list[int]:

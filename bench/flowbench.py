@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .compare import tree_cpu_seconds, udp_drops
 from .synth import flow_datagrams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,37 +97,6 @@ def inprocess(version: int, records: int = 30, batch: int = 512, seconds: float 
 
 # --- collectors under test ------------------------------------------------------------------------
 
-def _udp_drops(port: int) -> int:
-    drops = 0
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if int(f[1].rsplit(":", 1)[1], 16) == port:
-                drops += int(f[-1])
-    return drops
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its live children (the workers)."""
-    total = 0.0
-    pids = [pid]
-    try:
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 _SUMMARY = re.compile(r"stopped(?: \(\d+ workers\))?: (\d+) exporters, (\d+) datagrams, (\d+) records, "
                       r"(\d+) rejected datagrams, (\d+) records lost upstream.*?, (\d+) alerts"
                       r"(?:.*?alert latency p50 ([\d.]+) ms p99 ([\d.]+) ms)?")
@@ -157,10 +127,10 @@ class Ours:
         self.started_s = time.monotonic()
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.proc.pid)
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> dict:
-        drops = _udp_drops(self.port)
+        drops = udp_drops(self.port)
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(60)
@@ -178,9 +148,21 @@ class Ours:
                 "latency_p50_ms": float(g[6]) if g[6] else None, "latency_p99_ms": float(g[7]) if g[7] else None}
 
 
+def fair_rcvbuf() -> int:
+    """The receive buffer an unprivileged collector gets (net.core.rmem_max): what nfcapd and
+    nfacctd end up with, so a comparison gives imds-flow no more than them (it could force more)."""
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text())
+    except (OSError, ValueError):
+        return 4 << 20
+
+
+RCVBUF = {"bytes": 64 << 20}
+
+
 def start_collector(name: str, workdir: Path, workers: int):
     if name == "imds-flow":
-        return Ours(workdir, workers)
+        return Ours(workdir, workers, rcvbuf=RCVBUF["bytes"])
     from . import compare
     return compare.start(name, workdir)
 
@@ -353,11 +335,14 @@ def main(argv=None) -> int:
     for r in rivals:
         if r not in ("nfcapd", "nfacctd"):
             parser().error(f"--compare {r}: known collectors are nfcapd, nfacctd")
+    if rivals:
+        RCVBUF["bytes"] = fair_rcvbuf()
     if not args.sweep and not args.rates:
         args.sweep = True
     started = time.monotonic()
     stamp = datetime.now(timezone.utc)
-    result = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(), "settings": vars(args) | {"out": str(args.out)}}
+    result = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
+              "settings": vars(args) | {"out": str(args.out), "imds_flow_rcvbuf_bytes": RCVBUF["bytes"]}}
     if not args.no_inprocess:
         _say(f"in-process {VERSION_NAME[args.version]} decode+detect+alerts, one core ...")
         result["inprocess"] = inprocess(args.version, args.records)

@@ -15,21 +15,9 @@ import time
 
 import numpy as np
 
+from imds_flow.receive import IoVec, MMsgHdr      # the same struct mmsghdr layout as the receive side
+
 from .synth import flow_datagrams
-
-
-class _IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-class _MsgHdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
-                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -44,10 +32,10 @@ class Burst:
     def __init__(self, data: np.ndarray):
         self.data = np.ascontiguousarray(data)
         n, size = self.data.shape
-        self.iov = np.zeros(n, dtype=np.dtype(_IoVec))
+        self.iov = np.zeros(n, dtype=np.dtype(IoVec))
         self.iov["base"] = self.data.ctypes.data + np.arange(n, dtype=np.int64) * size
         self.iov["len"] = size
-        self.hdrs = np.zeros(n, dtype=np.dtype(_MMsgHdr))
+        self.hdrs = np.zeros(n, dtype=np.dtype(MMsgHdr))
         self.hdrs["hdr"]["iov"] = self.iov.ctypes.data + np.arange(n, dtype=np.int64) * self.iov.itemsize
         self.hdrs["hdr"]["iovlen"] = 1
         self.n = n
@@ -67,7 +55,7 @@ class Burst:
 
 
 def run(host: str, port: int, rate: float, duration: float, exporters: int, records: int,
-        imds_fraction: float, version: int = 5, ipv6_fraction: float = 0.0, burst: int = 32,
+        imds_fraction: float, version: int = 5, ipv6_fraction: float = 0.0, burst: int = 64,
         template_every: int = 256) -> dict:
     """Send `version` exports at `rate` records/s for `duration` s from `exporters` sockets.
 

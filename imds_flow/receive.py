@@ -23,7 +23,7 @@ import numpy as np
 from .addr import MAPPED_V4
 from .datagrams import DatagramBatch
 
-__all__ = ["parse_listen", "open_socket", "open_sockets", "Receiver", "serve", "describe", "HAVE_RECVMMSG"]
+__all__ = ["IoVec", "MsgHdr", "MMsgHdr", "parse_listen", "open_socket", "open_sockets", "Receiver", "serve", "describe", "HAVE_RECVMMSG"]
 
 log = logging.getLogger("imds_flow")
 
@@ -36,18 +36,18 @@ _NAME = 28                                   # sizeof(struct sockaddr_in6)
 _CONTROL = 64                                # one cmsghdr (16 bytes) + struct timespec (16), with room
 
 
-class _IoVec(ctypes.Structure):
+class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-class _MsgHdr(ctypes.Structure):
+class MsgHdr(ctypes.Structure):
     _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
                 ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
                 ("flags", ctypes.c_int)]
 
 
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+class MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
 
 
 def _load_recvmmsg():
@@ -154,8 +154,8 @@ class Receiver:
         self.offs = np.arange(batch, dtype=np.int64) * slot
         self.names = np.zeros((batch, 32), np.uint8)
         self.control = np.zeros((batch, _CONTROL), np.uint8)
-        self._hdrs = np.zeros(batch, dtype=np.dtype(_MMsgHdr))
-        iov = np.zeros(batch, dtype=np.dtype(_IoVec))
+        self._hdrs = np.zeros(batch, dtype=np.dtype(MMsgHdr))
+        iov = np.zeros(batch, dtype=np.dtype(IoVec))
         iov["base"] = self.buf.ctypes.data + self.offs
         iov["len"] = slot
         self._iov = iov

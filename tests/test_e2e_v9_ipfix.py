@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.collector import Collector
+from tests.support.collector import AWS_ENDPOINTS, Collector
 from tests.support.exporters import require_tool, run_pmacctd, run_softflowd
 from tests.support.scenario import SUPPRESS_SUBNETS, SUPPRESS_VLANS, build_scenario, expected_alert_flows
 
-CONFIG = f'''
-[[endpoints]]
-name = "aws-imds-ipv4"
-address = "169.254.169.254"
-[[endpoints]]
-name = "aws-imds-ipv6"
-address = "fd00:ec2::254"
-[suppress]
+CONFIG = AWS_ENDPOINTS + f'''[suppress]
 source_subnets = {list(SUPPRESS_SUBNETS)!r}
 vlans = {list(SUPPRESS_VLANS)!r}
 [alerts]

@@ -7,17 +7,10 @@ import time
 import pytest
 from scapy.all import IP, UDP, Ether, wrpcap
 
-from tests.support.collector import Collector, read_alerts
+from tests.support.collector import AWS_ENDPOINTS, Collector, read_alerts
 from tests.test_v5 import v5
 
-CONFIG = '''
-[[endpoints]]
-name = "aws-imds-ipv4"
-address = "169.254.169.254"
-[[endpoints]]
-name = "aws-imds-ipv6"
-address = "fd00:ec2::254"
-[suppress]
+CONFIG = AWS_ENDPOINTS + '''[suppress]
 source_subnets = ["10.99.0.0/16"]
 [alerts]
 fold_window_seconds = 0

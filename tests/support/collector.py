@@ -13,6 +13,16 @@ import msgpack
 
 _LISTENING = re.compile(r"listening on (.*?) \(")
 
+# the shipped config's two endpoints, for test configs to start from
+AWS_ENDPOINTS = """
+[[endpoints]]
+name = "aws-imds-ipv4"
+address = "169.254.169.254"
+[[endpoints]]
+name = "aws-imds-ipv6"
+address = "fd00:ec2::254"
+"""
+
 
 def read_alerts(path: Path) -> list[dict]:
     if not path.exists():
