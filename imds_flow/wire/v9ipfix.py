@@ -220,6 +220,23 @@ def _option_rate(b, base, so, sl):
 
 
 @njit(inline="always")
+def _counter(b, base, so, sl, s_delta, s_total, s_init, s_resp):
+    """(value, present) of a byte or packet counter: the delta counter, else the total, else
+    initiator + responder (Cisco ASA 231/232, 298/299)."""
+    if so[s_delta] >= 0:
+        return _uint(b, base + so[s_delta], sl[s_delta]), True
+    if so[s_total] >= 0:
+        return _uint(b, base + so[s_total], sl[s_total]), True
+    v = np.uint64(0)
+    present = False
+    for s in (s_init, s_resp):
+        if so[s] >= 0:
+            v += _uint(b, base + so[s], sl[s])
+            present = True
+    return v, present
+
+
+@njit(inline="always")
 def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, samp_rates, pat, pat_off):
     c.exporter[n] = exp
     c.version[n] = ver
@@ -286,38 +303,11 @@ def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, s
     c.vlan_dst[n] = _vlan(b, base, so, sl, S_VDST)
     c.vlan_dot1q[n] = _vlan(b, base, so, sl, S_VDOT1Q)
     c.vlan_cust[n] = _vlan(b, base, so, sl, S_VCUST)
-    counted = False
-    v = np.uint64(0)
-    if so[S_BYTES] >= 0:
-        v = _uint(b, base + so[S_BYTES], sl[S_BYTES])
-        counted = True
-    elif so[S_BYTES_T] >= 0:
-        v = _uint(b, base + so[S_BYTES_T], sl[S_BYTES_T])
-        counted = True
-    else:
-        if so[S_BYTES_I] >= 0:
-            v += _uint(b, base + so[S_BYTES_I], sl[S_BYTES_I])
-            counted = True
-        if so[S_BYTES_R] >= 0:
-            v += _uint(b, base + so[S_BYTES_R], sl[S_BYTES_R])
-            counted = True
+    v, has_bytes = _counter(b, base, so, sl, S_BYTES, S_BYTES_T, S_BYTES_I, S_BYTES_R)
     c.bytes[n] = v
-    v = np.uint64(0)
-    if so[S_PKTS] >= 0:
-        v = _uint(b, base + so[S_PKTS], sl[S_PKTS])
-        counted = True
-    elif so[S_PKTS_T] >= 0:
-        v = _uint(b, base + so[S_PKTS_T], sl[S_PKTS_T])
-        counted = True
-    else:
-        if so[S_PKTS_I] >= 0:
-            v += _uint(b, base + so[S_PKTS_I], sl[S_PKTS_I])
-            counted = True
-        if so[S_PKTS_R] >= 0:
-            v += _uint(b, base + so[S_PKTS_R], sl[S_PKTS_R])
-            counted = True
+    v, has_packets = _counter(b, base, so, sl, S_PKTS, S_PKTS_T, S_PKTS_I, S_PKTS_R)
     c.packets[n] = v
-    if not counted:
+    if not (has_bytes or has_packets):
         flags |= NO_COUNTERS
     c.first[n] = _time(b, base, so, sl, S_START_NS, S_START_US, S_START_MS, S_START_S, S_START_DUS, S_FIRST_UP,
                        ver, uptime, secs)
