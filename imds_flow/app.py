@@ -46,7 +46,6 @@ class Pipeline:
         self.batch = FlowBatch()
         self.encoder = encoder if encoder is not None else Encoder()   # formats.encoder(name)
         self.alerts_written = 0
-        self.records_matched = 0
         self.suppressed = 0
         self._out: list[bytes] = []
         self._out_ts: list[float] = []        # arrival time of each alert in _out, for latency
@@ -101,7 +100,6 @@ class Pipeline:
         hits = self.detector.run(self.batch)
         self.suppressed += hits.suppressed
         if len(hits):
-            self.records_matched += len(hits)
             self.exporters.add("alerts", self.batch.view("exporter")[hits.idx])
             self.folder.add(hit_alerts(self.batch, hits, self.detector.names, self.exporters))
         self.flush()
