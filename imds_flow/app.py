@@ -6,6 +6,7 @@ run_replay. The same Pipeline.process serves live sockets and offline captures.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Callable, Iterable
 
@@ -206,7 +207,16 @@ def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready:
         return pipeline
 
     started = time.monotonic()
-    Pipeline(config, _NullSink(), encoder=encoder).warm_up()
+    # Loading the cached kernels takes about a second; the first start after an install compiles
+    # them (minutes): say so rather than sit silent.
+    notice = threading.Timer(3.0, log.info, ("compiling the decode kernels: the first start after an install "
+                                             "takes a few minutes, later starts about a second",))
+    notice.daemon = True
+    notice.start()
+    try:
+        Pipeline(config, _NullSink(), encoder=encoder).warm_up()
+    finally:
+        notice.cancel()
     log.debug("kernels ready in %.2f s", time.monotonic() - started)
     groups = receive.open_sockets(listen, config.listen.rcvbuf_bytes, copies=workers)
     bound = [g[0].getsockname()[:2] for g in groups]
