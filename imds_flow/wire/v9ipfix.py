@@ -220,6 +220,23 @@ def _option_rate(b, base, so, sl):
 
 
 @njit(inline="always")
+def _address(b, base, so, s6, s4):
+    """(hi, lo, present) of an address the template may carry as IPv6 (slot s6), IPv4 (s4) or both:
+    the IPv6 one unless it is absent or all zero."""
+    hi = np.uint64(0)
+    lo = np.uint64(0)
+    present = False
+    if so[s6] >= 0:
+        hi = _uint(b, base + so[s6], 8)
+        lo = _uint(b, base + so[s6] + 8, 8)
+        present = True
+    if (hi | lo) == 0 and so[s4] >= 0:
+        lo = _addr4(b, base, so, s4)
+        present = True
+    return hi, lo, present
+
+
+@njit(inline="always")
 def _counter(b, base, so, sl, s_delta, s_total, s_init, s_resp):
     """(value, present) of a byte or packet counter: the delta counter, else the total, else
     initiator + responder (Cisco ASA 231/232, 298/299)."""
@@ -242,46 +259,14 @@ def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, s
     c.version[n] = ver
     c.ts[n] = ts
     flags = 0
-    hi = np.uint64(0)
-    lo = np.uint64(0)
-    if so[S_SRC6] >= 0:
-        hi = _uint(b, base + so[S_SRC6], 8)
-        lo = _uint(b, base + so[S_SRC6] + 8, 8)
-    if (hi | lo) == 0 and so[S_SRC4] >= 0:
-        lo = _addr4(b, base, so, S_SRC4)
-    c.src_hi[n] = hi
-    c.src_lo[n] = lo
-    hi = np.uint64(0)
-    lo = np.uint64(0)
-    if so[S_DST6] >= 0:
-        hi = _uint(b, base + so[S_DST6], 8)
-        lo = _uint(b, base + so[S_DST6] + 8, 8)
-    if (hi | lo) == 0 and so[S_DST4] >= 0:
-        lo = _addr4(b, base, so, S_DST4)
-    c.dst_hi[n] = hi
-    c.dst_lo[n] = lo
-    hi = np.uint64(0)
-    lo = np.uint64(0)
-    if so[S_NSRC6] >= 0:
-        hi = _uint(b, base + so[S_NSRC6], 8)
-        lo = _uint(b, base + so[S_NSRC6] + 8, 8)
+    c.src_hi[n], c.src_lo[n], _ = _address(b, base, so, S_SRC6, S_SRC4)
+    c.dst_hi[n], c.dst_lo[n], _ = _address(b, base, so, S_DST6, S_DST4)
+    c.nsrc_hi[n], c.nsrc_lo[n], present = _address(b, base, so, S_NSRC6, S_NSRC4)
+    if present:
         flags |= NAT_SRC
-    if (hi | lo) == 0 and so[S_NSRC4] >= 0:
-        lo = _addr4(b, base, so, S_NSRC4)
-        flags |= NAT_SRC
-    c.nsrc_hi[n] = hi
-    c.nsrc_lo[n] = lo
-    hi = np.uint64(0)
-    lo = np.uint64(0)
-    if so[S_NDST6] >= 0:
-        hi = _uint(b, base + so[S_NDST6], 8)
-        lo = _uint(b, base + so[S_NDST6] + 8, 8)
+    c.ndst_hi[n], c.ndst_lo[n], present = _address(b, base, so, S_NDST6, S_NDST4)
+    if present:
         flags |= NAT_DST
-    if (hi | lo) == 0 and so[S_NDST4] >= 0:
-        lo = _addr4(b, base, so, S_NDST4)
-        flags |= NAT_DST
-    c.ndst_hi[n] = hi
-    c.ndst_lo[n] = lo
     proto = np.uint8(_uint(b, base + so[S_PROTO], sl[S_PROTO])) if so[S_PROTO] >= 0 else np.uint8(0)
     c.proto[n] = proto
     sport = np.uint64(0)
