@@ -206,20 +206,27 @@ def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready:
             pipeline.persist_templates(path if worker is None else f"{path}.worker{worker}")
         return pipeline
 
+    # Bind first, then load the kernels: exports that arrive meanwhile wait in the socket buffer
+    # instead of being refused (ICMP port unreachable) while numba loads or compiles.
+    groups = receive.open_sockets(listen, config.listen.rcvbuf_bytes, copies=workers)
+    bound = [g[0].getsockname()[:2] for g in groups]
     started = time.monotonic()
-    # Loading the cached kernels takes about a second; the first start after an install compiles
-    # them (minutes): say so rather than sit silent.
-    notice = threading.Timer(3.0, log.info, ("compiling the decode kernels: the first start after an install "
-                                             "takes a few minutes, later starts about a second",))
+    # Loading the cached kernels takes well under a second; the first start after an install
+    # compiles them (tens of seconds): say so rather than sit silent.
+    notice = threading.Timer(3.0, log.info, ("compiling the decode kernels (first start after an install; "
+                                             "exports are queued meanwhile), later starts load them in a second",))
     notice.daemon = True
     notice.start()
     try:
         Pipeline(config, _NullSink(), encoder=encoder).warm_up()
+    except BaseException:
+        for group in groups:
+            for sock in group:
+                sock.close()
+        raise
     finally:
         notice.cancel()
     log.debug("kernels ready in %.2f s", time.monotonic() - started)
-    groups = receive.open_sockets(listen, config.listen.rcvbuf_bytes, copies=workers)
-    bound = [g[0].getsockname()[:2] for g in groups]
 
     def announce() -> None:
         log.info("listening on %s (%s)%s", ", ".join(receive._fmt(a) for a in bound),

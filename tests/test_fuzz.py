@@ -23,7 +23,7 @@ from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import ExporterTable
 from imds_flow.flows import FlowBatch
 from imds_flow.wire import DecodeError, REASONS
-from tests.support import build, mutate
+from tests.support import build, corpus, mutate
 
 SCALE = int(os.environ.get("IMDS_FLOW_FUZZ_SCALE", "1"))
 SETTINGS = settings(max_examples=60 * SCALE, deadline=None, derandomize=SCALE == 1,
@@ -32,8 +32,7 @@ EXPORTER = ("192.0.2.1", 2055)
 CANARY_SRC = ("203.0.113.9", 4739)
 T0 = 1_700_000_000.0
 
-if not (mutate.VENDORS / "MANIFEST.json").exists():
-    pytest.skip(f"vendor corpus not found at {mutate.VENDORS}", allow_module_level=True)
+corpus.require(mutate.VENDORS)
 
 
 def decode_one_total(data: bytes, state=None):

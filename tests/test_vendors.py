@@ -1,4 +1,4 @@
-"""Every packet of the vendor corpus (../shared/fixtures/vendors, or $IMDS_FLOW_VENDORS) through wire.decode.
+"""Every packet of the vendor corpus (tests/fixtures/vendors) through wire.decode.
 
 Each sample is fed after its feed_first files into one fresh exporter state, all from one exporter
 address; each sequence into one state. Record counts and every expected value the manifest states
@@ -11,22 +11,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import pathlib
 
 import numpy as np
 import pytest
 
 from imds_flow import wire
+from tests.support import corpus
 from imds_flow.addr import from_hilo
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS, ExporterTable
 from imds_flow.flows import FlowBatch, VLAN_COLUMNS
 
-ROOT = pathlib.Path(os.environ.get("IMDS_FLOW_VENDORS") or
-                    pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vendors")
-if not (ROOT / "MANIFEST.json").exists():
-    pytest.skip(f"vendor corpus not found at {ROOT} (set IMDS_FLOW_VENDORS)", allow_module_level=True)
+ROOT = corpus.require(corpus.VENDORS)
 MANIFEST = json.loads((ROOT / "MANIFEST.json").read_text())
 SAMPLES = {s["file"]: s for s in MANIFEST["samples"]}
 EXPORTER = ("192.0.2.1", 2055)

@@ -14,25 +14,25 @@ __all__ = ["_u16", "_u32", "_u64", "_uint"]
 _1, _2, _3, _4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
 
 
-@njit(inline="always")
+@njit
 def _u16(b, o):
     u = np.uint64(o)
     return (np.uint32(b[u]) << 8) | np.uint32(b[u + _1])
 
 
-@njit(inline="always")
+@njit
 def _u32(b, o):
     u = np.uint64(o)
     return (np.uint32(b[u]) << 24) | (np.uint32(b[u + _1]) << 16) | (np.uint32(b[u + _2]) << 8) | np.uint32(b[u + _3])
 
 
-@njit(inline="always")
+@njit
 def _u64(b, o):
     u = np.uint64(o)
     return (np.uint64(_u32(b, u)) << np.uint64(32)) | np.uint64(_u32(b, u + _4))
 
 
-@njit(inline="always")
+@njit
 def _uint(b, o, n):
     if n == 4:
         return np.uint64(_u32(b, o))

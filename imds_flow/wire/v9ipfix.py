@@ -132,12 +132,12 @@ def _find(b, o, n, pat, p0, p1):
     return False
 
 
-@njit(inline="always")
+@njit
 def _addr4(b, base, so, s):
     return _MAPPED | np.uint64(_u32(b, base + so[s]))
 
 
-@njit(inline="always")
+@njit
 def _vlan(b, base, so, sl, s):
     if so[s] < 0:
         return -1
@@ -145,12 +145,12 @@ def _vlan(b, base, so, sl, s):
     return np.int16(v) if 1 <= v <= 4095 else -1
 
 
-@njit(inline="always")
+@njit
 def _ntp(v):
     return np.float64(v >> np.uint64(32)) - _NTP_EPOCH + np.float64(v & np.uint64(0xFFFFFFFF)) / 4294967296.0
 
 
-@njit(inline="always")
+@njit
 def _time(b, base, so, sl, s_ns, s_us, s_ms, s_s, s_dus, s_up, ver, uptime, secs):
     if so[s_ns] >= 0:
         return _ntp(_uint(b, base + so[s_ns], sl[s_ns]))
@@ -171,7 +171,7 @@ def _time(b, base, so, sl, s_ns, s_us, s_ms, s_s, s_dus, s_up, ver, uptime, secs
     return np.nan
 
 
-@njit(inline="always")
+@njit
 def _rate32(rate):
     """The sampling column's value of a rate: rounded, 0 below 1, saturating (never undefined)."""
     if rate >= 1.0:
@@ -179,7 +179,7 @@ def _rate32(rate):
     return np.uint32(0)
 
 
-@njit(inline="always")
+@njit
 def _sampling(b, base, so, sl, scope, samp_keys, samp_rates):
     if so[S_INTERVAL] >= 0:
         return np.float64(_uint(b, base + so[S_INTERVAL], sl[S_INTERVAL]))
@@ -219,7 +219,7 @@ def _option_rate(b, base, so, sl):
     return 0.0
 
 
-@njit(inline="always")
+@njit
 def _address(b, base, so, s6, s4):
     """(hi, lo, present) of an address the template may carry as IPv6 (slot s6), IPv4 (s4) or both:
     the IPv6 one unless it is absent or all zero."""
@@ -236,7 +236,7 @@ def _address(b, base, so, s6, s4):
     return hi, lo, present
 
 
-@njit(inline="always")
+@njit
 def _counter(b, base, so, sl, s_delta, s_total, s_init, s_resp):
     """(value, present) of a byte or packet counter: the delta counter, else the total, else
     initiator + responder (Cisco ASA 231/232, 298/299)."""
@@ -253,7 +253,7 @@ def _counter(b, base, so, sl, s_delta, s_total, s_init, s_resp):
     return v, present
 
 
-@njit(inline="always")
+@njit
 def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, samp_rates, pat, pat_off):
     c.exporter[n] = exp
     c.version[n] = ver
@@ -306,7 +306,7 @@ def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, s
     c.flags[n] = flags
 
 
-@njit(inline="always")
+@njit
 def _url(b, base, so, sl, pat, pat_off):
     """Index of the first configured substring found in one of the record's HTTP fields, or -1."""
     for k in range(pat_off.shape[0] - 1):
@@ -321,13 +321,13 @@ def _url(b, base, so, sl, pat, pat_off):
 # The program is read as prog[plan, row, i] scalars: no array views per set. The column helpers
 # are inlined into _cut_fixed (one call per set, no reference counting per column).
 
-@njit(inline="always")
+@njit
 def _fill(col, n, m, v):
     for k in range(n, m):
         col[np.uint64(k)] = v
 
 
-@njit(inline="always")
+@njit
 def _col_uint(b, q, L, cnt, ln, col, n):
     """col[np.uint64(n + k)] = the `ln`-byte unsigned at q + k * L (cast to the column's type), k < cnt."""
     if ln == 1:
@@ -347,7 +347,7 @@ def _col_uint(b, q, L, cnt, ln, col, n):
             col[np.uint64(n + k)] = _uint(b, q + k * L, ln)
 
 
-@njit(inline="always")
+@njit
 def _col_read(b, o, L, cnt, prog, p, row, col, n):
     if prog[p, row, 0] == OP_NONE:
         _fill(col, n, n + cnt, 0)
@@ -355,7 +355,7 @@ def _col_read(b, o, L, cnt, prog, p, row, col, n):
         _col_uint(b, o + prog[p, row, 1], L, cnt, prog[p, row, 2], col, n)
 
 
-@njit(inline="always")
+@njit
 def _col_addr(b, o, L, cnt, prog, p, row, hi, lo, n):
     op = prog[p, row, 0]
     if op == OP_NONE:
@@ -378,7 +378,7 @@ def _col_addr(b, o, L, cnt, prog, p, row, hi, lo, n):
             lo[np.uint64(n + k)] = l
 
 
-@njit(inline="always")
+@njit
 def _col_vlan(b, o, L, cnt, prog, p, row, col, n):
     if prog[p, row, 0] == OP_NONE:
         _fill(col, n, n + cnt, -1)
@@ -390,7 +390,7 @@ def _col_vlan(b, o, L, cnt, prog, p, row, col, n):
         col[np.uint64(n + k)] = np.int16(v) if 1 <= v <= 4095 else -1
 
 
-@njit(inline="always")
+@njit
 def _col_counter(b, o, L, cnt, prog, p, row, col, n):
     op = prog[p, row, 0]
     if op == OP_SUM:
@@ -401,7 +401,7 @@ def _col_counter(b, o, L, cnt, prog, p, row, col, n):
         _col_read(b, o, L, cnt, prog, p, row, col, n)
 
 
-@njit(inline="always")
+@njit
 def _col_time(b, o, L, cnt, prog, p, row, col, n, ver, uptime, secs):
     op = prog[p, row, 0]
     q = o + prog[p, row, 1]
@@ -435,7 +435,7 @@ def _col_time(b, o, L, cnt, prog, p, row, col, n, ver, uptime, secs):
         _fill(col, n, n + cnt, np.nan)
 
 
-@njit(inline="always")
+@njit
 def _lookup_rate(samp_keys, samp_rates, key):
     i = np.searchsorted(samp_keys, key)
     if i < samp_keys.shape[0] and samp_keys[i] == key:
@@ -443,7 +443,7 @@ def _lookup_rate(samp_keys, samp_rates, key):
     return -1.0
 
 
-@njit(inline="always")
+@njit
 def _col_sampling(b, o, L, cnt, prog, p, row, col, n, scope, samp_keys, samp_rates):
     op = prog[p, row, 0]
     q = o + prog[p, row, 1]

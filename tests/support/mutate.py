@@ -9,7 +9,6 @@ inputs and a `random.Random`, so a failure reproduces from its seed.
 from __future__ import annotations
 
 import json
-import os
 import random
 import struct
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 __all__ = ["VENDORS", "Loc", "vendor_payloads", "vendor_sequences", "fields_of", "set_u16", "flip_bits",
            "truncations", "length_mutants", "reuse_template_ids", "mutants"]
 
-VENDORS = Path(os.environ.get("IMDS_FLOW_VENDORS") or Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "vendors")
+from .corpus import VENDORS
 
 
 @dataclass(frozen=True)
