@@ -47,7 +47,6 @@ class Pipeline:
         self.batch = FlowBatch()
         self.encoder = encoder if encoder is not None else Encoder()   # formats.encoder(name)
         self.alerts_written = 0
-        self.suppressed = 0
         self._out: list[bytes] = []
         self._out_ts: list[float] = []        # arrival time of each alert in _out, for latency
         self.latency = Latency()
@@ -66,7 +65,7 @@ class Pipeline:
         ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
         batch = FlowBatch(64)
         wire.decode(dg, ids, scratch, batch)
-        self.detector.run(batch)
+        self.detector.run(batch, scratch.column("suppressed"))
 
     def _emit(self, alert: dict) -> None:
         self._out.append(self.encoder.encode(alert))
@@ -98,8 +97,7 @@ class Pipeline:
         self.exporters.count(exp_ids, status, self.batch.view("exporter"), now)
         self.errors.report(exp_ids, status, now)
         self.limit_log.report(now)
-        hits = self.detector.run(self.batch)
-        self.suppressed += hits.suppressed
+        hits = self.detector.run(self.batch, self.exporters.column("suppressed"))
         if len(hits):
             self.exporters.add("alerts", self.batch.view("exporter")[hits.idx])
             self.folder.add(hit_alerts(self.batch, hits, self.detector.names, self.exporters))
@@ -149,10 +147,11 @@ class Pipeline:
                            "spool_bytes": extra.get("spool_bytes", 0), "spool_dropped": extra.get("spool_dropped", 0)}}
 
     def reload(self, config: Config) -> None:
-        """Swap in a new config's endpoints and suppression at once (between two batches).
-        Other sections take effect at the next start; a warning says so."""
+        """Swap in a new config's endpoints, suppression and URL substrings at once (between two
+        batches). Other sections take effect at the next start; a warning says so."""
         self.detector = Detector(config, url_patterns=config.http.url_substrings)
-        for section in ("listen", "templates", "http", "alerts", "logging", "limits"):
+        self.exporters.templates.set_url_patterns(config.http.url_substrings)
+        for section in ("listen", "templates", "alerts", "logging", "limits"):
             if getattr(config, section, None) != getattr(self.config, section, None):
                 log.warning("reload: [%s] changed; it takes effect at the next start", section)
         self.config = config
@@ -160,7 +159,7 @@ class Pipeline:
                  len(config.endpoints), len(config.suppress.source_subnets), len(config.suppress.vlans))
 
     def stats(self) -> dict:
-        return stats_of(self.exporters, self.alerts_written, self.suppressed)
+        return stats_of(self.exporters, self.alerts_written)
 
     def summary(self, latency: bool = True) -> str:
         """One line of counters; `latency` adds alert latency (live only: a replay's arrival times

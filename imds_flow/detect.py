@@ -50,15 +50,25 @@ class Detector:
         self._vlans[list(config.suppress.vlans)] = True
         self._grow(4096)
 
+    @staticmethod
+    def _scratch_counts(batch: FlowBatch) -> np.ndarray:
+        # a strided column, the layout of an exporter-table column: one compiled kernel serves both
+        top = int(batch.view("exporter").max()) + 1 if batch.n else 1
+        return np.zeros((top, 2), np.int64)[:, 0]
+
     def _grow(self, n: int) -> None:
         self._idx = np.empty(n, np.int64)
         self._epi = np.empty(n, np.int32)
         self._dir = np.empty(n, np.uint8)
 
-    def run(self, batch: FlowBatch) -> Hits:
+    def run(self, batch: FlowBatch, suppressed_by_exporter: np.ndarray | None = None) -> Hits:
+        """Hits of `batch`; each suppressed record also counts in suppressed_by_exporter[exporter]
+        (a column of the exporter table: the per-exporter `suppressed` counter)."""
         if batch.n > len(self._idx):
             self._grow(max(batch.n, 2 * len(self._idx)))
+        if suppressed_by_exporter is None:
+            suppressed_by_exporter = self._scratch_counts(batch)
         hits, suppressed = kernels.detect_batch(
             batch.cols, batch.n, *self._ep, *self._sup, self._vlans, self.n_endpoints,
-            self._idx, self._epi, self._dir)
+            self._idx, self._epi, self._dir, suppressed_by_exporter)
         return Hits(self._idx[:hits], self._epi[:hits], self._dir[:hits], int(suppressed))

@@ -135,6 +135,10 @@ class ExporterTable:
             np.add.at(c, (exp_ids[bad], _REASON_COL[status[bad]]), 1)
         self.last_seen[np.unique(exp_ids)] = now
 
+    def column(self, counter: str) -> np.ndarray:
+        """A writable view of one counter for every exporter row (kernels add into it)."""
+        return self.counters[:, _C[counter]]
+
     def add_count(self, counter: str, exporter: int, k: int = 1) -> None:
         self.counters[exporter, _C[counter]] += k
 

@@ -36,14 +36,15 @@ def match_nets(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4, out):
 
 @njit
 def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_mhi, sup_mlo, sup_v4,
-                 vlan_suppressed, n_endpoints, out_idx, out_ep, out_dir):
+                 vlan_suppressed, n_endpoints, out_idx, out_ep, out_dir, suppressed_by_exporter):
     """Find records that touch an endpoint and are not suppressed.
 
     A destination (or post-NAT destination) in an endpoint is a request; otherwise a source in one
     is a response. A record that matches no address but carries a configured URL substring
     (c.url >= 0) is a request to pseudo-endpoint n_endpoints + url. Suppressed when the local
     side (the one that is not the endpoint) is in a suppressed subnet or any VLAN it carries is
-    flagged in vlan_suppressed (bool[4096]). Writes hits to out_*; returns (hits, suppressed).
+    flagged in vlan_suppressed (bool[4096]); each suppressed record adds one to
+    suppressed_by_exporter[c.exporter[i]]. Writes hits to out_*; returns (hits, suppressed).
     """
     hits = 0
     suppressed = 0
@@ -71,6 +72,9 @@ def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_
             local_lo = c.dst_lo[i]
         if match_net(local_hi, local_lo, sup_hi, sup_lo, sup_mhi, sup_mlo, sup_v4) >= 0 or _vlan_hit(c, i, vlan_suppressed):
             suppressed += 1
+            e = c.exporter[i]
+            if 0 <= e < suppressed_by_exporter.shape[0]:
+                suppressed_by_exporter[e] += 1
             continue
         out_idx[hits] = i
         out_ep[hits] = ep

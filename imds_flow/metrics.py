@@ -121,11 +121,11 @@ class Latency:
 STAT_KEYS = ("exporters", "datagrams", "records", "rejected", "sequence_lost", "alerts", "suppressed")
 
 
-def stats_of(exporters: ExporterTable, alerts: int, suppressed: int) -> dict:
+def stats_of(exporters: ExporterTable, alerts: int) -> dict:
     return {"exporters": len(exporters), "datagrams": exporters.total("datagrams"),
             "records": exporters.total("records"), "rejected": sum(exporters.total(r) for r in REASONS[1:]),
             "sequence_lost": int(exporters.sequence_lost().sum()), "alerts": alerts,
-            "suppressed": suppressed}
+            "suppressed": exporters.total("suppressed")}
 
 
 def summary_line(stats: dict, latency: Latency | None = None) -> str:

@@ -96,8 +96,9 @@ def _slug(field: str) -> str:
 
 
 def _url_substrings(config: Config) -> tuple[str, ...]:
+    """The collector's own list: an empty one turns the URL signal off, in the rule too."""
     http = getattr(config, "http", None)
-    return tuple(getattr(http, "url_substrings", None) or DEFAULT_URL_SUBSTRINGS)
+    return tuple(getattr(http, "url_substrings", DEFAULT_URL_SUBSTRINGS))
 
 
 def _host_values(config: Config) -> list[str]:
@@ -124,7 +125,7 @@ def _detection(src: Source, config: Config, omit: frozenset[str] = frozenset()) 
     for f in (f for f in src.host if f not in omit):
         if hosts:
             det[f"ip_{_slug(f)}"] = {f: hosts}
-    for f in (f for f in src.url if f not in omit):
+    for f in (f for f in src.url if f not in omit and paths):
         det[f"http_{_slug(f)}"] = {f"{f}|contains": paths}
     for f in (f for f in src.header if f not in omit):
         det[f"http_{_slug(f)}"] = {f"{f}|contains": IMDSV2_HEADER}

@@ -72,6 +72,7 @@ def fill(records):
         c.flags[i] = flags
         c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i] = r["vlans"]
         c.url[i] = r["url"]
+        c.exporter[i] = i % 3
     fb.n = len(records)
     return fb
 
@@ -81,19 +82,21 @@ def fill(records):
 def test_detect_matches_oracle(cfg, records):
     conf = build_config(cfg)
     det = Detector(conf, url_patterns=("/latest/meta-data", "/latest/api/token"))
-    hits = det.run(fill(records))
+    by_exporter = np.zeros((3, 2), np.int64)[:, 0]
+    hits = det.run(fill(records), by_exporter)
     got = {int(i): (int(e), DIRECTIONS[d]) for i, e, d in zip(hits.idx, hits.endpoint, hits.direction)}
     nets = [e.network for e in conf.endpoints]
     want = {}
-    suppressed = 0
+    suppressed = [0, 0, 0]
     for i, r in enumerate(records):
         res = detect_one(r, nets, list(conf.suppress.source_subnets), set(conf.suppress.vlans))
         if res is not None:
             want[i] = res
         elif detect_one(r, nets, [], set()) is not None:
-            suppressed += 1
+            suppressed[i % 3] += 1
     assert got == want
-    assert hits.suppressed == suppressed
+    assert hits.suppressed == sum(suppressed)
+    assert by_exporter.tolist() == suppressed
 
 
 @settings(max_examples=300, deadline=None)

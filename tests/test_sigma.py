@@ -318,3 +318,17 @@ def test_cli_target(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("# AWS instance metadata service (IMDS) traffic on a local network (")
     assert "['destination.ip']" in out.stdout
+
+
+def test_empty_url_substrings_mean_no_url_selection():
+    """`http.url_substrings = []` turns the collector's URL signal off; the generated rule must agree
+    (it must not fall back to the defaults) and still be a valid rule on addresses and the header."""
+    conf = config_mod.parse(CONFIG + "\n[http]\nurl_substrings = []\n")
+    for rule in sigma.rules(conf, "bulletin") + sigma.rules(conf, "standard"):
+        det = rule["detection"]
+        text = repr(det)
+        assert not any(p in text for p in PATHS), rule["title"]
+        for block in re.findall(r"1 of (\w+)_\*", det["condition"]):
+            assert any(k.startswith(block + "_") for k in det if k != "condition"), det["condition"]
+    bulletin = sigma.rules(conf, "bulletin")[0]["detection"]
+    assert any(k.startswith("ip_") for k in bulletin)

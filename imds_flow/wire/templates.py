@@ -341,12 +341,17 @@ class TemplateCache:
         self._rates: dict[int, float] = {}
         self.samp_keys = np.zeros(0, np.int64)
         self.samp_rates = np.zeros(0, np.float64)
-        pats = [p.lower().encode() for p in url_patterns if p]
+        self.set_url_patterns(url_patterns)
+        from .pending import Pending                  # the buffer of data sets waiting for templates
+        self.pending = Pending(bounds.pending_bytes_per_exporter, bounds.pending_bytes)
+
+    def set_url_patterns(self, url_patterns: tuple[str, ...]) -> None:
+        """The http.url_substrings the kernels look for; a URL's `url` column is an index into
+        them, so the detector's names must be built from the same tuple (Pipeline.reload)."""
+        pats = [p.lower().encode() for p in url_patterns]
         self.pat_off = np.zeros(len(pats) + 1, np.int64)
         self.pat_off[1:] = np.cumsum([len(p) for p in pats]) if pats else []
         self.pat_buf = np.frombuffer(b"".join(pats) or b"\0", np.uint8).copy()
-        from .pending import Pending                  # the buffer of data sets waiting for templates
-        self.pending = Pending(bounds.pending_bytes_per_exporter, bounds.pending_bytes)
 
     # --- scopes ------------------------------------------------------------------------------
 
