@@ -227,10 +227,11 @@ def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready:
         notice.cancel()
     log.debug("kernels ready in %.2f s", time.monotonic() - started)
 
-    def announce() -> None:
+    def announce(metrics_bound: tuple[str, int] | None = None) -> None:
+        # the addresses as bound: with port 0 (tests, ad-hoc runs) this line says which port it got
         log.info("listening on %s (%s)%s", ", ".join(receive._fmt(a) for a in bound),
                  receive.describe(config.listen.batch_datagrams, workers),
-                 f"; metrics on http://{receive._fmt(metrics_at)}/metrics" if metrics_at else "")
+                 f"; metrics on http://{receive._fmt(metrics_bound)}/metrics" if metrics_bound else "")
         if ready is not None:
             ready(bound)
 
@@ -245,7 +246,8 @@ def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready:
     pipeline = make_pipeline(sink)
     server = MetricsServer(*metrics_at, pipeline.snapshot) if metrics_at else None
     try:
-        receive.serve(config, [g[0] for g in groups], pipeline, ready=lambda _: announce(), announce=False,
+        receive.serve(config, [g[0] for g in groups], pipeline,
+                      ready=lambda _: announce(server.address if server else None), announce=False,
                       reload=reload)
     finally:
         if server is not None:

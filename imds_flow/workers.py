@@ -66,7 +66,7 @@ def _worker(index: int, conn: socket.socket, socks, make_pipeline, serve_fn, rep
 
 
 def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipeline: Callable,
-                serve_fn: Callable, announce: Callable[[], None],
+                serve_fn: Callable, announce: Callable[[tuple | None], None],
                 metrics_at: tuple[str, int] | None = None) -> tuple[dict, Latency]:
     """Fork `workers` processes; worker i serves socket i of every address group. Returns the
     merged counters and latency once every worker has drained, flushed and exited. SIGHUP is
@@ -98,7 +98,7 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
     if metrics_at is not None:
         server = MetricsServer(*metrics_at, lambda: merge_snapshots(list(latest.values())) if latest
                                else {"exporters": [], "global": {}})
-    announce()
+    announce(server.address if server else None)
 
     def forward(signum, _frame):
         for pid in children:

@@ -65,12 +65,14 @@ def test_listen_alerts_and_counts_bad_input(tmp_path, listen, target):
 
 def test_sigint_flushes_folded_alerts(tmp_path):
     cfg = CONFIG.replace("fold_window_seconds = 0", "fold_window_seconds = 3600")
-    with Collector(tmp_path, cfg) as c:
+    with Collector(tmp_path, cfg, args=["--metrics", "127.0.0.1:0"]) as c:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for i in range(50):
             s.sendto(v5([("10.0.0.1", IMDS, 40000 + i, 80)], seq=i), ("127.0.0.1", c.port))
         first = c.wait_alerts(1)
-        time.sleep(0.5)
+        c.wait_metric("imds_flow_pending_alerts", 1)      # every record decoded, one alert folding
+        m = c.wait_metric(f'imds_flow_alert_records_total{{exporter="127.0.0.1",exporter_port="{s.getsockname()[1]}"}}', 50)
+        assert m["imds_flow_pending_alerts"] == 1
         assert [a["count"] for a in read_alerts(c.alerts_path)] == [1]   # the rest are folding
         alerts = c.stop(signal.SIGINT)
     assert [a["count"] for a in alerts] == [1, 49]

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,26 +25,9 @@ fold_window_seconds = 0
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_metrics_endpoint_counts_exactly(tmp_path, workers):
-    mport = free_port()
-    with Collector(tmp_path, BASE, args=["--metrics", f"127.0.0.1:{mport}", "--workers", str(workers)]) as c:
+    with Collector(tmp_path, BASE, args=["--metrics", "127.0.0.1:0", "--workers", str(workers)]) as c:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
         for i in range(10):
@@ -54,12 +36,7 @@ def test_metrics_endpoint_counts_exactly(tmp_path, workers):
         s.sendto(b"not netflow at all", ("127.0.0.1", c.port))
         c.wait_alerts(10)
         labels = f'exporter="127.0.0.1",exporter_port="{s.getsockname()[1]}"'
-        deadline = time.monotonic() + 10
-        while True:                       # workers report once a second
-            m = scrape(mport)
-            if m.get(f"imds_flow_datagrams_total{{{labels}}}") == 11 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        m = c.wait_metric(f"imds_flow_datagrams_total{{{labels}}}", 11)    # workers report once a second
         c.stop()
     assert m[f"imds_flow_datagrams_total{{{labels}}}"] == 11
     assert m[f"imds_flow_records_total{{{labels}}}"] == 20
@@ -69,9 +46,22 @@ def test_metrics_endpoint_counts_exactly(tmp_path, workers):
     assert m["imds_flow_exporters"] == 1 and m["imds_flow_kernel_drops_total"] == 0
 
 
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def suppressed_series(c: Collector) -> str:
+    """The one exporter's suppressed-records series (its source port is the sender's)."""
+    wait_for(lambda: any(k.startswith("imds_flow_suppressed_records_total{") for k in c.metrics()))
+    return next(k for k in c.metrics() if k.startswith("imds_flow_suppressed_records_total{"))
+
+
 def test_sighup_reload_swaps_suppression_and_loses_nothing(tmp_path):
     cfg_text = BASE + "[suppress]\nsource_subnets = []\n"
-    with Collector(tmp_path, cfg_text) as c:
+    with Collector(tmp_path, cfg_text, args=["--metrics", "127.0.0.1:0"]) as c:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sent = {"n": 0}
         stop = threading.Event()
@@ -86,16 +76,20 @@ def test_sighup_reload_swaps_suppression_and_loses_nothing(tmp_path):
 
         t = threading.Thread(target=send)
         t.start()
-        time.sleep(1.0)
+        c.wait_alerts(150)
         c.config_path.write_text(BASE + '[suppress]\nsource_subnets = ["10.9.0.0/16"]\n')
         c.proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        wait_for(lambda: "reload: 1 endpoint(s), 1 suppressed subnet(s)" in c.log)
+        series = suppressed_series(c)
+        c.wait_metric(series, 150)
         c.config_path.write_text(BASE + "[suppress]\nvlans = [5000]\n")     # invalid: must keep the last good
         c.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        wait_for(lambda: "reload failed, keeping the running config" in c.log)
+        before = c.metrics()[series]
+        c.wait_metric(series, before + 50)                           # the last good config still suppresses
         stop.set()
         t.join()
-        time.sleep(0.5)
+        c.wait_metric(series.replace("suppressed_records", "datagrams"), sent["n"])
         alerts = c.stop()
     log = c.log
     assert "reload: 1 endpoint(s), 1 suppressed subnet(s)" in log

@@ -38,29 +38,25 @@ def fluent_sink(tmp_path, port, fmt="msgpack", require_ack=True, event_time=True
                        ForwardProtocol("imds_flow.alert", fmt, require_ack, event_time), **kw)
 
 
-def feed(sink, total: int, batch: int = 7, pause: float = 0.001) -> list[float]:
-    """Write alerts 0..total-1 in batches; the time each write_alerts call took."""
-    took = []
+def feed(sink, total: int, batch: int = 7, pause: float = 0.001) -> None:
+    """Write alerts 0..total-1 in batches, paced like a collector's flushes."""
     for start in range(0, total, batch):
-        t0 = time.perf_counter()
         sink.write_alerts([alert(n) for n in range(start, min(start + batch, total))])
         sink.flush()
-        took.append(time.perf_counter() - t0)
         time.sleep(pause)
-    return took
 
 
 def test_tcp_receiver_stops_mid_stream_and_comes_back(tmp_path):
     server = MsgpackServer().start()
     sink = tcp_sink(tmp_path, server.port)
     total = 3000
-    feeder = threading.Thread(target=lambda: took.extend(feed(sink, total)))
-    took: list[float] = []
+    feeder = threading.Thread(target=feed, args=(sink, total))
     feeder.start()
     assert wait_for(lambda: len(server.received) >= 800)
     server.stop()                                   # clean stop mid-stream: half-close, read to EOF
     stopped_at = len(server.received)
-    time.sleep(0.7)                                 # the sink is down for a while: alerts spool
+    # the sink is down for a while: alerts spool, and writes go on without waiting for the receiver
+    assert wait_for(lambda: sink.spooled >= min(total, stopped_at + 500))
     assert len(server.received) == stopped_at
     server.start()                                  # same port
     feeder.join()
@@ -70,19 +66,18 @@ def test_tcp_receiver_stops_mid_stream_and_comes_back(tmp_path):
     assert [a["n"] for a in server.received] == list(range(total))    # each exactly once, in order
     assert stopped_at < total and server.connections >= 2
     assert (sink.sent, sink.spooled, sink.dropped, sink.spool_bytes) == (total, total, 0, 0)
-    assert max(took) < 0.25                         # writes never waited for the receiver
 
 
 def test_fluent_receiver_dies_mid_stream_and_comes_back(tmp_path):
     server = ForwardServer(die_after=700).start()
     sink = fluent_sink(tmp_path, server.port)
     total = 3000
-    took: list[float] = []
-    feeder = threading.Thread(target=lambda: took.extend(feed(sink, total)))
+    feeder = threading.Thread(target=feed, args=(sink, total))
     feeder.start()
     assert server.died.wait(30)                     # reset the connection without acking a message
     server.stop()
-    time.sleep(0.5)
+    down_at = sink.spooled
+    assert wait_for(lambda: sink.spooled >= min(total, down_at + 300))   # writes go on while it is down
     server.die_after = None
     server.start()
     feeder.join()
@@ -96,7 +91,6 @@ def test_fluent_receiver_dies_mid_stream_and_comes_back(tmp_path):
     assert all(isinstance(o["chunk"], str) and o["size"] >= 1 for o in server.messages)
     assert len({o["chunk"] for o in server.messages}) == len(server.messages)
     assert (sink.sent, sink.dropped, sink.spool_bytes) == (total, 0, 0)
-    assert max(took) < 0.25
 
 
 def test_fluent_without_ack_integer_time_and_ecs_records(tmp_path):
@@ -121,9 +115,10 @@ def test_spool_left_at_shutdown_is_delivered_at_next_start(tmp_path):
     server.stop()                                   # nobody listens
     sink = tcp_sink(tmp_path, port, drain_seconds=0.3)
     feed(sink, 500, pause=0)
-    t0 = time.monotonic()
-    sink.close()                                    # bounded: gives up after drain_seconds
-    assert time.monotonic() - t0 < 5
+    closing = threading.Thread(target=sink.close)  # bounded: gives up after drain_seconds
+    closing.start()
+    closing.join(60)
+    assert not closing.is_alive()
     assert any(f.endswith(".seg") for f in os.listdir(tmp_path / "spool"))
     server.start()
     sink = tcp_sink(tmp_path, port)                 # resumes the spool at start
@@ -217,19 +212,15 @@ def test_decoding_is_not_stalled_by_a_stuck_receiver(tmp_path, kind):
                                                              "fold_window_seconds = 0"))
     pipeline = Pipeline(cfg, sinks)
     imds = [("10.0.0.%d" % (i % 250 + 1), "169.254.169.254", 1024 + i, 80) for i in range(30)]
-    took = []
-    for i in range(300):
-        dg = DatagramBatch.from_payloads([v5(imds, seq=30 * i)], ts=TS0 + i)
-        t0 = time.perf_counter()
-        pipeline.process(dg)
-        took.append(time.perf_counter() - t0)
+    for i in range(300):          # 2.7 MB to a receiver that never reads: a blocking write would hang here
+        pipeline.process(DatagramBatch.from_payloads([v5(imds, seq=30 * i)], ts=TS0 + i))
     assert pipeline.alerts_written == 9000
     stats = sinks.stats()
     assert stats["sinks"][0]["spooled"] == 9000 and stats["spool_bytes"] > 0
-    assert max(took) < 0.5 and sorted(took)[len(took) // 2] < 0.05
-    t0 = time.monotonic()
-    pipeline.close()                                # gives up after drain_seconds
-    assert time.monotonic() - t0 < 8
+    closing = threading.Thread(target=pipeline.close)   # gives up after drain_seconds
+    closing.start()
+    closing.join(60)
+    assert not closing.is_alive()
     server.stop()
 
 

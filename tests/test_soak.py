@@ -49,7 +49,7 @@ def test_soak_with_malformed_datagrams(tmp_path):
     ipfix_exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     noisy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     want = {"datagrams": 0, "records": 0, "rejected": 0, "hits": 0, "suppressed": 0}
-    with Collector(tmp_path, CONFIG) as c:
+    with Collector(tmp_path, CONFIG, args=["--metrics", "127.0.0.1:0"]) as c:
         dest = ("127.0.0.1", c.port)
         ipfix_exporter.sendto(ipfix([template_set(10, {256: FIELDS})], seq=0), dest)
         want["datagrams"] += 1
@@ -79,7 +79,7 @@ def test_soak_with_malformed_datagrams(tmp_path):
                     want["datagrams"] += 1
                     want["rejected"] += 1
             time.sleep(0.05)
-        time.sleep(1.0)
+        c.wait_total("imds_flow_datagrams_total", want["datagrams"])   # everything sent has been read
         alerts = c.stop()
     log = c.log
     assert "Traceback" not in log

@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import urllib.request
+
 import msgpack
 
 _LISTENING = re.compile(r"listening on (.*?) \(")
+_METRICS = re.compile(r"metrics on http://(.*?)/metrics")
 
 # the shipped config's two endpoints, for test configs to start from
 AWS_ENDPOINTS = """
@@ -31,6 +34,16 @@ def read_alerts(path: Path) -> list[dict]:
         return list(msgpack.Unpacker(f, raw=False))
 
 
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 class Collector:
     """`with Collector(tmp_path, config_text) as c:` ... `c.port`, `c.send(...)`, then `c.stop()`."""
 
@@ -46,6 +59,7 @@ class Collector:
         self.args = list(args)
         self.proc = None
         self.addresses: list[tuple[str, int]] = []
+        self.metrics_port: int | None = None    # with args "--metrics 127.0.0.1:0": the port it got
 
     @property
     def port(self) -> int:
@@ -64,11 +78,15 @@ class Collector:
                                      env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = _LISTENING.search(self.log_path.read_text())
+            text = self.log_path.read_text()
+            m = _LISTENING.search(text)
             if m:
                 for part in m.group(1).split(", "):
                     host, _, port = part.rpartition(":")
                     self.addresses.append((host.strip("[]"), int(port)))
+                metrics = _METRICS.search(text)
+                if metrics:
+                    self.metrics_port = int(metrics.group(1).rpartition(":")[2])
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"collector exited {self.proc.returncode}: {self.log_path.read_text()}")
@@ -98,6 +116,28 @@ class Collector:
         if self.proc.returncode != 0:
             raise RuntimeError(f"collector exited {self.proc.returncode}: {self.log_path.read_text()}")
         return read_alerts(self.alerts_path)
+
+    def metrics(self) -> dict[str, float]:
+        """One scrape of /metrics as {series: value} (needs `--metrics 127.0.0.1:0` in args)."""
+        return scrape(self.metrics_port)
+
+    def wait_metric(self, series: str, want: float, timeout: float = 30.0) -> dict[str, float]:
+        """Scrape until `series` reaches `want` (workers report once a second); the last scrape."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            if m.get(series, 0) >= want or time.monotonic() > deadline:
+                return m
+            time.sleep(0.05)
+
+    def wait_total(self, family: str, want: float, timeout: float = 30.0) -> float:
+        """Scrape until the sum of a metric family over every exporter reaches `want`; that sum."""
+        deadline = time.monotonic() + timeout
+        while True:
+            total = sum(v for k, v in self.metrics().items() if k.split("{")[0] == family)
+            if total >= want or time.monotonic() > deadline:
+                return total
+            time.sleep(0.05)
 
     @property
     def log(self) -> str:
