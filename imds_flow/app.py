@@ -186,12 +186,14 @@ def run_replay(config: Config, sink: Sink, batches: Iterable[DatagramBatch], enc
 
 def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready: Callable[[list], None] | None = None,
                encoder=None, workers: int = 1, metrics_at: tuple[str, int] | None = None,
-               reload: Callable[[], Config] | None = None):
+               reload: Callable[[], Config] | None = None, groups: list[list] | None = None):
     """Receive on every address until SIGINT/SIGTERM, then drain, flush every alert and return.
 
     With workers > 1 the kernels are loaded once, then `workers` processes share every address
     (SO_REUSEPORT); the parent merges their alerts into `sink` and their counters into the summary.
     `metrics_at` serves Prometheus metrics on /metrics; SIGHUP applies `reload()`'s config.
+    `groups`: sockets already bound for `listen` (receive.open_sockets), as the CLI does before
+    it imports the kernels; opened here otherwise.
     """
     from .metrics import MetricsServer
     from . import receive   # the socket side is imported only by the live path
@@ -207,7 +209,8 @@ def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready:
 
     # Bind first, then load the kernels: exports that arrive meanwhile wait in the socket buffer
     # instead of being refused (ICMP port unreachable) while numba loads or compiles.
-    groups = receive.open_sockets(listen, config.listen.rcvbuf_bytes, copies=workers)
+    if groups is None:
+        groups = receive.open_sockets(listen, config.listen.rcvbuf_bytes, copies=workers)
     bound = [g[0].getsockname()[:2] for g in groups]
     started = time.monotonic()
     # Loading the cached kernels takes well under a second; the first start after an install

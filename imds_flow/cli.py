@@ -91,7 +91,7 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
     SIGINT / SIGTERM stop it: queued datagrams are decoded and every pending alert is written.
     SIGHUP reloads the config's endpoints and suppression without losing a datagram.
     """
-    from .receive import parse_listen
+    from .sockets import parse_listen
     try:
         listen_on = [parse_listen(a) for a in addresses]
     except ValueError as e:
@@ -102,6 +102,13 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
         raise click.UsageError(str(e).replace("listen address", "--metrics")) from None
     cfg = _load_config(config_path)
     _setup_logging(log_level or cfg.logging.level)
+    # Bind before the heavy imports (numba) and the kernel load: a router's exports queue in the
+    # socket buffer from here on instead of being refused while the collector starts.
+    from .sockets import open_sockets
+    try:
+        groups = open_sockets(listen_on, cfg.listen.rcvbuf_bytes, copies=workers)
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
     from .app import run_listen
     given = click.get_current_context().get_parameter_source("alerts_path") != click.core.ParameterSource.DEFAULT
     sink = _open_sinks(cfg, alerts_path if given else None, alerts_format)
@@ -110,7 +117,7 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
              ", ".join(s.name for s in sink.sinks))
     try:
         run_listen(cfg, sink, listen_on, encoder=_encoder(sink.input_format), workers=workers, metrics_at=metrics,
-                   reload=lambda: config_mod.load(config_path))
+                   reload=lambda: config_mod.load(config_path), groups=groups)
     except OSError as e:
         raise click.ClickException(str(e)) from None
 

@@ -1,0 +1,97 @@
+"""Listening sockets: parse [HOST]:PORT, bind with the receive options, before anything heavy.
+
+Kept free of numpy and numba so the CLI binds within milliseconds of starting: exports that arrive
+while the kernels load wait in the socket buffer instead of being refused (ICMP port unreachable).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+
+__all__ = ["parse_listen", "open_socket", "open_sockets", "fmt_address", "SO_REUSEPORT"]
+
+log = logging.getLogger("imds_flow")
+
+SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35                          # kernel arrival time of each datagram (SCM_TIMESTAMPNS)
+SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'[HOST]:PORT' -> (host, port): ':2055', '127.0.0.1:2055', '[::]:2055', '[::1]:2055'."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"listen address {text!r}: expected [HOST]:PORT, e.g. :2055 or [::]:2055")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"listen address {text!r}: write IPv6 hosts in brackets, e.g. [::1]:2055")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {text!r}: port must be 0..65535")
+    return host or "0.0.0.0", int(port)
+
+
+def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False, reuseport: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
+        try:                                 # kernel arrival time of each datagram
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass
+        _set_rcvbuf(sock, rcvbuf)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_sockets(listen: list[tuple[str, int]], rcvbuf: int, copies: int = 1) -> list[list[socket.socket]]:
+    """`copies` sockets per address (SO_REUSEPORT when more than one: the kernel then spreads
+    exporters over them by address and port, so one exporter always reaches the same copy).
+    Port 0 picks one free port shared by every copy. Raises OSError naming the address."""
+    v4_ports = {p for h, p in listen if ":" not in h}
+    out: list[list[socket.socket]] = []
+    try:
+        for host, port in listen:
+            group = []
+            out.append(group)
+            for _ in range(copies):
+                v6only = ":" in host and port in v4_ports
+                try:
+                    sock = open_socket(host, port, rcvbuf, v6only=v6only, reuseport=copies > 1)
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot listen on {fmt_address((host, port))}: {e.strerror}") from None
+                group.append(sock)
+                port = sock.getsockname()[1]
+    except OSError:
+        for group in out:
+            for sock in group:
+                sock.close()
+        raise
+    return out
+
+
+def _set_rcvbuf(sock: socket.socket, want: int) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2   # Linux reports twice the value
+    if got < want:
+        try:                                 # root (CAP_NET_ADMIN) may pass net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
+            got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        except OSError:
+            pass
+    if got < want:
+        log.warning("SO_RCVBUF capped by the kernel at %d bytes (asked %d): bursts may be dropped; "
+                    "raise net.core.rmem_max (sysctl -w net.core.rmem_max=%d)", got, want, want)
+
+
+def fmt_address(addr) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
