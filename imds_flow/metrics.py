@@ -250,14 +250,15 @@ def merge_snapshots(parts: list[dict]) -> dict:
 class MetricsServer:
     """GET /metrics on HOST:PORT; `snapshot` is called per scrape and must return a dict nobody changes
     (the loop publishes one per tick). At most MAX_CONNECTIONS at once (more are closed unanswered),
-    each with a TIMEOUT; a client that leaves early is not an error worth a traceback."""
+    each with a TIMEOUT; a client that leaves early is not an error worth a traceback. A connection past
+    the limit waits (in the listen backlog) for a free slot for up to TIMEOUT, then is closed."""
 
     MAX_CONNECTIONS = 16
-    TIMEOUT = 10.0
+    TIMEOUT = 5.0
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], dict]):
         class Handler(BaseHTTPRequestHandler):
-            timeout = self.TIMEOUT
+            timeout = MetricsServer.TIMEOUT
 
             def do_GET(self):                # noqa: N802 - http.server's naming
                 if self.path.split("?")[0] != "/metrics":
@@ -281,8 +282,8 @@ class MetricsServer:
             request_queue_size = 64
 
             def process_request(self, request, client_address):
-                if not slots.acquire(blocking=False):
-                    self.shutdown_request(request)   # over the limit: closed at once
+                if not slots.acquire(timeout=MetricsServer.TIMEOUT):
+                    self.shutdown_request(request)   # every slot held for a whole timeout: closed
                     return
                 try:
                     super().process_request(request, client_address)

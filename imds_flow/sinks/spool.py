@@ -246,7 +246,7 @@ class Spool:
             self._fd = None
         try:
             os.unlink(seg.path)
-        except FileNotFoundError:
+        except OSError:                       # gone already, or the directory is read-only for now
             pass
 
     def _count_dropped(self, n: int, why: str = "") -> None:
