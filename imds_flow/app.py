@@ -56,6 +56,7 @@ class Pipeline:
         self.reporter: Callable[[], None] | None = None   # called every tick (workers report to the parent)
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit, lim.max_fold_keys)
         self._bound_logged = (0, 0, -1e18)    # (batches_split, folder.over_limit, when) at the last warning
+        self._redefined = 0                   # template redefinitions at the last debug line
         self.errors = ErrorLog(self.exporters, config.logging.error_interval_seconds)
         self.limit_log = LimitLog(self.exporters, config.logging.error_interval_seconds)
 
@@ -153,6 +154,10 @@ class Pipeline:
         self.exporters.add_counts("sets_expired", cache.pending.expire(now, cache.pending_max_seconds))
         if self.template_file is not None:
             self.template_file.maybe_save(now)
+        if log.isEnabledFor(logging.DEBUG) and (redefined := self.exporters.total("templates_redefined")) != self._redefined:
+            log.debug("%d template(s) redefined with another layout since the last tick (total %d)",
+                      redefined - self._redefined, redefined)
+            self._redefined = redefined
 
     def persist_templates(self, path) -> None:
         """Restore templates from `path` now and keep it up to date (tick, close)."""

@@ -164,6 +164,8 @@ _FAMILIES = (
     ("imds_flow_sequence_lost_total", "Records (v5, IPFIX) or datagrams (v9) missed upstream: sequence gaps.",
      "sequence_lost"),
     ("imds_flow_templates_total", "Templates received.", "templates"),
+    ("imds_flow_template_redefinitions_total", "Templates received for an id the scope held with another layout.",
+     "templates_redefined"),
     ("imds_flow_template_misses_total", "Data sets that arrived before their template (waited).", "sets_waiting"),
     ("imds_flow_template_expired_sets_total", "Data sets dropped because their template never came.",
      "sets_expired"),
