@@ -83,9 +83,11 @@ def _merge(into: dict, a: dict) -> None:
 
 
 class Folder:
-    def __init__(self, window: float, emit: Callable[[dict], None]):
+    def __init__(self, window: float, emit: Callable[[dict], None], max_keys: int = 1 << 62):
         self.window = window
         self.emit = emit
+        self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
+        self.over_limit = 0
         self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None]
 
     def add(self, items: list[tuple[tuple, dict]]) -> None:
@@ -96,6 +98,10 @@ class Folder:
         for key, alert in items:
             state = self._open.get(key)
             t = alert["ts"]
+            if state is None and len(self._open) >= self.max_keys:
+                self.over_limit += 1
+                self.emit(alert)
+                continue
             if state is None or t - state[0] >= self.window:
                 if state is not None and state[1] is not None:
                     self.emit(state[1])

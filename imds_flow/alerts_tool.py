@@ -19,20 +19,26 @@ import msgpack
 
 from .formats import TRANSPORTS, from_ecs, iso_time
 
-__all__ = ["AlertFormatError", "read_alerts", "Summary", "summarize", "json_line", "TABLE_COLUMNS",
+__all__ = ["AlertFormatError", "read_alerts", "readable_end", "Summary", "summarize", "json_line", "TABLE_COLUMNS",
            "table_header", "table_row"]
 
 CHUNK = 1 << 16
 
 
 class AlertFormatError(ValueError):
-    """The input is neither a msgpack alert stream nor ECS JSON lines."""
+    """The input is neither a msgpack alert stream nor ECS JSON lines (from byte `offset` on)."""
+
+    def __init__(self, message: str, offset: int = 0):
+        super().__init__(message)
+        self.offset = offset
 
 
 class _Msgpack:
-    def __init__(self):
+    def __init__(self, base: int = 0):
         self._u = msgpack.Unpacker(raw=False, strict_map_key=False)
         self.fed = 0
+        self.base = base                      # file offset of the first byte fed
+        self.good = 0                         # bytes fed that hold whole alerts
 
     def feed(self, data: bytes) -> Iterator[dict]:
         self._u.feed(data)
@@ -40,37 +46,49 @@ class _Msgpack:
         try:
             for item in self._u:
                 if not isinstance(item, dict):
-                    raise AlertFormatError(f"not a msgpack alert stream (found a {type(item).__name__})")
+                    raise AlertFormatError(f"not a msgpack alert stream from byte {self.base + self.good} "
+                                           f"(found a {type(item).__name__})", self.base + self.good)
+                self.good = self._u.tell()
                 yield item
         except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
             if isinstance(e, AlertFormatError):
                 raise
-            raise AlertFormatError(f"not a msgpack alert stream ({e})") from None
+            raise AlertFormatError(f"not a msgpack alert stream from byte {self.base + self.good} ({e})",
+                                   self.base + self.good) from None
 
     @property
     def pending(self) -> int:
-        return self.fed - self._u.tell()
+        return self.fed - self.good
 
 
 class _JsonLines:
-    def __init__(self):
+    def __init__(self, base: int = 0):
         self._buf = b""
+        self.fed = 0
+        self.base = base
+        self.good = 0
 
     def feed(self, data: bytes) -> Iterator[dict]:
         self._buf += data
+        self.fed += len(data)
         *lines, self._buf = self._buf.split(b"\n")
         for line in lines:
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError as e:
-                raise AlertFormatError(f"not an ECS JSON line ({e})") from None
-            yield from_ecs(doc) if "@timestamp" in doc else doc
+            if line.strip():
+                try:
+                    doc = json.loads(line)
+                except ValueError as e:
+                    raise AlertFormatError(f"not an ECS JSON line at byte {self.base + self.good} ({e})",
+                                           self.base + self.good) from None
+                if not isinstance(doc, dict):
+                    raise AlertFormatError(f"not an ECS JSON line at byte {self.base + self.good}", self.base + self.good)
+                self.good += len(line) + 1
+                yield from_ecs(doc) if "@timestamp" in doc else doc
+            else:
+                self.good += len(line) + 1
 
     @property
     def pending(self) -> int:
-        return len(self._buf.strip())
+        return self.fed - self.good
 
 
 def read_alerts(f: BinaryIO, follow: bool = False, poll: float = 0.2,
@@ -87,18 +105,37 @@ def read_alerts(f: BinaryIO, follow: bool = False, poll: float = 0.2,
                 if not first:
                     pos += len(data)
                     continue
-                decoder = _JsonLines() if first == b"{" else _Msgpack()
+                decoder = _JsonLines(pos) if first == b"{" else _Msgpack(pos)
             pos += len(data)
             yield from decoder.feed(data)
             continue
         if not follow:
             if decoder is not None and decoder.pending and warn:
-                warn(f"ends inside an alert ({decoder.pending} bytes; still being written?)")
+                warn(f"ends inside an alert: unreadable from byte {decoder.base + decoder.good}, "
+                     f"{decoder.pending} byte(s) left (a torn write, or still being written)")
             return
         if _shrunk(f, pos):
             f.seek(0)
             pos, decoder = 0, None
         sleep(poll)
+
+
+def readable_end(f: BinaryIO) -> tuple[int, int]:
+    """(bytes from the start that hold whole alerts, bytes in all): where `f` stops being readable."""
+    decoder, pos = None, 0
+    try:
+        while data := f.read(CHUNK):
+            if decoder is None:
+                if not data.lstrip()[:1]:
+                    pos += len(data)
+                    continue
+                decoder = _JsonLines(pos) if data.lstrip()[:1] == b"{" else _Msgpack(pos)
+            pos += len(data)
+            for _ in decoder.feed(data):
+                pass
+    except AlertFormatError:
+        pos += len(f.read())
+    return (decoder.base + decoder.good if decoder is not None else pos), pos
 
 
 def _read_available(f: BinaryIO) -> bytes:

@@ -44,7 +44,8 @@ class Pipeline:
             bounds), max_exporters=lim.max_exporters, allowed=config.listen.allowed_exporters)
         self.detector = Detector(config, url_patterns=config.http.url_substrings)
         self.template_file: TemplateFile | None = None    # set by persist_templates() (listen only)
-        self.batch = FlowBatch()
+        self.batch = FlowBatch(limit=lim.max_batch_records)
+        self.batches_split = 0                # batches decoded in parts to keep within max_batch_records
         self.encoder = encoder if encoder is not None else Encoder()   # formats.encoder(name)
         self.alerts_written = 0
         self._out: list[bytes] = []
@@ -52,7 +53,9 @@ class Pipeline:
         self.latency = Latency()
         self.socket_inodes: set[int] = set()      # set by receive.serve, for kernel drop counts
         self.reporter: Callable[[], None] | None = None   # called every tick (workers report to the parent)
-        self.folder = Folder(config.alerts.fold_window_seconds, self._emit)
+        self.folder = Folder(config.alerts.fold_window_seconds, self._emit, lim.max_fold_keys)
+        self._bound_logged = (0, 0, -1e18)    # (batches_split, folder.over_limit, when) at the last warning
+        self._redefined = 0                   # template redefinitions at the last debug line
         self.errors = ErrorLog(self.exporters, config.logging.error_interval_seconds)
         self.limit_log = LimitLog(self.exporters, config.logging.error_interval_seconds)
 
@@ -79,6 +82,9 @@ class Pipeline:
         """
         if dg.n == 0:
             return
+        if dg.n > 1 and int(dg.lens[: dg.n].sum()) > self.batch.limit:
+            self._process_in_parts(dg, truncated)
+            return
         exp_ids = self.exporters.lookup(dg.src_hi[: dg.n], dg.src_lo[: dg.n], dg.sport[: dg.n])
         if (exp_ids < 0).any():        # not in listen.allowed_exporters, or past limits.max_exporters
             keep = exp_ids >= 0
@@ -103,11 +109,42 @@ class Pipeline:
             self.folder.add(hit_alerts(self.batch, hits, self.detector.names, self.exporters))
         self.flush()
 
+    def _process_in_parts(self, dg: DatagramBatch, truncated: np.ndarray | None) -> None:
+        """Datagrams that could hold more records than limits.max_batch_records (at worst one per
+        byte: 1-byte IPFIX records) are decoded in consecutive parts that cannot, so the column
+        batch stays within its limit. Order and exporter state are as if decoded at once."""
+        self.batches_split += 1
+        ends = np.cumsum(dg.lens[: dg.n], dtype=np.int64)
+        start = 0
+        while start < dg.n:
+            base = int(ends[start - 1]) if start else 0
+            stop = max(int(np.searchsorted(ends, base + self.batch.limit, side="right")), start + 1)
+            part = DatagramBatch(dg.buf, dg.offs[start:stop], dg.lens[start:stop], dg.src_hi[start:stop],
+                                 dg.src_lo[start:stop], dg.sport[start:stop], dg.ts[start:stop], stop - start)
+            self.process(part, truncated[start:stop] if truncated is not None else None)
+            start = stop
+
+    def _report_bounds(self, now: float) -> None:
+        """A warning, at most once per logging.error_interval_seconds, when a memory limit was hit."""
+        split, over, at = self._bound_logged
+        if (split, over) == (self.batches_split, self.folder.over_limit) or \
+                now - at < self.config.logging.error_interval_seconds:
+            return
+        if self.batches_split > split:
+            log.warning("%d batch(es) of datagrams decoded in parts: they could hold more than "
+                        "limits.max_batch_records = %d records (total %d)", self.batches_split - split,
+                        self.batch.limit, self.batches_split)
+        if self.folder.over_limit > over:
+            log.warning("%d alert(s) written unfolded: limits.max_fold_keys = %d alert keys are folding already "
+                        "(total %d)", self.folder.over_limit - over, self.folder.max_keys, self.folder.over_limit)
+        self._bound_logged = (self.batches_split, self.folder.over_limit, now)
+
     def tick(self, now: float) -> None:
         """Close folding windows that ended by `now` and write what they held; expire templates and
         data that waited too long for one (counted), and save changed templates."""
         self.folder.tick(now)
         self.flush()
+        self._report_bounds(now)
         if self.reporter is not None:
             self.reporter()
         cache = self.exporters.templates
@@ -115,6 +152,10 @@ class Pipeline:
         self.exporters.add_counts("sets_expired", cache.pending.expire(now, cache.pending_max_seconds))
         if self.template_file is not None:
             self.template_file.maybe_save(now)
+        if log.isEnabledFor(logging.DEBUG) and (redefined := self.exporters.total("templates_redefined")) != self._redefined:
+            log.debug("%d template(s) redefined with another layout since the last tick (total %d)",
+                      redefined - self._redefined, redefined)
+            self._redefined = redefined
 
     def persist_templates(self, path) -> None:
         """Restore templates from `path` now and keep it up to date (tick, close)."""
@@ -122,12 +163,14 @@ class Pipeline:
         self.template_file.load()
 
     def flush(self) -> None:
+        """Hand the alerts to the sink once: a sink that raises has lost them (Sinks counts that per
+        sink and never raises); they are never offered again with a later batch."""
         if self._out:
-            self.sink.write_alerts(self._out)     # one bytes per alert: sinks cut between alerts
-            self._out = []
+            out, ts = self._out, self._out_ts
+            self._out, self._out_ts = [], []
+            self.sink.write_alerts(out)           # one bytes per alert: sinks cut between alerts
             self.sink.flush()
-            self.latency.add(self.clock() - np.array(self._out_ts))
-            self._out_ts.clear()
+            self.latency.add(self.clock() - np.array(ts))
 
     def close(self) -> None:
         self.folder.close()
@@ -144,7 +187,16 @@ class Pipeline:
                 "global": {"exporters": len(self.exporters), "alerts_written": self.alerts_written,
                            **self.exporters.dropped,
                            "kernel_drops": kernel_drops(self.socket_inodes), "pending": self.folder.pending,
-                           "spool_bytes": extra.get("spool_bytes", 0), "spool_dropped": extra.get("spool_dropped", 0)}}
+                           "spool_bytes": extra.get("spool_bytes", 0), "spool_dropped": extra.get("spool_dropped", 0),
+                           "batches_split": self.batches_split, "fold_keys_over_limit": self.folder.over_limit},
+                "sinks": extra.get("sinks", [])}
+
+    def reopen_sinks(self) -> None:
+        """SIGHUP: file sinks open their path again (after logrotate's rename); nothing is lost."""
+        self.flush()
+        reopen = getattr(self.sink, "reopen", None)
+        if reopen is not None:
+            reopen()
 
     def reload(self, config: Config) -> None:
         """Swap in a new config's endpoints, suppression and URL substrings at once (between two
@@ -154,6 +206,9 @@ class Pipeline:
         for section in ("listen", "templates", "alerts", "logging", "limits"):
             if getattr(config, section, None) != getattr(self.config, section, None):
                 log.warning("reload: [%s] changed; it takes effect at the next start", section)
+        if config.sinks != self.config.sinks:
+            log.warning("reload: [[sinks]] changed; the sinks in use stay until the next start (SIGHUP only "
+                        "reopens their files)")
         self.config = config
         log.info("reload: %d endpoint(s), %d suppressed subnet(s), %d suppressed VLAN(s) in force",
                  len(config.endpoints), len(config.suppress.source_subnets), len(config.suppress.vlans))
@@ -247,7 +302,13 @@ def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready:
             sink.close()
         return None
     pipeline = make_pipeline(sink)
-    server = MetricsServer(*metrics_at, pipeline.snapshot) if metrics_at else None
+    server = None
+    if metrics_at:
+        # The HTTP thread reads only what the loop published (an immutable snapshot, once per tick),
+        # never the live tables the loop is changing.
+        published = [pipeline.snapshot()]
+        pipeline.reporter = lambda: published.__setitem__(0, pipeline.snapshot())
+        server = MetricsServer(*metrics_at, lambda: published[0])
     try:
         receive.serve(config, [g[0] for g in groups], pipeline,
                       ready=lambda _: announce(server.address if server else None), announce=False,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -244,7 +245,11 @@ def alerts_cmd(file, follow, out_format, summary, top):
             if follow:
                 out.flush()
     except tool.AlertFormatError as e:
-        raise click.ClickException(f"{file.name}: {e}") from None
+        try:
+            left = f"; {os.fstat(file.fileno()).st_size - e.offset} byte(s) left unread"
+        except (OSError, ValueError):
+            left = ""
+        raise click.ClickException(f"{file.name}: {e}{left}") from None
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:

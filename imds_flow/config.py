@@ -6,6 +6,7 @@ the value; the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -52,6 +53,8 @@ class Limits:
     max_template_fields: int = 1 << 21
     max_pending_bytes_per_exporter: int = 1 << 20
     max_pending_bytes: int = 16 << 20
+    max_batch_records: int = 1 << 20      # flow records decoded at once (the column batch)
+    max_fold_keys: int = 262144           # alert keys folding at once (alerts.fold_window_seconds)
 
 
 @dataclass(frozen=True)
@@ -138,13 +141,22 @@ def _typed(table: dict, key: str, kind: type | tuple, where: str, default: Any) 
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ConfigError(f"{where}{key} = {value!r}: expected {name}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}{key} = {value!r}: expected a finite number")
     return value
 
 
+_DAY = 86400.0
+_INT_MAX = (1 << 31) - 1                      # what a socket option or a C int holds
+_BYTES_MAX = 1 << 40                          # byte counts: a terabyte is already absurd
+
+
 def _positive(value, key: str, lo, hi=None):
-    if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ConfigError(f"{key} = {value!r}: must be {bound}")
+    """`value` within lo..hi (every numeric key has both; hi None only for keys bounded elsewhere)."""
+    if value < lo:
+        raise ConfigError(f"{key} = {value!r}: must be >= {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key} = {value!r}: must be <= {hi}")
     return value
 
 
@@ -194,7 +206,7 @@ def _listen(raw: dict) -> Listen:
     d = Listen()
     allowed = _typed(raw, "allowed_exporters", list, w, [])
     return Listen(
-        _positive(_typed(raw, "rcvbuf_bytes", int, w, d.rcvbuf_bytes), w + "rcvbuf_bytes", 4096),
+        _positive(_typed(raw, "rcvbuf_bytes", int, w, d.rcvbuf_bytes), w + "rcvbuf_bytes", 4096, _INT_MAX),
         _positive(_typed(raw, "batch_datagrams", int, w, d.batch_datagrams), w + "batch_datagrams", 1, 65536),
         _positive(_typed(raw, "max_datagram_bytes", int, w, d.max_datagram_bytes), w + "max_datagram_bytes",
                   512, 65535),
@@ -202,18 +214,24 @@ def _listen(raw: dict) -> Listen:
     )
 
 
+_LIMIT_RANGE = {"max_pending_bytes_per_exporter": (0, _BYTES_MAX), "max_pending_bytes": (0, _BYTES_MAX),
+                "max_exporters": (1, 1 << 24), "max_batch_records": (1 << 16, 1 << 28), "max_fold_keys": (1, 1 << 28)}
+
+
 def _limits(raw: dict) -> Limits:
     w = "limits."
     d = Limits()
     names = tuple(d.__dataclass_fields__)
     _check_keys(raw, set(names), w)
-    return Limits(*(_positive(_typed(raw, k, int, w, getattr(d, k)), w + k, 0 if "pending" in k else 1) for k in names))
+    return Limits(*(_positive(_typed(raw, k, int, w, getattr(d, k)), w + k, *_LIMIT_RANGE.get(k, (1, _INT_MAX)))
+                    for k in names))
 
 
 def _alerts(raw: dict) -> Alerts:
     w = "alerts."
     _check_keys(raw, {"fold_window_seconds"}, w)
-    return Alerts(_positive(_typed(raw, "fold_window_seconds", float, w, 60.0), w + "fold_window_seconds", 0.0))
+    return Alerts(_positive(_typed(raw, "fold_window_seconds", float, w, 60.0), w + "fold_window_seconds", 0.0,
+                            _DAY))
 
 
 _LEVELS = ("debug", "info", "warning", "error")
@@ -227,8 +245,8 @@ def _logging(raw: dict) -> Logging:
         raise ConfigError(f"logging.level = {level!r}: expected one of {', '.join(_LEVELS)}")
     return Logging(
         level,
-        _positive(_typed(raw, "error_interval_seconds", float, w, 5.0), w + "error_interval_seconds", 0.0),
-        _positive(_typed(raw, "stats_interval_seconds", float, w, 60.0), w + "stats_interval_seconds", 0.0),
+        _positive(_typed(raw, "error_interval_seconds", float, w, 5.0), w + "error_interval_seconds", 0.0, _DAY),
+        _positive(_typed(raw, "stats_interval_seconds", float, w, 60.0), w + "stats_interval_seconds", 0.0, _DAY),
     )
 
 
@@ -238,9 +256,11 @@ def _templates(raw: dict) -> Templates:
     d = Templates()
     return Templates(
         _typed(raw, "scope_port", bool, w, d.scope_port),
-        _positive(_typed(raw, "lifetime_seconds", float, w, d.lifetime_seconds), w + "lifetime_seconds", 1.0),
+        _positive(_typed(raw, "lifetime_seconds", float, w, d.lifetime_seconds), w + "lifetime_seconds", 1.0,
+                  365 * _DAY),
         _positive(_typed(raw, "pending_max_sets", int, w, d.pending_max_sets), w + "pending_max_sets", 0, 1 << 20),
-        _positive(_typed(raw, "pending_max_seconds", float, w, d.pending_max_seconds), w + "pending_max_seconds", 0.0),
+        _positive(_typed(raw, "pending_max_seconds", float, w, d.pending_max_seconds), w + "pending_max_seconds", 0.0,
+                  _DAY),
         _typed(raw, "state_file", str, w, d.state_file),
     )
 
@@ -299,16 +319,18 @@ def _sinks(raw: Any) -> tuple[SinkSpec, ...]:
         spec = SinkSpec(
             kind, _typed(table, "name", str, w, ""), fmt,
             _typed(table, "path", str, w, d.path),
-            _positive(_typed(table, "max_bytes", int, w, d.max_bytes), w + "max_bytes", 0),
+            _positive(_typed(table, "max_bytes", int, w, d.max_bytes), w + "max_bytes", 0, _BYTES_MAX),
             _positive(_typed(table, "keep", int, w, d.keep), w + "keep", 0, 1000),
             table.get("address", ""), host, port,
             _typed(table, "tag", str, w, d.tag),
             _typed(table, "require_ack", bool, w, d.require_ack),
             _typed(table, "event_time", bool, w, d.event_time),
             _typed(table, "spool_dir", str, w, d.spool_dir),
-            _positive(_typed(table, "spool_max_bytes", int, w, d.spool_max_bytes), w + "spool_max_bytes", 4096),
-            _positive(_typed(table, "timeout_seconds", float, w, d.timeout_seconds), w + "timeout_seconds", 0.1),
-            _positive(_typed(table, "drain_seconds", float, w, d.drain_seconds), w + "drain_seconds", 0.0),
+            _positive(_typed(table, "spool_max_bytes", int, w, d.spool_max_bytes), w + "spool_max_bytes", 4096,
+                      _BYTES_MAX),
+            _positive(_typed(table, "timeout_seconds", float, w, d.timeout_seconds), w + "timeout_seconds", 0.1,
+                      _DAY),
+            _positive(_typed(table, "drain_seconds", float, w, d.drain_seconds), w + "drain_seconds", 0.0, _DAY),
         )
         if not spec.tag:
             raise ConfigError(f"{w}tag = '': must be non-empty")
@@ -361,7 +383,9 @@ def load(path: str | Path | None = None) -> Config:
         return parse(default_text(), "<embedded default>")
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as e:
         raise ConfigError(f"--config {p}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {p}: not UTF-8 text (byte {e.start}: {e.reason}); a TOML file is UTF-8") from None
     return parse(text, str(p))

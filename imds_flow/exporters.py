@@ -26,7 +26,7 @@ __all__ = ["ExporterTable", "COUNTERS"]
 COUNTERS = ("datagrams", "records", *REASONS[1:], "alerts", "suppressed",
             # NetFlow v9 / IPFIX template handling (wire/templates.py, wire/pending.py)
             "templates", "templates_rejected", "withdrawals_ignored", "options_records",
-            "sets_waiting", "sets_late", "sets_expired", "sets_dropped",
+            "sets_waiting", "sets_late", "sets_expired", "sets_dropped", "templates_redefined",
             # [limits]: template definitions refused (per scope, in all, fields in all)
             "templates_over_limit")
 _C = {name: i for i, name in enumerate(COUNTERS)}

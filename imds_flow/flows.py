@@ -44,11 +44,12 @@ Columns = namedtuple("Columns", [name for name, _ in COLUMNS])
 class FlowBatch:
     """Preallocated columns with a fill level `n`; reused batch after batch."""
 
-    __slots__ = ("cols", "n")
+    __slots__ = ("cols", "n", "limit")
 
-    def __init__(self, capacity: int = 16384):
+    def __init__(self, capacity: int = 16384, limit: int = 1 << 62):
         self.cols = Columns(*(np.empty(capacity, dtype) for _, dtype in COLUMNS))
         self.n = 0
+        self.limit = limit                    # growth stops here (the caller keeps `need` within it)
 
     @property
     def capacity(self) -> int:
@@ -57,7 +58,7 @@ class FlowBatch:
     def reset(self, need: int) -> None:
         """Empty the batch with room for `need` records (contents are left as they were)."""
         if need > self.capacity:
-            cap = max(need, 2 * self.capacity)
+            cap = max(need, min(2 * self.capacity, self.limit))
             self.cols = Columns(*(np.empty(cap, dtype) for _, dtype in COLUMNS))
         self.n = 0
 

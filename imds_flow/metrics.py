@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -163,6 +164,8 @@ _FAMILIES = (
     ("imds_flow_sequence_lost_total", "Records (v5, IPFIX) or datagrams (v9) missed upstream: sequence gaps.",
      "sequence_lost"),
     ("imds_flow_templates_total", "Templates received.", "templates"),
+    ("imds_flow_template_redefinitions_total", "Templates received for an id the scope held with another layout.",
+     "templates_redefined"),
     ("imds_flow_template_misses_total", "Data sets that arrived before their template (waited).", "sets_waiting"),
     ("imds_flow_template_expired_sets_total", "Data sets dropped because their template never came.",
      "sets_expired"),
@@ -203,9 +206,37 @@ def render_prometheus(snapshot: dict) -> str:
             ("imds_flow_spool_bytes", "gauge", "Alert bytes spooled on disk for sinks that are down.",
              "spool_bytes"),
             ("imds_flow_spool_dropped_alerts_total", "counter", "Spooled alerts dropped because the spool was full.",
-             "spool_dropped")):
+             "spool_dropped"),
+            ("imds_flow_batches_split_total", "counter",
+             "Batches of datagrams decoded in parts to stay within limits.max_batch_records.", "batches_split"),
+            ("imds_flow_fold_keys_over_limit_total", "counter",
+             "Alerts written unfolded because limits.max_fold_keys keys were folding already.",
+             "fold_keys_over_limit")):
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {g.get(key, 0)}"]
+    out += _sink_lines(snapshot.get("sinks", []))
     return "\n".join(out) + "\n"
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _sink_lines(sinks: list[dict]) -> list[str]:
+    """Per-sink families (label sink = the sink's name, e.g. its path)."""
+    name = "imds_flow_sink_alerts_total"
+    out = [f"# HELP {name} Alerts per sink by outcome: sent (written, or delivered by a spooled sink), spooled "
+           "(taken into its spool), dropped (lost: the sink failed, or its spool was full or unwritable).",
+           f"# TYPE {name} counter"]
+    for s in sinks:
+        for outcome in ("sent", "spooled", "dropped"):
+            out.append(f'{name}{{sink="{_quote(s["name"])}",outcome="{outcome}"}} {s.get(outcome, 0)}')
+    for name, kind, help_text, key in (
+            ("imds_flow_sink_errors_total", "counter", "Calls to a sink that failed (raised, or its spool refused a "
+             "write).", "errors"),
+            ("imds_flow_sink_failing", "gauge", "1 while a sink's last write failed.", "failing")):
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        out += [f'{name}{{sink="{_quote(s["name"])}"}} {s.get(key, 0)}' for s in sinks]
+    return out
 
 
 def merge_snapshots(parts: list[dict]) -> dict:
@@ -219,10 +250,18 @@ def merge_snapshots(parts: list[dict]) -> dict:
 
 
 class MetricsServer:
-    """GET /metrics on HOST:PORT from a daemon thread; `snapshot` is called per scrape."""
+    """GET /metrics on HOST:PORT; `snapshot` is called per scrape and must return a dict nobody changes
+    (the loop publishes one per tick). At most MAX_CONNECTIONS at once (more are closed unanswered),
+    each with a TIMEOUT; a client that leaves early is not an error worth a traceback. A connection past
+    the limit waits (in the listen backlog) for a free slot for up to TIMEOUT, then is closed."""
+
+    MAX_CONNECTIONS = 16
+    TIMEOUT = 5.0
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], dict]):
         class Handler(BaseHTTPRequestHandler):
+            timeout = MetricsServer.TIMEOUT
+
             def do_GET(self):                # noqa: N802 - http.server's naming
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics here")
@@ -237,10 +276,33 @@ class MetricsServer:
             def log_message(self, *args):    # scrapes are not news
                 pass
 
-        server_class = type("Server", (ThreadingHTTPServer,),
-                            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
-        self.httpd = server_class((host, port), Handler)
-        self.httpd.daemon_threads = True
+        slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+            request_queue_size = 64
+
+            def process_request(self, request, client_address):
+                if not slots.acquire(timeout=MetricsServer.TIMEOUT):
+                    self.shutdown_request(request)   # every slot held for a whole timeout: closed
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request, client_address):
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
+
+            def handle_error(self, request, client_address):
+                log.debug("metrics: client %s: %s", client_address, sys.exc_info()[1])
+
+        self.httpd = Server((host, port), Handler)
         self.address = self.httpd.server_address[:2]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
         self._thread.start()

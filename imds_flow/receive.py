@@ -209,6 +209,7 @@ async def _serve(config, socks, pipeline, ready, announce, reload) -> None:
 
     def on_hup() -> None:
         # Runs on the loop, between two batches: no datagram is lost, the kernel queues them.
+        pipeline.reopen_sinks()              # logrotate renamed the files: later alerts go to new ones
         try:
             pipeline.reload(reload())
         except Exception as e:               # noqa: BLE001 - a bad new config must not stop the collector

@@ -1,9 +1,10 @@
 """Templates persisted across restarts: one JSON file, written atomically (temporary file + rename).
 
 Rules: read once at start (a missing file is an empty cache; an unreadable or malformed one is
-logged and ignored, never fatal); written when templates changed, at most every `interval`
-seconds and at close. Entries keep the time their template was last received, so the lifetime
-still applies after a restart.
+logged and ignored, never fatal); when templates changed, at most every `interval` seconds, the loop
+copies the table (a dict copy, no encoding) and a writer thread encodes, writes and fsyncs it, so
+the loop never waits for the disk; close() writes the last state and waits for it. Entries keep the
+time their template was last received, so the lifetime still applies after a restart.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from .wire.templates import TemplateCache
@@ -22,11 +24,16 @@ FORMAT = 1
 
 
 class TemplateFile:
-    def __init__(self, path: str | Path, cache: TemplateCache, interval: float = 10.0):
+    def __init__(self, path: str | Path, cache: TemplateCache, interval: float = 1.0):
         self.path = Path(path)
         self.cache = cache
         self.interval = interval
+        self.saves = 0                        # files written
         self._saved_at = float("-inf")
+        self._cond = threading.Condition()
+        self._queued: dict | None = None      # the latest copy of cache.templates not yet written
+        self._closing = False
+        self._thread: threading.Thread | None = None
 
     def load(self) -> int:
         """Templates read into the cache; 0 when the file is missing or unusable."""
@@ -44,9 +51,45 @@ class TemplateFile:
         log.info("templates: %d restored from %s", taken, self.path)
         return taken
 
+    def maybe_save(self, now: float) -> None:
+        """From the loop (tick): hand a copy of a changed table to the writer thread."""
+        if self.cache.dirty and now - self._saved_at >= self.interval:
+            self._saved_at = now
+            self.cache.dirty = False
+            with self._cond:
+                self._queued = dict(self.cache.templates)
+                self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="imds-flow templates", daemon=True)
+                self._thread.start()
+
     def save(self) -> None:
-        """Write the cache now (atomically); errors are logged, the collector keeps running."""
-        doc = {"format": FORMAT, "templates": self.cache.export_state()}
+        """Write the cache now and wait for it (close, tests); errors are logged, never raised."""
+        self.close_writer()
+        self.cache.dirty = False
+        self._write(dict(self.cache.templates))
+
+    def close_writer(self) -> None:
+        """Let the writer thread finish what it holds, then stop it."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._queued is None and not self._closing:
+                    self._cond.wait()
+                held, self._queued = self._queued, None
+            if held is None:
+                return
+            self._write(held)
+
+    def _write(self, held: dict) -> None:
+        doc = {"format": FORMAT, "templates": self.cache.export_state(held)}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".templates-", suffix=".tmp", dir=self.path.parent)
@@ -60,11 +103,7 @@ class TemplateFile:
                 os.unlink(tmp)
                 raise
         except OSError as e:
+            self.cache.dirty = True               # tried again at the next interval
             log.warning("templates: cannot write %s: %s", self.path, e)
             return
-        self.cache.dirty = False
-
-    def maybe_save(self, now: float) -> None:
-        if self.cache.dirty and now - self._saved_at >= self.interval:
-            self._saved_at = now
-            self.save()
+        self.saves += 1

@@ -94,13 +94,24 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
         for sock in group:
             sock.close()
     latest: dict[int, dict] = {}
+    sink_stats = getattr(sink, "stats", None)
+    published = [{"exporters": [], "global": {}}]    # replaced whole, never changed: the HTTP thread reads it
+
+    def publish() -> None:
+        merged = merge_snapshots(list(latest.values()))
+        merged["sinks"] = sink_stats()["sinks"] if callable(sink_stats) else []
+        published[0] = merged
+
     server = None
     if metrics_at is not None:
-        server = MetricsServer(*metrics_at, lambda: merge_snapshots(list(latest.values())) if latest
-                               else {"exporters": [], "global": {}})
+        server = MetricsServer(*metrics_at, lambda: published[0])
     announce(server.address if server else None)
 
+    hup = [False]
+
     def forward(signum, _frame):
+        if signum == signal.SIGHUP:
+            hup[0] = True                     # the parent's own sinks reopen from the loop below
         for pid in children:
             try:
                 os.kill(pid, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
@@ -119,6 +130,11 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
             buffers[pid] = bytearray()
         open_conns = len(children)
         while open_conns:
+            if hup[0]:
+                hup[0] = False
+                reopen = getattr(sink, "reopen", None)
+                if reopen is not None:
+                    reopen()
             for key, _ in sel.select(timeout=1.0):
                 pid = key.data
                 chunk = key.fileobj.recv(1 << 20)
@@ -140,6 +156,7 @@ def run_workers(groups: list[list[socket.socket]], workers: int, sink, make_pipe
                         alerts.append(payload)
                     elif kind == b"M":
                         latest[pid] = json.loads(payload)
+                        publish()
                     else:
                         report = json.loads(payload)
                         for k in STAT_KEYS:

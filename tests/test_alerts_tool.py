@@ -52,6 +52,8 @@ def test_partial_tail_is_reported_not_raised():
     got = list(tool.read_alerts(io.BytesIO(data[:-5]), warn=warnings.append))
     assert got == ALERTS[:-1]
     assert len(warnings) == 1 and "ends inside an alert" in warnings[0]
+    good = len(_msgpack(ALERTS[:-1]))               # exactly where it stops, and what is left
+    assert f"unreadable from byte {good}, {len(data) - 5 - good} byte(s) left" in warnings[0]
 
 
 def test_garbage_is_an_error():

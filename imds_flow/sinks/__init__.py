@@ -1,14 +1,17 @@
-"""Alert sinks behind one small protocol: write_alerts(list of encoded alerts), flush(), close().
+"""Alert sinks behind one small protocol: write_alerts(list of encoded alerts), flush(), close(), and
+optionally reopen().
 
 A sink gets the alerts of a batch as a list, one bytes object per alert, so that it can cut files,
 datagrams and messages between alerts. Sinks: stdout and file (stream.py), UDP and spooled TCP /
 Fluent forward (net.py, spool.py, fluent.py); Sinks fans one batch out to several.
-Every sink has the counters sent, dropped, spooled and spool_bytes as attributes.
+Sinks counts sent / dropped / spooled / errors per sink for the metrics (a sink's own counters
+sent, dropped, spooled, spool_bytes and errors are used where it has them).
 """
 from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -30,44 +33,113 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class _Health:
+    """One sink's standing in the fan-out: what it took and lost, and the warnings of an outage
+    (one when it starts, then at most one per interval while it lasts, one when it ends)."""
+
+    def __init__(self, sink, interval: float, clock):
+        self.sink, self.interval, self.clock = sink, interval, clock
+        self.accepted = 0                     # alerts write_alerts took without raising
+        self.dropped = 0                      # alerts of batches it raised on
+        self.errors = 0                       # calls that raised
+        self.failing_since: float | None = None
+        self._logged_at = 0.0
+        self._outage_dropped = 0
+
+    def label(self) -> str:
+        path = getattr(self.sink, "path", None)
+        name = getattr(self.sink, "name", type(self.sink).__name__)
+        return f"{name} ({path})" if path and path != name else name
+
+    def ok(self, n: int) -> None:
+        self.accepted += n
+        if self.failing_since is not None:
+            log.warning("sink %s: recovered after %.1f s; %d alert(s) dropped meanwhile", self.label(),
+                        self.clock() - self.failing_since, self._outage_dropped)
+            self.failing_since = None
+
+    def failed(self, n: int, error: BaseException) -> None:
+        self.errors += 1
+        self.dropped += n
+        now = self.clock()
+        reason = getattr(error, "strerror", None) or error
+        if self.failing_since is None:
+            self.failing_since, self._logged_at, self._outage_dropped = now, now, n
+            log.warning("sink %s: %s; its alerts are dropped (and counted) until it recovers, the other sinks "
+                        "get theirs", self.label(), reason)
+            return
+        self._outage_dropped += n
+        if now - self._logged_at >= self.interval:
+            self._logged_at = now
+            log.warning("sink %s: still failing (%s) for %.0f s; %d alert(s) dropped so far", self.label(), reason,
+                        now - self.failing_since, self._outage_dropped)
+
+
 class Sinks:
     """Several sinks as one. Alerts come in `input_format`; a sink that wants the other format gets
-    them re-encoded (from msgpack, which holds every field)."""
+    them re-encoded (from msgpack, which holds every field).
 
-    def __init__(self, sinks: list, formats: list[str], input_format: str):
+    Each sink fails alone: one that raises gets the batch counted as dropped and a warning naming it
+    (see _Health); the others get every alert exactly once, and nothing is raised to the caller.
+    Any object with write_alerts / flush / close gets this accounting; reopen() is optional."""
+
+    def __init__(self, sinks: list, formats: list[str], input_format: str, log_interval: float = 10.0,
+                 clock=time.monotonic):
         from ..formats import encoder
         self.sinks = sinks
         self.formats = formats
         self.input_format = input_format
         self._encoders = {f: encoder(f) for f in set(formats) if f != input_format}
+        self.health = [_Health(s, log_interval, clock) for s in sinks]
 
     def write_alerts(self, alerts: list[bytes]) -> None:
         converted = {f: [enc.encode(msgpack.unpackb(a, raw=False)) for a in alerts]
                      for f, enc in self._encoders.items()} if alerts else {}
-        first_error = None
-        for sink, fmt in zip(self.sinks, self.formats):
+        for sink, fmt, health in zip(self.sinks, self.formats, self.health):
+            batch = converted.get(fmt, alerts)
             try:
-                sink.write_alerts(converted.get(fmt, alerts))
-            except OSError as e:              # one failing sink does not keep alerts from the others
-                first_error = first_error or e
-        if first_error is not None:
-            raise first_error
+                sink.write_alerts(batch)
+            except Exception as e:            # noqa: BLE001 - a sink must not stop the collector
+                health.failed(len(batch), e)
+            else:
+                health.ok(len(batch))
 
     def flush(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
+        for sink, health in zip(self.sinks, self.health):
+            try:
+                sink.flush()
+            except Exception as e:            # noqa: BLE001
+                health.failed(0, e)
+
+    def reopen(self) -> None:
+        """Open the files again (SIGHUP after logrotate renamed them); other sinks are untouched."""
+        for sink, health in zip(self.sinks, self.health):
+            reopen = getattr(sink, "reopen", None)
+            if reopen is None:
+                continue
+            try:
+                reopen()
+            except Exception as e:            # noqa: BLE001 - keeps writing where it did
+                health.errors += 1
+                log.warning("sink %s: cannot reopen: %s; still writing to the file it had open", health.label(),
+                            getattr(e, "strerror", None) or e)
+            else:
+                log.info("sink %s: reopened", health.label())
 
     def close(self) -> None:
-        for sink in self.sinks:
+        for sink, health in zip(self.sinks, self.health):
             try:
                 sink.close()
-            except OSError as e:
-                log.error("%s: %s", sink.name, e)
+            except Exception as e:            # noqa: BLE001
+                log.error("sink %s: %s", health.label(), e)
 
     def stats(self) -> dict:
         """Totals and per-sink counters, for the metrics endpoint."""
-        per = [{"name": s.name, "type": s.kind, "sent": s.sent, "dropped": s.dropped, "spooled": s.spooled,
-                "spool_bytes": s.spool_bytes} for s in self.sinks]
+        per = [{"name": getattr(s, "name", type(s).__name__), "type": getattr(s, "kind", type(s).__name__),
+                "sent": getattr(s, "sent", h.accepted), "dropped": getattr(s, "dropped", 0) + h.dropped,
+                "spooled": getattr(s, "spooled", 0), "spool_bytes": getattr(s, "spool_bytes", 0),
+                "errors": getattr(s, "errors", 0) + h.errors, "failing": int(h.failing_since is not None)}
+               for s, h in zip(self.sinks, self.health)]
         return {"spool_bytes": sum(p["spool_bytes"] for p in per),
                 "spool_dropped": sum(p["dropped"] for p in per if p["type"] in ("tcp", "fluent")),
                 "sinks": per}

@@ -211,6 +211,10 @@ class SpooledSink:
         return self.spool.bytes
 
     @property
+    def errors(self) -> int:
+        return self.spool.errors
+
+    @property
     def spool_alerts(self) -> int:
         return self.spool.records
 

@@ -73,6 +73,8 @@ class Spool:
         self.appended = 0                     # records taken in since start
         self.delivered = 0                    # records committed since start
         self.dropped = 0                      # undelivered records dropped (spool full, damaged frames)
+        self.errors = 0                       # appends and cursor saves the disk refused
+        self._failing: str | None = None      # why the last append could not be written
         self.cond = threading.Condition()
         self._clock = clock
         self._log_interval = log_interval
@@ -137,11 +139,20 @@ class Spool:
             return None
 
     def _save_cursor(self) -> None:
+        """Best effort: a cursor that cannot be saved costs at most a resend after a restart."""
         seq0 = self._segments[0].seq0 if self._segments else self._head_seq
         path = os.path.join(self.directory, "cursor")
-        with open(path + ".tmp", "w") as f:
-            f.write(f"{seq0} {self._head_off} {self._head_seq}\n")
-        os.replace(path + ".tmp", path)
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(f"{seq0} {self._head_off} {self._head_seq}\n")
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            self.errors += 1
+            now = self._clock()
+            if now - self._logged_at >= self._log_interval:
+                self._logged_at = now
+                log.warning("%s: cannot save the spool cursor in %s: %s", self.name, self.directory,
+                            e.strerror or e)
 
     # --- counters --------------------------------------------------------------------------------
 
@@ -175,16 +186,29 @@ class Spool:
             if not frames:
                 return
             last = self._segments[-1] if self._segments else None
-            if last is None or (last.size and last.size + need > self.segment_bytes):
-                last = self._roll()
             view = memoryview(b"".join(frames))
             try:
+                if last is None or self._fd is None or (last.size and last.size + need > self.segment_bytes):
+                    last = self._roll()
                 while view:
                     view = view[os.write(self._fd, view):]
-            except OSError as e:                              # disk full: these alerts are lost, counted
-                os.ftruncate(self._fd, last.size)
-                self._count_dropped(len(frames), f"cannot write the spool: {e.strerror or e}")
+            except OSError as e:                              # disk full, directory unwritable: lost, counted
+                if last is not None and self._fd is not None:
+                    try:
+                        os.ftruncate(self._fd, last.size)
+                    except OSError:                           # no whole segment after this: roll next time
+                        os.close(self._fd)
+                        self._fd = None
+                self.errors += 1
+                if self._failing is None:
+                    self._logged_at = -1e18                   # a new outage is always reported
+                self._failing = f"{e.strerror or e}"
+                self._count_dropped(len(frames), f"cannot write the spool in {self.directory}: {self._failing}")
                 return
+            if self._failing is not None:
+                log.warning("%s: spool %s writable again (%d alert(s) dropped in all)", self.name, self.directory,
+                            self.dropped)
+                self._failing = None
             last.size += need
             last.count += len(frames)
             self._next_seq += len(frames)
@@ -193,10 +217,13 @@ class Spool:
             self.cond.notify_all()
 
     def _roll(self) -> _Segment:
+        """Start a new segment; the old descriptor is closed only once the new one is open, so a
+        failure (raised) leaves the spool as it was."""
+        seg = _Segment(self._next_seq, self._path(self._next_seq))
+        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
         if self._fd is not None:
             os.close(self._fd)
-        seg = _Segment(self._next_seq, self._path(self._next_seq))
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fd = fd
         self._segments.append(seg)
         return seg
 
@@ -219,7 +246,7 @@ class Spool:
             self._fd = None
         try:
             os.unlink(seg.path)
-        except FileNotFoundError:
+        except OSError:                       # gone already, or the directory is read-only for now
             pass
 
     def _count_dropped(self, n: int, why: str = "") -> None:
@@ -297,8 +324,9 @@ class Spool:
         self._bytes -= seg.size - self._head_off
         self._head_off, self._head_seq = seg.size, seg.seq0 + seg.count
         self._count_dropped(lost)
-        if seg is self._segments[-1]:
-            self._roll()
+        if seg is self._segments[-1] and self._fd is not None:
+            os.close(self._fd)                                # the next append starts a new segment
+            self._fd = None
         self._save_cursor()
 
     def commit(self, chunk: Chunk) -> None:

@@ -3,38 +3,75 @@
 Rotation (max_bytes > 0): before an alert that would take the file past max_bytes, the file is
 renamed PATH.1 (PATH.1 to PATH.2, ... up to PATH.keep; the oldest goes) and a new PATH is started.
 Files are cut between alerts only; one alert larger than max_bytes gets a file of its own.
+
+A file stays readable after any interruption: a batch is written whole or not at all (a write cut
+short, e.g. by a full disk, is truncated back to the last whole alert and raised); on open, a torn
+tail left by a crash is cut off, or, when more than TORN_MAX bytes would go, the file is renamed
+PATH.torn-<time> and a new one started. reopen() opens PATH again (logrotate's `create`).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from typing import BinaryIO
 
 __all__ = ["FileSink", "open_sink"]
+
+log = logging.getLogger("imds_flow")
+TORN_MAX = 1 << 20                            # a torn tail larger than this is kept aside, not cut
 
 
 class FileSink:
     kind = "file"
 
-    def __init__(self, stream: BinaryIO, owned: bool, path: str | None = None, max_bytes: int = 0, keep: int = 5,
-                 name: str | None = None):
-        self._f = stream
+    def __init__(self, stream: BinaryIO | None, owned: bool, path: str | None = None, max_bytes: int = 0,
+                 keep: int = 5, name: str | None = None):
+        self._f = stream                      # stdout; files are written through self._fd
         self._owned = owned
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
         self.name = name or (path or "stdout")
-        self.size = os.fstat(stream.fileno()).st_size if path else 0
+        self._fd: int | None = None
+        self._tear: int | None = None         # a rollback that failed: cut here before the next write
+        self.size = 0
         self.sent = 0
         self.dropped = 0
         self.spooled = 0
         self.spool_bytes = 0
         self.rotations = 0
+        if path:
+            self._fd = _open_readable(path)
+            self.size = os.fstat(self._fd).st_size
 
     def write(self, data: bytes) -> None:
         """Bytes as they are (no rotation check): for callers that hold no alert boundaries."""
-        self._f.write(data)
+        if self._fd is None:
+            self._f.write(data)
+        else:
+            self._append(data)
         self.size += len(data)
+
+    def _append(self, data: bytes) -> None:
+        """All of `data` or none of it: a write cut short is rolled back, then the error raised."""
+        fd = self._fd
+        if self._tear is not None:
+            os.ftruncate(fd, self._tear)
+            self._tear = None
+        start = os.fstat(fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                self._tear = start
+            raise
+        self.size = start
 
     def write_alerts(self, alerts: list[bytes]) -> None:
         if not self.max_bytes:
@@ -45,34 +82,80 @@ class FileSink:
         for i, a in enumerate(alerts):
             if size and size + len(a) > self.max_bytes:
                 self.write(b"".join(alerts[start:i]))
+                self.sent += i - start
                 self._rotate()
                 start, size = i, 0
             size += len(a)
         self.write(b"".join(alerts[start:]))
-        self.sent += len(alerts)
+        self.sent += len(alerts) - start
 
     def _rotate(self) -> None:
-        self._f.close()
         if self.keep:
             for i in range(self.keep - 1, 0, -1):
                 if os.path.exists(f"{self.path}.{i}"):
                     os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
             os.replace(self.path, f"{self.path}.1")
-        self._f = open(self.path, "wb")
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.close(self._fd)
+        self._fd, self._tear = fd, None
         self.size = 0
         self.rotations += 1
 
+    def reopen(self) -> None:
+        """Open PATH again (it was renamed by logrotate, or removed): later alerts go to the file now
+        at PATH, created if missing. The old descriptor is closed only once the new one is open."""
+        if self._fd is None:
+            return
+        fd = _open_readable(self.path)
+        os.close(self._fd)
+        self._fd, self._tear = fd, None
+        self.size = os.fstat(fd).st_size
+
     def flush(self) -> None:
-        self._f.flush()
+        if self._fd is None:
+            self._f.flush()
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            return
         self._f.flush()
         if self._owned:
             self._f.close()
+
+
+def _open_readable(path: str) -> int:
+    """An append descriptor of `path` whose content ends in a whole alert (see the module rules)."""
+    from ..alerts_tool import readable_end
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return fd
+        with open(path, "rb") as f:
+            good, size = readable_end(f)
+        if good >= size:
+            return fd
+        if size - good <= TORN_MAX:
+            os.ftruncate(fd, good)
+            log.warning("%s: ends in %d unreadable byte(s) (a torn write) after byte %d; cut off", path,
+                        size - good, good)
+            return fd
+        aside = f"{path}.torn-{int(time.time())}"
+        os.rename(path, aside)
+        log.warning("%s: unreadable from byte %d on (%d bytes); kept as %s, starting a new file", path, good,
+                    size - good, aside)
+        os.close(fd)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def open_sink(target: str, max_bytes: int = 0, keep: int = 5) -> FileSink:
     """'-' is stdout; anything else a file opened for appending (created if missing)."""
     if target == "-":
         return FileSink(sys.stdout.buffer, owned=False)
-    return FileSink(open(target, "ab"), owned=True, path=target, max_bytes=max_bytes, keep=keep)
+    return FileSink(None, owned=True, path=target, max_bytes=max_bytes, keep=keep)

@@ -476,9 +476,11 @@ class TemplateCache:
 
     # --- persistence (the file side lives in templates_store.py) -----------------------------
 
-    def export_state(self) -> list[dict]:
+    def export_state(self, templates: dict | None = None) -> list[dict]:
+        """Every definition as plain data; `templates`: a copy of self.templates taken earlier (a writer
+        thread exports from it while the loop goes on; scope_keys only grows, so it is read as is)."""
         out = []
-        for key, (_, received, t) in sorted(self.templates.items()):
+        for key, (_, received, t) in sorted((self.templates if templates is None else templates).items()):
             address, port, version, domain = self.scope_keys[key >> 16]
             out.append({"exporter": address, "port": port if self.scope_port else None, "version": version,
                         "domain": domain, "template_id": t.template_id, "options": t.options,

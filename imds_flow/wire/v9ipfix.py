@@ -714,10 +714,13 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
             key = (sid << 16) | t.template_id
             if key not in before:
                 before[key] = cache.lookup(key, float(dg.ts[d]))
+            held = cache.templates.get(key)
             pid = cache.define(sid, t, float(dg.ts[d]))
             if pid < 0:                              # past a [limits] bound: not stored, counted
                 exporters.add_count("templates_over_limit", e)
                 continue
+            if held is not None and held[0] != pid:  # the same id with another layout
+                exporters.add_count("templates_redefined", e)
             defs.setdefault(key, []).append((row, pid))
 
     # data sets: Python per distinct (scope, template id)

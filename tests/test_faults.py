@@ -1,0 +1,563 @@
+"""Faults without loss (issue 14): a sink that fails alone, append-only files that stay readable, log
+rotation, bounded memory, /metrics under load, config edges. Live tests start a real collector; the
+full-disk and read-only cases mount a small filesystem (the tests run as root)."""
+import errno
+import io
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from imds_flow import alerts_tool, config
+from imds_flow.alerts import Folder
+from imds_flow.config import ConfigError
+from imds_flow.metrics import MetricsServer
+from imds_flow.sinks import Sinks, open_sink
+from imds_flow.sinks import stream as stream_mod
+from tests.support.collector import Collector, read_alerts
+from tests.test_v5 import v5
+
+ROOT = Path(__file__).resolve().parent.parent
+IMDS = "169.254.169.254"
+BASE = '''
+[[endpoints]]
+name = "aws-imds-ipv4"
+address = "169.254.169.254"
+[alerts]
+fold_window_seconds = 0
+'''
+
+
+def packed(n: int) -> bytes:
+    return msgpack.packb({"n": n, "count": 1, "pad": "x" * 40})
+
+
+def wait_for(what, timeout: float = 60.0, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(step)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def mount_tmpfs(path: Path, size: str, options: str = "") -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(path)], check=True)
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def need_root():
+    if os.geteuid() != 0:
+        pytest.skip("mounts a filesystem: needs root")
+
+
+class Sender:
+    """Distinct alerts over v5: alert i is 10.x.y.z:sport -> IMDS, unique per i."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.next = 0
+        self.seq = 0
+
+    def send(self, count: int, per: int = 30) -> None:
+        while count > 0:
+            k = min(per, count)
+            recs = [(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", IMDS, 1024 + i % 60000, 80)
+                    for i in range(self.next, self.next + k)]
+            self.sock.sendto(v5(recs, seq=self.seq), ("127.0.0.1", self.port))
+            self.next += k
+            self.seq += k
+            count -= k
+            time.sleep(0.0005)               # pacing, not waiting: keeps loopback from dropping
+
+
+def keys(alerts: list[dict]) -> list[tuple]:
+    return [(a["src"], a["sport"]) for a in alerts]
+
+
+# --- file sinks: whole batches or nothing; readable after any interruption ----------------------------
+
+def test_a_short_write_is_rolled_back_and_the_error_raised(tmp_path, monkeypatch):
+    path = tmp_path / "a.mp"
+    sink = open_sink(str(path))
+    sink.write_alerts([packed(0), packed(1)])
+    real = os.write
+
+    def half_then_full(fd, data):
+        if len(data) > 10:
+            real(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stream_mod.os, "write", half_then_full)
+    with pytest.raises(OSError):
+        sink.write_alerts([packed(2), packed(3)])
+    monkeypatch.setattr(stream_mod.os, "write", real)
+    sink.write_alerts([packed(4)])
+    sink.close()
+    assert [a["n"] for a in read_alerts(path)] == [0, 1, 4]
+    assert alerts_tool.readable_end(open(path, "rb")) == (path.stat().st_size,) * 2
+
+
+def test_a_torn_tail_is_cut_on_open_and_later_alerts_stay_readable(tmp_path, caplog):
+    path = tmp_path / "a.mp"
+    whole = packed(0) + packed(1)
+    path.write_bytes(whole + packed(2)[:7])            # a crash in the middle of a write
+    sink = open_sink(str(path))
+    sink.write_alerts([packed(3)])
+    sink.close()
+    assert [a["n"] for a in read_alerts(path)] == [0, 1, 3]
+    assert f"ends in 7 unreadable byte(s) (a torn write) after byte {len(whole)}" in caplog.text
+
+
+def test_a_large_unreadable_tail_is_kept_aside_and_a_new_file_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream_mod, "TORN_MAX", 16)
+    path = tmp_path / "a.json"
+    path.write_bytes(b'{"n": 0}\n' + b"garbage that is no alert\n" * 4)
+    sink = open_sink(str(path))
+    sink.write_alerts([b'{"n": 1}\n'])
+    sink.close()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("a.json.torn-")]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b'{"n": 0}\n')
+    assert path.read_bytes() == b'{"n": 1}\n'
+
+
+def test_alerts_tool_reports_where_a_file_stops_being_readable(tmp_path):
+    path = tmp_path / "a.mp"
+    good = packed(0) + packed(1)
+    path.write_bytes(good + packed(2)[:5] + packed(3))   # what an older version left: a tear, then more
+    assert alerts_tool.readable_end(open(path, "rb"))[0] == len(good)
+    out = subprocess.run([sys.executable, "-m", "imds_flow.cli", "alerts", str(path)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert len(out.stdout.splitlines()) == 2
+    left = path.stat().st_size - len(good)
+    assert f"byte {len(good)}" in out.stderr and f"{left} byte(s) left" in out.stderr, out.stderr
+
+
+# --- the fan-out: each sink fails alone ----------------------------------------------------------------
+
+class Broken:
+    """A sink that raises while `broken` is set; what it took is in .got."""
+    name, kind = "broken", "test"
+
+    def __init__(self):
+        self.broken = False
+        self.got = []
+
+    def write_alerts(self, alerts):
+        if self.broken:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.got += alerts
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class Plain(Broken):
+    name = "plain"
+
+
+def test_a_failing_sink_loses_only_its_own_alerts_counted_and_warned(caplog):
+    now = [0.0]
+    broken, plain = Broken(), Plain()
+    sinks = Sinks([broken, plain], ["msgpack", "msgpack"], "msgpack", log_interval=10.0, clock=lambda: now[0])
+    sinks.write_alerts([packed(0)])
+    broken.broken = True
+    for i in range(1, 31):                             # 30 s of outage, a batch a second
+        now[0] = float(i)
+        sinks.write_alerts([packed(i)])
+    broken.broken = False
+    now[0] = 31.0
+    sinks.write_alerts([packed(31)])
+    assert [msgpack.unpackb(a)["n"] for a in plain.got] == list(range(32))       # each exactly once
+    assert [msgpack.unpackb(a)["n"] for a in broken.got] == [0, 31]
+    stats = {s["name"]: s for s in sinks.stats()["sinks"]}
+    assert stats["broken"]["dropped"] == 30 and stats["broken"]["errors"] == 30 and stats["broken"]["sent"] == 2
+    assert stats["plain"]["dropped"] == 0 and stats["plain"]["sent"] == 32
+    warnings = [r.getMessage() for r in caplog.records if "sink broken" in r.getMessage()]
+    assert "No space left on device" in warnings[0]
+    assert 3 <= len(warnings) <= 5                     # the start, every 10 s, the recovery
+    assert "recovered after 30.0 s; 30 alert(s) dropped" in warnings[-1]
+
+
+def test_pipeline_never_offers_a_batch_twice():
+    from imds_flow.app import Pipeline
+
+    class Raising(Broken):
+        broken = True
+
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def write_alerts(self, alerts):
+            self.calls.append(len(alerts))
+            raise OSError(errno.EIO, "boom")
+
+    sink = Raising()
+    p = Pipeline(config.load(), sink)
+    for i in range(3):
+        p._emit({"ts": 1.0, "n": i})
+        with pytest.raises(OSError):
+            p.flush()
+    assert sink.calls == [1, 1, 1]
+
+
+# --- live: a full disk under one sink --------------------------------------------------------------------
+
+def test_disk_full_under_one_sink_beside_a_healthy_one(tmp_path):
+    need_root()
+    disk = tmp_path / "small"
+    mount_tmpfs(disk, "256k")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(bytes(150_000))              # leaves ~100 KB: a few hundred alerts fit
+        full = disk / "alerts.mp"
+        mport = free_port()
+        cfg = BASE + f'[[sinks]]\ntype = "file"\npath = "{full}"\n'
+        with Collector(tmp_path, cfg, args=["--metrics", f"127.0.0.1:{mport}"]) as c:
+            tx = Sender(c.port)
+            tx.send(3000)
+            healthy = c.wait_alerts(3000, timeout=120)
+            assert c.proc.poll() is None, c.log
+            label = f'sink="file {full}"'
+            dropped = f'imds_flow_sink_alerts_total{{{label},outcome="dropped"}}'
+            m = wait_for(lambda: (m := scrape(mport)).get(dropped) and m)     # published once a second
+            assert m[f"imds_flow_sink_errors_total{{{label}}}"] > 0 and m[f"imds_flow_sink_failing{{{label}}}"] == 1
+            assert f"sink file {full} ({full}): No space left on device" in c.log
+            filler.unlink()                              # space returns
+            tx.send(300)
+            healthy = c.wait_alerts(3300, timeout=120)
+            wait_for(lambda: "recovered after" in c.log, 30)
+            total = lambda m: sum(m.get(f'imds_flow_sink_alerts_total{{{label},outcome="{o}"}}', 0)  # noqa: E731
+                                  for o in ("sent", "dropped"))
+            m = wait_for(lambda: (m := scrape(mport)) and total(m) == 3300 and m)
+            healthy = c.stop()
+        assert len(healthy) == 3300 and len(set(keys(healthy))) == 3300     # every alert exactly once
+        size = full.stat().st_size
+        assert alerts_tool.readable_end(open(full, "rb")) == (size, size)  # readable end to end
+        written = read_alerts(full)
+        assert set(keys(healthy[-300:])) <= set(keys(written))         # what came after space returned
+        sent = m[f'imds_flow_sink_alerts_total{{{label},outcome="sent"}}']
+        dropped = m[f'imds_flow_sink_alerts_total{{{label},outcome="dropped"}}']
+        assert len(written) == sent and sent + dropped == 3300
+        assert "Traceback" not in c.log and "recovered after" in c.log
+    finally:
+        umount(disk)
+
+
+# --- live: the spool directory turns read-only while running ----------------------------------------------
+
+class Receiver(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.data = bytearray()
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            while chunk := conn.recv(65536):
+                self.data += chunk
+
+    def alerts(self):
+        return list(msgpack.Unpacker(io.BytesIO(bytes(self.data)), raw=False))
+
+
+def test_spool_directory_read_only_while_running(tmp_path):
+    need_root()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    rx = Receiver()
+    rx.start()
+    mport = free_port()
+    cfg = BASE + (f'[[sinks]]\ntype = "tcp"\naddress = "127.0.0.1:{rx.port}"\nname = "siem"\n'
+                  f'spool_dir = "{spool}"\nspool_max_bytes = 65536\n')
+    with Collector(tmp_path, cfg, args=["--metrics", f"127.0.0.1:{mport}"]) as c:
+        tx = Sender(c.port)
+        tx.send(60)
+        assert len(wait_for(lambda: len(rx.alerts()) >= 60 and rx.alerts()) or []) == 60, c.log
+        subprocess.run(["mount", "--bind", str(spool), str(spool)], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(spool)], check=True)
+            tx.send(600)                                  # 8 KB segments: rolls fail, new ones cannot be made
+            c.wait_alerts(660, timeout=60)
+            assert wait_for(lambda: scrape(mport).get('imds_flow_sink_alerts_total{sink="siem",outcome="dropped"}', 0) > 0,
+                            30), c.log
+            assert c.proc.poll() is None, c.log
+        finally:
+            umount(spool)
+        before = len(rx.alerts())
+        tx.send(60)                                       # writable again: spooled and delivered
+        c.wait_alerts(720, timeout=60)
+        assert wait_for(lambda: len(rx.alerts()) >= before + 60, 60), (before, len(rx.alerts()), c.log)
+        c.stop()
+    assert set(keys(rx.alerts()[-60:])) == {(f"10.0.{i >> 8 & 255}.{i & 255}", 1024 + i) for i in range(660, 720)}
+    assert "Bad file descriptor" not in c.log and "Traceback" not in c.log
+    assert "cannot write the spool" in c.log and "writable again" in c.log
+
+
+# --- logrotate: rename + SIGHUP --------------------------------------------------------------------------
+
+def test_rename_and_sighup_start_a_new_file_and_lose_nothing(tmp_path):
+    with Collector(tmp_path, BASE) as c:
+        tx = Sender(c.port)
+        tx.send(100)
+        c.wait_alerts(100)
+        rotated = tmp_path / "alerts.mp.1"
+        c.alerts_path.rename(rotated)
+        tx.send(50)                                       # between the rename and the signal: old file
+        wait_for(lambda: len(read_alerts(rotated)) >= 150, 30)
+        c.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reopened" in c.log, 30), c.log
+        tx.send(100)
+        new = c.wait_alerts(100)
+        c.stop()
+    old = read_alerts(rotated)
+    new = read_alerts(c.alerts_path)
+    assert len(old) == 150 and len(new) == 100
+    assert sorted(keys(old + new)) == sorted(set(keys(old + new))) and len(set(keys(old + new))) == 250
+
+
+# --- memory bounded by [limits] ----------------------------------------------------------------------------
+
+TINY = textwrap.dedent('''
+    import gc, json, struct
+    from imds_flow import app, config
+    from imds_flow.datagrams import DatagramBatch
+
+    def rss_mb(key="VmRSS"):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+
+    p = app.Pipeline(config.load(), app._NullSink(), clock=lambda: 1.7e9)
+    p.warm_up()
+    tmpl = struct.pack(">HHHH", 256, 1, 4, 1)                         # one field: protocol, 1 byte
+    tset = struct.pack(">HH", 2, 4 + len(tmpl)) + tmpl
+    def ipfix(body, seq):
+        return struct.pack(">HHIII", 10, 16 + len(body), 1_700_000_000, seq, 0) + body
+    records = 65535 - 16 - 4
+    dset = struct.pack(">HH", 256, 4 + records) + bytes([6]) * records
+    p.process(DatagramBatch.from_payloads([ipfix(tset, 0)], ts=1.7e9))
+    datagrams = [ipfix(dset, i * records) for i in range(256)]
+    batch = DatagramBatch.from_payloads(datagrams, ts=1.7e9)          # one receive batch, as listen has it
+    gc.collect()
+    base = rss_mb()
+    p.process(batch)
+    print(json.dumps({"rss_growth_mb": rss_mb() - base, "peak_growth_mb": rss_mb("VmHWM") - base,
+                      "records": p.exporters.total("records"), "batches_split": p.batches_split,
+                      "capacity": p.batch.capacity}))
+''')
+
+
+def test_datagrams_of_tiny_records_are_decoded_in_parts_within_bounded_memory():
+    """256 datagrams of 64 KiB of 1-byte IPFIX records (16.7 M records) in one receive batch."""
+    from imds_flow import app
+    app.Pipeline(config.load(), app._NullSink()).warm_up()          # kernels compiled and cached here
+    out = subprocess.run([sys.executable, "-c", TINY], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(r)
+    assert r["records"] == 256 * (65535 - 20)                        # every record decoded
+    assert r["batches_split"] == 1 and r["capacity"] <= config.Limits().max_batch_records
+    assert r["peak_growth_mb"] < 300, r
+
+
+def test_fold_keys_are_bounded_and_nothing_is_lost():
+    out = []
+    f = Folder(60.0, out.append, max_keys=10)
+    f.add([((k,), {"ts": 1.0, "k": k, "count": 1}) for k in range(25)])
+    assert len(f._open) == 10 and f.over_limit == 15 and len(out) == 25
+
+
+# --- /metrics under a burst of new alert keys ---------------------------------------------------------------
+
+def test_scrapes_during_a_burst_of_new_alert_keys_all_succeed(tmp_path):
+    mport = free_port()
+    cfg = BASE.replace("fold_window_seconds = 0", "fold_window_seconds = 600")
+    with Collector(tmp_path, cfg, args=["--metrics", f"127.0.0.1:{mport}"]) as c:
+        tx = Sender(c.port)
+        stop = threading.Event()
+
+        def burst():
+            while not stop.is_set():
+                tx.send(300, per=30)
+                tx.next -= 150                            # half repeat: pending (folded) alerts as well
+
+        sender = threading.Thread(target=burst, daemon=True)
+        sender.start()
+        failures, done = [], []
+
+        def scraper():
+            for _ in range(50):
+                try:
+                    scrape(mport)
+                    done.append(1)
+                except Exception as e:               # noqa: BLE001 - counted
+                    failures.append(repr(e))
+
+        threads = [threading.Thread(target=scraper) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        stop.set()
+        sender.join(30)
+        assert c.proc.poll() is None
+        c.stop()
+    assert not failures and len(done) == 200, failures[:5]
+    assert "Traceback" not in c.log
+
+
+def test_idle_and_vanishing_metrics_clients_are_bounded_and_quiet(tmp_path):
+    mport = free_port()
+    with Collector(tmp_path, BASE, args=["--metrics", f"127.0.0.1:{mport}"]) as c:
+        threads_before = len(os.listdir(f"/proc/{c.proc.pid}/task"))
+        idle = []
+        for _ in range(200):                              # clients that never say a word
+            idle.append(socket.socket())
+            idle[-1].setblocking(False)
+            idle[-1].connect_ex(("127.0.0.1", mport))
+        tasks = lambda: len(os.listdir(f"/proc/{c.proc.pid}/task"))              # noqa: E731
+        wait_for(lambda: tasks() >= threads_before + MetricsServer.MAX_CONNECTIONS, 10)
+        threads_idle = max(tasks() for _ in range(200))   # sampled while 200 idle clients stay connected
+        for s in idle:
+            s.close()
+        for _ in range(20):                               # clients that ask and leave before the answer
+            s = socket.create_connection(("127.0.0.1", mport))
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            s.close()
+        assert wait_for(lambda: _scrapes(mport), 60)      # served again once the idle ones are gone
+        c.stop()
+    assert threads_idle - threads_before <= MetricsServer.MAX_CONNECTIONS, (threads_before, threads_idle)
+    assert "Traceback" not in c.log and "Exception" not in c.log
+
+
+def _scrapes(port: int) -> bool:
+    try:
+        return "imds_flow_exporters" in str(scrape(port))
+    except OSError:
+        return False
+
+
+# --- config edges ------------------------------------------------------------------------------------------
+
+MINIMAL = '[[endpoints]]\nname = "x"\naddress = "169.254.169.254"\n'
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[alerts]\nfold_window_seconds = nan", "alerts.fold_window_seconds = nan: expected a finite number"),
+    ("[logging]\nerror_interval_seconds = inf", "logging.error_interval_seconds = inf: expected a finite number"),
+    ("[templates]\nlifetime_seconds = -inf", "templates.lifetime_seconds = -inf: expected a finite number"),
+    ("[listen]\nrcvbuf_bytes = 9223372036854775807", "listen.rcvbuf_bytes = 9223372036854775807: must be <= "),
+    ("[limits]\nmax_exporters = 9223372036854775807", "limits.max_exporters = 9223372036854775807: must be <= "),
+    ("[limits]\nmax_batch_records = 100", "limits.max_batch_records = 100: must be >= 65536"),
+    ("[alerts]\nfold_window_seconds = 1e300", "alerts.fold_window_seconds = 1e+300: must be <= "),
+    ("[[sinks]]\ntype = \"tcp\"\naddress = \"h:1\"\ntimeout_seconds = nan", "expected a finite number"),
+])
+def test_config_numbers_are_finite_and_in_range(text, message):
+    with pytest.raises(ConfigError) as e:
+        config.parse(MINIMAL + text)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content", [
+    b'[[endpoints]]\nname = "caf\xe9"\naddress = "169.254.169.254"\n',      # Latin-1, not UTF-8
+    b"\xff\xfe[\x00[\x00",                                                   # UTF-16
+    MINIMAL.encode() + b"[listen]\nrcvbuf_bytes = 9223372036854775807\n",
+    MINIMAL.encode() + b"[alerts]\nfold_window_seconds = nan\n",
+])
+def test_bad_config_files_are_one_line_and_exit_2(tmp_path, content):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    out = subprocess.run([sys.executable, "-m", "imds_flow.cli", "listen", "127.0.0.1:0", "--config", str(path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_reload_that_changes_sinks_says_it_takes_effect_at_next_start(caplog):
+    from imds_flow.app import Pipeline, _NullSink
+    p = Pipeline(config.parse(MINIMAL), _NullSink())
+    p.reload(config.parse(MINIMAL + '[[sinks]]\ntype = "stdout"\n'))
+    assert "[[sinks]] changed" in caplog.text and "next start" in caplog.text
+
+
+# --- template state: saved off the loop, soon after it changes; redefinitions counted -------------------
+
+def _template(tid: int, fields) -> bytes:
+    from tests.support import build
+    return build.ipfix([build.template_set(10, {tid: fields})])
+
+
+def test_a_template_is_persisted_within_a_second_or_two(tmp_path):
+    state = tmp_path / "state" / "imds-flow" / "templates.json"
+
+    def held():
+        try:
+            return {t["template_id"] for t in json.loads(state.read_text())["templates"]}
+        except (OSError, ValueError):
+            return set()
+
+    with Collector(tmp_path, BASE) as c:
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.sendto(_template(256, [(8, 4), (12, 4)]), ("127.0.0.1", c.port))
+        assert wait_for(lambda: 256 in held(), 30)
+        tx.sendto(_template(257, [(8, 4), (12, 4), (4, 1)]), ("127.0.0.1", c.port))
+        assert wait_for(lambda: 257 in held(), 5), c.log   # was: the next save 10 s after the first
+        c.stop()
+
+
+def test_template_redefinitions_are_counted_and_logged_at_debug(caplog):
+    import logging
+    from imds_flow.app import Pipeline, _NullSink
+    from imds_flow.datagrams import DatagramBatch
+    from imds_flow.metrics import render_prometheus
+    caplog.set_level(logging.DEBUG, logger="imds_flow")
+    p = Pipeline(config.load(), _NullSink(), clock=lambda: 1.7e9)
+    for fields in ([(8, 4), (12, 4)], [(8, 4), (12, 4)], [(8, 4), (12, 4), (4, 1)]):   # same, same, another
+        p.process(DatagramBatch.from_payloads([_template(300, fields)], ts=1.7e9))
+    p.tick(1.7e9)
+    assert p.exporters.total("templates_redefined") == 1
+    assert "imds_flow_template_redefinitions_total{" in render_prometheus(p.snapshot())
+    assert "1 template(s) redefined" in caplog.text
