@@ -1,7 +1,7 @@
 """Read the UDP datagrams of a pcap / pcapng capture as DatagramBatch column arrays (`replay`).
 
-Rules: the file is read in large chunks; a lean per-packet loop only *locates* each datagram (capture
-record, IP header, UDP header, UDP length) and counts every packet it skips in `UdpReader.stats`;
+Rules: the file is read in large chunks; pcapframe.py walks the capture records and locates each
+datagram (IP header, UDP header), and every packet skipped is counted in `UdpReader.stats`;
 addresses, ports, timestamps and payload bytes are then cut out of the chunk with numpy. Nothing here
 raises for a packet; a file that is not a capture, or is corrupt before its end, raises PcapError.
 """
@@ -18,64 +18,15 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Un
 import numpy as np
 
 from .datagrams import DatagramBatch
+from .pcapframe import (PCAP_MAGIC, PCAPNG_MAGIC, SKIP_REASONS, PcapError, PcapFraming,
+                        PcapngFraming, locate_udp)
 
-__all__ = ["PcapError", "UdpReader", "read_udp", "SKIP_REASONS", "LINK_TYPES"]
+__all__ = ["PcapError", "UdpReader", "SKIP_REASONS"]
 
 CHUNK = 16 << 20  # bytes read per refill
-_MAX_RECORD = 256 << 20  # a record or block longer than this is corruption, not data
 _PROGRESS_EVERY = 0.25  # seconds between progress callbacks
 
-# Skip reasons as stats keys -> how a summary line says them ("skipped 3 non-UDP, 1 fragmented").
-SKIP_REASONS: Dict[str, str] = {
-    "non_ip": "non-IP",
-    "non_udp": "non-UDP",
-    "fragment": "fragmented",
-    "snaplen": "cut short by the snaplen",
-    "bad_udp_length": "with a bad UDP length",
-    "malformed": "malformed",
-    "linktype": "of an unsupported link type",
-    "pcapng_block": "in obsolete pcapng packet blocks",
-    "dst_port": "to other destination ports",
-}
-
-# Classic pcap magic (as the first 4 bytes appear in the file) -> (byte order, ticks per second,
-# record header length). 0xa1b2cd34 is Kuznetzov's "modified" pcap with 8 more bytes per record.
-_PCAP_MAGIC = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1_000_000, 16),
-    b"\xa1\xb2\xc3\xd4": (">", 1_000_000, 16),
-    b"\x4d\x3c\xb2\xa1": ("<", 1_000_000_000, 16),
-    b"\xa1\xb2\x3c\x4d": (">", 1_000_000_000, 16),
-    b"\x34\xcd\xb2\xa1": ("<", 1_000_000, 24),
-    b"\xa1\xb2\xcd\x34": (">", 1_000_000, 24),
-}
-# pcapng: the section header block's type 0x0A0D0D0A reads the same in both byte orders; its
-# byte-order magic tells which one the section uses.
-_BOM = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
-
-# Link types read (the per-packet loop spells them as literals). 12 and 14 are the DLT_RAW values
-# some systems write for LINKTYPE_RAW (101).
-LINK_TYPES: Dict[int, str] = {
-    0: "BSD loopback (NULL)",
-    1: "Ethernet, with any number of 802.1Q / 802.1ad tags",
-    12: "raw IP (DLT_RAW)",
-    14: "raw IP (OpenBSD DLT_RAW)",
-    101: "raw IP",
-    108: "OpenBSD loopback (LOOP)",
-    113: "Linux cooked capture (SLL)",
-    228: "raw IPv4",
-    229: "raw IPv6",
-    276: "Linux cooked capture v2 (SLL2)",
-}
-_RAW_TYPES = frozenset({12, 14, 101})
-_VLAN_TPIDS = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
-_AF_INET6 = frozenset({10, 24, 28, 30})  # Linux, Net/OpenBSD, FreeBSD, Darwin
-_IPV6_SKIPPED_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
-
 Progress = Callable[[int, Optional[int]], None]
-
-
-class PcapError(Exception):
-    """The file is not a readable pcap / pcapng capture."""
 
 
 class UdpReader:
@@ -230,280 +181,61 @@ class UdpReader:
 
     def _run(self, f: BinaryIO) -> Iterator[DatagramBatch]:
         b, n_b = self._fill(f, 0, 0, 24)
-        magic = bytes(b[:4])
-        if magic in _PCAP_MAGIC:
-            ng = False
-            e, div, rl = _PCAP_MAGIC[magic]
-            if n_b < 24:
-                self.stats["truncated_file"] = 1
-                self._tick(n_b, final=True)
-                return
-            lt = struct.unpack_from(e + "I", b, 20)[0] & 0xFFFF  # high bits may carry FCS info
-            self._ts_mode = ("pcap", e, div)
-            pos = 24
-        elif magic == b"\x0a\x0d\x0d\x0a" and (n_b < 12 or bytes(b[8:12]) in _BOM):
-            ng = True
-            e, rl, lt = "<", 0, -1
-            pos = 0
-        else:
-            hint = " (gzip-compressed: decompress it first)" if magic[:2] == b"\x1f\x8b" else ""
-            raise PcapError(f"not a pcap or pcapng file: {self._name}{hint}")
-
+        framing = self._framing(b, n_b)
+        if framing is None:
+            self.stats["truncated_file"] = 1
+            self._tick(n_b, final=True)
+            return
         st = self.stats
-        batch = self._batch
         want = -1 if self._dst_port is None else self._dst_port
-        tpids, af6, ext6, raw_types = _VLAN_TPIDS, _AF_INET6, _IPV6_SKIPPED_EXT, _RAW_TYPES
-        ap_t, ap_i, ap_u = self._tso.append, self._ipo.append, self._udo.append
-        ip4 = struct.Struct(">BxHxxHxB").unpack_from  # IPv4: version/IHL, total length, flags/offset, protocol
         udp = struct.Struct(">HH").unpack_from  # UDP at +2: destination port, length
-        cap = struct.Struct(e + "II").unpack_from  # classic record at +8: caplen, origlen
-        ng_hdr = struct.Struct(e + "II").unpack_from  # pcapng block: type, total length
-        epb = struct.Struct(e + "I8xII").unpack_from  # pcapng EPB at +8: interface, caplen, origlen
-        if_lt: List[int] = []
-        if_snap: List[int] = []
+        sections = 0
+        pos = framing.header_size
         npk = 0  # capture records (packets) seen
         k = 0  # datagrams in the batch being built
-        # The loop below is the hot path: constants are literals, a skip is a counter and `continue`.
+        tso_append, ipo_append, udo_append = self._tso.append, self._ipo.append, self._udo.append
+        next_record = framing.next
         while True:
-            # ---- capture record -> p, end (link-layer frame), caplen, origlen, lt, tso (timestamp)
-            if not ng:
-                if pos + rl > n_b:
+            try:
+                step = next_record(b, pos, n_b)
+            except PcapError as exc:
+                raise self._corrupt(pos, str(exc)) from None
+            if type(step) is int:
+                if step < 0:                       # the one refill: the record at pos is not all here
                     if self._eof:
                         if pos < n_b:
                             st["truncated_file"] = 1
                         break
-                    b, n_b = self._refill(f, b, pos, n_b, rl)
+                    b, n_b = self._refill(f, b, pos, n_b, -step)
                     pos = 0
                     continue
-                caplen, origlen = cap(b, pos + 8)
-                p = pos + rl
-                end = p + caplen
-                if end > n_b:
-                    if caplen > _MAX_RECORD:
-                        raise self._corrupt(pos, f"captured length {caplen}")
-                    if self._eof:
-                        st["truncated_file"] = 1
-                        break
-                    b, n_b = self._refill(f, b, pos, n_b, rl + caplen)
-                    pos = 0
-                    continue
-                tso = pos
-                pos = end
-                npk += 1
-            else:
-                if pos + 12 > n_b:
-                    if self._eof:
-                        if pos < n_b:
-                            st["truncated_file"] = 1
-                        break
-                    b, n_b = self._refill(f, b, pos, n_b, 12)
-                    pos = 0
-                    continue
-                bt, bl = ng_hdr(b, pos)
-                if bt == 0x0A0D0D0A:  # section header block
-                    e = _BOM.get(bytes(b[pos + 8 : pos + 12]))
-                    if e is None:
-                        raise self._corrupt(pos, "bad pcapng byte-order magic")
-                    bl = struct.unpack_from(e + "I", b, pos + 4)[0]
-                    if bl < 28 or bl & 3 or bl > _MAX_RECORD:
-                        raise self._corrupt(pos, f"bad section header length {bl}")
-                    if pos + bl > n_b:
-                        if self._eof:
-                            st["truncated_file"] = 1
-                            break
-                        b, n_b = self._refill(f, b, pos, n_b, bl)
-                        pos = 0
-                        continue
-                    major = struct.unpack_from(e + "H", b, pos + 12)[0]
-                    if major != 1:
-                        raise PcapError(f"unsupported pcapng version {major} in {self._name}")
-                    # New section: cut out what the old one located, then its interfaces are gone.
+                if framing.sections != sections:   # new pcapng section: its interfaces start afresh
+                    sections = framing.sections
                     self._flush_pending(b)
-                    ng_hdr, epb = struct.Struct(e + "II").unpack_from, struct.Struct(e + "I8xII").unpack_from
-                    if_lt, if_snap = [], []
-                    self._ts_mode = ("pcapng", e, [], [])
-                    pos += bl
-                    continue
-                if bl < 12 or bl & 3 or bl > _MAX_RECORD:
-                    raise self._corrupt(pos, f"bad block length {bl}")
-                if pos + bl > n_b:
-                    if self._eof:
-                        st["truncated_file"] = 1
-                        break
-                    b, n_b = self._refill(f, b, pos, n_b, bl)
-                    pos = 0
-                    continue
-                blk = pos
-                pos += bl
-                if bt == 6:  # enhanced packet block
-                    if bl < 32:
-                        raise self._corrupt(blk, f"enhanced packet block of length {bl}")
-                    iface, caplen, origlen = epb(b, blk + 8)
-                    if caplen > bl - 32:
-                        raise self._corrupt(blk, f"captured length {caplen} overruns its block")
-                    npk += 1
-                    if iface >= len(if_lt):
-                        st["malformed"] += 1
-                        continue
-                    lt = if_lt[iface]
-                    p = blk + 28
-                    end = p + caplen
-                    tso = blk + 12
-                elif bt == 3:  # simple packet block: interface 0, no timestamp
-                    npk += 1
-                    if bl < 16 or not if_lt:
-                        st["malformed"] += 1
-                        continue
-                    origlen = struct.unpack_from(e + "I", b, blk + 8)[0]
-                    caplen = min(origlen, bl - 16)
-                    if if_snap[0]:
-                        caplen = min(caplen, if_snap[0])
-                    lt = if_lt[0]
-                    p = blk + 12
-                    end = p + caplen
-                    tso = -1
-                elif bt == 1:  # interface description block
-                    lt_i, snap_i, div_i, off_i = self._parse_idb(b, blk, bl, e)
-                    if_lt.append(lt_i)
-                    if_snap.append(snap_i)
-                    self._ts_mode[2].append(div_i)
-                    self._ts_mode[3].append(off_i)
-                    continue
-                else:
-                    if bt == 2:  # obsolete packet block
-                        npk += 1
-                        st["pcapng_block"] += 1
-                    continue
-
-            # ---- link layer -> q (IP header), et (ethertype; -1: frame cut short)
-            if lt == 1:  # Ethernet
-                q = p + 14
-                if q > end:
-                    et = -1
-                else:
-                    et = b[p + 12] << 8 | b[p + 13]
-                    if et != 0x0800 and et != 0x86DD:
-                        while et in tpids:  # 802.1Q / 802.1ad tags, any number
-                            q += 4
-                            if q > end:
-                                et = -1
-                                break
-                            et = b[q - 2] << 8 | b[q - 1]
-            elif lt in raw_types:  # raw IP: the version nibble decides
-                q = p
-                if q < end:
-                    v = b[q] >> 4
-                    et = 0x0800 if v == 4 else 0x86DD if v == 6 else 0
-                else:
-                    et = -1
-            elif lt == 113 or lt == 276:  # Linux cooked SLL / SLL2
-                if lt == 113:
-                    q = p + 16
-                    et = b[p + 14] << 8 | b[p + 15] if q <= end else -1
-                else:
-                    q = p + 20
-                    et = b[p] << 8 | b[p + 1] if q <= end else -1
-                while et in tpids:
-                    q += 4
-                    if q > end:
-                        et = -1
-                        break
-                    et = b[q - 2] << 8 | b[q - 1]
-            elif lt == 0 or lt == 108:  # BSD loopback (NULL) / OpenBSD LOOP
-                q = p + 4
-                if q > end:
-                    et = -1
-                else:
-                    # NULL: address family in the capturing host's byte order; LOOP: big endian.
-                    af = b[p + 3] if lt == 108 else (b[p] or b[p + 3])
-                    et = 0x0800 if af == 2 else 0x86DD if af in af6 else 0
-            elif lt == 228:  # IPv4
-                q, et = p, 0x0800
-            elif lt == 229:  # IPv6
-                q, et = p, 0x86DD
-            else:
-                st["linktype"] += 1
+                    self._ts_mode = ("pcapng", framing.order, framing.if_ticks, framing.if_offset)
+                pos = step                         # a block without a packet
                 continue
-
-            # ---- IP -> u (UDP header), room (bytes the IP header says follow u)
-            if et == 0x0800:
-                if q + 20 > end:
-                    st["snaplen" if caplen < origlen else "malformed"] += 1
-                    continue
-                v, room, frag, proto = ip4(b, q)
-                if v == 0x45:
-                    ihl = 20
-                else:
-                    ihl = (v & 15) << 2
-                    if v >> 4 != 4 or ihl < 20:
-                        st["malformed"] += 1
-                        continue
-                if proto != 17:
-                    st["non_udp"] += 1
-                    continue
-                if frag & 0x3FFF:  # MF or a fragment offset
-                    st["fragment"] += 1
-                    continue
-                room = room - ihl if room else 0xFFFF  # total length 0: segmentation offload
-                u = q + ihl
-            elif et == 0x86DD:
-                if q + 40 > end:
-                    st["snaplen" if caplen < origlen else "malformed"] += 1
-                    continue
-                if b[q] >> 4 != 6:
-                    st["malformed"] += 1
-                    continue
-                nh = b[q + 6]
-                u = q + 40
-                if nh != 17:
-                    why = None
-                    while nh in ext6 or nh == 44:
-                        if u + 8 > end:
-                            why = "snaplen" if caplen < origlen else "malformed"
-                            break
-                        if nh == 44:  # fragment header: only an atomic fragment is a whole datagram
-                            if (b[u + 2] << 8 | b[u + 3]) & 0xFFF9:
-                                why = "fragment" if b[u] == 17 else "non_udp"
-                                break
-                            nh = b[u]
-                            u += 8
-                        else:
-                            nh = b[u]
-                            u += (b[u + 1] + 1) << 3
-                    if why is not None:
-                        st[why] += 1
-                        continue
-                    if nh != 17:
-                        st["non_udp"] += 1
-                        continue
-                room = b[q + 4] << 8 | b[q + 5]
-                room = room - (u - q - 40) if room else 0xFFFF  # 0: jumbogram or offload
-            elif et == -1:
-                st["snaplen" if caplen < origlen else "malformed"] += 1
+            npk += 1
+            if len(step) == 2:                     # a packet block that cannot be read
+                reason, pos = step
+                st[reason] += 1
                 continue
-            else:
-                st["non_ip"] += 1
+            p, end, caplen, origlen, linktype, tso, pos = step
+            reason, q, u, room = locate_udp(b, p, end, linktype, caplen < origlen)
+            if reason is None:
+                dport, ul = udp(b, u + 2)
+                if want >= 0 and dport != want:
+                    reason = "dst_port"
+                elif ul < 8 or ul > room or u + ul > end:
+                    reason = "bad_udp_length" if ul < 8 or ul > room or caplen >= origlen else "snaplen"
+            if reason is not None:
+                st[reason] += 1
                 continue
-
-            # ---- UDP
-            if u + 8 > end:
-                st["snaplen" if caplen < origlen else "malformed"] += 1
-                continue
-            dport, ul = udp(b, u + 2)
-            if want >= 0 and dport != want:
-                st["dst_port"] += 1
-                continue
-            if ul < 8 or ul > room or u + ul > end:
-                if ul < 8 or ul > room or caplen >= origlen:
-                    st["bad_udp_length"] += 1
-                else:
-                    st["snaplen"] += 1
-                continue
-            ap_t(tso)
-            ap_i(q)
-            ap_u(u)
+            tso_append(tso)
+            ipo_append(q)
+            udo_append(u)
             k += 1
-            if k == batch:
+            if k == self._batch:
                 self._flush_pending(b)
                 st["packets"] = npk
                 yield self._emit()
@@ -516,36 +248,27 @@ class UdpReader:
             yield self._emit()
         self._tick(self._base + pos, final=True)
 
+    def _framing(self, b: bytearray, n_b: int):
+        """The framing of the capture that starts b[:n_b]; None: a pcap cut inside its header."""
+        magic = bytes(b[:4])
+        if magic in PCAP_MAGIC:
+            if n_b < 24:
+                return None
+            framing = PcapFraming(bytes(b[:24]))
+            self._ts_mode = ("pcap", framing.order, framing.ticks)
+            return framing
+        if magic == PCAPNG_MAGIC and (n_b < 12 or bytes(b[8:12]) in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d")):
+            framing = PcapngFraming()
+            self._ts_mode = ("pcapng", framing.order, framing.if_ticks, framing.if_offset)
+            return framing
+        hint = " (gzip-compressed: decompress it first)" if magic[:2] == b"\x1f\x8b" else ""
+        raise PcapError(f"not a pcap or pcapng file: {self._name}{hint}")
+
     def _refill(self, f: BinaryIO, b: bytearray, pos: int, n_b: int, need: int) -> Tuple[bytearray, int]:
-        if need > _MAX_RECORD:
-            raise self._corrupt(pos, f"record of {need} bytes")
         self._flush_pending(b)
         b, n_b = self._fill(f, pos, n_b, need)
         self._tick(self._base)
         return b, n_b
-
-    @staticmethod
-    def _parse_idb(b: bytes, blk: int, bl: int, e: str) -> Tuple[int, int, int, int]:
-        """Interface description block -> (link type, snaplen, ticks per second, offset seconds)."""
-        if bl < 20:
-            return -1, 0, 1_000_000, 0
-        lt, _, snap = struct.unpack_from(e + "HHI", b, blk + 8)
-        div, off = 1_000_000, 0
-        o, stop = blk + 16, blk + bl - 4
-        while o + 4 <= stop:
-            code, ln = struct.unpack_from(e + "HH", b, o)
-            o += 4
-            if code == 0 or o + ln > stop:
-                break
-            if code == 9 and ln >= 1:  # if_tsresol: 10^-v, or 2^-v with the high bit set
-                r = b[o]
-                div = 1 << (r & 0x7F) if r & 0x80 else 10**r
-                if div >= 1 << 64:
-                    raise PcapError(f"unsupported if_tsresol {r:#04x}")
-            elif code == 14 and ln >= 8:  # if_tsoffset, seconds
-                off = struct.unpack_from(e + "q", b, o)[0]
-            o += (ln + 3) & ~3
-        return lt, snap, div, off
 
     # ------------------------------------------------------------------ numpy stage
 
@@ -624,14 +347,3 @@ def _gather(a: np.ndarray, offs: np.ndarray, dtype: str) -> np.ndarray:
     """The fixed-width integer of type `dtype` at each byte offset of a."""
     width = np.dtype(dtype).itemsize
     return a[offs[:, None] + np.arange(width)].view(dtype).ravel()
-
-
-def read_udp(
-    path_or_file: Union[str, os.PathLike, BinaryIO],
-    *,
-    batch: int = 1024,
-    dst_port: Optional[int] = None,
-    progress: Optional[Progress] = None,
-) -> Iterator[DatagramBatch]:
-    """The UDP datagrams of a pcap / pcapng capture in batches of `batch`; see UdpReader for stats."""
-    return iter(UdpReader(path_or_file, batch=batch, dst_port=dst_port, progress=progress))

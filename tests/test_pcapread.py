@@ -39,13 +39,18 @@ from scapy.layers.l2 import (
 from scapy.utils import EDecimal, PcapNgWriter, wrpcap
 
 from imds_flow.datagrams import DatagramBatch, addr_to_hilo, hilo_to_str
-from imds_flow.pcapread import SKIP_REASONS, PcapError, UdpReader, read_udp
+from imds_flow.pcapread import SKIP_REASONS, PcapError, UdpReader
 
 T0 = 1_700_000_000  # capture times used below: T0 + k / 4 is exact in every format
 
 
 # ---------------------------------------------------------------- helpers
 
+
+
+def read_udp(source, batch: int = 1024, **kw):
+    """The reader's batches, for tests that do not look at its stats."""
+    return iter(UdpReader(source, batch=batch, **kw))
 
 def eth(**kw):
     return Ether(dst="02:00:00:00:00:01", src="02:00:00:00:00:02", **kw)
