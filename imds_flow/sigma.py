@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .config import Config
 
-__all__ = ["SOURCES", "LOGSOURCES", "DEFAULT_URL_SUBSTRINGS", "IMDSV2_HEADER", "rules", "to_yaml",
+__all__ = ["rule_id", "SOURCES", "LOGSOURCES", "DEFAULT_URL_SUBSTRINGS", "IMDSV2_HEADER", "rules", "to_yaml",
            "TARGETS", "convert", "SigmaUnavailable", "SigmaTargetError", "INSTALL_HINT"]
 
 DEFAULT_URL_SUBSTRINGS = ("/latest/meta-data", "/latest/api/token")
@@ -156,10 +156,16 @@ def rules(config: Config, logsource: str = "bulletin") -> list[dict]:
     return [_rule(_BY_KEY[key], config) for key in LOGSOURCES[logsource]]
 
 
+def rule_id(key: str) -> str:
+    """The id of the rule for log source `key` (bulletin, response, firewall, ...); alerts carry the
+    bulletin's (requests) or the response rule's as rule.id."""
+    return str(uuid.uuid5(NAMESPACE, f"imds-flow/{key}"))
+
+
 def _rule(src: Source, config: Config, omit: frozenset[str] = frozenset()) -> dict:
     return {
         "title": TITLE + (f" ({src.title})" if src.title else ""),
-        "id": str(uuid.uuid5(NAMESPACE, f"imds-flow/{src.key}")),
+        "id": rule_id(src.key),
         "status": "experimental",
         "description": _description(src, config),
         "references": list(REFERENCES),
