@@ -101,7 +101,8 @@ def _open_one(spec, state_dir: Path | None):
         protocol = SyslogProtocol(formatter)
     elif spec.type == "nats":
         from .nats import NatsProtocol
-        protocol = NatsProtocol(spec.subject, spec.jetstream, spec.name)
+        protocol = NatsProtocol(spec.subject, spec.jetstream, f"imds-flow {spec.name}",
+                                client_context(spec) if spec.tls else None)
     else:
         protocol = StreamProtocol() if spec.type == "tcp" else \
             ForwardProtocol(spec.tag, spec.format, spec.require_ack, spec.event_time, spec.shared_key,

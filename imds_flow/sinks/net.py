@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import struct
 import termios
 import threading
@@ -289,11 +290,11 @@ class SpooledSink:
     def _connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         try:
-            if self.tls is not None:
+            if self.tls is not None and not getattr(self.protocol, "wraps_tls", False):
                 sock = self.tls.wrap(sock)
             handshake = getattr(self.protocol, "handshake", None)
-            if handshake is not None:
-                handshake(sock, time.monotonic() + self.timeout)
+            if handshake is not None:         # may return the socket it made (TLS started within it)
+                sock = handshake(sock, time.monotonic() + self.timeout) or sock
         except BaseException:
             sock.close()
             raise
@@ -306,7 +307,7 @@ class SpooledSink:
     def _peer_gone(self) -> bool:
         """The receiver closed (or reset) the connection since the last chunk."""
         try:
-            if self.tls is not None:                 # TLS cannot peek: what the receiver sent is read and ignored
+            if isinstance(self._sock, ssl.SSLSocket):   # TLS cannot peek: what the receiver sent is read and ignored
                 return readable(self._sock, 0) and recv_now(self._sock) == b""
             return bool(select.select([self._sock], [], [], 0)[0]) and \
                 not self._sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
