@@ -247,12 +247,13 @@ def alerts_cmd(file, follow, out_format, summary, top):
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--logsource", type=click.Choice(["bulletin", "standard"]), default=None,
-              help="bulletin: the one rule AWS-2025-021 describes (category network, every field spelling); "
+              help="bulletin: the rule AWS-2025-021 describes and its response direction (the impersonation "
+                   "itself: a metadata address as the source), category network, every field spelling; "
                    "standard: one rule per Sigma standard log source (firewall, proxy, network_connection, "
                    "Zeek conn and http). Default: bulletin, or the log sources the --target supports.")
 @click.option("--target", default=None, metavar="TARGET",
               help="Convert offline with pySigma instead of printing the rules: splunk, splunk-cim, lucene, "
-                   "esql, eql, kusto, sentinel-asim, microsoft-xdr, qradar (needs imds-flow[sigma]).")
+                   "esql, eql, kusto, sentinel-asim, microsoft-xdr, qradar, qradar-flows (needs imds-flow[sigma]).")
 def sigma(config_path, logsource, target):
     """Print the Sigma detection rule(s) for the config's endpoints and suppressed subnets, or their
     queries for a SIEM.
