@@ -358,7 +358,7 @@ def _secure(table: dict, w: str, d: SinkSpec) -> dict:
         out["tls"] = out["transport"] == "tls"
     if out["tls_key_file"] and not out["tls_cert_file"]:
         raise ConfigError(f"{w}tls_key_file = {out['tls_key_file']!r}: needs tls_cert_file too")
-    if "tls_cert_file" in table or "tls_ca_file" in table or "tls_server_name" in table:
+    if any(out[k] for k in ("tls_cert_file", "tls_ca_file", "tls_server_name")):
         if not out["tls"]:
             raise ConfigError(f"{w}tls_* keys need " + ('transport = "tls"' if table.get("type") == "syslog"
                                                          else "tls = true"))

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 from .alerts import Encoder as MsgpackEncoder
 
-__all__ = ["FORMATS", "ECS_VERSION", "ECS_FIELDS", "TRANSPORTS", "EcsJsonEncoder", "MsgpackEncoder",
+__all__ = ["FORMATS", "ECS_VERSION", "ECS_FIELDS", "TRANSPORTS", "EcsJsonEncoder", "MsgpackEncoder", "TableEncoder",
            "encoder", "iso_time", "from_ecs", "alert_id", "alert_severity", "alert_rule_id", "community_id",
            "SEVERITY"]
 
@@ -241,7 +241,21 @@ def from_ecs(doc: dict) -> dict:
     return alert
 
 
-FORMATS = {"msgpack": MsgpackEncoder, "ecs-json": EcsJsonEncoder}
+class TableEncoder:
+    """For a terminal: the aligned table `imds-flow alerts --format table` prints, header first."""
+
+    def __init__(self):
+        self._header = True
+
+    def encode(self, alert: dict) -> bytes:
+        from .alerts_tool import table_header, table_row
+        row = table_row(alert) + "\n"
+        if self._header:
+            row, self._header = table_header() + "\n" + row, False
+        return row.encode()
+
+
+FORMATS = {"msgpack": MsgpackEncoder, "ecs-json": EcsJsonEncoder, "table": TableEncoder}
 
 
 def encoder(name: str = "msgpack"):
