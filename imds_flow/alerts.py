@@ -23,6 +23,8 @@ __all__ = ["Folder", "ALERT_FIELDS", "hit_alerts", "Encoder"]
 ALERT_FIELDS = ("ts", "exporter", "exporter_port", "version", "src", "dst", "sport", "dport", "proto",
                 "vlan", "endpoint", "direction", "bytes", "packets", "first_seen", "last_seen", "count",
                 "sampling_rate", "bytes_estimate", "packets_estimate")
+# present only when the exporter reported them (SNMP / ifIndex of the input and output interfaces)
+OPTIONAL_ALERT_FIELDS = ("in_if", "out_if")
 
 
 def _time(v: float) -> float | None:
@@ -45,6 +47,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
         "exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
         "bytes", "packets", "first", "last", "sampling", *VLAN_COLUMNS)}
     vlans = list(zip(*(cols[v] for v in VLAN_COLUMNS)))
+    in_ifs, out_ifs = c.in_if[idx].tolist(), c.out_if[idx].tolist()
     out = []
     for j, (ep, direction) in enumerate(zip(hits.endpoint.tolist(), hits.direction.tolist())):
         e = cols["exporter"][j]
@@ -63,6 +66,9 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             # bytes / packets as the exporter reported them; estimates scaled by its sampling rate
             "bytes_estimate": cols["bytes"][j] * sampling, "packets_estimate": cols["packets"][j] * sampling,
         }
+        for key, value in (("in_if", in_ifs[j]), ("out_if", out_ifs[j])):
+            if value:                         # interface index 0: the exporter did not say
+                alert[key] = value
         side_port = dport if direction == REQUEST else sport
         out.append(((e, src, dst, proto, side_port, ep, direction), alert))
     return out

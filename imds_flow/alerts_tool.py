@@ -19,7 +19,8 @@ import msgpack
 
 from .formats import TRANSPORTS, from_ecs, iso_time
 
-__all__ = ["AlertFormatError", "read_alerts", "readable_end", "Summary", "summarize", "json_line", "TABLE_COLUMNS",
+__all__ = ["AlertFormatError", "read_alerts", "readable_end", "follow_path", "Summary", "summarize", "json_line",
+           "TABLE_COLUMNS",
            "table_header", "table_row"]
 
 CHUNK = 1 << 16
@@ -136,6 +137,69 @@ def readable_end(f: BinaryIO) -> tuple[int, int]:
     except AlertFormatError:
         pos += len(f.read())
     return (decoder.base + decoder.good if decoder is not None else pos), pos
+
+
+def follow_path(path: str, poll: float = 0.2, sleep: Callable[[float], None] = time.sleep,
+                note: Callable[[str], None] | None = None) -> Iterator[dict]:
+    """Follow `path` by name, like tail -F: wait for it to exist; when it is moved away (the file sink's
+    rotation) or replaced, read the old file to its end, then the new one from its beginning; a file
+    that shrinks in place is read again from its beginning."""
+    f, decoder, pos, waiting = None, None, 0, False
+    try:
+        while True:
+            if f is None:
+                try:
+                    f = open(path, "rb")
+                except FileNotFoundError:
+                    if note and not waiting:
+                        note("does not exist (yet); waiting for it")
+                    waiting = True
+                    sleep(poll)
+                    continue
+                if note and waiting:
+                    note("appeared; following it")
+                decoder, pos, waiting = None, 0, False
+            data = _read_available(f)
+            if data:
+                if decoder is None:
+                    first = data.lstrip()[:1]
+                    if not first:
+                        pos += len(data)
+                        continue
+                    decoder = _JsonLines() if first == b"{" else _Msgpack()
+                pos += len(data)
+                yield from decoder.feed(data)
+                continue
+            if _replaced(f, path):            # read what was written before the switch, then the new file
+                while True:
+                    data = _read_available(f)
+                    if not data:
+                        break
+                    if decoder is None:
+                        decoder = _JsonLines() if data.lstrip()[:1] == b"{" else _Msgpack()
+                    yield from decoder.feed(data)
+                f.close()
+                f = None
+                if note:
+                    note("was rotated or replaced; following the new file")
+                continue
+            if _shrunk(f, pos):
+                f.seek(0)
+                pos, decoder = 0, None
+            sleep(poll)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _replaced(f: BinaryIO, path: str) -> bool:
+    """`path` names another file than the one open (or none): it was renamed, deleted or replaced."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    mine = os.fstat(f.fileno())
+    return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev)
 
 
 def _read_available(f: BinaryIO) -> bytes:

@@ -20,6 +20,7 @@ from .detect import Detector
 from .exporters import ExporterTable
 from .flows import FlowBatch
 from .metrics import ErrorLog, LimitLog, Latency, kernel_drops, stats_of, summary_line
+from .probe import is_probe
 from .sinks import Sink
 from .templates_store import TemplateFile
 from .wire import v9ipfix
@@ -71,6 +72,8 @@ class Pipeline:
         self.detector.run(batch, scratch.column("suppressed"))
 
     def _emit(self, alert: dict) -> None:
+        if is_probe(alert):                   # `imds-flow probe`: the alert says it is a test
+            alert["test"] = True
         self._out.append(self.encoder.encode(alert))
         self._out_ts.append(alert["ts"])
         self.alerts_written += 1

@@ -22,7 +22,8 @@ CONFIG_HELP = "TOML config file (default: the embedded copy of config/imds-flow.
 ALERTS_HELP = "Where the alert stream goes: a file (appended to) or - for stdout."
 LISTEN_ALERTS_HELP = ("Where the alert stream goes: a file (appended to) or - for stdout; added to the config's "
                       "[[sinks]]. Without it: the [[sinks]], or stdout when the config has none.")
-FORMAT_HELP = "Alert format: msgpack maps, or one Elastic Common Schema (ECS) JSON object per line."
+FORMAT_HELP = ("Alert format: msgpack maps, or one Elastic Common Schema (ECS) JSON object per line. "
+               "Default: msgpack, or an aligned table when the alerts go to stdout and stdout is a terminal.")
 _format_option = click.option("--alerts-format", "alerts_format", type=click.Choice(["msgpack", "ecs-json"]),
                               default="msgpack", show_default=True, help=FORMAT_HELP)
 
@@ -112,6 +113,8 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
         raise click.ClickException(str(e)) from None
     from .app import run_listen
     given = click.get_current_context().get_parameter_source("alerts_path") != click.core.ParameterSource.DEFAULT
+    if (alerts_path == "-" and (given or not cfg.sinks)) and _table_for_terminal():
+        alerts_format = "table"
     sink = _open_sinks(cfg, alerts_path if given else None, alerts_format)
     log.info("config %s: %d endpoint(s), %d suppressed subnet(s), %d suppressed VLAN(s); alerts to %s",
              cfg.source, len(cfg.endpoints), len(cfg.suppress.source_subnets), len(cfg.suppress.vlans),
@@ -121,6 +124,12 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
                    reload=lambda: config_mod.load(config_path), groups=groups)
     except OSError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _table_for_terminal() -> bool:
+    """Alerts to stdout, stdout a terminal and no --alerts-format given: an aligned table, not binary msgpack."""
+    source = click.get_current_context().get_parameter_source("alerts_format")
+    return source == click.core.ParameterSource.DEFAULT and sys.stdout.isatty()
 
 
 def _open_sinks(cfg, alerts_path: str | None, alerts_format: str):
@@ -159,6 +168,8 @@ def replay(pcaps, config_path, alerts_path, alerts_format, port, progress):
     _setup_logging(cfg.logging.level)
     from .app import run_replay
     from .pcapread import PcapError, UdpReader
+    if alerts_path == "-" and _table_for_terminal():
+        alerts_format = "table"
     sink = _open_sink(alerts_path)
     readers = []
 
@@ -218,8 +229,10 @@ def bench(args):
 
 
 @cli.command("alerts")
-@click.argument("file", type=click.File("rb"))
-@click.option("-f", "--follow", is_flag=True, help="Keep reading as the file grows (like tail -f); Ctrl-C stops.")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep reading as the file grows, across rotation, and wait for a file that does not exist "
+                   "yet (like tail -F); Ctrl-C stops.")
 @click.option("--format", "out_format", type=click.Choice(["json", "table"]), default="json", show_default=True,
               help="One JSON object per alert, or an aligned table.")
 @click.option("--summary", is_flag=True,
@@ -231,7 +244,16 @@ def alerts_cmd(file, follow, out_format, summary, top):
     if summary and follow:
         raise click.UsageError("--summary reads the file once; it cannot be combined with --follow")
     out = sys.stdout
-    alerts = tool.read_alerts(file, follow=follow, warn=lambda m: click.echo(f"imds-flow: {file.name}: {m}", err=True))
+    name = "-" if file == "-" else file
+    if follow and file != "-":
+        alerts = tool.follow_path(file, note=lambda m: click.echo(f"imds-flow: {name}: {m}", err=True))
+    else:
+        try:
+            file = click.open_file(file, "rb")
+        except OSError as e:
+            raise click.BadParameter(f"{name!r}: {e.strerror}", param_hint="'FILE'") from None
+        alerts = tool.read_alerts(file, follow=follow,
+                                  warn=lambda m: click.echo(f"imds-flow: {name}: {m}", err=True))
     try:
         if summary:
             s = tool.summarize(alerts)
@@ -247,9 +269,9 @@ def alerts_cmd(file, follow, out_format, summary, top):
     except tool.AlertFormatError as e:
         try:
             left = f"; {os.fstat(file.fileno()).st_size - e.offset} byte(s) left unread"
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):   # --follow by name: no one file to measure
             left = ""
-        raise click.ClickException(f"{file.name}: {e}{left}") from None
+        raise click.ClickException(f"{name}: {e}{left}") from None
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
@@ -259,12 +281,13 @@ def alerts_cmd(file, follow, out_format, summary, top):
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--logsource", type=click.Choice(["bulletin", "standard"]), default=None,
-              help="bulletin: the one rule AWS-2025-021 describes (category network, every field spelling); "
+              help="bulletin: the rule AWS-2025-021 describes and its response direction (the impersonation "
+                   "itself: a metadata address as the source), category network, every field spelling; "
                    "standard: one rule per Sigma standard log source (firewall, proxy, network_connection, "
                    "Zeek conn and http). Default: bulletin, or the log sources the --target supports.")
 @click.option("--target", default=None, metavar="TARGET",
               help="Convert offline with pySigma instead of printing the rules: splunk, splunk-cim, lucene, "
-                   "esql, eql, kusto, sentinel-asim, microsoft-xdr, qradar (needs imds-flow[sigma]).")
+                   "esql, eql, kusto, sentinel-asim, microsoft-xdr, qradar, qradar-flows (needs imds-flow[sigma]).")
 def sigma(config_path, logsource, target):
     """Print the Sigma detection rule(s) for the config's endpoints and suppressed subnets, or their
     queries for a SIEM.
@@ -286,6 +309,48 @@ def sigma(config_path, logsource, target):
         raise missing from None
     for rule, query in converted:
         click.echo(f"# {rule['title']} ({rule['id']})\n{query}\n")
+
+
+@cli.command("check-config")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def check_config(config_path):
+    """Validate a config without starting anything and print the effective config (every default
+    filled in). Exit 2 on an error, with one line naming the key."""
+    from .check import effective_toml, problems
+    cfg = _load_config(config_path)
+    found = problems(cfg)
+    if found:
+        raise click.UsageError("config: " + "; ".join(found))
+    click.echo(effective_toml(cfg), nl=False)
+
+
+@cli.command()
+@click.argument("target", metavar="HOST:PORT")
+@click.option("--export", "export", type=click.Choice(["v5", "v9", "ipfix", "sflow"]), default="ipfix",
+              show_default=True, help="The export protocol of the test datagram.")
+@click.option("--endpoint", default="169.254.169.254", show_default=True,
+              help="The metadata address the test record goes to (IPv6: not with --export v5).")
+def probe(target, export, endpoint):
+    """Send one test export to a collector: one record from 192.0.2.169 port 16925 (2001:db8::169 for an
+    IPv6 endpoint; documentation addresses) to ENDPOINT port 80, so you can prove router port ->
+    collector -> sinks -> SIEM end to end. The alert it raises carries test = true (ECS: tags ["test"];
+    CEF/LEEF: a TEST event name)."""
+    from . import probe as probe_mod
+    try:
+        host, port = config_mod._host_port(target, "HOST:PORT")
+    except config_mod.ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    import ipaddress
+    try:
+        ipaddress.ip_address(endpoint)
+        data, addr = probe_mod.send(host, port, export, endpoint)
+    except ValueError as e:
+        raise click.UsageError(f"--endpoint {endpoint}: {e}" if "address" in str(e) else str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{target}: {e.strerror or e}") from None
+    src = probe_mod.PROBE_SOURCE_V6 if ":" in endpoint else probe_mod.PROBE_SOURCE
+    click.echo(f"sent a {export} test export ({len(data)} bytes) to {addr[0]}:{addr[1]}: one record "
+               f"{src}:{probe_mod.PROBE_PORT} -> {endpoint}:80 tcp; its alert carries test = true")
 
 
 def _encoder(name: str):

@@ -86,9 +86,9 @@ class Http:
 @dataclass(frozen=True)
 class SinkSpec:
     """One [[sinks]] table; which keys apply depends on type (SINK_KEYS)."""
-    type: str                             # stdout, file, udp, tcp, fluent
+    type: str                             # stdout, file, udp, tcp, fluent, syslog, nats
     name: str = ""                        # for logs and metrics; default "<type> <path or address>"
-    format: str = "msgpack"               # msgpack or ecs-json
+    format: str = "msgpack"               # msgpack or ecs-json; syslog: cef, leef or rfc5424
     path: str = ""                        # file
     max_bytes: int = 0                    # file: rotate before passing this size (0: never)
     keep: int = 5                         # file: rotated files kept (PATH.1 .. PATH.keep)
@@ -102,6 +102,16 @@ class SinkSpec:
     spool_max_bytes: int = 256 << 20      # tcp, fluent
     timeout_seconds: float = 30.0         # tcp, fluent: connect, send, ack
     drain_seconds: float = 5.0            # tcp, fluent: delivery time allowed at shutdown
+    transport: str = "tcp"                # syslog: udp (RFC 5426), tcp (RFC 6587), tls (RFC 5425)
+    tls: bool = False                     # tcp, fluent, nats: TLS (syslog: transport = "tls")
+    tls_ca_file: str = ""                 # verify the receiver against these CAs ("": the system store)
+    tls_cert_file: str = ""               # client certificate and key, for receivers that ask for one
+    tls_key_file: str = ""
+    tls_server_name: str = ""             # the name the receiver's certificate must carry ("": host)
+    shared_key: str = ""                  # fluent: the forward protocol's shared-key handshake
+    self_hostname: str = ""               # fluent: our name in the handshake ("": this host's name)
+    subject: str = "imds_flow.alerts"     # nats: the subject alerts are published on
+    jetstream: bool = True                # nats: acknowledged publishes (a stream must hold the subject)
 
 
 @dataclass(frozen=True)
@@ -276,17 +286,25 @@ def _http(raw: dict) -> Http:
 
 
 _NET_KEYS = {"address", "spool_dir", "spool_max_bytes", "timeout_seconds", "drain_seconds"}
+_TLS_KEYS = {"tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name"}
 SINK_KEYS = {
     "stdout": set(),
     "file": {"path", "max_bytes", "keep"},
     "udp": {"address"},
-    "tcp": _NET_KEYS,
-    "fluent": _NET_KEYS | {"tag", "require_ack", "event_time"},
+    "tcp": _NET_KEYS | _TLS_KEYS | {"tls"},
+    "fluent": _NET_KEYS | _TLS_KEYS | {"tls", "tag", "require_ack", "event_time", "shared_key", "self_hostname"},
+    "syslog": _NET_KEYS | _TLS_KEYS | {"transport"},
+    "nats": _NET_KEYS | _TLS_KEYS | {"tls", "subject", "jetstream"},
 }
+SPOOLED = ("tcp", "fluent", "syslog", "nats")   # sink types that deliver through a spool (syslog: not over udp)
 _SINK_FORMATS = ("msgpack", "ecs-json")
+SYSLOG_FORMATS = ("cef", "leef", "rfc5424")
+SYSLOG_TRANSPORTS = ("udp", "tcp", "tls")
 
 
-def _host_port(text: str, key: str) -> tuple[str, int]:
+def _host_port(text: str, key: str, scheme: str = "") -> tuple[str, int]:
+    if scheme and text.startswith(scheme + "://"):
+        text = text[len(scheme) + 3:]
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -309,13 +327,15 @@ def _sinks(raw: Any) -> tuple[SinkSpec, ...]:
             raise ConfigError(f"{w}type = {kind!r}: expected one of {', '.join(SINK_KEYS)}")
         _check_keys(table, {"type", "name", "format"} | SINK_KEYS[kind], w)
         d = SinkSpec(kind)
-        fmt = _typed(table, "format", str, w, d.format)
-        if fmt not in _SINK_FORMATS:
-            raise ConfigError(f"{w}format = {fmt!r}: expected one of {', '.join(_SINK_FORMATS)}")
+        formats = SYSLOG_FORMATS if kind == "syslog" else _SINK_FORMATS
+        fmt = _typed(table, "format", str, w, formats[0] if kind == "syslog" else d.format)
+        if fmt not in formats:
+            raise ConfigError(f"{w}format = {fmt!r}: expected one of {', '.join(formats)}")
         for key in ({"path"} if kind == "file" else {"address"} if kind != "stdout" else set()):
             if not _typed(table, key, str, w, ""):
                 raise ConfigError(f"{w}{key}: missing for a {kind} sink")
-        host, port = _host_port(table["address"], w + "address") if "address" in table else ("", 0)
+        host, port = _host_port(table["address"], w + "address", "nats" if kind == "nats" else "") \
+            if "address" in table else ("", 0)
         spec = SinkSpec(
             kind, _typed(table, "name", str, w, ""), fmt,
             _typed(table, "path", str, w, d.path),
@@ -331,6 +351,7 @@ def _sinks(raw: Any) -> tuple[SinkSpec, ...]:
             _positive(_typed(table, "timeout_seconds", float, w, d.timeout_seconds), w + "timeout_seconds", 0.1,
                       _DAY),
             _positive(_typed(table, "drain_seconds", float, w, d.drain_seconds), w + "drain_seconds", 0.0, _DAY),
+            **_secure(table, w, d),
         )
         if not spec.tag:
             raise ConfigError(f"{w}tag = '': must be non-empty")
@@ -338,12 +359,37 @@ def _sinks(raw: Any) -> tuple[SinkSpec, ...]:
         if name in names:
             raise ConfigError(f"{w}name = {name!r}: two sinks have this name (give each a name)")
         names.add(name)
-        if kind in ("tcp", "fluent") and spec.spool_dir != "auto":
+        if kind in SPOOLED and spec.spool_dir != "auto":
             if spec.spool_dir in spools:
                 raise ConfigError(f"{w}spool_dir = {spec.spool_dir!r}: already the spool of another sink")
             spools.add(spec.spool_dir)
         out.append(SinkSpec(**{**spec.__dict__, "name": name}))
     return tuple(out)
+
+
+def _secure(table: dict, w: str, d: SinkSpec) -> dict:
+    """The keys of TLS, the syslog transport, the fluent handshake and NATS, checked."""
+    out = {key: _typed(table, key, str, w, getattr(d, key))
+           for key in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name", "shared_key",
+                       "self_hostname", "subject", "transport")}
+    out["tls"] = _typed(table, "tls", bool, w, d.tls)
+    out["jetstream"] = _typed(table, "jetstream", bool, w, d.jetstream)
+    if out["transport"] not in SYSLOG_TRANSPORTS:
+        raise ConfigError(f"{w}transport = {out['transport']!r}: expected one of {', '.join(SYSLOG_TRANSPORTS)}")
+    if table.get("type") == "syslog":
+        out["tls"] = out["transport"] == "tls"
+    if out["tls_key_file"] and not out["tls_cert_file"]:
+        raise ConfigError(f"{w}tls_key_file = {out['tls_key_file']!r}: needs tls_cert_file too")
+    if any(out[k] for k in ("tls_cert_file", "tls_ca_file", "tls_server_name")):
+        if not out["tls"]:
+            raise ConfigError(f"{w}tls_* keys need " + ('transport = "tls"' if table.get("type") == "syslog"
+                                                         else "tls = true"))
+    subject = out["subject"]
+    if not subject or any(c in subject for c in " \t\r\n*>") or ".." in subject or subject[0] == "." \
+            or subject[-1] == ".":
+        raise ConfigError(f"{w}subject = {subject!r}: expected a NATS subject such as imds_flow.alerts.collector1 "
+                          "(dot-separated tokens, no wildcards or spaces)")
+    return out
 
 
 def default_state_file() -> Path:

@@ -214,6 +214,7 @@ def render_prometheus(snapshot: dict) -> str:
              "fold_keys_over_limit")):
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {g.get(key, 0)}"]
     out += _sink_lines(snapshot.get("sinks", []))
+    out += build_info()
     return "\n".join(out) + "\n"
 
 
@@ -237,6 +238,24 @@ def _sink_lines(sinks: list[dict]) -> list[str]:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         out += [f'{name}{{sink="{_quote(s["name"])}"}} {s.get(key, 0)}' for s in sinks]
     return out
+
+
+def build_info() -> list[str]:
+    """imds_flow_build_info: 1, with the versions of the collector and what it runs on as labels."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "unknown"
+    labels = {"version": v("imds-flow"), "python": platform.python_version(), "numpy": v("numpy"),
+              "numba": v("numba")}
+    text = ",".join(f'{k}="{val}"' for k, val in labels.items())
+    name = "imds_flow_build_info"
+    return [f"# HELP {name} The running collector's version and its runtime's, as labels.", f"# TYPE {name} gauge",
+            f"{name}{{{text}}} 1"]
 
 
 def merge_snapshots(parts: list[dict]) -> dict:

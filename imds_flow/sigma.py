@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 from .config import Config
 
-__all__ = ["SOURCES", "LOGSOURCES", "DEFAULT_URL_SUBSTRINGS", "IMDSV2_HEADER", "rules", "to_yaml",
+__all__ = ["rule_id", "SOURCES", "LOGSOURCES", "DEFAULT_URL_SUBSTRINGS", "IMDSV2_HEADER", "DEFAULT_HEADER_NAMES", "rules", "to_yaml",
            "TARGETS", "convert", "SigmaUnavailable", "SigmaTargetError", "INSTALL_HINT"]
 
 DEFAULT_URL_SUBSTRINGS = ("/latest/meta-data", "/latest/api/token")
 IMDSV2_HEADER = "X-aws-ec2-metadata-token"
+DEFAULT_HEADER_NAMES = ("x-aws-ec2-metadata-token", "x-aws-ec2-metadata-token-ttl-seconds")   # http.header_names
 NAMESPACE = uuid.UUID("5d1c8a3e-7f0b-5b5e-9c1e-1a2b3c4d5e6f")   # fixed: never change, ids derive from it
 INSTALL_HINT = "converting needs pySigma and its backends: pip install 'imds-flow[sigma]'"
 
@@ -53,6 +54,8 @@ class Source:
     local: tuple[str, ...] = ()      # the local (client) host: |cidr suppressed subnets
     vlan: tuple[str, ...] = ()       # VLAN id: suppressed VLANs
     note: str = ""
+    description: str = ""            # "" : traffic to the endpoint; else what the rule is about
+
 
 
 _C_IP_NOTE = (
@@ -69,6 +72,12 @@ SOURCES = (
            vlan=("network.vlan.id", "vlan"),
            note="The rule as AWS-2025-021 describes it, for any network telemetry: one selection per "
                 "field spelling (generic, ECS, W3C). " + _C_IP_NOTE),
+    Source("response", "response: IMDS impersonation", {"category": "network"},
+           ip=("src_ip", "source.ip"), local=("dst_ip", "destination.ip"), vlan=("network.vlan.id", "vlan"),
+           note="The response direction: a metadata address as the source of traffic on this network is "
+                "something answering as the metadata service, the impersonation itself (the local host it "
+                "answers is the destination; suppression applies to it).",
+           description="Traffic from an instance-metadata endpoint address"),
     Source("firewall", "firewall", {"category": "firewall"},
            ip=("dst_ip",), local=("src_ip",),
            note="Firewall connection logs: the destination is the metadata address."),
@@ -87,7 +96,8 @@ SOURCES = (
            ip=("id.resp_h",), host=("host",), url=("uri",), local=("id.orig_h",),
            note="Zeek http.log: the request goes to the metadata address or asks for a metadata path."),
 )
-LOGSOURCES = {"bulletin": ("bulletin",), "standard": tuple(s.key for s in SOURCES if s.key != "bulletin")}
+LOGSOURCES = {"bulletin": ("bulletin", "response"),
+              "standard": tuple(s.key for s in SOURCES if s.key not in ("bulletin", "response"))}
 _BY_KEY = {s.key: s for s in SOURCES}
 
 
@@ -99,6 +109,11 @@ def _url_substrings(config: Config) -> tuple[str, ...]:
     """The collector's own list: an empty one turns the URL signal off, in the rule too."""
     http = getattr(config, "http", None)
     return tuple(getattr(http, "url_substrings", DEFAULT_URL_SUBSTRINGS))
+
+
+def _header_names(config: Config) -> list[str]:
+    http = getattr(config, "http", None)
+    return list(getattr(http, "header_names", None) or DEFAULT_HEADER_NAMES)
 
 
 def _host_values(config: Config) -> list[str]:
@@ -113,7 +128,16 @@ def _host_values(config: Config) -> list[str]:
     return out
 
 
-def _detection(src: Source, config: Config, omit: frozenset[str] = frozenset()) -> dict:
+def _split_v6(field: str, values: list[str], v6_suffix: str | None) -> list[tuple[str, list[str]]]:
+    """(field, values): with a v6_suffix, IPv6 networks go to field + suffix (QRadar keeps them apart)."""
+    if v6_suffix is None:
+        return [(field, values)]
+    v4 = [v for v in values if ":" not in v]
+    v6 = [v for v in values if ":" in v]
+    return [(f, vs) for f, vs in ((field, v4), (field + v6_suffix, v6)) if vs]
+
+
+def _detection(src: Source, config: Config, omit: frozenset[str] = frozenset(), v6_suffix: str | None = None) -> dict:
     cidrs = [str(ep.network) for ep in config.endpoints]
     hosts = _host_values(config)
     paths = list(_url_substrings(config))
@@ -121,19 +145,21 @@ def _detection(src: Source, config: Config, omit: frozenset[str] = frozenset()) 
     vlans = list(config.suppress.vlans)
     det: dict = {}
     for f in (f for f in src.ip if f not in omit):
-        det[f"ip_{_slug(f)}"] = {f"{f}|cidr": cidrs}
+        for field, values in _split_v6(f, cidrs, v6_suffix):
+            det[f"ip_{_slug(field)}"] = {f"{field}|cidr": values}
     for f in (f for f in src.host if f not in omit):
         if hosts:
             det[f"ip_{_slug(f)}"] = {f: hosts}
     for f in (f for f in src.url if f not in omit and paths):
         det[f"http_{_slug(f)}"] = {f"{f}|contains": paths}
     for f in (f for f in src.header if f not in omit):
-        det[f"http_{_slug(f)}"] = {f"{f}|contains": IMDSV2_HEADER}
+        det[f"http_{_slug(f)}"] = {f"{f}|contains": _header_names(config)}
     if subnets:
-        for f in src.local:
-            det[f"filter_local_{_slug(f)}"] = {f"{f}|cidr": subnets}
+        for f in (f for f in src.local if f not in omit):
+            for field, values in _split_v6(f, subnets, v6_suffix):
+                det[f"filter_local_{_slug(field)}"] = {f"{field}|cidr": values}
     if vlans:
-        for f in src.vlan:
+        for f in (f for f in src.vlan if f not in omit):
             det[f"filter_vlan_{_slug(f)}"] = {f: vlans}
     groups = [f"1 of {p}_*" for p in ("ip", "http") if any(k.startswith(p + "_") for k in det)]
     cond = " or ".join(groups)
@@ -145,7 +171,8 @@ def _detection(src: Source, config: Config, omit: frozenset[str] = frozenset()) 
 
 def _description(src: Source, config: Config) -> str:
     eps = ", ".join(f"{ep.name} {ep.network}" for ep in config.endpoints)
-    text = (f"Traffic to an instance-metadata endpoint ({eps}) on a network where none may exist: "
+    what = src.description or "Traffic to an instance-metadata endpoint"
+    text = (f"{what} ({eps}) on a network where none may exist: "
             "a fake IMDS there can hand AWS tools running off EC2 unexpected credentials. "
             f"{src.note} Generated by imds-flow from {config.source}: the filters are the collector's own "
             "suppressed source subnets" + (" and VLANs." if src.vlan else "."))
@@ -157,10 +184,16 @@ def rules(config: Config, logsource: str = "bulletin") -> list[dict]:
     return [_rule(_BY_KEY[key], config) for key in LOGSOURCES[logsource]]
 
 
-def _rule(src: Source, config: Config, omit: frozenset[str] = frozenset()) -> dict:
+def rule_id(key: str) -> str:
+    """The id of the rule for log source `key` (bulletin, response, firewall, ...); alerts carry the
+    bulletin's (requests) or the response rule's as rule.id."""
+    return str(uuid.uuid5(NAMESPACE, f"imds-flow/{key}"))
+
+
+def _rule(src: Source, config: Config, omit: frozenset[str] = frozenset(), v6_suffix: str | None = None) -> dict:
     return {
         "title": TITLE + (f" ({src.title})" if src.title else ""),
-        "id": str(uuid.uuid5(NAMESPACE, f"imds-flow/{src.key}")),
+        "id": rule_id(src.key),
         "status": "experimental",
         "description": _description(src, config),
         "references": list(REFERENCES),
@@ -168,7 +201,7 @@ def _rule(src: Source, config: Config, omit: frozenset[str] = frozenset()) -> di
         "date": DATE,
         "tags": list(TAGS),
         "logsource": dict(src.logsource),
-        "detection": _detection(src, config, omit),
+        "detection": _detection(src, config, omit, v6_suffix),
         "falsepositives": list(FALSEPOSITIVES),
         "level": LEVEL,
     }
@@ -227,6 +260,11 @@ class SigmaTargetError(ValueError):
 # field pipeline fails on |cidr values). None: the schema has no such column, the selection is left out.
 FIELD_MAPS = {
     "ecs": {
+        # the bulletin's rules name each field several ways; on ECS one name each is left (None: dropped as
+        # a duplicate, or no ECS field: request header names have none, so that selection is left out)
+        "bulletin": {"dst_ip": None, "c-ip": "client.ip", "url": "url.original", "request_url": None,
+                     "request_headers": None, "src_ip": None, "vlan": None},
+        "response": {"src_ip": None, "dst_ip": None, "vlan": None},
         "firewall": {"dst_ip": "destination.ip", "src_ip": "source.ip"},
         "proxy": {"dst_ip": "destination.ip", "cs-host": "url.domain", "c-uri": "url.original",
                   "src_ip": "source.ip"},
@@ -248,6 +286,13 @@ FIELD_MAPS = {
         "zeek_http": {"id.resp_h": "DstIpAddr", "host": "HttpHost", "uri": "Url", "id.orig_h": "SrcIpAddr"},
     },
     "qradar": {
+        # events and flows alike: IPv4 in sourceip / destinationip, IPv6 in sourcev6 / destinationv6 (the rules
+        # are made with IPv6 networks under <field>_v6 for QRadar, see Target.v6_suffix)
+        "bulletin": {"dst_ip": "destinationip", "destination.ip": None, "c-ip": None, "url": None,
+                     "request_url": None, "request_headers": None, "src_ip": "sourceip", "source.ip": None,
+                     "network.vlan.id": None, "vlan": None},
+        "response": {"src_ip": "sourceip", "source.ip": None, "dst_ip": "destinationip", "destination.ip": None,
+                     "network.vlan.id": None, "vlan": None},
         "firewall": {"dst_ip": "destinationip", "src_ip": "sourceip"},
         "proxy": {"dst_ip": "destinationip", "cs-host": None, "c-uri": "URL", "src_ip": "sourceip"},
         "network_connection": {"DestinationIp": "destinationip", "SourceIp": "sourceip"},
@@ -255,6 +300,8 @@ FIELD_MAPS = {
         "zeek_http": {"id.resp_h": "destinationip", "host": None, "uri": "URL", "id.orig_h": "sourceip"},
     },
 }
+for _fields in FIELD_MAPS["qradar"].values():
+    _fields.update({f + "_v6": to[:-2] + "v6" for f, to in list(_fields.items()) if to in ("sourceip", "destinationip")})
 # Per schema and log source: the Splunk CIM data model set, the ASIM table, extra conditions (ECS dataset).
 _CIM_SETS = {"firewall": "Network_Traffic.All_Traffic", "network_connection": "Network_Traffic.All_Traffic",
              "zeek_conn": "Network_Traffic.All_Traffic", "zeek_http": "Web.Web"}
@@ -270,6 +317,9 @@ class Target:
     output_format: str = "default"
     logsources: tuple[str, ...] = ("bulletin", "standard")
     doc: str = ""
+    v6_suffix: str | None = None         # IPv6 networks in a field of their own: <field><suffix>
+    prefix: str = ""                     # before each query (a table for KQL)
+    replace: tuple[str, str] | None = None   # (old, new) in each query: QRadar's events -> flows
 
 
 _ELASTIC = {"network_connection": ("ecs_windows",), "*": ("imds_flow_ecs",)}
@@ -280,13 +330,18 @@ TARGETS = {
     "lucene": Target("lucene", _ELASTIC, doc="Elasticsearch Lucene / Kibana query string, ECS fields"),
     "esql": Target("esql", _ELASTIC, doc="Elasticsearch ES|QL, ECS fields"),
     "eql": Target("eql", _ELASTIC, doc="Elasticsearch EQL, ECS fields"),
-    "kusto": Target("kusto", {}, doc="KQL on the rules' own field names"),
+    "kusto": Target("kusto", {}, doc="KQL on the rules' own field names, over every table (union *; a column a "
+                                     "table lacks is empty)", prefix="union *\n| where "),
     "sentinel-asim": Target("kusto", {"*": ("imds_flow_asim",)},
                             logsources=("standard",), doc="Microsoft Sentinel KQL on the ASIM parsers"),
     "microsoft-xdr": Target("kusto", {"network_connection": ("microsoft_xdr",)}, logsources=("standard",),
                             doc="Microsoft Defender XDR advanced hunting (DeviceNetworkEvents)"),
     "qradar": Target("qradar-aql-community", {"*": ("imds_flow_qradar",)}, logsources=("standard",),
-                     doc="IBM QRadar AQL on QRadar's normalized fields"),
+                     doc="IBM QRadar AQL on QRadar's normalized event fields (IPv6 in sourcev6 / destinationv6)",
+                     v6_suffix="_v6"),
+    "qradar-flows": Target("qradar-aql-community", {"*": ("imds_flow_qradar",)}, logsources=("bulletin",),
+                           doc="IBM QRadar AQL on flows (both directions; IPv6 in sourcev6 / destinationv6)",
+                           v6_suffix="_v6", replace=(" FROM events ", " FROM flows ")),
 }
 
 
@@ -395,6 +450,16 @@ class _EqlFields:
         return "`" + field_name.replace("`", "``") + "`"
 
 
+class _KustoAnyTable(_KustoFields):
+    """KQL over every table (union *): a field becomes column_ifexists('field', ''), so a table without
+    that column just does not match instead of failing the query."""
+
+    def escape_and_quote_field(self, field_name: str) -> str:
+        if field_name.startswith("column_ifexists("):         # the backend quotes some fields twice
+            return field_name
+        return "column_ifexists('" + field_name.replace("\\", "\\\\").replace("'", "\\'") + "', '')"
+
+
 _FIXES = {"kusto": (_KustoFields,), "eql": (_EqlFields,)}
 
 
@@ -411,14 +476,19 @@ def convert(config: Config, target: str, logsource: str | None = None) -> list[t
             "Sigma's taxonomy, so its pipeline cannot place the bulletin's rule")
     collection_cls, plugins = _sigma()
     backend_cls = _backend_class(spec.backend, plugins)
+    if target == "kusto":
+        backend_cls = type("ImdsFlowKustoAnyTable", (_KustoAnyTable, backend_cls), {})
     out = []
     for key in LOGSOURCES[logsource]:
         specs = spec.pipelines.get(key, spec.pipelines.get("*", ())) if spec.pipelines else ()
         if spec.pipelines and not specs:
             continue                     # this SIEM has no table for this log source
-        rule = _rule(_BY_KEY[key], config, _omitted(specs, key))
+        rule = _rule(_BY_KEY[key], config, _omitted(specs, key), spec.v6_suffix)
         pipelines = [p for p in (_pipeline(s, key, plugins) for s in specs) if p is not None]
         backend = backend_cls(sum(pipelines[1:], pipelines[0])) if pipelines else backend_cls()
         collection = collection_cls.from_yaml(to_yaml([rule]))   # parsed afresh: pipelines mutate rules
-        out.extend((rule, q) for q in backend.convert(collection, spec.output_format))
+        for q in backend.convert(collection, spec.output_format):
+            if spec.replace:
+                q = q.replace(*spec.replace)
+            out.append((rule, spec.prefix + q))
     return out

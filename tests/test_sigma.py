@@ -52,13 +52,13 @@ def cfg():
 
 
 def _by_key(rule_list):
-    return {sigma.SOURCES[[s.logsource for s in sigma.SOURCES].index(r["logsource"])].key: r for r in rule_list}
+    return {next(s.key for s in sigma.SOURCES if sigma.rule_id(s.key) == r["id"]): r for r in rule_list}
 
 
 # --- the rules, without pySigma -----------------------------------------------------------------
 
 def test_bulletin_rule_matches_the_bulletin(cfg):
-    [rule] = sigma.rules(cfg)
+    rule, _ = sigma.rules(cfg)
     assert rule["logsource"] == {"category": "network"}
     det = rule["detection"]
     for field in ("dst_ip", "destination.ip", "c-ip"):
@@ -66,7 +66,7 @@ def test_bulletin_rule_matches_the_bulletin(cfg):
         assert sel == [{f"{field}|cidr": ["169.254.169.254/32", "fd00:ec2::254/128"]}], field
     for field in ("url", "request_url"):
         assert {f"{field}|contains": list(PATHS)} in det.values()
-    assert {"request_headers|contains": "X-aws-ec2-metadata-token"} in det.values()
+    assert {"request_headers|contains": list(sigma.DEFAULT_HEADER_NAMES)} in det.values()
     for field in ("src_ip", "source.ip", "c-ip"):
         assert {f"{field}|cidr": list(SUBNETS)} in det.values()
     assert {"network.vlan.id": [30]} in det.values()
@@ -86,15 +86,41 @@ def test_rule_ids_are_stable_and_distinct(cfg):
     assert sigma.rules(cfg) == sigma.rules(config_mod.parse(CONFIG, "test.toml"))
 
 
+def test_response_rule_is_the_impersonation_itself(cfg):
+    _, rule = sigma.rules(cfg)
+    det = rule["detection"]
+    assert rule["id"] == sigma.rule_id("response") and "impersonation" in rule["title"]
+    assert rule["logsource"] == {"category": "network"}
+    assert det["ip_src_ip"] == {"src_ip|cidr": ["169.254.169.254/32", "fd00:ec2::254/128"]}
+    assert det["ip_source_ip"] == {"source.ip|cidr": ["169.254.169.254/32", "fd00:ec2::254/128"]}
+    assert det["filter_local_dst_ip"] == {"dst_ip|cidr": list(SUBNETS)}   # the local host is the one answered
+    assert det["condition"] == "1 of ip_* and not 1 of filter_*"
+
+
+def test_alerts_carry_the_ids_of_the_rules(cfg):
+    """rule.id in an ECS alert (and CEF/LEEF) is the id of the rule `imds-flow sigma` prints for its direction."""
+    from imds_flow import formats
+    bulletin, response = sigma.rules(cfg)
+    assert formats.alert_rule_id({"direction": "request"}) == bulletin["id"]
+    assert formats.alert_rule_id({"direction": "response"}) == response["id"]
+
+
+def test_header_names_come_from_the_config_when_it_has_them(cfg):
+    with_http = types.SimpleNamespace(**{**vars(cfg), "http": types.SimpleNamespace(
+        url_substrings=list(PATHS), header_names=["x-aws-ec2-metadata-token"])})
+    rule, _ = sigma.rules(with_http)
+    assert rule["detection"]["http_request_headers"] == {"request_headers|contains": ["x-aws-ec2-metadata-token"]}
+
+
 def test_no_suppression_no_filter():
-    [rule] = sigma.rules(config_mod.load(None))
+    rule, _ = sigma.rules(config_mod.load(None))
     assert rule["detection"]["condition"] == "1 of ip_* or 1 of http_*"
     assert not any(k.startswith("filter_") for k in rule["detection"])
 
 
 def test_url_substrings_come_from_the_config_when_it_has_them(cfg):
     with_http = types.SimpleNamespace(**{**vars(cfg), "http": types.SimpleNamespace(url_substrings=["/computeMetadata/v1"])})
-    [rule] = sigma.rules(with_http)
+    rule, _ = sigma.rules(with_http)
     assert rule["detection"]["http_url"] == {"url|contains": ["/computeMetadata/v1"]}
 
 
@@ -170,6 +196,7 @@ def test_yaml_is_what_the_rules_say_and_pysigma_parses_it(cfg):
 EXPECTED_FIELDS = {
     "splunk": {"bulletin": ("dst_ip", "destination.ip", '"c-ip"', "url", "request_url", "request_headers",
                             "src_ip", "source.ip"),
+               "response": ("src_ip", "source.ip", "dst_ip", "destination.ip"),
                "firewall": ("dst_ip", "src_ip"), "proxy": ("dst_ip", '"cs-host"', '"c-uri"', "src_ip"),
                "network_connection": ("DestinationIp", "SourceIp"), "zeek_conn": ("id.resp_h", "id.orig_h"),
                "zeek_http": ("id.resp_h", "host", "uri", "id.orig_h")},
@@ -178,31 +205,34 @@ EXPECTED_FIELDS = {
                    "network_connection": ("All_Traffic.dest_ip", "All_Traffic.src_ip"),
                    "zeek_conn": ("All_Traffic.dest_ip", "All_Traffic.src_ip"),
                    "zeek_http": ("Web.dest_ip", "Web.dest", "Web.url", "Web.src")},
-    "lucene": {"bulletin": ("dst_ip", "destination.ip", "c-ip", "url", "request_url", "request_headers",
-                            "src_ip", "source.ip"),
+    "lucene": {"bulletin": ("destination.ip", "client.ip", "url.original", "source.ip"),
+               "response": ("source.ip", "destination.ip"),
                "firewall": ("destination.ip", "source.ip"),
                "proxy": ("destination.ip", "url.domain", "url.original", "source.ip"),
                "network_connection": ("destination.ip", "source.ip"),
                "zeek_conn": ("destination.ip", "source.ip", "event.dataset"),
                "zeek_http": ("destination.ip", "url.domain", "url.original", "source.ip", "event.dataset")},
-    "esql": {"bulletin": ("dst_ip", "destination.ip", "`c-ip`", "url", "request_url", "request_headers",
-                          "src_ip", "source.ip"),
+    "esql": {"bulletin": ("destination.ip", "client.ip", "url.original", "source.ip"),
+             "response": ("source.ip", "destination.ip"),
              "firewall": ("destination.ip", "source.ip"),
              "proxy": ("destination.ip", "url.domain", "url.original", "source.ip"),
              "network_connection": ("destination.ip", "source.ip"),
              "zeek_conn": ("destination.ip", "source.ip"), "zeek_http": ("destination.ip", "url.original")},
-    "eql": {"bulletin": ("dst_ip", "destination.ip", "`c-ip`", "url", "request_url", "request_headers",
-                         "src_ip", "source.ip"),
+    "eql": {"bulletin": ("destination.ip", "client.ip", "url.original", "source.ip"),
+            "response": ("source.ip", "destination.ip"),
             "firewall": ("destination.ip", "source.ip"),
             "proxy": ("destination.ip", "url.domain", "url.original", "source.ip"),
             "network_connection": ("destination.ip", "source.ip"),
             "zeek_conn": ("destination.ip", "source.ip"), "zeek_http": ("destination.ip", "url.original")},
-    "kusto": {"bulletin": ("dst_ip", "['destination.ip']", "['c-ip']", "url", "request_url", "request_headers",
-                           "src_ip", "['source.ip']"),
-              "firewall": ("dst_ip", "src_ip"), "proxy": ("dst_ip", "['cs-host']", "['c-uri']", "src_ip"),
-              "network_connection": ("DestinationIp", "SourceIp"),
-              "zeek_conn": ("['id.resp_h']", "['id.orig_h']"),
-              "zeek_http": ("['id.resp_h']", "host", "uri", "['id.orig_h']")},
+    "kusto": {"bulletin": ("union *\n| where ", "column_ifexists('dst_ip', '')", "column_ifexists('destination.ip', '')",
+                           "column_ifexists('c-ip', '')", "column_ifexists('url', '')",
+                           "column_ifexists('request_url', '')", "column_ifexists('request_headers', '')",
+                           "column_ifexists('src_ip', '')", "column_ifexists('source.ip', '')"),
+              "response": ("union *\n| where ", "column_ifexists('src_ip', '')", "column_ifexists('dst_ip', '')"),
+              **{key: tuple(f"column_ifexists('{f}', '')" for f in fields) for key, fields in (
+                  ("firewall", ("dst_ip", "src_ip")), ("proxy", ("dst_ip", "cs-host", "c-uri", "src_ip")),
+                  ("network_connection", ("DestinationIp", "SourceIp")), ("zeek_conn", ("id.resp_h", "id.orig_h")),
+                  ("zeek_http", ("id.resp_h", "host", "uri", "id.orig_h")))}},
     "sentinel-asim": {"firewall": ("imNetworkSession", "DstIpAddr", "SrcIpAddr"),
                       "proxy": ("imWebSession", "DstIpAddr", "HttpHost", "Url", "SrcIpAddr"),
                       "network_connection": ("imNetworkSession", "DstIpAddr", "SrcIpAddr"),
@@ -212,6 +242,8 @@ EXPECTED_FIELDS = {
     "qradar": {"firewall": ("destinationip", "sourceip"), "proxy": ("destinationip", "URL", "sourceip"),
                "network_connection": ("destinationip", "sourceip"), "zeek_conn": ("destinationip", "sourceip"),
                "zeek_http": ("destinationip", "URL", "sourceip")},
+    "qradar-flows": {"bulletin": ("FROM flows", "destinationip", "destinationv6", "sourceip", "sourcev6"),
+                     "response": ("FROM flows", "sourceip", "sourcev6", "destinationip", "destinationv6")},
 }
 
 # A field written as a string literal where a field belongs: such a query can never match.
@@ -225,7 +257,8 @@ STRING_LITERAL_FIELD = {
     "qradar": re.compile(r"'[^']*'\s*(=|LIKE|ILIKE|IN\b)|INCIDR\('[^']*',\s*'"),
 }
 LANGUAGE = {"splunk": "splunk", "splunk-cim": "splunk", "lucene": "lucene", "esql": "esql", "eql": "eql",
-            "kusto": "kusto", "sentinel-asim": "kusto", "microsoft-xdr": "kusto", "qradar": "qradar"}
+            "kusto": "kusto", "sentinel-asim": "kusto", "microsoft-xdr": "kusto", "qradar": "qradar",
+            "qradar-flows": "qradar"}
 URL_SOURCES = {"bulletin", "proxy", "zeek_http"}
 
 
@@ -234,7 +267,7 @@ def _plain(query: str) -> str:
 
 
 def _source_key(rule: dict) -> str:
-    return next(s.key for s in sigma.SOURCES if s.logsource == rule["logsource"])
+    return next(s.key for s in sigma.SOURCES if sigma.rule_id(s.key) == rule["id"])
 
 
 @pytest.mark.parametrize("target", list(sigma.TARGETS))
@@ -252,7 +285,7 @@ def test_every_rule_converts_with_the_right_fields(cfg, target):
                 assert field in plain, (target, key, field, query)
             for addr in ENDPOINTS:
                 assert addr in plain, (target, key, addr, query)
-            if key in URL_SOURCES:
+            if key in URL_SOURCES and target != "qradar-flows":      # flows carry no URL
                 for path in PATHS:
                     assert path in plain.lower(), (target, key, path, query)
             negation = re.search(r"\bnot\b", plain, re.IGNORECASE)
@@ -266,12 +299,25 @@ def test_every_rule_converts_with_the_right_fields(cfg, target):
 def test_kusto_findings_are_fixed(cfg):
     """The Kusto backend alone writes 'destination.ip' (a string literal in KQL) and ipv4_is_in_range for IPv6."""
     require_pysigma()
-    [(_, query)] = sigma.convert(cfg, "kusto", "bulletin")
-    assert "'destination.ip'" not in query.replace("['destination.ip']", "")
-    assert "'c-ip'" not in query.replace("['c-ip']", "")
-    assert 'ipv6_is_in_range(dst_ip, "fd00:ec2::254/128")' in query
-    assert 'ipv4_is_in_range(dst_ip, "169.254.169.254/32")' in query
-    assert "ipv4_is_in_range(dst_ip, \"fd00" not in query
+    (_, query), _ = sigma.convert(cfg, "kusto", "bulletin")
+    assert query.startswith("union *\n| where ")                 # runnable as printed: a table, then where
+    assert "'destination.ip' " not in query and "column_ifexists('column_ifexists" not in query
+    assert 'ipv6_is_in_range(column_ifexists(\'dst_ip\', \'\'), "fd00:ec2::254/128")' in query
+    assert 'ipv4_is_in_range(column_ifexists(\'dst_ip\', \'\'), "169.254.169.254/32")' in query
+    assert "ipv4_is_in_range(column_ifexists('dst_ip', ''), \"fd00" not in query
+    # the other KQL targets keep their tables' own columns, bracket-quoted where needed
+    [(_, asim)] = [(r, q) for r, q in sigma.convert(cfg, "sentinel-asim") if "imNetworkSession" in q][:1]
+    assert "column_ifexists" not in asim
+
+
+def test_qradar_matches_ipv6_in_its_v6_fields(cfg):
+    require_pysigma()
+    for target, logsource in (("qradar", "standard"), ("qradar-flows", "bulletin")):
+        for rule, query in sigma.convert(cfg, target, logsource):
+            assert "INCIDR('fd00:ec2::254/128', destinationv6)" in query or \
+                "INCIDR('fd00:ec2::254/128', sourcev6)" in query, query
+            assert "fd00:ec2::254/128', destinationip" not in query and "fd00:ec2::254/128', sourceip" not in query
+            assert "INCIDR('2001:db8:20::/48', " in query and "'10.20.0.0/16', " in query
 
 
 def test_standard_pipelines_place_the_standard_rules(cfg):
@@ -317,7 +363,7 @@ def test_cli_target(tmp_path):
                           "kusto"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("# AWS instance metadata service (IMDS) traffic on a local network (")
-    assert "['destination.ip']" in out.stdout
+    assert "column_ifexists('destination.ip', '')" in out.stdout
 
 
 def test_empty_url_substrings_mean_no_url_selection():

@@ -215,5 +215,5 @@ def test_the_commented_examples_in_the_shipped_config_parse():
     uncommented = "\n".join(re.sub(r"^#\s*", "", line) for line in block.splitlines()
                             if line.startswith("# [[sinks]]") or re.match(r"^#\s+[a-z_]+ = ", line))
     sinks = config_mod.parse(BASE + "\n" + uncommented).sinks
-    assert {s.type for s in sinks} == {"stdout", "file", "udp", "tcp", "fluent"}
+    assert {s.type for s in sinks} == {"stdout", "file", "udp", "tcp", "fluent", "syslog", "nats"}
 

@@ -3,7 +3,8 @@ optionally reopen().
 
 A sink gets the alerts of a batch as a list, one bytes object per alert, so that it can cut files,
 datagrams and messages between alerts. Sinks: stdout and file (stream.py), UDP and spooled TCP /
-Fluent forward (net.py, spool.py, fluent.py); Sinks fans one batch out to several.
+Fluent forward (net.py, spool.py, fluent.py), syslog (syslog.py: CEF, LEEF, RFC 5424 over udp, tcp,
+tls), NATS JetStream (nats.py); TLS for the stream sinks (tls.py); Sinks fans one batch out to several.
 Sinks counts sent / dropped / spooled / errors per sink for the metrics (a sink's own counters
 sent, dropped, spooled, spool_bytes and errors are used where it has them).
 """
@@ -20,6 +21,7 @@ import msgpack
 from .net import ForwardProtocol, SpooledSink, StreamProtocol, UdpSink
 from .spool import Spool, SpoolError
 from .stream import FileSink, open_sink
+from .tls import client_context
 
 __all__ = ["Sink", "Sinks", "FileSink", "UdpSink", "SpooledSink", "Spool", "SpoolError", "open_sink",
            "open_sinks", "spool_dir_for"]
@@ -163,10 +165,29 @@ def _open_one(spec, state_dir: Path | None):
         return sink
     if spec.type == "udp":
         return UdpSink(spec.name, spec.host, spec.port)
-    protocol = StreamProtocol() if spec.type == "tcp" else \
-        ForwardProtocol(spec.tag, spec.format, spec.require_ack, spec.event_time)
+    if spec.type == "syslog":
+        from .syslog import SyslogFormatter, SyslogProtocol, SyslogUdpSink
+        formatter = SyslogFormatter(spec.format)
+        if spec.transport == "udp":
+            return SyslogUdpSink(spec.name, spec.host, spec.port, formatter)
+        protocol = SyslogProtocol(formatter)
+    elif spec.type == "nats":
+        from .nats import NatsProtocol
+        protocol = NatsProtocol(spec.subject, spec.jetstream, f"imds-flow {spec.name}",
+                                client_context(spec) if spec.tls else None)
+    else:
+        protocol = StreamProtocol() if spec.type == "tcp" else \
+            ForwardProtocol(spec.tag, spec.format, spec.require_ack, spec.event_time, spec.shared_key,
+                            spec.self_hostname)
+    tls = client_context(spec) if getattr(spec, "tls", False) else None
     spool = Spool(str(spool_dir_for(spec, state_dir)), spec.spool_max_bytes, name=spec.name)
-    return SpooledSink(spec.name, spec.host, spec.port, spool, protocol, spec.timeout_seconds, spec.drain_seconds)
+    return SpooledSink(spec.name, spec.host, spec.port, spool, protocol, spec.timeout_seconds, spec.drain_seconds,
+                       tls=tls)
+
+
+def _input_format(spec) -> str:
+    """The alert encoding a sink takes: syslog formats each msgpack alert itself."""
+    return "msgpack" if spec.type == "syslog" else spec.format
 
 
 def open_sinks(specs, alerts: str | None = None, alerts_format: str = "msgpack",
@@ -190,5 +211,5 @@ def open_sinks(specs, alerts: str | None = None, alerts_format: str = "msgpack",
         for sink in opened:
             sink.close()
         raise
-    formats = [s.format for s in specs]
+    formats = [_input_format(s) for s in specs]
     return Sinks(opened, formats, formats[0] if len(set(formats)) == 1 else "msgpack")

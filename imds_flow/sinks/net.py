@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import struct
 import termios
 import threading
@@ -24,6 +25,7 @@ import msgpack
 
 from . import fluent
 from .spool import Chunk, Spool
+from .tls import Tls, readable, recv_now
 
 __all__ = ["UdpSink", "SpooledSink", "StreamProtocol", "ForwardProtocol"]
 
@@ -108,8 +110,8 @@ def wait_acknowledged(sock: socket.socket, deadline: float) -> bool:
             raise TimeoutError("the receiver did not take the data in time")
         if eof:
             time.sleep(0.005)
-        elif select.select([sock], [], [], 0.005)[0]:
-            eof = not sock.recv(65536)         # a stream receiver sends nothing; what it sends is ignored
+        elif readable(sock, 0.005):
+            eof = recv_now(sock) == b""        # a stream receiver sends nothing; what it sends is ignored
 
 
 class StreamProtocol:
@@ -131,8 +133,16 @@ class ForwardProtocol:
 
     kind = "fluent"
 
-    def __init__(self, tag: str, fmt: str, require_ack: bool = True, use_event_time: bool = True):
+    def __init__(self, tag: str, fmt: str, require_ack: bool = True, use_event_time: bool = True,
+                 shared_key: str = "", self_hostname: str = ""):
         self.tag, self.fmt, self.require_ack, self.use_event_time = tag, fmt, require_ack, use_event_time
+        self.shared_key = shared_key
+        self.self_hostname = self_hostname or socket.gethostname()
+
+    def handshake(self, sock: socket.socket, deadline: float) -> None:
+        """With a shared key: the server's HELO, our PING, its PONG (which proves it knows the key)."""
+        if self.shared_key:
+            fluent.handshake(sock, self.shared_key, self.self_hostname, deadline)
 
     def record(self, alert: bytes) -> bytes:
         return fluent.entry(alert, self.fmt, self.use_event_time)
@@ -147,9 +157,11 @@ class ForwardProtocol:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no ack for chunk {chunk}")
-            if not select.select([sock], [], [], min(left, 0.5))[0]:
+            if not readable(sock, min(left, 0.5)):
                 continue
-            data = sock.recv(65536)
+            data = recv_now(sock)
+            if data is None:
+                continue
             if not data:
                 raise ConnectionResetError(f"closed by the receiver before it acknowledged chunk {chunk}")
             unpacker.feed(data)
@@ -173,8 +185,9 @@ class SpooledSink:
     """write_alerts -> spool (never waits for the network) -> delivery thread -> host:port."""
 
     def __init__(self, name: str, host: str, port: int, spool: Spool, protocol, timeout: float = 30.0,
-                 drain_seconds: float = 5.0):
+                 drain_seconds: float = 5.0, tls: Tls | None = None):
         self.name = name
+        self.tls = tls
         self.kind = protocol.kind
         self.host, self.port = host, port
         self.spool = spool
@@ -280,6 +293,15 @@ class SpooledSink:
 
     def _connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            if self.tls is not None and not getattr(self.protocol, "wraps_tls", False):
+                sock = self.tls.wrap(sock)
+            handshake = getattr(self.protocol, "handshake", None)
+            if handshake is not None:         # may return the socket it made (TLS started within it)
+                sock = handshake(sock, time.monotonic() + self.timeout) or sock
+        except BaseException:
+            sock.close()
+            raise
         with self._sock_lock:
             self._sock = sock
         log.info("%s: connected to %s:%d; %d alert(s) spooled", self.name, self.host, self.port, self.spool.records)
@@ -289,6 +311,8 @@ class SpooledSink:
     def _peer_gone(self) -> bool:
         """The receiver closed (or reset) the connection since the last chunk."""
         try:
+            if isinstance(self._sock, ssl.SSLSocket):   # TLS cannot peek: what the receiver sent is read and ignored
+                return readable(self._sock, 0) and recv_now(self._sock) == b""
             return bool(select.select([self._sock], [], [], 0)[0]) and \
                 not self._sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except OSError:
