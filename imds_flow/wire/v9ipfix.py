@@ -21,6 +21,7 @@ import numpy as np
 
 from ..flows import NAT_DST, NAT_SRC, NO_COUNTERS
 from ..jit import njit
+from ..kernels import candidate, compact
 from .errors import reason_code
 from .readers import _u16, _u32, _u64, _uint
 from .fields import SLOT
@@ -512,13 +513,14 @@ def _cut_fixed(b, o, L, cnt, prog, p, flags, so, sl, c, n, exp, ver, ts, uptime,
 def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_uptime, r_secs, r_scope,
                 reclen, minlen, f0, nf, options, slot_off, slot_len, f_len, f_slot, prog, prog_flags,
                 samp_keys, samp_rates, pat, pat_off, want_options, fast,
-                c, n, r_bad, r_nrec, o_scope, o_sampler, o_rate):
+                c, n, r_bad, r_nrec, o_scope, o_sampler, o_rate, keep, ep):
     """Cut the data sets r_* over their plans: flow records into columns `c` from row n (when
     want_options is False) or sampling settings of options records into o_* (when True).
 
     Returns (new n, options rows written). r_bad[i] gets 1 when set i had a record overrunning it;
     r_nrec[i] the number of records cut from it. With `fast`, flow sets of fixed-length plans are cut
     column by column by the plan's program; otherwise every record goes through `_emit`.
+    With `keep`, only kernels.candidate rows for the endpoints `ep` stay (r_nrec still counts all).
     """
     cap = c.ts.shape[0]
     no = 0
@@ -541,7 +543,7 @@ def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_up
                 cnt = min((end - o) // L, max(cap - n, 0))
                 _cut_fixed(b, o, L, cnt, prog, p, prog_flags[p], so, sl, c, n, r_exp[i], r_ver[i], r_ts[i],
                            r_uptime[i], r_secs[i], r_scope[i], samp_keys, samp_rates, pat, pat_off)
-                n += cnt
+                n = compact(c, n, n + cnt, ep) if keep else n + cnt
                 r_nrec[i] = cnt
                 continue
         while True:
@@ -607,7 +609,8 @@ def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_up
                     break
                 _emit(b, o, so, sl, c, n, r_exp[i], r_ver[i], r_ts[i], r_uptime[i], r_secs[i], r_scope[i],
                       samp_keys, samp_rates, pat, pat_off)
-                n += 1
+                if not keep or candidate(c, n, ep):
+                    n += 1
             cnt += 1
             o = nxt
         r_nrec[i] = cnt
@@ -776,8 +779,12 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
     return prep
 
 
-def finish(prep: Prepared, exporters, out, status: np.ndarray) -> int:
-    """Cut the resolved sets into `out` from row out.n; options first (they set sampling rates)."""
+def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = False, ep=None,
+           records: np.ndarray | None = None) -> int:
+    """Cut the resolved sets into `out` from row out.n; options first (they set sampling rates).
+
+    With `keep`, only rows that may alert for the endpoint table `ep` are kept (wire.decode);
+    `records` (per exporter) gets every flow record cut, kept or not."""
     cache = exporters.templates
     pl = cache.plans
     r = prep.rows
@@ -795,13 +802,16 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray) -> int:
             o_sampler = np.empty(cap, np.int64)
             o_rate = np.empty(cap, np.float64)
             _, no = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, True, False,
-                                out.cols, n, bad, nrec, o_scope, o_sampler, o_rate)
+                                out.cols, n, bad, nrec, o_scope, o_sampler, o_rate, False, ep)
             cache.set_rates(o_scope[:no], o_sampler[:no], o_rate[:no])
             opts = pl.options[r["plan"]]
             exporters.add_counts("options_records", np.repeat(r["exp"][opts], nrec[opts]))
         empty = np.empty(0, np.int64)
         n, _ = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, False, FAST_PATH,
-                           out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64))
+                           out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64), keep, ep)
+        if records is not None:
+            flows = ~pl.options[r["plan"]]
+            np.add.at(records, r["exp"][flows], nrec[flows])
         baddg = r["dg"][(bad != 0) & (r["dg"] >= 0)]
         status[baddg[status[baddg] == 0]] = _BAD_RECORD
     # where each set's records went, for tools and tests that locate a record in its datagram
