@@ -41,7 +41,7 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     seq_lost for v5). A rejected datagram costs only itself. `records`, when given, gets the
     number of flow records decoded per exporter added. `keep`, an endpoint table (net_hi, net_lo,
     mask_hi, mask_lo, is_v4; Detector.endpoints), keeps only the rows that may alert
-    (kernels.candidate), dropped inside the decode kernels: `out` then holds those rows alone.
+    (kernels.compact), dropped inside the decode kernels: `out` then holds those rows alone.
     """
     n = dg.n
     compacting = keep is not None

@@ -30,7 +30,7 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
     status[d] gets 0 or a reason code; seq_next/seq_seen/seq_lost are per-exporter arrays
     (expected next flow_sequence, whether one was seen, records missed) updated in place;
     records[e] counts the records decoded per exporter. With `keep`, only records with an address
-    in an endpoint of `ep` (kernels.candidate: v5 has no NAT or URL fields) get a row.
+    in an endpoint of `ep` (kernels.compact's test: v5 has no NAT or URL fields) get a row.
     """
     cap = c.ts.shape[0]
     for k in range(sel.shape[0]):
@@ -63,11 +63,12 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
         t = ts[d]
         exporter = e
         r = o + HEADER - RECORD
+        ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = ep
         for _ in range(count):
             r += RECORD
             if keep:
-                if (match_net(_ZERO, _MAPPED | np.uint64(_u32(buf, r + 4)), ep[0], ep[1], ep[2], ep[3], ep[4]) < 0 and
-                        match_net(_ZERO, _MAPPED | np.uint64(_u32(buf, r)), ep[0], ep[1], ep[2], ep[3], ep[4]) < 0):
+                if (match_net(_ZERO, _MAPPED | np.uint64(_u32(buf, r + 4)), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) < 0 and
+                        match_net(_ZERO, _MAPPED | np.uint64(_u32(buf, r)), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) < 0):
                     continue
             c.exporter[n] = exporter
             c.version[n] = 5

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..flows import NAT_DST, NAT_SRC, NO_COUNTERS
 from ..jit import njit
-from ..kernels import candidate, compact
+from ..kernels import compact
 from .errors import reason_code
 from .readers import _u16, _u32, _u64, _uint
 from .fields import SLOT
@@ -513,14 +513,13 @@ def _cut_fixed(b, o, L, cnt, prog, p, flags, so, sl, c, n, exp, ver, ts, uptime,
 def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_uptime, r_secs, r_scope,
                 reclen, minlen, f0, nf, options, slot_off, slot_len, f_len, f_slot, prog, prog_flags,
                 samp_keys, samp_rates, pat, pat_off, want_options, fast,
-                c, n, r_bad, r_nrec, o_scope, o_sampler, o_rate, keep, ep):
+                c, n, r_bad, r_nrec, o_scope, o_sampler, o_rate):
     """Cut the data sets r_* over their plans: flow records into columns `c` from row n (when
     want_options is False) or sampling settings of options records into o_* (when True).
 
     Returns (new n, options rows written). r_bad[i] gets 1 when set i had a record overrunning it;
     r_nrec[i] the number of records cut from it. With `fast`, flow sets of fixed-length plans are cut
     column by column by the plan's program; otherwise every record goes through `_emit`.
-    With `keep`, only kernels.candidate rows for the endpoints `ep` stay (r_nrec still counts all).
     """
     cap = c.ts.shape[0]
     no = 0
@@ -543,7 +542,7 @@ def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_up
                 cnt = min((end - o) // L, max(cap - n, 0))
                 _cut_fixed(b, o, L, cnt, prog, p, prog_flags[p], so, sl, c, n, r_exp[i], r_ver[i], r_ts[i],
                            r_uptime[i], r_secs[i], r_scope[i], samp_keys, samp_rates, pat, pat_off)
-                n = compact(c, n, n + cnt, ep) if keep else n + cnt
+                n += cnt
                 r_nrec[i] = cnt
                 continue
         while True:
@@ -609,8 +608,7 @@ def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_up
                     break
                 _emit(b, o, so, sl, c, n, r_exp[i], r_ver[i], r_ts[i], r_uptime[i], r_secs[i], r_scope[i],
                       samp_keys, samp_rates, pat, pat_off)
-                if not keep or candidate(c, n, ep):
-                    n += 1
+                n += 1
             cnt += 1
             o = nxt
         r_nrec[i] = cnt
@@ -802,13 +800,16 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = Fals
             o_sampler = np.empty(cap, np.int64)
             o_rate = np.empty(cap, np.float64)
             _, no = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, True, False,
-                                out.cols, n, bad, nrec, o_scope, o_sampler, o_rate, False, ep)
+                                out.cols, n, bad, nrec, o_scope, o_sampler, o_rate)
             cache.set_rates(o_scope[:no], o_sampler[:no], o_rate[:no])
             opts = pl.options[r["plan"]]
             exporters.add_counts("options_records", np.repeat(r["exp"][opts], nrec[opts]))
         empty = np.empty(0, np.int64)
+        n0 = n
         n, _ = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, False, FAST_PATH,
-                           out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64), keep, ep)
+                           out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64))
+        if keep:                                     # one call per batch: a call costs more than 30 rows
+            n = compact(out.cols, n0, n, ep)
         if records is not None:
             flows = ~pl.options[r["plan"]]
             np.add.at(records, r["exp"][flows], nrec[flows])
