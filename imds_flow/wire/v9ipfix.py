@@ -701,7 +701,8 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
     for row in np.flatnonzero(is_tmpl).tolist():
         d = int(s_dg[row])
         o = int(s_off[row])
-        parsed = parse_template_set(buf[o:o + int(s_len[row])].tobytes(), int(s_ver[row]), int(s_id[row]))
+        sid = int(s_scope[row])
+        parsed = cache.parse_set(sid, buf[o:o + int(s_len[row])].tobytes(), int(s_ver[row]), int(s_id[row]))
         e = int(exp_ids[d])
         exporters.add_count("templates", e, len(parsed.templates))
         if parsed.rejected:
@@ -710,7 +711,6 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
                 status[d] = _BAD_TEMPLATE
         if parsed.withdrawals:
             exporters.add_count("withdrawals_ignored", e, parsed.withdrawals)
-        sid = int(s_scope[row])
         for t in parsed.templates:
             key = (sid << 16) | t.template_id
             if key not in before:
