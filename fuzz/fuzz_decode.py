@@ -80,7 +80,7 @@ class Target:
     def __init__(self):
         self.t = 1_700_000_000.0
         self.one = wire._OneExporter()
-        self.pipeline = app.Pipeline(config.load(), app._NullSink(), clock=lambda: self.t)
+        self.pipeline = app.Pipeline(config.load(), app._NullSink(), clock=lambda: self.t, compact=False)
         for payloads in mutate.vendor_payloads().values():
             for p in payloads:
                 self.decode_one(p)

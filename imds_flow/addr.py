@@ -29,7 +29,7 @@ def from_hilo(hi: int, lo: int) -> str:
     """Dotted quad for IPv4-mapped values, compressed IPv6 otherwise."""
     hi, lo = int(hi), int(lo)
     if is_v4(hi, lo):
-        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+        return f"{(lo >> 24) & 255}.{(lo >> 16) & 255}.{(lo >> 8) & 255}.{lo & 255}"
     return str(ipaddress.IPv6Address((hi << 64) | lo))
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 import msgpack
 import numpy as np
 
+from . import kernels
 from .addr import from_hilo
 from .detect import DIRECTIONS, REQUEST, Hits
 from .flows import VLAN_COLUMNS, FlowBatch
@@ -88,6 +89,22 @@ def _merge(into: dict, a: dict) -> None:
     into["sport"], into["dport"], into["vlan"] = a["sport"], a["dport"], a["vlan"]
 
 
+def _overwrite(into: dict, count: int, sums, times, ports_vlan) -> None:
+    """Set the folded fields of `into` to a group's aggregate (what merging one by one gives)."""
+    into["count"] = count
+    into["bytes"], into["packets"], into["bytes_estimate"], into["packets_estimate"] = sums
+    into["first_seen"], into["last_seen"], into["ts"] = _time(times[0]), _time(times[1]), times[2]
+    into["sport"], into["dport"], into["vlan"] = ports_vlan
+
+
+def _merge_group(into: dict, count: int, sums, times, ports_vlan) -> None:
+    a = {"count": count, "ts": times[2]}
+    a["bytes"], a["packets"], a["bytes_estimate"], a["packets_estimate"] = sums
+    a["first_seen"], a["last_seen"] = _time(times[0]), _time(times[1])
+    a["sport"], a["dport"], a["vlan"] = ports_vlan
+    _merge(into, a)
+
+
 class Folder:
     def __init__(self, window: float, emit: Callable[[dict], None], max_keys: int = 1 << 62):
         self.window = window
@@ -95,6 +112,87 @@ class Folder:
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
         self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None]
+        self._table = np.empty(0, np.int64)   # group_hits scratch, reused
+
+    def add_hits(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> None:
+        """Fold a batch's hits; the same alerts as add(hit_alerts(...)), built per group instead of
+        per hit. Hits are grouped by fold key in one kernel call with their sums, and Python runs
+        per group: a group that stays inside one window folds as one aggregate, and an alert dict
+        is built only for an alert that leaves at once or opens a pending one. A group that
+        straddles a window boundary takes the per-hit path."""
+        m = len(hits)
+        if self.window <= 0 or m < 2:
+            self.add(hit_alerts(batch, hits, names, exporters))
+            return
+        size = 1 << (2 * m - 1).bit_length()
+        if len(self._table) < size:
+            self._table = np.empty(size, np.int64)
+        first, second, last = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
+        count, group = np.empty(m, np.int64), np.empty(m, np.int64)
+        sums = np.empty((m, 8), np.uint64)
+        times = np.empty((m, 7), np.float64)
+        g = kernels.group_hits(batch.cols, hits.idx, hits.endpoint, hits.direction, self._table[:size],
+                               group, first, second, last, count, sums, times)
+        c = batch.cols
+        f_idx = hits.idx[first[:g]]
+        direction = hits.direction[first[:g]]
+        side = np.where(direction == REQUEST, c.dport[f_idx], c.sport[f_idx])
+        keys = list(zip(c.exporter[f_idx].tolist(), zip(c.src_hi[f_idx].tolist(), c.src_lo[f_idx].tolist()),
+                        zip(c.dst_hi[f_idx].tolist(), c.dst_lo[f_idx].tolist()), c.proto[f_idx].tolist(),
+                        side.tolist(), hits.endpoint[first[:g]].tolist(), direction.tolist()))
+        l_idx = hits.idx[last[:g]]
+        vl = list(zip(*(getattr(c, v)[l_idx].tolist() for v in VLAN_COLUMNS)))
+        tail = list(zip(c.sport[l_idx].tolist(), c.dport[l_idx].tolist(), [_vlan(v) for v in vl]))
+        count_l, sums_l, times_l = count[:g].tolist(), sums[:g].tolist(), times[:g].tolist()
+        window = self.window
+        steps = []                 # (group, kind): 0 merge into pending, 1 new pending, 2 new window, 3 per hit
+        opening = len(self._open)  # keys open once the groups so far are applied (limits.max_fold_keys)
+        for j in range(g):
+            state = self._open.get(keys[j])
+            t_first, t_max = times_l[j][6], times_l[j][2]
+            if state is None and opening >= self.max_keys:
+                steps.append((j, 3))           # add() writes these unfolded and counts them
+                continue
+            opening += state is None
+            if state is not None and t_max - state[0] < window:
+                steps.append((j, 0 if state[1] is not None else 1))
+            elif (state is None or t_first - state[0] >= window) and t_max - t_first < window:
+                steps.append((j, 2))
+            else:
+                steps.append((j, 3))
+        # alert dicts only where one is needed: the first hit of a group opening a pending alert or
+        # a window, the second hit of a group opening a window with more to fold
+        want = [first[j] for j, kind in steps if kind in (1, 2)] + \
+               [second[j] for j, kind in steps if kind == 2 and count_l[j] > 1]
+        built = {}
+        if want:
+            sel = np.array(want, np.int64)
+            made = hit_alerts(batch, Hits(hits.idx[sel], hits.endpoint[sel], hits.direction[sel], 0), names,
+                              exporters)
+            built = {pos: alert for pos, (_, alert) in zip(want, made)}
+        for j, kind in steps:
+            key, n = keys[j], count_l[j]
+            if kind == 0:
+                _merge_group(self._open[key][1], n, sums_l[j][:4], times_l[j][:3], tail[j])
+            elif kind == 1:
+                alert = built[first[j]]
+                _overwrite(alert, n, sums_l[j][:4], times_l[j][:3], tail[j])
+                self._open[key][1] = alert
+            elif kind == 2:
+                state = self._open.get(key)
+                if state is not None and state[1] is not None:
+                    self.emit(state[1])
+                alert = built[first[j]]
+                self._open[key] = [alert["ts"], None]
+                self.emit(alert)
+                if n > 1:
+                    pending = built[second[j]]
+                    _overwrite(pending, n - 1, sums_l[j][4:], times_l[j][3:6], tail[j])
+                    self._open[key][1] = pending
+            else:
+                pos = np.flatnonzero(group == j)
+                self.add(hit_alerts(batch, Hits(hits.idx[pos], hits.endpoint[pos], hits.direction[pos], 0), names,
+                                    exporters))
 
     def add(self, items: list[tuple[tuple, dict]]) -> None:
         if self.window <= 0:

@@ -16,7 +16,7 @@ from . import wire
 from .alerts import Encoder, Folder, hit_alerts
 from .config import Config, default_state_file
 from .datagrams import DatagramBatch
-from .detect import Detector
+from .detect import Detector, Hits
 from .exporters import ExporterTable
 from .flows import FlowBatch
 from .metrics import ErrorLog, LimitLog, Latency, kernel_drops, stats_of, summary_line
@@ -33,8 +33,12 @@ _TRUNCATED = wire.errors.reason_code("truncated_by_receive")
 
 
 class Pipeline:
-    def __init__(self, config: Config, sink: Sink, clock: Callable[[], float] = time.time, encoder=None):
+    def __init__(self, config: Config, sink: Sink, clock: Callable[[], float] = time.time, encoder=None,
+                 compact: bool = True):
         self.config = config
+        # compact: the decoders keep only rows that may alert (wire.decode keep=); False keeps every
+        # decoded record in self.batch (tests and tools that look at the records)
+        self.compact = compact
         self.clock = clock
         self.sink = sink
         t, lim = config.templates, config.limits
@@ -68,8 +72,13 @@ class Pipeline:
         scratch = ExporterTable(self.clock)
         ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
         batch = FlowBatch(64)
-        wire.decode(dg, ids, scratch, batch)
+        for keep in (None, self.detector.endpoints):         # the types Pipeline.process passes
+            wire.decode(dg, ids, scratch, batch, keep=keep, records=scratch.records_column())
         self.detector.run(batch, scratch.column("suppressed"))
+        folder = Folder(60.0, lambda alert: None)
+        kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
+        folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
+                        self.detector.names + ("x",), scratch)
 
     def _emit(self, alert: dict) -> None:
         if is_probe(alert):                   # `imds-flow probe`: the alert says it is a test
@@ -99,17 +108,19 @@ class Pipeline:
                 return
         if truncated is not None:
             dg.lens[truncated] = 0
-        status = wire.decode(dg, exp_ids, self.exporters, self.batch)
+        status = wire.decode(dg, exp_ids, self.exporters, self.batch,
+                             keep=self.detector.endpoints if self.compact else None,
+                             records=self.exporters.records_column())
         if truncated is not None:
             status[truncated] = _TRUNCATED
         now = float(dg.ts[dg.n - 1])
-        self.exporters.count(exp_ids, status, self.batch.view("exporter"), now)
+        self.exporters.count(exp_ids, status, None, now)
         self.errors.report(exp_ids, status, now)
         self.limit_log.report(now)
         hits = self.detector.run(self.batch, self.exporters.column("suppressed"))
         if len(hits):
             self.exporters.add("alerts", self.batch.view("exporter")[hits.idx])
-            self.folder.add(hit_alerts(self.batch, hits, self.detector.names, self.exporters))
+            self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
         self.flush()
 
     def _process_in_parts(self, dg: DatagramBatch, truncated: np.ndarray | None) -> None:

@@ -45,6 +45,7 @@ class Detector:
         self.names = tuple(e.name for e in config.endpoints) + tuple(f"url:{u}" for u in url_patterns)
         self.n_endpoints = len(config.endpoints)
         self._ep = _net_table(e.network for e in config.endpoints)
+        self.endpoints = self._ep             # for wire.decode(keep=...): rows that may alert
         self._sup = _net_table(config.suppress.source_subnets)
         self._vlans = np.zeros(4096, dtype=np.bool_)
         self._vlans[list(config.suppress.vlans)] = True

@@ -123,17 +123,19 @@ class ExporterTable:
             self.dropped["exporters_over_limit"] += int((out < 0).sum())
         return out
 
-    def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray, now: float) -> None:
-        """Account one decoded batch: datagrams and records per exporter, errors per reason."""
+    def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray | None, now: float) -> None:
+        """Account one decoded batch: datagrams per exporter, errors per reason, and records per
+        exporter from the rows' exporter column (None: wire.decode counted them already)."""
         m = len(self.address)
         c = self.counters
-        c[:m, _C["datagrams"]] += np.bincount(exp_ids, minlength=m)
-        if len(rec_exporter):
+        if rec_exporter is not None and len(rec_exporter):
             c[:m, _C["records"]] += np.bincount(rec_exporter, minlength=m)
-        bad = status != 0
-        if bad.any():
-            np.add.at(c, (exp_ids[bad], _REASON_COL[status[bad]]), 1)
-        self.last_seen[np.unique(exp_ids)] = now
+        kernels.count_batch(c, exp_ids, status, _REASON_COL, _C["datagrams"], self.last_seen, now)
+
+    def records_column(self) -> np.ndarray:
+        """The per-exporter records counter, for wire.decode(records=...) (a view: valid until the
+        table grows, i.e. for one batch after lookup)."""
+        return self.counters[:, _C["records"]]
 
     def column(self, counter: str) -> np.ndarray:
         """A writable view of one counter for every exporter row (kernels add into it)."""

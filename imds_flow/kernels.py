@@ -7,11 +7,13 @@ is_v4) in five parallel arrays. An IPv6 network never contains an IPv4(-mapped) 
 from __future__ import annotations
 
 import numpy as np
+from numba import literal_unroll
 
 from .flows import NAT_DST, NAT_SRC
 from .jit import njit
 
-__all__ = ["match_net", "match_nets", "detect_batch", "REQUEST", "RESPONSE"]
+__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "count_batch",
+           "REQUEST", "RESPONSE"]
 
 REQUEST = 0
 RESPONSE = 1
@@ -89,3 +91,137 @@ def _vlan_hit(c, i, table):
         if 0 <= v < 4096 and table[v]:
             return True
     return False
+
+
+@njit
+def _in_any(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4):
+    v4 = hi == 0 and (lo >> np.uint64(32)) == np.uint64(0xFFFF)
+    for e in range(ep_hi.shape[0]):
+        if (hi & ep_mhi[e]) == ep_hi[e] and (lo & ep_mlo[e]) == ep_lo[e] and ep_v4[e] == v4:
+            return True
+    return False
+
+
+@njit
+def compact(c, start, end, ep):
+    """Keep the rows of start..end that may alert, moved down in order (every column); returns the
+    new end. A row may alert when an address or post-NAT address is in an endpoint of `ep`
+    (net_hi, net_lo, mask_hi, mask_lo, is_v4) or it carries a configured URL substring: a superset
+    of detect_batch's hits (suppression is left to it), so dropping the other rows changes no alert.
+    Written over column arrays, not per-row calls with the Columns tuple (a reference count per
+    column per call costs ~1 us a row)."""
+    ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = ep
+    url, flags, dst_hi, dst_lo, src_hi, src_lo = c.url, c.flags, c.dst_hi, c.dst_lo, c.src_hi, c.src_lo
+    ndst_hi, ndst_lo, nsrc_hi, nsrc_lo = c.ndst_hi, c.ndst_lo, c.nsrc_hi, c.nsrc_lo
+    j = start
+    for i in range(start, end):
+        f = flags[i]
+        if (url[i] >= 0 or _in_any(dst_hi[i], dst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
+                or _in_any(src_hi[i], src_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
+                or (f & NAT_DST and _in_any(ndst_hi[i], ndst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4))
+                or (f & NAT_SRC and _in_any(nsrc_hi[i], nsrc_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4))):
+            if j != i:
+                for col in literal_unroll(c):
+                    col[j] = col[i]
+            j += 1
+    return j
+
+
+@njit
+def count_batch(counters, exp_ids, status, reason_col, col_datagrams, last_seen, now):
+    """Per exporter: one datagram each, one error in the column of its reason code; last_seen = now."""
+    for d in range(exp_ids.shape[0]):
+        e = exp_ids[d]
+        counters[e, col_datagrams] += 1
+        if status[d] != 0:
+            counters[e, reason_col[status[d]]] += 1
+        last_seen[e] = now
+
+
+_PRIME = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit
+def _mix(h, v):
+    h = (h ^ np.uint64(v)) * _PRIME
+    return h ^ (h >> np.uint64(29))
+
+
+@njit
+def _side_port(c, i, direction):
+    return c.dport[i] if direction == REQUEST else c.sport[i]
+
+
+@njit
+def _same_key(c, i, j, ep_i, ep_j, dir_i, dir_j):
+    return (ep_i == ep_j and dir_i == dir_j and c.exporter[i] == c.exporter[j] and c.src_hi[i] == c.src_hi[j]
+            and c.src_lo[i] == c.src_lo[j] and c.dst_hi[i] == c.dst_hi[j] and c.dst_lo[i] == c.dst_lo[j]
+            and c.proto[i] == c.proto[j] and _side_port(c, i, dir_i) == _side_port(c, j, dir_j))
+
+
+@njit
+def group_hits(c, idx, ep, direction, table, hit_group, g_first, g_second, g_last, g_count, g_sums, g_times):
+    """Group hits by fold key (exporter, src, dst, proto, endpoint-side port, endpoint, direction).
+
+    Groups are numbered in order of first appearance; hit_group[k] is hit k's. Per group g: hit positions of its first,
+    second (-1) and last hit, its count, and for the hits after the first (`rest`, [.., 1]) and for
+    all ([.., 0]): sums of bytes, packets, bytes and packets times sampling (g_sums[g, 0..3] all,
+    [4..7] rest), times (g_times[g]: 0 min first / 1 max last / 2 max ts over all, 3..5 the same
+    over the rest, 6 ts of the first hit, NaN where there is none). `table` is int64 scratch of
+    a power of two >= 2 * len(idx). Returns the number of groups.
+    """
+    m = idx.shape[0]
+    mask = table.shape[0] - 1
+    table[:] = -1
+    groups = 0
+    for k in range(m):
+        i = idx[k]
+        h = _mix(_mix(_mix(_mix(_mix(_PRIME, c.exporter[i]), c.src_lo[i]), c.dst_lo[i]), c.src_hi[i] ^ c.dst_hi[i]),
+                 (np.uint64(c.proto[i]) << np.uint64(32)) | (np.uint64(_side_port(c, i, direction[k])) << np.uint64(8))
+                 | (np.uint64(ep[k]) << np.uint64(40)) | np.uint64(direction[k]))
+        s = np.int64(h & np.uint64(mask))
+        while True:
+            g = table[s]
+            if g < 0:
+                g = groups
+                groups += 1
+                table[s] = g
+                g_first[g] = k
+                g_second[g] = -1
+                g_count[g] = 0
+                for q in range(8):
+                    g_sums[g, q] = 0
+                for q in range(6):
+                    g_times[g, q] = np.nan
+                g_times[g, 6] = c.ts[i]
+                break
+            f = idx[g_first[g]]
+            if _same_key(c, i, f, ep[k], ep[g_first[g]], direction[k], direction[g_first[g]]):
+                break
+            s = (s + 1) & mask
+        hit_group[k] = g
+        g_count[g] += 1
+        g_last[g] = k
+        if g_count[g] == 2:
+            g_second[g] = k
+        samp = np.uint64(c.sampling[i]) if c.sampling[i] != 0 else np.uint64(1)
+        b = c.bytes[i]
+        p = c.packets[i]
+        lo = 0 if g_count[g] == 1 else 4
+        for at in range(0, lo + 1, 4):
+            g_sums[g, at] += b
+            g_sums[g, at + 1] += p
+            g_sums[g, at + 2] += b * samp
+            g_sums[g, at + 3] += p * samp
+        t0 = 0 if g_count[g] == 1 else 3
+        for at in range(0, t0 + 1, 3):
+            v = c.first[i]
+            if not np.isnan(v) and (np.isnan(g_times[g, at]) or v < g_times[g, at]):
+                g_times[g, at] = v
+            v = c.last[i]
+            if not np.isnan(v) and (np.isnan(g_times[g, at + 1]) or v > g_times[g, at + 1]):
+                g_times[g, at + 1] = v
+            v = c.ts[i]
+            if np.isnan(g_times[g, at + 2]) or v > g_times[g, at + 2]:
+                g_times[g, at + 2] = v
+    return groups

@@ -25,7 +25,7 @@ V5 = (5).to_bytes(2, "big") + (1).to_bytes(2, "big") + bytes(20) + bytes(4) + by
 
 def pipeline(allowed) -> app.Pipeline:
     cfg = config.parse(MINIMAL + f"[listen]\nallowed_exporters = {allowed!r}\n".replace("'", '"'))
-    return app.Pipeline(cfg, app._NullSink(), clock=lambda: T0)
+    return app.Pipeline(cfg, app._NullSink(), clock=lambda: T0, compact=False)
 
 
 def test_default_is_every_source():

@@ -40,7 +40,7 @@ def with_limits(**limits) -> config.Config:
 
 
 def pipeline(**limits) -> app.Pipeline:
-    return app.Pipeline(with_limits(**limits), app._NullSink(), clock=lambda: T0)
+    return app.Pipeline(with_limits(**limits), app._NullSink(), clock=lambda: T0, compact=False)
 
 
 def send(p: app.Pipeline, payloads, src=("192.0.2.1", 2055), t=T0) -> np.ndarray:
@@ -223,7 +223,7 @@ FLOOD = textwrap.dedent('''
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
 
-    p = app.Pipeline(config.load(), app._NullSink(), clock=lambda: 1.7e9)
+    p = app.Pipeline(config.load(), app._NullSink(), clock=lambda: 1.7e9, compact=False)
     p.warm_up()
     gc.collect()
     base = rss_mb()

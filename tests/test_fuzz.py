@@ -55,7 +55,7 @@ def decode_batch_total(payloads: list[bytes], table: ExporterTable | None = None
 
 
 def pipeline() -> app.Pipeline:
-    return app.Pipeline(config.load(), app._NullSink(), clock=lambda: T0)
+    return app.Pipeline(config.load(), app._NullSink(), clock=lambda: T0, compact=False)
 
 
 # --- a canary: a valid packet whose records we know ------------------------------------------------

@@ -278,3 +278,26 @@ def test_any_bytes_decode_or_count(body, version, prefix):
                pkt([b"\x00\x00" + body[:2] + body])]
     status, _ = s.feed(mutated)
     assert all(x in wire.REASONS for x in status)
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_resent_template_set_is_recognised_by_its_bytes(version, monkeypatch):
+    """An unchanged template set is not parsed again (only its time is refreshed); a changed one is,
+    and the records follow the new layout at once."""
+    from imds_flow.wire import templates as tmod
+    pkt = v9 if version == 9 else ipfix
+    calls = []
+    real = tmod.parse_template_set
+    monkeypatch.setattr(tmod, "parse_template_set", lambda *a: calls.append(a) or real(*a))
+    s = State()
+    tset = template_set(version, {256: F4})
+    for t in (1000.0, 1001.0, 1002.0):
+        status, recs = s.feed([pkt([tset, data_set(256, [flow(sport=1)])])], ts=t)
+        assert status == ["ok"] and recs[0]["sport"] == 1
+    assert len(calls) == 1 and s.count("templates") == 3
+    key = next(iter(s.exporters.templates.templates))
+    assert s.exporters.templates.templates[key][1] == 1002.0          # lifetime runs from the last resend
+    status, recs = s.feed([pkt([template_set(version, {256: F4_SWAPPED}), data_set(256, [flow(fields=F4_SWAPPED)])])])
+    assert len(calls) == 2 and status == ["ok"] and recs[0]["src"] == "10.0.0.1" and recs[0]["bytes"] == 100
+    status, recs = s.feed([pkt([tset, data_set(256, [flow(sport=7)])])])     # back to the first: known bytes
+    assert len(calls) == 2 and recs[0]["sport"] == 7

@@ -30,13 +30,23 @@ def versions(dg: DatagramBatch) -> np.ndarray:
     return v
 
 
-def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch) -> np.ndarray:
+_NO_ENDPOINTS = (np.zeros(0, np.uint64),) * 4 + (np.zeros(0, np.bool_),)
+
+
+def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=None,
+           records: np.ndarray | None = None) -> np.ndarray:
     """Decode every datagram of `dg` into `out` (reset first); returns one status code per datagram.
 
     `state` is the exporter table: per-exporter arrays indexed by exp_ids (seq_next, seq_seen,
-    seq_lost for v5). A rejected datagram costs only itself.
+    seq_lost for v5). A rejected datagram costs only itself. `records`, when given, gets the
+    number of flow records decoded per exporter added. `keep`, an endpoint table (net_hi, net_lo,
+    mask_hi, mask_lo, is_v4; Detector.endpoints), keeps only the rows that may alert
+    (kernels.compact), dropped inside the decode kernels: `out` then holds those rows alone.
     """
     n = dg.n
+    compacting = keep is not None
+    ep = keep if compacting else _NO_ENDPOINTS
+    counts = records if records is not None else np.zeros(max(int(exp_ids.max(initial=0)) + 1, 1), np.int64)
     status = np.zeros(n, np.int16)
     version = versions(dg)
     status[version < 0] = _TOO_SHORT
@@ -48,9 +58,11 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch) -> np.
     out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0))
     if len(sel5):
         out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel5, exp_ids, dg.ts, out.cols, out.n, status,
-                          state.seq_next, state.seq_seen, state.seq_lost)
+                          state.seq_next, state.seq_seen, state.seq_lost, counts, compacting, ep)
     if prep is not None:
-        out.n = v9ipfix.finish(prep, state, out, status)
+        out.n = v9ipfix.finish(prep, state, out, status, compacting, ep, counts)
+    # A decoder added below that does not count its records itself: count its rows here
+    # (`fused = out.n` before it, then np.add.at(counts, out.cols.exporter[fused:out.n], 1)).
     status[(version >= 0) & (version != 5) & (version != 9) & (version != 10)] = _UNKNOWN
     return status
 

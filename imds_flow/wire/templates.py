@@ -342,6 +342,7 @@ class TemplateCache:
         self.samp_keys = np.zeros(0, np.int64)
         self.samp_rates = np.zeros(0, np.float64)
         self.set_url_patterns(url_patterns)
+        self._parsed: dict[tuple[int, int, int, bytes], SetParse] = {}   # see parse_set
         from .pending import Pending                  # the buffer of data sets waiting for templates
         self.pending = Pending(bounds.pending_bytes_per_exporter, bounds.pending_bytes)
 
@@ -393,6 +394,21 @@ class TemplateCache:
 
     # --- templates ---------------------------------------------------------------------------
 
+    PARSED_SETS = 4096        # template sets remembered by their bytes (all scopes together)
+
+    def parse_set(self, sid: int, body: bytes, version: int, set_id: int) -> SetParse:
+        """parse_template_set, remembered per scope by the set's bytes: exporters resend the same
+        templates every few datagrams, and an unchanged set is then one dict lookup, not a parse.
+        Its templates come back as the same objects, which define() recognises."""
+        key = (sid, version, set_id, body)
+        got = self._parsed.get(key)
+        if got is None:
+            got = parse_template_set(body, version, set_id)
+            if len(self._parsed) >= self.PARSED_SETS:
+                self._parsed.clear()
+            self._parsed[key] = got
+        return got
+
     def define(self, sid: int, t: Template, received: float) -> int:
         """Store a definition; returns its plan id, or -1 when it would pass a bound (not stored:
         templates_over_limit). A redefinition of a key the scope holds is taken unless it would
@@ -402,6 +418,11 @@ class TemplateCache:
             return -1
         key = (sid << 16) | t.template_id
         old = self.templates.get(key)
+        if old is not None and old[2] is t:          # resent unchanged (parse_set): refresh only
+            if received - old[1] > 60.0:
+                self.dirty = True
+            self.templates[key] = (old[0], received, t)
+            return old[0]
         nf = len(t.fields)
         if old is None and (self.scope_templates[sid] >= b.templates_per_scope or len(self.templates) >= b.templates):
             return -1

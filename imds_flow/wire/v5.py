@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import njit
+from ..kernels import match_net
 from .errors import reason_code
 from .readers import _u16, _u32
 
@@ -17,16 +18,19 @@ __all__ = ["HEADER", "RECORD", "decode_v5"]
 HEADER = 24
 RECORD = 48
 _MAPPED = np.uint64(0x0000FFFF_00000000)
+_ZERO = np.uint64(0)
 _TOO_SHORT = reason_code("too_short")
 _COUNT = reason_code("count_exceeds_datagram")
 
 
 @njit
-def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_seen, seq_lost):
+def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_seen, seq_lost, records, keep, ep):
     """Decode datagrams `sel` (indices into offs/lens) into columns `c` from row n; returns new n.
 
     status[d] gets 0 or a reason code; seq_next/seq_seen/seq_lost are per-exporter arrays
-    (expected next flow_sequence, whether one was seen, records missed) updated in place.
+    (expected next flow_sequence, whether one was seen, records missed) updated in place;
+    records[e] counts the records decoded per exporter. With `keep`, only records with an address
+    in an endpoint of `ep` (kernels.compact's test: v5 has no NAT or URL fields) get a row.
     """
     cap = c.ts.shape[0]
     for k in range(sel.shape[0]):
@@ -55,10 +59,17 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
                 seq_lost[e] += gap
         seq_seen[e] = True
         seq_next[e] = np.uint32(seq + count)
+        records[e] += count
         t = ts[d]
         exporter = e
-        r = o + HEADER
+        r = o + HEADER - RECORD
+        ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = ep
         for _ in range(count):
+            r += RECORD
+            if keep:
+                if (match_net(_ZERO, _MAPPED | np.uint64(_u32(buf, r + 4)), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) < 0 and
+                        match_net(_ZERO, _MAPPED | np.uint64(_u32(buf, r)), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) < 0):
+                    continue
             c.exporter[n] = exporter
             c.version[n] = 5
             c.ts[n] = t
@@ -83,5 +94,4 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
             c.url[n] = -1
             c.flags[n] = 0
             n += 1
-            r += RECORD
     return n

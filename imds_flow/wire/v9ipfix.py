@@ -21,6 +21,7 @@ import numpy as np
 
 from ..flows import NAT_DST, NAT_SRC, NO_COUNTERS
 from ..jit import njit
+from ..kernels import compact
 from .errors import reason_code
 from .readers import _u16, _u32, _u64, _uint
 from .fields import SLOT
@@ -700,7 +701,8 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
     for row in np.flatnonzero(is_tmpl).tolist():
         d = int(s_dg[row])
         o = int(s_off[row])
-        parsed = parse_template_set(buf[o:o + int(s_len[row])].tobytes(), int(s_ver[row]), int(s_id[row]))
+        sid = int(s_scope[row])
+        parsed = cache.parse_set(sid, buf[o:o + int(s_len[row])].tobytes(), int(s_ver[row]), int(s_id[row]))
         e = int(exp_ids[d])
         exporters.add_count("templates", e, len(parsed.templates))
         if parsed.rejected:
@@ -709,7 +711,6 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
                 status[d] = _BAD_TEMPLATE
         if parsed.withdrawals:
             exporters.add_count("withdrawals_ignored", e, parsed.withdrawals)
-        sid = int(s_scope[row])
         for t in parsed.templates:
             key = (sid << 16) | t.template_id
             if key not in before:
@@ -779,8 +780,12 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
     return prep
 
 
-def finish(prep: Prepared, exporters, out, status: np.ndarray) -> int:
-    """Cut the resolved sets into `out` from row out.n; options first (they set sampling rates)."""
+def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = False, ep=None,
+           records: np.ndarray | None = None) -> int:
+    """Cut the resolved sets into `out` from row out.n; options first (they set sampling rates).
+
+    With `keep`, only rows that may alert for the endpoint table `ep` are kept (wire.decode);
+    `records` (per exporter) gets every flow record cut, kept or not."""
     cache = exporters.templates
     pl = cache.plans
     r = prep.rows
@@ -803,8 +808,14 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray) -> int:
             opts = pl.options[r["plan"]]
             exporters.add_counts("options_records", np.repeat(r["exp"][opts], nrec[opts]))
         empty = np.empty(0, np.int64)
+        n0 = n
         n, _ = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, False, FAST_PATH,
                            out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64))
+        if keep:                                     # one call per batch: a call costs more than 30 rows
+            n = compact(out.cols, n0, n, ep)
+        if records is not None:
+            flows = ~pl.options[r["plan"]]
+            np.add.at(records, r["exp"][flows], nrec[flows])
         baddg = r["dg"][(bad != 0) & (r["dg"] >= 0)]
         status[baddg[status[baddg] == 0]] = _BAD_RECORD
     # where each set's records went, for tools and tests that locate a record in its datagram
