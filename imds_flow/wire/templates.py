@@ -343,6 +343,7 @@ class TemplateCache:
         self.samp_rates = np.zeros(0, np.float64)
         self.set_url_patterns(url_patterns)
         self._parsed: dict[tuple[int, int, int, bytes], SetParse] = {}   # see parse_set
+        self._parsed_bytes = 0
         from .pending import Pending                  # the buffer of data sets waiting for templates
         self.pending = Pending(bounds.pending_bytes_per_exporter, bounds.pending_bytes)
 
@@ -394,7 +395,10 @@ class TemplateCache:
 
     # --- templates ---------------------------------------------------------------------------
 
-    PARSED_SETS = 4096        # template sets remembered by their bytes (all scopes together)
+    # Template sets remembered by their bytes, all scopes together: bounded by the bytes they hold
+    # (each byte parses into about fifty bytes of Template objects), so a flood of distinct sets
+    # costs a re-parse, never memory. 256 KiB holds a few thousand exporters' usual sets.
+    PARSED_BYTES = 256 << 10
 
     def parse_set(self, sid: int, body: bytes, version: int, set_id: int) -> SetParse:
         """parse_template_set, remembered per scope by the set's bytes: exporters resend the same
@@ -404,9 +408,11 @@ class TemplateCache:
         got = self._parsed.get(key)
         if got is None:
             got = parse_template_set(body, version, set_id)
-            if len(self._parsed) >= self.PARSED_SETS:
+            if self._parsed_bytes + len(body) > self.PARSED_BYTES:
                 self._parsed.clear()
+                self._parsed_bytes = 0
             self._parsed[key] = got
+            self._parsed_bytes += len(body)
         return got
 
     def define(self, sid: int, t: Template, received: float) -> int:
