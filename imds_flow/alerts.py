@@ -16,13 +16,15 @@ import numpy as np
 
 from .addr import from_hilo
 from .detect import DIRECTIONS, REQUEST, Hits
-from .flows import VLAN_COLUMNS, FlowBatch
+from .flows import HTTP, SFLOW, VLAN_COLUMNS, FlowBatch
+from .wire.packet import METHODS
 
 __all__ = ["Folder", "ALERT_FIELDS", "hit_alerts", "Encoder"]
 
 ALERT_FIELDS = ("ts", "exporter", "exporter_port", "version", "src", "dst", "sport", "dport", "proto",
                 "vlan", "endpoint", "direction", "bytes", "packets", "first_seen", "last_seen", "count",
-                "sampling_rate", "bytes_estimate", "packets_estimate")
+                "sampling_rate", "bytes_estimate", "packets_estimate",
+                "format", "signal", "http_method", "url", "headers")
 
 
 def _time(v: float) -> float | None:
@@ -43,7 +45,8 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     c = batch.cols
     cols = {name: getattr(c, name)[idx].tolist() for name in (
         "exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
-        "bytes", "packets", "first", "last", "sampling", *VLAN_COLUMNS)}
+        "bytes", "packets", "first", "last", "sampling", "flags", "http_method", "url_off", "url_len", "headers",
+        *VLAN_COLUMNS)}
     vlans = list(zip(*(cols[v] for v in VLAN_COLUMNS)))
     out = []
     for j, (ep, direction) in enumerate(zip(hits.endpoint.tolist(), hits.direction.tolist())):
@@ -63,6 +66,19 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             # bytes / packets as the exporter reported them; estimates scaled by its sampling rate
             "bytes_estimate": cols["bytes"][j] * sampling, "packets_estimate": cols["packets"][j] * sampling,
         }
+        flags = cols["flags"][j]
+        alert["format"] = "sflow" if flags & SFLOW else ("ipfix" if alert["version"] == 10 else "netflow")
+        alert["signal"] = hits.signals[ep] if ep < len(hits.signals) else "address"
+        alert["http_method"] = alert["url"] = None
+        alert["headers"] = []
+        if flags & HTTP:
+            # the request-target as sampled and the NAMES of configured header fields, nothing else:
+            # header values and payload bytes are secrets (tokens, credentials) and never leave
+            off = cols["url_off"][j]
+            alert["http_method"] = METHODS[cols["http_method"][j]]
+            alert["url"] = batch.buf[off: off + cols["url_len"][j]].tobytes().decode("ascii", "backslashreplace")
+            h = cols["headers"][j]
+            alert["headers"] = [name for k, name in enumerate(hits.header_names) if h >> k & 1]
         side_port = dport if direction == REQUEST else sport
         out.append(((e, src, dst, proto, side_port, ep, direction), alert))
     return out

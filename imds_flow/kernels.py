@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flows import NAT_DST, NAT_SRC
+from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import njit
 
 __all__ = ["match_net", "match_nets", "detect_batch", "REQUEST", "RESPONSE"]
@@ -36,12 +36,14 @@ def match_nets(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4, out):
 
 @njit
 def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_mhi, sup_mlo, sup_v4,
-                 vlan_suppressed, n_endpoints, out_idx, out_ep, out_dir):
+                 vlan_suppressed, n_endpoints, n_urls, out_idx, out_ep, out_dir):
     """Find records that touch an endpoint and are not suppressed.
 
     A destination (or post-NAT destination) in an endpoint is a request; otherwise a source in one
     is a response. A record that matches no address but carries a configured URL substring
-    (c.url >= 0) is a request to pseudo-endpoint n_endpoints + url. Suppressed when the local
+    (c.url >= 0) is a request to pseudo-endpoint n_endpoints + url; else one whose sampled HTTP
+    request names a configured header field (flag HTTP, c.headers bit k) is a request to
+    pseudo-endpoint n_endpoints + n_urls + k (the lowest such k). Suppressed when the local
     side (the one that is not the endpoint) is in a suppressed subnet or any VLAN it carries is
     flagged in vlan_suppressed (bool[4096]). Writes hits to out_*; returns (hits, suppressed).
     """
@@ -59,10 +61,17 @@ def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_
             if ep < 0 and flags & NAT_SRC:
                 ep = match_net(c.nsrc_hi[i], c.nsrc_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
         if ep < 0:
-            if c.url[i] < 0:
+            if c.url[i] >= 0:
+                ep = n_endpoints + c.url[i]
+            elif flags & HTTP and c.headers[i] != 0:
+                h = c.headers[i]
+                k = 0
+                while (h >> np.uint32(k)) & np.uint32(1) == 0:
+                    k += 1
+                ep = n_endpoints + n_urls + k
+            else:
                 continue
             direction = REQUEST
-            ep = n_endpoints + c.url[i]
         if direction == REQUEST:
             local_hi = c.src_hi[i]
             local_lo = c.src_lo[i]
