@@ -42,6 +42,18 @@ class SflowState:
         self.src_key = np.full(1 << _TABLE_BITS, -1, np.int64)   # (exporter, source id) of the slot
         self.src_next = np.zeros(1 << _TABLE_BITS, np.uint32)    # next flow-sample sequence number
 
+    def next_sequence(self, exporter: int, source_type: int, source_index: int) -> int | None:
+        """The flow-sample sequence number expected next from a source id (tools, tests)."""
+        key = (exporter << 40) | ((source_type & 0xFF) << 32) | source_index
+        h = ((key * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> (64 - _TABLE_BITS)
+        for i in range(_PROBES):
+            s = (h + i) & ((1 << _TABLE_BITS) - 1)
+            if self.src_key[s] == key:
+                return int(self.src_next[s])
+            if self.src_key[s] < 0:
+                return None
+        return None
+
 
 @njit
 def agents(buf, offs, lens, sel, out_hi, out_lo, out_sub, out_ok):
