@@ -76,7 +76,7 @@ def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state
     s = state.sflow
     out.n = sflow.decode_sflow(dg.buf, dg.offs, dg.lens, sel, exp_ids, dg.ts, out.cols, out.n, status, counts,
                                state.seq_next, state.seq_seen, state.seq_lost, s.src_key, s.src_next,
-                               s.pat, s.pat_off, s.hdr, s.hdr_off)
+                               s.pat, s.pat_off, s.hdr, s.hdr_off, s.scratch)
     for j, name in enumerate(sflow.SKIPPED):
         col = counts[sel, j]
         if col.any():

@@ -16,7 +16,7 @@ from ..flows import HTTP
 from ..jit import njit
 from .readers import _u16, _u32
 
-__all__ = ["ETHERNET", "IPV4", "IPV6", "METHODS", "parse_packet", "patterns", "parse_one"]
+__all__ = ["ETHERNET", "IPV4", "IPV6", "METHODS", "parse_packet", "store", "scratch", "patterns", "parse_one"]
 
 # sFlow header_protocol values (sFlow v5 "header_protocol"); RFC 7133 sections map onto them
 ETHERNET = 1
@@ -34,6 +34,18 @@ _MAPPED = np.uint64(0x0000FFFF_00000000)
 # IPv6 extension headers walked by their length: hop-by-hop, routing, destination options,
 # mobility, HIP, shim6 ((len + 1) * 8 bytes); AH ((len + 2) * 4); fragment (8, handled apart)
 _EXT8 = (0, 43, 60, 135, 139, 140)
+
+
+# the kernel's results, in a uint64 scratch array (a column set passed per call would cost reference
+# counting per column per packet): addresses, ports, protocol, VLAN ids (NONE: absent), url index + 1,
+# method index + 1 (0: no request line), request-target offset and length, header bits
+S_SRC_HI, S_SRC_LO, S_DST_HI, S_DST_LO, S_SPORT, S_DPORT, S_PROTO, S_VLAN1, S_VLAN2, S_URL, S_METHOD, \
+    S_URL_OFF, S_URL_LEN, S_HEADERS = range(14)
+NONE = np.uint64(0xFFFF)
+
+
+def scratch() -> np.ndarray:
+    return np.zeros(16, np.uint64)
 
 
 def patterns(strings) -> tuple[np.ndarray, np.ndarray]:
@@ -90,9 +102,9 @@ def _method(b, p, end):
     return -1
 
 
-@njit
-def _http(b, p, end, c, n, pat, pat_off, hdr, hdr_off):
-    """Parse an HTTP request line (and header names) at b[p:end]; fills the HTTP columns of row n."""
+@njit(inline="always")     # numba-level: a call per packet would pay reference counts per array
+def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
+    """Parse an HTTP request line (and header names) at b[p:end] into the scratch r."""
     m = _method(b, p, end)
     if m < 0:
         return
@@ -102,14 +114,12 @@ def _http(b, p, end, c, n, pat, pat_off, hdr, hdr_off):
         te += 1
     if te == t:
         return
-    c.http_method[n] = m
-    c.url_off[n] = t
-    c.url_len[n] = te - t
-    c.flags[n] |= HTTP
-    c.headers[n] = 0
+    r[S_METHOD] = m + 1
+    r[S_URL_OFF] = t
+    r[S_URL_LEN] = te - t
     for k in range(pat_off.shape[0] - 1):
         if _find(b, t, te - t, pat, pat_off[k], pat_off[k + 1]):
-            c.url[n] = k
+            r[S_URL] = k + 1
             break
     if te >= end or b[te] != 32:
         return                       # cut in the target, or an HTTP/0.9 line: no header fields
@@ -131,23 +141,21 @@ def _http(b, p, end, c, n, pat, pat_off, hdr, hdr_off):
                     break
         while q < end and b[q] != 10:
             q += 1
-    c.headers[n] = found
+    r[S_HEADERS] = found
 
 
-@njit
-def parse_packet(b, o, end, kind, c, n, pat, pat_off, hdr, hdr_off):
-    """Walk the sampled packet b[o:end] of type `kind` (ETHERNET, IPV4, IPV6) into row n of c.
-
-    Writes addresses, ports, protocol, vlan_dot1q / vlan_cust, url and the HTTP columns (flag HTTP);
-    leaves flags other than HTTP as they were. Returns the IP version found (4, 6) or 0 (no IP header:
-    the row's addresses are not set).
-    """
-    c.vlan_dot1q[n] = -1
-    c.vlan_cust[n] = -1
-    c.url[n] = -1
-    c.sport[n] = 0
-    c.dport[n] = 0
-    c.proto[n] = 0
+@njit(inline="always")
+def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
+    """Walk the sampled packet b[o:end] of type `kind` (ETHERNET, IPV4, IPV6) into the scratch r
+    (S_* slots; `store` writes it to a row). Returns the IP version found (4, 6) or 0 (no IP header)."""
+    r[S_SPORT] = 0
+    r[S_DPORT] = 0
+    r[S_PROTO] = 0
+    r[S_VLAN1] = NONE
+    r[S_VLAN2] = NONE
+    r[S_URL] = 0
+    r[S_METHOD] = 0
+    r[S_HEADERS] = 0
     p = o
     if kind == ETHERNET:
         if p + 14 > end:
@@ -158,11 +166,11 @@ def parse_packet(b, o, end, kind, c, n, pat, pat_off, hdr, hdr_off):
         while et == 0x8100 or et == 0x88A8 or et == 0x9100 or et == 0x9200:
             if p + 4 > end:
                 return 0
-            vid = np.int16(_u16(b, p) & 0xFFF)
+            vid = np.uint64(_u16(b, p) & 0xFFF)
             if tags == 0:
-                c.vlan_dot1q[n] = vid
+                r[S_VLAN1] = vid
             elif tags == 1:
-                c.vlan_cust[n] = vid
+                r[S_VLAN2] = vid
             tags += 1
             et = _u16(b, p + 2)
             p += 4
@@ -182,10 +190,10 @@ def parse_packet(b, o, end, kind, c, n, pat, pat_off, hdr, hdr_off):
         ip_end = p + _u16(b, p + 2)
         proto = b[p + 9]
         frag = (_u16(b, p + 6) & 0x1FFF) != 0
-        c.src_hi[n] = 0
-        c.src_lo[n] = _MAPPED | np.uint64(_u32(b, p + 12))
-        c.dst_hi[n] = 0
-        c.dst_lo[n] = _MAPPED | np.uint64(_u32(b, p + 16))
+        r[S_SRC_HI] = 0
+        r[S_SRC_LO] = _MAPPED | np.uint64(_u32(b, p + 12))
+        r[S_DST_HI] = 0
+        r[S_DST_LO] = _MAPPED | np.uint64(_u32(b, p + 16))
         version = 4
         p += ihl
     elif kind == IPV6:
@@ -193,10 +201,10 @@ def parse_packet(b, o, end, kind, c, n, pat, pat_off, hdr, hdr_off):
             return 0
         ip_end = p + 40 + _u16(b, p + 4)
         proto = b[p + 6]
-        c.src_hi[n] = (np.uint64(_u32(b, p + 8)) << np.uint64(32)) | np.uint64(_u32(b, p + 12))
-        c.src_lo[n] = (np.uint64(_u32(b, p + 16)) << np.uint64(32)) | np.uint64(_u32(b, p + 20))
-        c.dst_hi[n] = (np.uint64(_u32(b, p + 24)) << np.uint64(32)) | np.uint64(_u32(b, p + 28))
-        c.dst_lo[n] = (np.uint64(_u32(b, p + 32)) << np.uint64(32)) | np.uint64(_u32(b, p + 36))
+        r[S_SRC_HI] = (np.uint64(_u32(b, p + 8)) << np.uint64(32)) | np.uint64(_u32(b, p + 12))
+        r[S_SRC_LO] = (np.uint64(_u32(b, p + 16)) << np.uint64(32)) | np.uint64(_u32(b, p + 20))
+        r[S_DST_HI] = (np.uint64(_u32(b, p + 24)) << np.uint64(32)) | np.uint64(_u32(b, p + 28))
+        r[S_DST_LO] = (np.uint64(_u32(b, p + 32)) << np.uint64(32)) | np.uint64(_u32(b, p + 36))
         version = 6
         p += 40
         for _ in range(16):                 # at most 16 extension headers
@@ -222,32 +230,55 @@ def parse_packet(b, o, end, kind, c, n, pat, pat_off, hdr, hdr_off):
                 break
     else:
         return 0
-    c.proto[n] = proto
+    r[S_PROTO] = proto
     if frag or p > end:
         return version
     if proto == 6 or proto == 17 or proto == 132:
         if p + 4 > end:
             return version
-        c.sport[n] = _u16(b, p)
-        c.dport[n] = _u16(b, p + 2)
+        r[S_SPORT] = _u16(b, p)
+        r[S_DPORT] = _u16(b, p + 2)
         if proto == 6 and p + 20 <= end:
             off = (b[p + 12] >> 4) * 4
             stop = min(end, ip_end)
             if off >= 20 and p + off < stop:
-                _http(b, p + off, stop, c, n, pat, pat_off, hdr, hdr_off)
+                _http(b, p + off, stop, r, pat, pat_off, hdr, hdr_off)
     elif proto == 1 or proto == 58:
         if p + 2 > end:
             return version
-        c.dport[n] = _u16(b, p)
+        r[S_DPORT] = _u16(b, p)
     return version
 
 
 @njit
-def _one(b, kind, c, pat, pat_off, hdr, hdr_off):
+def store(r, c, n):
+    """Row n of the columns c from the scratch r of parse_packet (addresses, ports, protocol,
+    vlan_dot1q / vlan_cust, url and, with a request line, flag HTTP and the HTTP columns)."""
+    c.src_hi[n] = r[S_SRC_HI]
+    c.src_lo[n] = r[S_SRC_LO]
+    c.dst_hi[n] = r[S_DST_HI]
+    c.dst_lo[n] = r[S_DST_LO]
+    c.sport[n] = r[S_SPORT]
+    c.dport[n] = r[S_DPORT]
+    c.proto[n] = r[S_PROTO]
+    c.vlan_dot1q[n] = np.int16(r[S_VLAN1]) if r[S_VLAN1] != NONE else np.int16(-1)
+    c.vlan_cust[n] = np.int16(r[S_VLAN2]) if r[S_VLAN2] != NONE else np.int16(-1)
+    c.url[n] = np.int16(r[S_URL]) - np.int16(1)
+    if r[S_METHOD] != 0:
+        c.flags[n] |= HTTP
+        c.http_method[n] = np.int8(r[S_METHOD]) - np.int8(1)
+        c.url_off[n] = np.int64(r[S_URL_OFF])
+        c.url_len[n] = np.int32(r[S_URL_LEN])
+        c.headers[n] = np.uint32(r[S_HEADERS])
+
+
+@njit
+def _one(b, kind, c, r, pat, pat_off, hdr, hdr_off):
     c.flags[0] = 0
-    c.http_method[0] = -1
-    c.headers[0] = 0
-    return parse_packet(b, 0, b.shape[0], kind, c, 0, pat, pat_off, hdr, hdr_off)
+    version = parse_packet(b, 0, b.shape[0], kind, r, pat, pat_off, hdr, hdr_off)
+    if version:
+        store(r, c, 0)
+    return version
 
 
 def parse_one(data: bytes, kind: int = ETHERNET, url_substrings=(), header_names=()) -> dict | None:
@@ -257,7 +288,7 @@ def parse_one(data: bytes, kind: int = ETHERNET, url_substrings=(), header_names
     fb = FlowBatch(1)
     c = fb.cols
     b = np.frombuffer(bytes(data), np.uint8).copy()
-    version = _one(b, kind, c, *patterns(url_substrings), *patterns(header_names))
+    version = _one(b, kind, c, scratch(), *patterns(url_substrings), *patterns(header_names))
     if not version:
         return None
     http = bool(c.flags[0] & HTTP)
