@@ -76,7 +76,8 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             # header values and payload bytes are secrets (tokens, credentials) and never leave
             off = cols["url_off"][j]
             alert["http_method"] = METHODS[cols["http_method"][j]]
-            alert["url"] = batch.buf[off: off + cols["url_len"][j]].tobytes().decode("ascii", "backslashreplace")
+            size = cols["url_len"][j]
+            alert["url"] = batch.buf[off: off + size].tobytes().decode("ascii", "backslashreplace") if size else None
             h = cols["headers"][j]
             alert["headers"] = [name for k, name in enumerate(hits.header_names) if h >> k & 1]
         side_port = dport if direction == REQUEST else sport

@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["COLUMNS", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "VLAN_COLUMNS"]
+__all__ = ["COLUMNS", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "VLAN_COLUMNS", "HTTP_COLUMNS"]
 
 # flag bits
 NAT_SRC = 1        # nsrc_* holds a post-NAT source address
@@ -46,6 +46,7 @@ COLUMNS = (
     ("headers", np.uint32),   # bit k: configured http.header_names[k] was seen as a field name
 )
 VLAN_COLUMNS = ("vlan_src", "vlan_dst", "vlan_dot1q", "vlan_cust")
+HTTP_COLUMNS = ("http_method", "url_off", "url_len", "headers")
 
 Columns = namedtuple("Columns", [name for name, _ in COLUMNS])
 

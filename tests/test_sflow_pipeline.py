@@ -110,3 +110,52 @@ def test_exporter_identity_and_sequence_gaps():
     assert (b["datagrams"], b["records"], b["sequence_lost"]) == (1, 1, 0)
     assert a["exporter"] == b["exporter"] == "192.0.2.50" and a["exporter_port"] == 6343
     assert COUNTERS.index("sflow_datagrams_lost") >= 0
+
+
+# --- IPFIX: httpRequestMethod (459) with httpRequestTarget (461); RFC 7133 packet sections ----------
+
+from tests.support import build  # noqa: E402
+
+_BASE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8)]
+
+
+def _ipfix(fields, values):
+    return build.ipfix([build.template_set(10, {400: fields}), build.data_set(400, [build.record(fields, values)])])
+
+
+@pytest.mark.parametrize("length", [build.VAR, 8])
+def test_ipfix_method_and_target(length):
+    target = b"/latest/api/token"
+    fields = _BASE + [(459, build.VAR if length == build.VAR else 3), (461, build.VAR if length == build.VAR else 17)]
+    p, alerts = run([_ipfix(fields, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", target])],
+                    src=("192.0.2.60", 4739))
+    (a,) = alerts
+    assert (a["format"], a["signal"], a["http_method"], a["url"], a["headers"]) == \
+        ("ipfix", "address", "PUT", "/latest/api/token", [])
+
+
+@pytest.mark.parametrize("ie,section", [
+    (315, frame(CLIENT, OTHER, 40000, 8080, b"GET /x HTTP/1.1\r\nX-aws-ec2-metadata-token: s3cr3t\r\n", 12)),
+    (313, frame(CLIENT, OTHER, 40000, 8080, b"GET /latest/meta-data/ HTTP/1.1\r\n", None)[14:]),
+])
+def test_ipfix_packet_sections(ie, section):
+    """A PSAMP-style record that carries only a packet section: addresses, ports and the request come
+    from the section through the packet kernel."""
+    fields = [(ie, build.VAR), (1, 8), (2, 8)]
+    p, alerts = run([_ipfix(fields, [section, 100, 1])], src=("192.0.2.61", 4739))
+    (a,) = alerts
+    assert (a["src"], a["dst"], a["sport"], a["dport"], a["proto"]) == ("10.1.2.3", "10.9.9.9", 40000, 8080, 6)
+    if ie == 315:
+        assert (a["signal"], a["http_method"], a["url"], a["headers"], a["vlan"]) == \
+            ("header", "GET", "/x", ["x-aws-ec2-metadata-token"], 12)
+        assert b"s3cr3t" not in msgpack.packb(a)
+    else:
+        assert (a["signal"], a["endpoint"], a["url"]) == ("url", "url:/latest/meta-data", "/latest/meta-data/")
+
+
+def test_config_header_names_are_checked():
+    with pytest.raises(config.ConfigError):
+        config.parse(CONFIG.replace('"Metadata-Flavor"', '"Metadata Flavor"'))
+    with pytest.raises(config.ConfigError):
+        config.parse(CONFIG.replace('"Metadata-Flavor"', '"' + '", "'.join(f"h{i}" for i in range(40)) + '"'))
+    assert config.parse(CONFIG).http.header_names == ("X-aws-ec2-metadata-token", "Metadata-Flavor")

@@ -102,6 +102,20 @@ def _method(b, p, end):
     return -1
 
 
+@njit
+def method_index(b, o, ln):
+    """Index into METHODS of the method spelled by b[o:o+ln] exactly (IPFIX httpRequestMethod), or -1."""
+    for m in range(_METHOD_OFF.shape[0] - 1):
+        m0 = _METHOD_OFF[m]
+        if _METHOD_OFF[m + 1] - m0 == ln:
+            k = 0
+            while k < ln and b[o + k] == _METHOD_BUF[m0 + k]:
+                k += 1
+            if k == ln:
+                return m
+    return -1
+
+
 @njit(inline="always")     # numba-level: a call per packet would pay reference counts per array
 def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
     """Parse an HTTP request line (and header names) at b[p:end] into the scratch r."""
