@@ -159,3 +159,14 @@ def test_config_header_names_are_checked():
     with pytest.raises(config.ConfigError):
         config.parse(CONFIG.replace('"Metadata-Flavor"', '"' + '", "'.join(f"h{i}" for i in range(40)) + '"'))
     assert config.parse(CONFIG).http.header_names == ("X-aws-ec2-metadata-token", "Metadata-Flavor")
+
+
+def test_metrics_label_agents_apart():
+    from imds_flow.metrics import render_prometheus
+    f = frame(CLIENT, OTHER, 1, 443, b"", 5)
+    p, _ = run([datagram([flow_sample(1, f)], seq=1), datagram([flow_sample(1, f)], seq=1, sub_agent=2)])
+    text = render_prometheus(p.snapshot())
+    lines = [ln for ln in text.splitlines() if ln.startswith("imds_flow_records_total{")]
+    assert len(lines) == len(set(ln.rsplit(" ", 1)[0] for ln in lines)) == 3     # source row + two agents
+    assert any('sub_agent="2"' in ln and ln.endswith(" 1") for ln in lines)
+    assert "imds_flow_sflow_samples_skipped_total" in text
