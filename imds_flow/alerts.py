@@ -17,13 +17,15 @@ import numpy as np
 from . import kernels
 from .addr import from_hilo
 from .detect import DIRECTIONS, REQUEST, Hits
-from .flows import VLAN_COLUMNS, FlowBatch
+from .flows import HTTP, SFLOW, VLAN_COLUMNS, FlowBatch
+from .wire.packet import METHODS
 
 __all__ = ["Folder", "ALERT_FIELDS", "hit_alerts", "Encoder"]
 
 ALERT_FIELDS = ("ts", "exporter", "exporter_port", "version", "src", "dst", "sport", "dport", "proto",
                 "vlan", "endpoint", "direction", "bytes", "packets", "first_seen", "last_seen", "count",
-                "sampling_rate", "bytes_estimate", "packets_estimate")
+                "sampling_rate", "bytes_estimate", "packets_estimate",
+                "format", "signal", "http_method", "url", "headers")
 # present only when the exporter reported them (SNMP / ifIndex of the input and output interfaces)
 OPTIONAL_ALERT_FIELDS = ("in_if", "out_if")
 
@@ -46,7 +48,8 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     c = batch.cols
     cols = {name: getattr(c, name)[idx].tolist() for name in (
         "exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
-        "bytes", "packets", "first", "last", "sampling", *VLAN_COLUMNS)}
+        "bytes", "packets", "first", "last", "sampling", "flags", "http_method", "url_off", "url_len", "headers",
+        *VLAN_COLUMNS)}
     vlans = list(zip(*(cols[v] for v in VLAN_COLUMNS)))
     in_ifs, out_ifs = c.in_if[idx].tolist(), c.out_if[idx].tolist()
     out = []
@@ -70,6 +73,20 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
         for key, value in (("in_if", in_ifs[j]), ("out_if", out_ifs[j])):
             if value:                         # interface index 0: the exporter did not say
                 alert[key] = value
+        flags = cols["flags"][j]
+        alert["format"] = "sflow" if flags & SFLOW else ("ipfix" if alert["version"] == 10 else "netflow")
+        alert["signal"] = hits.signals[ep] if ep < len(hits.signals) else "address"
+        alert["http_method"] = alert["url"] = None
+        alert["headers"] = []
+        if flags & HTTP:
+            # the request-target as sampled and the NAMES of configured header fields, nothing else:
+            # header values and payload bytes are secrets (tokens, credentials) and never leave
+            off = cols["url_off"][j]
+            alert["http_method"] = METHODS[cols["http_method"][j]]
+            size = cols["url_len"][j]
+            alert["url"] = batch.buf[off: off + size].tobytes().decode("ascii", "backslashreplace") if size else None
+            h = cols["headers"][j]
+            alert["headers"] = [name for k, name in enumerate(hits.header_names) if h >> k & 1]
         side_port = dport if direction == REQUEST else sport
         out.append(((e, src, dst, proto, side_port, ep, direction), alert))
     return out
@@ -167,8 +184,7 @@ class Folder:
         built = {}
         if want:
             sel = np.array(want, np.int64)
-            made = hit_alerts(batch, Hits(hits.idx[sel], hits.endpoint[sel], hits.direction[sel], 0), names,
-                              exporters)
+            made = hit_alerts(batch, hits.subset(sel), names, exporters)
             built = {pos: alert for pos, (_, alert) in zip(want, made)}
         for j, kind in steps:
             key, n = keys[j], count_l[j]
@@ -191,8 +207,7 @@ class Folder:
                     self._open[key][1] = pending
             else:
                 pos = np.flatnonzero(group == j)
-                self.add(hit_alerts(batch, Hits(hits.idx[pos], hits.endpoint[pos], hits.direction[pos], 0), names,
-                                    exporters))
+                self.add(hit_alerts(batch, hits.subset(pos), names, exporters))
 
     def add(self, items: list[tuple[tuple, dict]]) -> None:
         if self.window <= 0:

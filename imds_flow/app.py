@@ -23,7 +23,8 @@ from .metrics import ErrorLog, LimitLog, Latency, kernel_drops, stats_of, summar
 from .probe import is_probe
 from .sinks import Sink
 from .templates_store import TemplateFile
-from .wire import v9ipfix
+from .wire import sflow, v9ipfix
+from .wire.sflow import SflowState
 from .wire.templates import Bounds, TemplateCache
 
 __all__ = ["Pipeline", "run_listen", "run_replay"]
@@ -46,7 +47,8 @@ class Pipeline:
                         lim.max_template_fields, lim.max_pending_bytes_per_exporter, lim.max_pending_bytes)
         self.exporters = ExporterTable(clock, templates=TemplateCache(
             t.scope_port, t.lifetime_seconds, t.pending_max_sets, t.pending_max_seconds, config.http.url_substrings,
-            bounds), max_exporters=lim.max_exporters, allowed=config.listen.allowed_exporters)
+            bounds), max_exporters=lim.max_exporters, allowed=config.listen.allowed_exporters,
+            sflow=SflowState(config.http.url_substrings, config.http.header_names))
         self.detector = Detector(config, url_patterns=config.http.url_substrings)
         self.template_file: TemplateFile | None = None    # set by persist_templates() (listen only)
         self.batch = FlowBatch(limit=lim.max_batch_records)
@@ -68,7 +70,7 @@ class Pipeline:
         """Load (or compile) every kernel on a scratch batch, so the first real burst is not spent
         waiting for the JIT while the socket buffer fills. Touches no counters."""
         header = (5).to_bytes(2, "big") + (1).to_bytes(2, "big") + bytes(20)
-        dg = DatagramBatch.from_payloads([header + bytes(48), b"\x00", v9ipfix.WARM_UP], ts=0.0)
+        dg = DatagramBatch.from_payloads([header + bytes(48), b"\x00", v9ipfix.WARM_UP, sflow.WARM_UP], ts=0.0)
         scratch = ExporterTable(self.clock)
         ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
         batch = FlowBatch(64)

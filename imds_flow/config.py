@@ -84,6 +84,7 @@ class Templates:
 @dataclass(frozen=True)
 class Http:
     url_substrings: tuple[str, ...] = ("/latest/meta-data", "/latest/api/token")
+    header_names: tuple[str, ...] = ("x-aws-ec2-metadata-token", "x-aws-ec2-metadata-token-ttl-seconds")
 
 
 @dataclass(frozen=True)
@@ -282,12 +283,22 @@ def _templates(raw: dict) -> Templates:
 
 def _http(raw: dict) -> Http:
     w = "http."
-    _check_keys(raw, {"url_substrings"}, w)
+    _check_keys(raw, {"url_substrings", "header_names"}, w)
     subs = _typed(raw, "url_substrings", list, w, list(Http().url_substrings))
     for i, u in enumerate(subs):
         if not isinstance(u, str) or not u or not u.isascii():
             raise ConfigError(f"http.url_substrings[{i}] = {u!r}: expected a non-empty ASCII string")
-    return Http(tuple(subs))
+    names = _typed(raw, "header_names", list, w, list(Http().header_names))
+    if len(names) > 32:
+        raise ConfigError(f"http.header_names: {len(names)} names, at most 32")
+    for i, h in enumerate(names):
+        if not isinstance(h, str) or not h or not h.isascii() or any(ch in _NOT_TOKEN for ch in h):
+            raise ConfigError(f"http.header_names[{i}] = {h!r}: expected an HTTP field name (ASCII, no spaces "
+                              "or separators)")
+    return Http(tuple(subs), tuple(names))
+
+
+_NOT_TOKEN = set('()<>@,;:\\"/[]?={} \t') | {chr(i) for i in range(32)} | {chr(127)}
 
 
 _NET_KEYS = {"address", "spool_dir", "spool_max_bytes", "timeout_seconds", "drain_seconds"}

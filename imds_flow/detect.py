@@ -33,17 +33,29 @@ class Hits:
     endpoint: np.ndarray
     direction: np.ndarray
     suppressed: int
+    signals: tuple[str, ...] = ()      # per endpoint index: "address", "url" or "header"
+    header_names: tuple[str, ...] = () # bit k of FlowBatch.headers is header_names[k]
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    def subset(self, sel: np.ndarray) -> "Hits":
+        """The hits at positions `sel`, with the same endpoint meanings (suppressed not carried)."""
+        return Hits(self.idx[sel], self.endpoint[sel], self.direction[sel], 0, self.signals, self.header_names)
 
 
 class Detector:
     """Immutable once built; a config reload builds a new one and swaps it in whole."""
 
-    def __init__(self, config: Config, url_patterns: tuple[str, ...] = ()):
-        self.names = tuple(e.name for e in config.endpoints) + tuple(f"url:{u}" for u in url_patterns)
+    def __init__(self, config: Config, url_patterns: tuple[str, ...] = (), header_names: tuple[str, ...] | None = None):
+        header_names = config.http.header_names if header_names is None else header_names
+        self.names = tuple(e.name for e in config.endpoints) + tuple(f"url:{u}" for u in url_patterns) + \
+            tuple(f"header:{h.lower()}" for h in header_names[:32])
         self.n_endpoints = len(config.endpoints)
+        self.n_urls = len(url_patterns)
+        # what matched, per endpoint index: "address", "url" or "header"
+        self.header_names = tuple(h.lower() for h in header_names[:32])
+        self.signals = ("address",) * self.n_endpoints + ("url",) * self.n_urls + ("header",) * len(header_names[:32])
         self._ep = _net_table(e.network for e in config.endpoints)
         self.endpoints = self._ep             # for wire.decode(keep=...): rows that may alert
         self._sup = _net_table(config.suppress.source_subnets)
@@ -70,6 +82,7 @@ class Detector:
         if suppressed_by_exporter is None:
             suppressed_by_exporter = self._scratch_counts(batch)
         hits, suppressed = kernels.detect_batch(
-            batch.cols, batch.n, *self._ep, *self._sup, self._vlans, self.n_endpoints,
+            batch.cols, batch.n, *self._ep, *self._sup, self._vlans, self.n_endpoints, self.n_urls,
             self._idx, self._epi, self._dir, suppressed_by_exporter)
-        return Hits(self._idx[:hits], self._epi[:hits], self._dir[:hits], int(suppressed))
+        return Hits(self._idx[:hits], self._epi[:hits], self._dir[:hits], int(suppressed), self.signals,
+                    self.header_names)

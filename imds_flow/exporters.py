@@ -1,6 +1,7 @@
 """Per-exporter state, the only state in the pipeline: identity, counters, sequence tracking.
 
-An exporter is one (address, port) that sends us datagrams; it gets a small integer index the
+An exporter is one (address, port) that sends us datagrams (for sFlow: one (address, port, agent
+address, sub-agent id), registered by `agents`); it gets a small integer index the
 kernels use to address per-exporter arrays. Lookups are vectorised per batch: Python work is per
 distinct exporter in a batch, never per datagram. The clock is injected so tests never sleep.
 At most `max_exporters` are ever registered (an index is never reused): datagrams from further
@@ -18,6 +19,7 @@ import numpy as np
 from . import kernels
 from .addr import from_hilo, network_hilo
 from .wire.errors import REASONS
+from .wire.sflow import SflowState
 from .wire.templates import TemplateCache
 
 __all__ = ["ExporterTable", "COUNTERS"]
@@ -28,14 +30,17 @@ COUNTERS = ("datagrams", "records", *REASONS[1:], "alerts", "suppressed",
             "templates", "templates_rejected", "withdrawals_ignored", "options_records",
             "sets_waiting", "sets_late", "sets_expired", "sets_dropped", "templates_redefined",
             # [limits]: template definitions refused (per scope, in all, fields in all)
-            "templates_over_limit")
+            "templates_over_limit",
+            # sFlow (wire/sflow.py): samples and flow records skipped by length, datagram sequence gaps
+            "sflow_samples_skipped", "sflow_records_skipped", "sflow_datagrams_lost")
 _C = {name: i for i, name in enumerate(COUNTERS)}
 _REASON_COL = np.array([0] + [_C[r] for r in REASONS[1:]], dtype=np.int64)  # status code -> column
 
 
 class ExporterTable:
     def __init__(self, clock: Callable[[], float] = time.time, capacity: int = 64,
-                 templates: TemplateCache | None = None, max_exporters: int = 4096, allowed=()):
+                 templates: TemplateCache | None = None, max_exporters: int = 4096, allowed=(),
+                 sflow: SflowState | None = None):
         self.clock = clock
         self.max_exporters = max_exporters
         nets = [network_hilo(str(a)) for a in allowed]
@@ -45,7 +50,8 @@ class ExporterTable:
         # listen.allowed_exporters; `refused` is the last such source, for the rate-limited log
         self.dropped = {"exporters_over_limit": 0, "not_allowed": 0}
         self.refused: dict[str, tuple[int, int, int]] = {}
-        self._index: dict[tuple[int, int, int], int] = {}
+        self._index: dict[tuple, int] = {}
+        self._keys: list[tuple] = []
         self.address: list[str] = []
         self.port: list[int] = []
         self.counters = np.zeros((capacity, len(COUNTERS)), np.int64)
@@ -58,6 +64,11 @@ class ExporterTable:
         # NetFlow v9 / IPFIX: templates, sampling and sequence numbers per scope (address, port,
         # version, domain); the scope's exporter index links it back to this table
         self.templates = templates if templates is not None else TemplateCache()
+        # sFlow: agent address and sub-agent id of each row (None for NetFlow / IPFIX rows), the
+        # per source id sequence table and the HTTP strings the packet kernel looks for
+        self.agent: list[str | None] = []
+        self.sub_agent: list[int | None] = []
+        self.sflow = sflow if sflow is not None else SflowState()
 
     def __len__(self) -> int:
         return len(self.address)
@@ -65,13 +76,16 @@ class ExporterTable:
     def _add(self, key: tuple[int, int, int]) -> int:
         i = len(self.address)
         if i >= self.max_exporters:
-            self.refused["exporters_over_limit"] = key
+            self.refused["exporters_over_limit"] = key[:3]
             return -1
         if i == len(self.first_seen):
             self._resize(2 * i)
         self._index[key] = i
+        self._keys.append(key)
         self.address.append(from_hilo(key[0], key[1]))
         self.port.append(key[2])
+        self.agent.append(from_hilo(key[3], key[4]) if len(key) > 3 else None)
+        self.sub_agent.append(key[5] if len(key) > 3 else None)
         self.first_seen[i] = self.clock()
         return i
 
@@ -123,6 +137,27 @@ class ExporterTable:
             self.dropped["exporters_over_limit"] += int((out < 0).sum())
         return out
 
+    def agents(self, exp_ids: np.ndarray, agent_hi: np.ndarray, agent_lo: np.ndarray, sub: np.ndarray) -> np.ndarray:
+        """The sFlow row of each datagram: (its source row's address and port, agent, sub-agent id),
+        registered when new; the source row itself where max_exporters is reached."""
+        n = len(exp_ids)
+        out = exp_ids.copy()
+        if n == 0:
+            return out
+        keys = np.empty(n, dtype=[("e", "i4"), ("hi", "u8"), ("lo", "u8"), ("sub", "u4")])
+        keys["e"], keys["hi"], keys["lo"], keys["sub"] = exp_ids, agent_hi, agent_lo, sub
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        ids = np.empty(len(uniq), np.int32)
+        for j, (e, hi, lo, s) in enumerate(uniq.tolist()):
+            src = self._keys[e]
+            key = (src[0], src[1], src[2], hi, lo, s)
+            i = self._index.get(key)
+            ids[j] = i if i is not None else self._add(key)
+            if ids[j] < 0:             # past max_exporters: the datagram stays on its source's row
+                ids[j] = e
+        out[:] = ids[inverse.ravel()]
+        return out
+
     def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray | None, now: float) -> None:
         """Account one decoded batch: datagrams per exporter, errors per reason, and records per
         exporter from the rows' exporter column (None: wire.decode counted them already)."""
@@ -148,6 +183,10 @@ class ExporterTable:
         """One count per entry of exp_ids (an exporter index may repeat)."""
         if len(exp_ids):
             np.add.at(self.counters[:, _C[counter]], exp_ids, 1)
+
+    def add_weighted(self, counter: str, exp_ids: np.ndarray, k: np.ndarray) -> None:
+        """k[i] counts for exporter exp_ids[i] (an exporter index may repeat)."""
+        np.add.at(self.counters[:, _C[counter]], exp_ids, k)
 
     def add(self, counter: str, exp_ids: np.ndarray) -> None:
         np.add.at(self.counters[:, _C[counter]], exp_ids, 1)
@@ -175,5 +214,6 @@ class ExporterTable:
         lost = self.sequence_lost()
         for i, (addr, port) in enumerate(zip(self.address, self.port)):
             row = {name: int(self.counters[i, j]) for j, name in enumerate(COUNTERS)}
-            out.append({"exporter": addr, "exporter_port": port, **row, "sequence_lost": int(lost[i])})
+            agent = {"agent": self.agent[i], "sub_agent": self.sub_agent[i]} if self.agent[i] is not None else {}
+            out.append({"exporter": addr, "exporter_port": port, **agent, **row, "sequence_lost": int(lost[i])})
         return out

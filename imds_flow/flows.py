@@ -2,7 +2,8 @@
 
 A decoder writes every column of records i = n, n+1, ... into preallocated columns and returns
 the new n; detect reads them. One row is one flow record; no Python object per record exists.
-Absent values: NAT addresses 0 with the flag bit clear, VLAN -1, times NaN, sampling 0, url -1.
+Absent values: NAT addresses 0 with the flag bit clear, VLAN -1, times NaN, sampling 0, url -1;
+the HTTP columns (http_method, url_off, url_len, headers) hold values only with the HTTP flag.
 """
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["COLUMNS", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "VLAN_COLUMNS"]
+__all__ = ["COLUMNS", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "VLAN_COLUMNS", "HTTP_COLUMNS"]
 
 # flag bits
 NAT_SRC = 1        # nsrc_* holds a post-NAT source address
 NAT_DST = 2        # ndst_* holds a post-NAT destination address
 NO_COUNTERS = 4    # the record carried neither bytes nor packets
+HTTP = 8           # an HTTP request line was read from sampled packet bytes: the HTTP columns hold it
+SFLOW = 16         # the row is an sFlow flow sample (version is then the sFlow version, 5)
 
 COLUMNS = (
     ("exporter", np.int32),   # index into the exporter table
@@ -36,20 +39,27 @@ COLUMNS = (
     ("sampling", np.uint32),  # sampling interval (1 in N); 0 unknown
     ("url", np.int16),        # index of the configured URL substring found in an HTTP field, -1 none
     ("flags", np.uint8),
+    # sampled HTTP request (valid with flag HTTP): strings stay in the datagram buffer (FlowBatch.buf)
+    ("http_method", np.int8), # index into wire.packet.METHODS
+    ("url_off", np.int64),    # request-target: buf[url_off : url_off + url_len], as sampled
+    ("url_len", np.int32),
+    ("headers", np.uint32),   # bit k: configured http.header_names[k] was seen as a field name
 )
 VLAN_COLUMNS = ("vlan_src", "vlan_dst", "vlan_dot1q", "vlan_cust")
+HTTP_COLUMNS = ("http_method", "url_off", "url_len", "headers")
 
 Columns = namedtuple("Columns", [name for name, _ in COLUMNS])
 
 class FlowBatch:
     """Preallocated columns with a fill level `n`; reused batch after batch."""
 
-    __slots__ = ("cols", "n", "limit")
+    __slots__ = ("cols", "n", "limit", "buf")
 
     def __init__(self, capacity: int = 16384, limit: int = 1 << 62):
         self.cols = Columns(*(np.empty(capacity, dtype) for _, dtype in COLUMNS))
         self.n = 0
         self.limit = limit                    # growth stops here (the caller keeps `need` within it)
+        self.buf = np.zeros(0, np.uint8)   # the datagram bytes url_off points into (set by wire.decode)
 
     @property
     def capacity(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import literal_unroll
 
-from .flows import NAT_DST, NAT_SRC
+from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import njit
 
 __all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "count_batch",
@@ -38,12 +38,14 @@ def match_nets(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4, out):
 
 @njit
 def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_mhi, sup_mlo, sup_v4,
-                 vlan_suppressed, n_endpoints, out_idx, out_ep, out_dir, suppressed_by_exporter):
+                 vlan_suppressed, n_endpoints, n_urls, out_idx, out_ep, out_dir, suppressed_by_exporter):
     """Find records that touch an endpoint and are not suppressed.
 
     A destination (or post-NAT destination) in an endpoint is a request; otherwise a source in one
     is a response. A record that matches no address but carries a configured URL substring
-    (c.url >= 0) is a request to pseudo-endpoint n_endpoints + url. Suppressed when the local
+    (c.url >= 0) is a request to pseudo-endpoint n_endpoints + url; else one whose sampled HTTP
+    request names a configured header field (flag HTTP, c.headers bit k) is a request to
+    pseudo-endpoint n_endpoints + n_urls + k (the lowest such k). Suppressed when the local
     side (the one that is not the endpoint) is in a suppressed subnet or any VLAN it carries is
     flagged in vlan_suppressed (bool[4096]); each suppressed record adds one to
     suppressed_by_exporter[c.exporter[i]]. Writes hits to out_*; returns (hits, suppressed).
@@ -62,10 +64,17 @@ def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_
             if ep < 0 and flags & NAT_SRC:
                 ep = match_net(c.nsrc_hi[i], c.nsrc_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
         if ep < 0:
-            if c.url[i] < 0:
+            if c.url[i] >= 0:
+                ep = n_endpoints + c.url[i]
+            elif flags & HTTP and c.headers[i] != 0:
+                h = c.headers[i]
+                k = 0
+                while (h >> np.uint32(k)) & np.uint32(1) == 0:
+                    k += 1
+                ep = n_endpoints + n_urls + k
+            else:
                 continue
             direction = REQUEST
-            ep = n_endpoints + c.url[i]
         if direction == REQUEST:
             local_hi = c.src_hi[i]
             local_lo = c.src_lo[i]
@@ -106,7 +115,8 @@ def _in_any(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4):
 def compact(c, start, end, ep):
     """Keep the rows of start..end that may alert, moved down in order (every column); returns the
     new end. A row may alert when an address or post-NAT address is in an endpoint of `ep`
-    (net_hi, net_lo, mask_hi, mask_lo, is_v4) or it carries a configured URL substring: a superset
+    (net_hi, net_lo, mask_hi, mask_lo, is_v4), it carries a configured URL substring, or it holds a
+    sampled HTTP request (flag HTTP: its header names may alert): a superset
     of detect_batch's hits (suppression is left to it), so dropping the other rows changes no alert.
     Written over column arrays, not per-row calls with the Columns tuple (a reference count per
     column per call costs ~1 us a row)."""
@@ -116,7 +126,7 @@ def compact(c, start, end, ep):
     j = start
     for i in range(start, end):
         f = flags[i]
-        if (url[i] >= 0 or _in_any(dst_hi[i], dst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
+        if (url[i] >= 0 or f & HTTP or _in_any(dst_hi[i], dst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
                 or _in_any(src_hi[i], src_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
                 or (f & NAT_DST and _in_any(ndst_hi[i], ndst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4))
                 or (f & NAT_SRC and _in_any(nsrc_hi[i], nsrc_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4))):

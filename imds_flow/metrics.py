@@ -172,11 +172,18 @@ _FAMILIES = (
     ("imds_flow_pending_dropped_sets_total", "Data sets waiting for a template dropped by pending bounds.",
      "sets_dropped"),
     ("imds_flow_templates_over_limit_total", "Template definitions refused by [limits].", "templates_over_limit"),
+    ("imds_flow_sflow_samples_skipped_total", "sFlow samples without a packet (counters, drops, ...) skipped.",
+     "sflow_samples_skipped"),
+    ("imds_flow_sflow_records_skipped_total", "sFlow flow records not used, skipped by length.",
+     "sflow_records_skipped"),
+    ("imds_flow_sflow_datagrams_lost_total", "sFlow datagrams missed upstream: datagram sequence gaps.",
+     "sflow_datagrams_lost"),
 )
 
 
 def _labels(row: dict) -> str:
-    return f'exporter="{row["exporter"]}",exporter_port="{row["exporter_port"]}"'
+    agent = f',agent="{row["agent"]}",sub_agent="{row["sub_agent"]}"' if row.get("agent") is not None else ""
+    return f'exporter="{row["exporter"]}",exporter_port="{row["exporter_port"]}"{agent}'
 
 
 def render_prometheus(snapshot: dict) -> str:

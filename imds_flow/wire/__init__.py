@@ -1,6 +1,8 @@
 """Sans-IO decoders: a batch of datagrams plus exporter state in, FlowBatch columns out.
 
 The single dispatch on the version word lives here; nothing downstream looks at versions again.
+NetFlow / IPFIX datagrams start with a 16-bit version (5, 9, 10); sFlow with a 32-bit version 5,
+so their first 16 bits are 0.
 Nothing in wire/ imports sockets, asyncio, time or sinks (a test keeps it so).
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ import numpy as np
 from ..datagrams import DatagramBatch
 from ..flows import FlowBatch
 from .errors import OK, REASONS, DecodeError, error_for, reason_code
-from . import v9ipfix
+from . import sflow, v9ipfix
 from .templates import TemplateCache
 from .v5 import RECORD as V5_RECORD, decode_v5
 
@@ -38,10 +40,14 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     """Decode every datagram of `dg` into `out` (reset first); returns one status code per datagram.
 
     `state` is the exporter table: per-exporter arrays indexed by exp_ids (seq_next, seq_seen,
-    seq_lost for v5). A rejected datagram costs only itself. `records`, when given, gets the
-    number of flow records decoded per exporter added. `keep`, an endpoint table (net_hi, net_lo,
-    mask_hi, mask_lo, is_v4; Detector.endpoints), keeps only the rows that may alert
-    (kernels.compact), dropped inside the decode kernels: `out` then holds those rows alone.
+    seq_lost for v5 and sFlow). A rejected datagram costs only itself. `records`, when given, gets
+    the number of flow records decoded per exporter added. `keep`, an endpoint table (net_hi,
+    net_lo, mask_hi, mask_lo, is_v4; Detector.endpoints), keeps only the NetFlow / IPFIX rows that
+    may alert (kernels.compact), dropped inside the decode kernels: `out` then holds those rows
+    alone. Every sFlow row is kept (its packet may alert on a URL or a header name). An sFlow
+    datagram's entry of exp_ids is replaced in place by its agent's row (state.agents), so it is
+    counted there; the agent rows it registers may grow the table, so sFlow rows are counted
+    through state.add_counts, never through `records`.
     """
     n = dg.n
     compacting = keep is not None
@@ -52,19 +58,44 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     status[version < 0] = _TOO_SHORT
     sel5 = np.flatnonzero(version == 5)
     sel_t = np.flatnonzero((version == 9) | (version == 10))
+    sel_s = np.flatnonzero(version == 0)
     if len(sel_t):
         state.templates.begin_batch()                # compacts plans between batches only
     prep = v9ipfix.prepare(dg, sel_t, version, exp_ids, state, status) if len(sel_t) else None
-    out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0))
+    need_s = int(dg.lens[sel_s].sum()) // sflow.MIN_ROW_BYTES + 1 if len(sel_s) else 0
+    out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0) + need_s)
+    out.buf = dg.buf
     if len(sel5):
         out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel5, exp_ids, dg.ts, out.cols, out.n, status,
                           state.seq_next, state.seq_seen, state.seq_lost, counts, compacting, ep)
     if prep is not None:
         out.n = v9ipfix.finish(prep, state, out, status, compacting, ep, counts)
-    # A decoder added below that does not count its records itself: count its rows here
-    # (`fused = out.n` before it, then np.add.at(counts, out.cols.exporter[fused:out.n], 1)).
-    status[(version >= 0) & (version != 5) & (version != 9) & (version != 10)] = _UNKNOWN
+    if len(sel_s):
+        fused = out.n
+        _decode_sflow(dg, sel_s, exp_ids, state, out, status)
+        state.add_counts("records", out.cols.exporter[fused:out.n])
+    status[(version > 0) & (version != 5) & (version != 9) & (version != 10)] = _UNKNOWN
     return status
+
+
+def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state, out: FlowBatch,
+                  status: np.ndarray) -> None:
+    k = len(sel)
+    hi, lo = np.empty(k, np.uint64), np.empty(k, np.uint64)
+    sub, ok = np.empty(k, np.uint32), np.empty(k, np.bool_)
+    sflow.agents(dg.buf, dg.offs, dg.lens, sel, hi, lo, sub, ok)
+    if ok.any():
+        has = sel[ok]
+        exp_ids[has] = state.agents(exp_ids[has], hi[ok], lo[ok], sub[ok])
+    counts = np.zeros((dg.n, len(sflow.SKIPPED)), np.int64)
+    s = state.sflow
+    out.n = sflow.decode_sflow(dg.buf, dg.offs, dg.lens, sel, exp_ids, dg.ts, out.cols, out.n, status, counts,
+                               state.seq_next, state.seq_seen, state.seq_lost, s.src_key, s.src_next,
+                               s.pat, s.pat_off, s.hdr, s.hdr_off, s.scratch)
+    for j, name in enumerate(sflow.SKIPPED):
+        col = counts[sel, j]
+        if col.any():
+            state.add_weighted(name, exp_ids[sel], col)
 
 
 class _OneExporter:
@@ -76,7 +107,14 @@ class _OneExporter:
         self.seq_lost = np.zeros(1, np.int64)
         self.address, self.port = ["192.0.2.1"], [0]
         self.templates = TemplateCache()
+        self.sflow = sflow.SflowState()
         self.counters = {}
+
+    def agents(self, exp_ids, agent_hi, agent_lo, sub) -> np.ndarray:
+        return exp_ids.copy()
+
+    def add_weighted(self, counter: str, exp_ids: np.ndarray, k: np.ndarray) -> None:
+        self.add_count(counter, 0, int(k.sum()))
 
     def add_count(self, counter: str, exporter: int, k: int = 1) -> None:
         self.counters[counter] = self.counters.get(counter, 0) + k

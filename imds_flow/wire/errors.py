@@ -11,7 +11,7 @@ OK = 0
 REASONS = (
     "ok",
     "too_short",                 # shorter than the version's header
-    "unknown_version",           # not 5, 9 or 10 (non-NetFlow datagrams land here)
+    "unknown_version",           # not NetFlow 5, 9, 10 or sFlow 5 (other datagrams land here)
     "count_exceeds_datagram",    # v5: header count * 48 + 24 > datagram length
     "truncated_by_receive",      # longer than the receive slot; cut by the socket
     "bad_length",                # IPFIX: message length field disagrees with the datagram
@@ -19,6 +19,7 @@ REASONS = (
     "bad_template",              # a template record that cannot be parsed (zero fields, overrun, ...)
     "bad_record",                # a data record that overruns its set (variable-length fields)
     "scope_over_limit",          # v9/IPFIX: a new source id / domain past limits.max_scopes_per_exporter; dropped
+    "bad_sample",                # sFlow: a sample or flow record longer than what holds it, or an unknown agent type
 )
 _CODE = {name: i for i, name in enumerate(REASONS)}
 

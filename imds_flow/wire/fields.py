@@ -27,6 +27,8 @@ _SLOT_KINDS = (
     ("sampler_id", "u"), ("sampling_interval", "u"), ("sampler_random_interval", "u"),
     ("packet_interval", "u"), ("packet_space", "u"), ("sampling_size", "u"), ("sampling_population", "u"),
     ("url0", "s"), ("url1", "s"), ("url2", "s"), ("url3", "s"), ("url4", "s"), ("url5", "s"),
+    # sampled packet content: HTTP method, RFC 7133 packet sections (wire/packet.py walks them)
+    ("http_method", "s"), ("section_ip", "s"), ("section_l2", "s"),
 )
 SLOTS = tuple(name for name, _ in _SLOT_KINDS)
 SLOT = {name: i for i, name in enumerate(SLOTS)}
@@ -72,6 +74,9 @@ ELEMENTS: dict[tuple[int, int], str] = {
     (PROCERA, 22): "url3",        # proceraHttpUrl
     (IXIA, 184): "url4",          # Ixia HTTP URI
     (CISCO, 9357): "url5",        # ciscoAppHTTPUriStatistics (AVC)
+    (IANA, 459): "http_method",   # httpRequestMethod
+    (IANA, 313): "section_ip",    # ipHeaderPacketSection (RFC 7133): from the IP header on
+    (IANA, 315): "section_l2",    # dataLinkFrameSection (RFC 7133): from the Ethernet header on
 }
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..flows import NAT_DST, NAT_SRC, NO_COUNTERS
+from ..flows import HTTP, NAT_DST, NAT_SRC, NO_COUNTERS
+from . import packet as pk
 from ..jit import njit
 from ..kernels import compact
 from .errors import reason_code
@@ -61,6 +62,7 @@ S_SAMPLER, S_INTERVAL, S_RANDOM = SLOT["sampler_id"], SLOT["sampling_interval"],
 S_PINT, S_PSPACE, S_SIZE, S_POP = SLOT["packet_interval"], SLOT["packet_space"], SLOT["sampling_size"], SLOT["sampling_population"]
 S_URL0 = SLOT["url0"]
 N_URL = 6
+S_METHOD, S_SEC_IP, S_SEC_L2 = SLOT["http_method"], SLOT["section_ip"], SLOT["section_l2"]
 NSLOT = len(SLOT)
 
 
@@ -255,7 +257,8 @@ def _counter(b, base, so, sl, s_delta, s_total, s_init, s_resp):
 
 
 @njit
-def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, samp_rates, pat, pat_off):
+def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, samp_rates, pat, pat_off,
+          main, hdr, hdr_off, scr):
     c.exporter[n] = exp
     c.version[n] = ver
     c.ts[n] = ts
@@ -305,6 +308,55 @@ def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, s
     c.sampling[n] = _rate32(rate)
     c.url[n] = _url(b, base, so, sl, pat, pat_off)
     c.flags[n] = flags
+    if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0:
+        _sampled(b, base, so, sl, c, n, main, pat, pat_off, hdr, hdr_off, scr)
+
+
+@njit
+def _sampled(b, base, so, sl, c, n, main, pat, pat_off, hdr, hdr_off, scr):
+    """RFC 7133 packet sections (IE 315 from the Ethernet header, 313 from the IP header) through the
+    packet kernel, else IE 459 httpRequestMethod with IE 461 httpRequestTarget. Addresses, ports and
+    protocol come from a section only when the template carries no address; its VLAN tags fill
+    vlan_dot1q / vlan_cust where absent. The HTTP columns (flag HTTP) only for records whose bytes
+    are in the batch's buffer (`main`; not data that waited for its template)."""
+    version = 0
+    if so[S_SEC_L2] >= 0:
+        version = pk.parse_packet(b, base + so[S_SEC_L2], base + so[S_SEC_L2] + sl[S_SEC_L2], pk.ETHERNET, scr,
+                                  pat, pat_off, hdr, hdr_off)
+    elif so[S_SEC_IP] >= 0 and sl[S_SEC_IP] > 0:
+        q = base + so[S_SEC_IP]
+        kind = pk.IPV6 if (b[q] >> 4) == 6 else pk.IPV4
+        version = pk.parse_packet(b, q, q + sl[S_SEC_IP], kind, scr, pat, pat_off, hdr, hdr_off)
+    if version != 0:
+        if so[S_SRC4] < 0 and so[S_SRC6] < 0 and so[S_DST4] < 0 and so[S_DST6] < 0:
+            c.src_hi[n] = scr[pk.S_SRC_HI]
+            c.src_lo[n] = scr[pk.S_SRC_LO]
+            c.dst_hi[n] = scr[pk.S_DST_HI]
+            c.dst_lo[n] = scr[pk.S_DST_LO]
+            c.sport[n] = scr[pk.S_SPORT]
+            c.dport[n] = scr[pk.S_DPORT]
+            c.proto[n] = scr[pk.S_PROTO]
+        if c.vlan_dot1q[n] < 0 and scr[pk.S_VLAN1] != pk.NONE:
+            c.vlan_dot1q[n] = np.int16(scr[pk.S_VLAN1])
+        if c.vlan_cust[n] < 0 and scr[pk.S_VLAN2] != pk.NONE:
+            c.vlan_cust[n] = np.int16(scr[pk.S_VLAN2])
+        if c.url[n] < 0 and scr[pk.S_URL] != 0:
+            c.url[n] = np.int16(scr[pk.S_URL]) - np.int16(1)
+        if main and scr[pk.S_METHOD] != 0:
+            c.flags[n] |= HTTP
+            c.http_method[n] = np.int8(scr[pk.S_METHOD]) - np.int8(1)
+            c.url_off[n] = np.int64(scr[pk.S_URL_OFF])
+            c.url_len[n] = np.int32(scr[pk.S_URL_LEN])
+            c.headers[n] = np.uint32(scr[pk.S_HEADERS])
+        return
+    if so[S_METHOD] >= 0 and main:
+        m = pk.method_index(b, base + so[S_METHOD], sl[S_METHOD])
+        if m >= 0:
+            c.flags[n] |= HTTP
+            c.http_method[n] = m
+            c.url_off[n] = base + so[S_URL0] if so[S_URL0] >= 0 else 0
+            c.url_len[n] = sl[S_URL0] if so[S_URL0] >= 0 else 0
+            c.headers[n] = 0
 
 
 @njit
@@ -468,7 +520,7 @@ def _col_sampling(b, o, L, cnt, prog, p, row, col, n, scope, samp_keys, samp_rat
 
 @njit
 def _cut_fixed(b, o, L, cnt, prog, p, flags, so, sl, c, n, exp, ver, ts, uptime, secs, scope,
-               samp_keys, samp_rates, pat, pat_off):
+               samp_keys, samp_rates, pat, pat_off, main, hdr, hdr_off, scr):
     """Records o, o + L, ... (cnt of them) of one fixed-length set into rows n.. of `c`, column by
     column over plan p's program (templates.compile_program); so/sl are its slot offsets."""
     m = n + cnt
@@ -507,13 +559,16 @@ def _cut_fixed(b, o, L, cnt, prog, p, flags, so, sl, c, n, exp, ver, ts, uptime,
         for k in range(cnt):
             c.url[np.uint64(n + k)] = _url(b, o + k * L, so, sl, pat, pat_off)
     _fill(c.flags, n, m, flags)
+    if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0:
+        for k in range(cnt):
+            _sampled(b, o + k * L, so, sl, c, n + k, main, pat, pat_off, hdr, hdr_off, scr)
 
 
 @njit
 def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_uptime, r_secs, r_scope,
                 reclen, minlen, f0, nf, options, slot_off, slot_len, f_len, f_slot, prog, prog_flags,
                 samp_keys, samp_rates, pat, pat_off, want_options, fast,
-                c, n, r_bad, r_nrec, o_scope, o_sampler, o_rate):
+                c, n, r_bad, r_nrec, o_scope, o_sampler, o_rate, hdr, hdr_off, scr):
     """Cut the data sets r_* over their plans: flow records into columns `c` from row n (when
     want_options is False) or sampling settings of options records into o_* (when True).
 
@@ -541,7 +596,8 @@ def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_up
             if fast and not want_options:
                 cnt = min((end - o) // L, max(cap - n, 0))
                 _cut_fixed(b, o, L, cnt, prog, p, prog_flags[p], so, sl, c, n, r_exp[i], r_ver[i], r_ts[i],
-                           r_uptime[i], r_secs[i], r_scope[i], samp_keys, samp_rates, pat, pat_off)
+                           r_uptime[i], r_secs[i], r_scope[i], samp_keys, samp_rates, pat, pat_off,
+                           r_src[i] == 0, hdr, hdr_off, scr)
                 n += cnt
                 r_nrec[i] = cnt
                 continue
@@ -607,12 +663,18 @@ def decode_sets(buf, pbuf, r_src, r_off, r_len, r_plan, r_exp, r_ver, r_ts, r_up
                 if n >= cap:
                     break
                 _emit(b, o, so, sl, c, n, r_exp[i], r_ver[i], r_ts[i], r_uptime[i], r_secs[i], r_scope[i],
-                      samp_keys, samp_rates, pat, pat_off)
+                      samp_keys, samp_rates, pat, pat_off, r_src[i] == 0, hdr, hdr_off, scr)
                 n += 1
             cnt += 1
             o = nxt
         r_nrec[i] = cnt
     return n, no
+
+
+def _http_args(exporters) -> tuple:
+    """Header names and the packet kernel's scratch, kept with the sFlow state (wire/sflow.py)."""
+    s = exporters.sflow
+    return s.hdr, s.hdr_off, s.scratch
 
 
 @njit
@@ -803,14 +865,14 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = Fals
             o_sampler = np.empty(cap, np.int64)
             o_rate = np.empty(cap, np.float64)
             _, no = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, True, False,
-                                out.cols, n, bad, nrec, o_scope, o_sampler, o_rate)
+                                out.cols, n, bad, nrec, o_scope, o_sampler, o_rate, *_http_args(exporters))
             cache.set_rates(o_scope[:no], o_sampler[:no], o_rate[:no])
             opts = pl.options[r["plan"]]
             exporters.add_counts("options_records", np.repeat(r["exp"][opts], nrec[opts]))
         empty = np.empty(0, np.int64)
         n0 = n
         n, _ = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, False, FAST_PATH,
-                           out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64))
+                           out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64), *_http_args(exporters))
         if keep:                                     # one call per batch: a call costs more than 30 rows
             n = compact(out.cols, n0, n, ep)
         if records is not None:

@@ -322,3 +322,22 @@ def _normalise(fields: dict[str, list[str]], version: int) -> dict | None:
         "version": version,
         "fields": fields,
     }
+
+
+def run_pmacctd_sfprobe(pcap: str | Path, port: int, host: str = "127.0.0.1", agent: str = "192.0.2.7",
+                        sampling: int = 1, timeout: float = 60) -> ExporterRun:
+    """pmacctd with the sfprobe plugin reading a pcap: sFlow v5, one flow sample per packet at
+    sampling 1, each with a raw header record of at most 128 bytes and an extended switch record."""
+    binary = require_tool("pmacctd")
+    with tempfile.TemporaryDirectory(prefix="pmacctd-sf-") as tmp:
+        config = Path(tmp, "pmacctd.conf")
+        config.write_text(
+            "daemonize: false\n"
+            f"pcap_savefile: {Path(pcap).resolve()}\n"
+            "pcap_savefile_wait: false\n"
+            "plugins: sfprobe[p]\n"
+            f"sfprobe_receiver[p]: {_host_port(host, port)}\n"
+            f"sfprobe_agentip[p]: {agent}\n"
+            f"sampling_rate[p]: {sampling}\n"
+        )
+        return _run([binary, "-f", str(config)], timeout, tmp)

@@ -1,0 +1,319 @@
+"""One kernel for sampled packet headers (sFlow raw header records; RFC 7133 packet sections).
+
+Rules: Ethernet (any number of 802.1Q / 802.1ad tags: the outer id goes to vlan_dot1q, the next to
+vlan_cust), IPv4 (options skipped by IHL) or IPv6 (extension headers walked; a non-first fragment
+has no L4 header), then TCP / UDP ports or ICMP type * 256 + code as the destination port. In a
+TCP payload, as far as it was sampled and within the IP length: an HTTP request line whose method
+is in METHODS, its request-target (cut by the end of the sample or not) and the names of the header
+fields that follow, each compared whole and case-insensitively with the configured names. Bodies,
+header values and responses are never searched. Every read is bounded by `end`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..flows import HTTP
+from ..jit import njit
+from .readers import _u16, _u32
+
+__all__ = ["ETHERNET", "IPV4", "IPV6", "METHODS", "parse_packet", "store", "scratch", "patterns", "parse_one"]
+
+# sFlow header_protocol values (sFlow v5 "header_protocol"); RFC 7133 sections map onto them
+ETHERNET = 1
+IPV4 = 11
+IPV6 = 12
+
+METHODS = ("GET", "PUT", "POST", "HEAD", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")
+_M = [m.encode() for m in METHODS]
+_METHOD_BUF = np.frombuffer(b"".join(_M), np.uint8).copy()
+_METHOD_OFF = np.zeros(len(_M) + 1, np.int64)
+_METHOD_OFF[1:] = np.cumsum([len(m) for m in _M])
+
+_TAGS = (0x8100, 0x88A8, 0x9100, 0x9200)      # 802.1Q, 802.1ad and the pre-standard QinQ TPIDs
+_MAPPED = np.uint64(0x0000FFFF_00000000)
+# IPv6 extension headers walked by their length: hop-by-hop, routing, destination options,
+# mobility, HIP, shim6 ((len + 1) * 8 bytes); AH ((len + 2) * 4); fragment (8, handled apart)
+_EXT8 = (0, 43, 60, 135, 139, 140)
+
+
+# the kernel's results, in a uint64 scratch array (a column set passed per call would cost reference
+# counting per column per packet): addresses, ports, protocol, VLAN ids (NONE: absent), url index + 1,
+# method index + 1 (0: no request line), request-target offset and length, header bits
+S_SRC_HI, S_SRC_LO, S_DST_HI, S_DST_LO, S_SPORT, S_DPORT, S_PROTO, S_VLAN1, S_VLAN2, S_URL, S_METHOD, \
+    S_URL_OFF, S_URL_LEN, S_HEADERS = range(14)
+NONE = np.uint64(0xFFFF)
+
+
+def scratch() -> np.ndarray:
+    return np.zeros(16, np.uint64)
+
+
+def patterns(strings) -> tuple[np.ndarray, np.ndarray]:
+    """(buffer, offsets) of lower-cased ASCII strings for the kernels: string k is buf[off[k]:off[k+1]]."""
+    enc = [s.lower().encode() for s in strings if s]
+    off = np.zeros(len(enc) + 1, np.int64)
+    if enc:
+        off[1:] = np.cumsum([len(p) for p in enc])
+    return np.frombuffer(b"".join(enc) or b"\0", np.uint8).copy(), off
+
+
+@njit
+def _lower(x):
+    return x + 32 if 65 <= x <= 90 else x
+
+
+@njit
+def _find(b, o, ln, pat, p0, p1):
+    """Whether pat[p0:p1] occurs in b[o:o+ln], ASCII case-insensitively (pat is lower case)."""
+    m = p1 - p0
+    if m == 0:
+        return True
+    for s in range(ln - m + 1):
+        k = 0
+        while k < m and _lower(b[o + s + k]) == pat[p0 + k]:
+            k += 1
+        if k == m:
+            return True
+    return False
+
+
+@njit
+def _equal(b, o, ln, pat, p0, p1):
+    if ln != p1 - p0:
+        return False
+    for k in range(ln):
+        if _lower(b[o + k]) != pat[p0 + k]:
+            return False
+    return True
+
+
+@njit
+def _method(b, p, end):
+    """Index into METHODS of the request method at p (followed by one space), or -1."""
+    for m in range(_METHOD_OFF.shape[0] - 1):
+        m0 = _METHOD_OFF[m]
+        ln = _METHOD_OFF[m + 1] - m0
+        if p + ln < end and b[p + ln] == 32:
+            k = 0
+            while k < ln and b[p + k] == _METHOD_BUF[m0 + k]:
+                k += 1
+            if k == ln:
+                return m
+    return -1
+
+
+@njit
+def method_index(b, o, ln):
+    """Index into METHODS of the method spelled by b[o:o+ln] exactly (IPFIX httpRequestMethod), or -1."""
+    for m in range(_METHOD_OFF.shape[0] - 1):
+        m0 = _METHOD_OFF[m]
+        if _METHOD_OFF[m + 1] - m0 == ln:
+            k = 0
+            while k < ln and b[o + k] == _METHOD_BUF[m0 + k]:
+                k += 1
+            if k == ln:
+                return m
+    return -1
+
+
+@njit(inline="always")     # numba-level: a call per packet would pay reference counts per array
+def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
+    """Parse an HTTP request line (and header names) at b[p:end] into the scratch r."""
+    m = _method(b, p, end)
+    if m < 0:
+        return
+    t = p + _METHOD_OFF[m + 1] - _METHOD_OFF[m] + 1
+    te = t
+    while te < end and b[te] != 32 and b[te] != 13 and b[te] != 10:
+        te += 1
+    if te == t:
+        return
+    r[S_METHOD] = m + 1
+    r[S_URL_OFF] = t
+    r[S_URL_LEN] = te - t
+    for k in range(pat_off.shape[0] - 1):
+        if _find(b, t, te - t, pat, pat_off[k], pat_off[k + 1]):
+            r[S_URL] = k + 1
+            break
+    if te >= end or b[te] != 32:
+        return                       # cut in the target, or an HTTP/0.9 line: no header fields
+    q = te
+    while q < end and b[q] != 10:    # the rest of the request line
+        q += 1
+    found = np.uint32(0)
+    while q < end:
+        q += 1                       # past LF: the start of a field line
+        if q >= end or b[q] == 13 or b[q] == 10:
+            break                    # the empty line: the body follows and is never read
+        colon = q
+        while colon < end and b[colon] != 58 and b[colon] != 10 and b[colon] != 32 and b[colon] != 9:
+            colon += 1
+        if colon < end and b[colon] == 58 and colon > q:       # a name seen whole
+            for k in range(min(hdr_off.shape[0] - 1, 32)):
+                if _equal(b, q, colon - q, hdr, hdr_off[k], hdr_off[k + 1]):
+                    found |= np.uint32(1) << np.uint32(k)
+                    break
+        while q < end and b[q] != 10:
+            q += 1
+    r[S_HEADERS] = found
+
+
+@njit(inline="always")
+def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
+    """Walk the sampled packet b[o:end] of type `kind` (ETHERNET, IPV4, IPV6) into the scratch r
+    (S_* slots; `store` writes it to a row). Returns the IP version found (4, 6) or 0 (no IP header)."""
+    r[S_SPORT] = 0
+    r[S_DPORT] = 0
+    r[S_PROTO] = 0
+    r[S_VLAN1] = NONE
+    r[S_VLAN2] = NONE
+    r[S_URL] = 0
+    r[S_METHOD] = 0
+    r[S_HEADERS] = 0
+    p = o
+    if kind == ETHERNET:
+        if p + 14 > end:
+            return 0
+        et = _u16(b, p + 12)
+        p += 14
+        tags = 0
+        while et == 0x8100 or et == 0x88A8 or et == 0x9100 or et == 0x9200:
+            if p + 4 > end:
+                return 0
+            vid = np.uint64(_u16(b, p) & 0xFFF)
+            if tags == 0:
+                r[S_VLAN1] = vid
+            elif tags == 1:
+                r[S_VLAN2] = vid
+            tags += 1
+            et = _u16(b, p + 2)
+            p += 4
+        if et == 0x0800:
+            kind = IPV4
+        elif et == 0x86DD:
+            kind = IPV6
+        else:
+            return 0
+    frag = False
+    if kind == IPV4:
+        if p + 20 > end or (b[p] >> 4) != 4:
+            return 0
+        ihl = (b[p] & 15) * 4
+        if ihl < 20:
+            return 0
+        ip_end = p + _u16(b, p + 2)
+        proto = b[p + 9]
+        frag = (_u16(b, p + 6) & 0x1FFF) != 0
+        r[S_SRC_HI] = 0
+        r[S_SRC_LO] = _MAPPED | np.uint64(_u32(b, p + 12))
+        r[S_DST_HI] = 0
+        r[S_DST_LO] = _MAPPED | np.uint64(_u32(b, p + 16))
+        version = 4
+        p += ihl
+    elif kind == IPV6:
+        if p + 40 > end or (b[p] >> 4) != 6:
+            return 0
+        ip_end = p + 40 + _u16(b, p + 4)
+        proto = b[p + 6]
+        r[S_SRC_HI] = (np.uint64(_u32(b, p + 8)) << np.uint64(32)) | np.uint64(_u32(b, p + 12))
+        r[S_SRC_LO] = (np.uint64(_u32(b, p + 16)) << np.uint64(32)) | np.uint64(_u32(b, p + 20))
+        r[S_DST_HI] = (np.uint64(_u32(b, p + 24)) << np.uint64(32)) | np.uint64(_u32(b, p + 28))
+        r[S_DST_LO] = (np.uint64(_u32(b, p + 32)) << np.uint64(32)) | np.uint64(_u32(b, p + 36))
+        version = 6
+        p += 40
+        for _ in range(16):                 # at most 16 extension headers
+            if proto == 44:                 # fragment
+                if p + 8 > end:
+                    break
+                frag = (_u16(b, p + 2) & 0xFFF8) != 0
+                proto = b[p]
+                p += 8
+            elif proto == 51:               # AH
+                if p + 2 > end:
+                    break
+                ln = (b[p + 1] + 2) * 4
+                proto = b[p]
+                p += ln
+            elif proto == 0 or proto == 43 or proto == 60 or proto == 135 or proto == 139 or proto == 140:
+                if p + 2 > end:
+                    break
+                ln = (b[p + 1] + 1) * 8
+                proto = b[p]
+                p += ln
+            else:
+                break
+    else:
+        return 0
+    r[S_PROTO] = proto
+    if frag or p > end:
+        return version
+    if proto == 6 or proto == 17 or proto == 132:
+        if p + 4 > end:
+            return version
+        r[S_SPORT] = _u16(b, p)
+        r[S_DPORT] = _u16(b, p + 2)
+        if proto == 6 and p + 20 <= end:
+            off = (b[p + 12] >> 4) * 4
+            stop = min(end, ip_end)
+            if off >= 20 and p + off < stop:
+                _http(b, p + off, stop, r, pat, pat_off, hdr, hdr_off)
+    elif proto == 1 or proto == 58:
+        if p + 2 > end:
+            return version
+        r[S_DPORT] = _u16(b, p)
+    return version
+
+
+@njit
+def store(r, c, n):
+    """Row n of the columns c from the scratch r of parse_packet (addresses, ports, protocol,
+    vlan_dot1q / vlan_cust, url and, with a request line, flag HTTP and the HTTP columns)."""
+    c.src_hi[n] = r[S_SRC_HI]
+    c.src_lo[n] = r[S_SRC_LO]
+    c.dst_hi[n] = r[S_DST_HI]
+    c.dst_lo[n] = r[S_DST_LO]
+    c.sport[n] = r[S_SPORT]
+    c.dport[n] = r[S_DPORT]
+    c.proto[n] = r[S_PROTO]
+    c.vlan_dot1q[n] = np.int16(r[S_VLAN1]) if r[S_VLAN1] != NONE else np.int16(-1)
+    c.vlan_cust[n] = np.int16(r[S_VLAN2]) if r[S_VLAN2] != NONE else np.int16(-1)
+    c.url[n] = np.int16(r[S_URL]) - np.int16(1)
+    if r[S_METHOD] != 0:
+        c.flags[n] |= HTTP
+        c.http_method[n] = np.int8(r[S_METHOD]) - np.int8(1)
+        c.url_off[n] = np.int64(r[S_URL_OFF])
+        c.url_len[n] = np.int32(r[S_URL_LEN])
+        c.headers[n] = np.uint32(r[S_HEADERS])
+
+
+@njit
+def _one(b, kind, c, r, pat, pat_off, hdr, hdr_off):
+    c.flags[0] = 0
+    version = parse_packet(b, 0, b.shape[0], kind, r, pat, pat_off, hdr, hdr_off)
+    if version:
+        store(r, c, 0)
+    return version
+
+
+def parse_one(data: bytes, kind: int = ETHERNET, url_substrings=(), header_names=()) -> dict | None:
+    """The kernel on one packet (tests, tools): a dict of what it found, or None without an IP header."""
+    from ..addr import from_hilo
+    from ..flows import FlowBatch
+    fb = FlowBatch(1)
+    c = fb.cols
+    b = np.frombuffer(bytes(data), np.uint8).copy()
+    version = _one(b, kind, c, scratch(), *patterns(url_substrings), *patterns(header_names))
+    if not version:
+        return None
+    http = bool(c.flags[0] & HTTP)
+    names = [h.lower() for h in header_names if h]
+    t0, tl = int(c.url_off[0]), int(c.url_len[0])
+    return {
+        "src": from_hilo(int(c.src_hi[0]), int(c.src_lo[0])), "dst": from_hilo(int(c.dst_hi[0]), int(c.dst_lo[0])),
+        "proto": int(c.proto[0]), "sport": int(c.sport[0]), "dport": int(c.dport[0]),
+        "vlans": [int(c.vlan_dot1q[0]), int(c.vlan_cust[0])],
+        "method": METHODS[int(c.http_method[0])] if http else None,
+        "target": bytes(b[t0:t0 + tl]) if http else None,
+        "url": int(c.url[0]),
+        "headers": [h for k, h in enumerate(names[:32]) if int(c.headers[0]) >> k & 1] if http else [],
+    }

@@ -1,0 +1,327 @@
+"""sFlow version 5 (sflow.org), sans-IO: one numba kernel decodes every sFlow datagram of a batch.
+
+Rules: a datagram is checked whole before it is decoded: every sample and every flow record must fit
+in what contains it, else the datagram is rejected (bad_sample) and its neighbours decode as usual;
+bytes after the last sample are ignored. One row per flow sample (compact 0:1 or expanded 0:3) that
+carries a packet: its raw header record (0:1; Ethernet, IPv4 or IPv6, walked by wire/packet.py),
+else its sampled IPv4 / IPv6 record (0:3, 0:4). bytes = the sampled frame's length, packets = 1,
+sampling = the sampling rate; the extended switch record (0:1001) gives vlan_src / vlan_dst. Every
+other sample (counters, drops, unknown) and record is skipped by its length and counted. Sequence
+numbers: datagram gaps per agent (sflow_datagrams_lost), flow-sample gaps per source id (records lost
+upstream, seq_lost). The exporter of a datagram is (source address and port, agent, sub-agent id).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..flows import HTTP, SFLOW
+from ..jit import njit
+from .errors import reason_code
+from .packet import (ETHERNET, IPV4, IPV6, NONE, S_DPORT, S_DST_HI, S_DST_LO, S_HEADERS, S_METHOD, S_PROTO,
+                     S_SPORT, S_SRC_HI, S_SRC_LO, S_URL, S_URL_LEN, S_URL_OFF, S_VLAN1, S_VLAN2, parse_packet,
+                     patterns, scratch)
+from .readers import _u16, _u32
+
+__all__ = ["SflowState", "agents", "decode_sflow", "MIN_ROW_BYTES", "SKIPPED", "WARM_UP"]
+
+_MAPPED = np.uint64(0x0000FFFF_00000000)
+_TOO_SHORT = reason_code("too_short")
+_UNKNOWN = reason_code("unknown_version")
+_BAD = reason_code("bad_sample")
+MIN_ROW_BYTES = 48           # a flow sample with one record takes at least this many bytes
+# per-datagram counts the kernel returns, in the order of these exporter counters
+SKIPPED = ("sflow_samples_skipped", "sflow_records_skipped", "sflow_datagrams_lost")
+_TABLE_BITS = 16             # per source id sequence tracking: open addressing, 65 536 slots
+_PROBES = 32
+
+
+class SflowState:
+    """What the sFlow kernel keeps between batches, and the HTTP strings it looks for."""
+
+    def __init__(self, url_substrings=(), header_names=()):
+        self.pat, self.pat_off = patterns(url_substrings)
+        self.hdr, self.hdr_off = patterns(header_names)
+        self.src_key = np.full(1 << _TABLE_BITS, -1, np.int64)   # (exporter, source id) of the slot
+        self.src_next = np.zeros(1 << _TABLE_BITS, np.uint32)    # next flow-sample sequence number
+        self.scratch = scratch()
+
+    def next_sequence(self, exporter: int, source_type: int, source_index: int) -> int | None:
+        """The flow-sample sequence number expected next from a source id (tools, tests)."""
+        key = (exporter << 40) | ((source_type & 0xFF) << 32) | source_index
+        h = ((key * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> (64 - _TABLE_BITS)
+        for i in range(_PROBES):
+            s = (h + i) & ((1 << _TABLE_BITS) - 1)
+            if self.src_key[s] == key:
+                return int(self.src_next[s])
+            if self.src_key[s] < 0:
+                return None
+        return None
+
+
+@njit
+def agents(buf, offs, lens, sel, out_hi, out_lo, out_sub, out_ok):
+    """Agent address and sub-agent id of the sFlow datagrams `sel`; out_ok False where absent."""
+    for k in range(sel.shape[0]):
+        d = sel[k]
+        o = offs[d]
+        ln = lens[d]
+        out_ok[k] = False
+        if ln < 8 or _u32(buf, o) != 5:
+            continue
+        at = _u32(buf, o + 4)
+        if at == 1 and ln >= 16:
+            out_hi[k] = 0
+            out_lo[k] = _MAPPED | np.uint64(_u32(buf, o + 8))
+            out_sub[k] = _u32(buf, o + 12)
+            out_ok[k] = True
+        elif at == 2 and ln >= 28:
+            out_hi[k] = (np.uint64(_u32(buf, o + 8)) << np.uint64(32)) | np.uint64(_u32(buf, o + 12))
+            out_lo[k] = (np.uint64(_u32(buf, o + 16)) << np.uint64(32)) | np.uint64(_u32(buf, o + 20))
+            out_sub[k] = _u32(buf, o + 24)
+            out_ok[k] = True
+
+
+@njit
+def _check(buf, p, end, nsamp):
+    """Number of flow samples if every sample and flow record fits, else -1."""
+    flows = 0
+    for _ in range(nsamp):
+        if p + 8 > end:
+            return -1
+        fmt = _u32(buf, p)
+        ln = _u32(buf, p + 4)
+        body = p + 8
+        send = body + ln
+        if send > end:
+            return -1
+        if fmt == 1 or fmt == 3:
+            head = 32 if fmt == 1 else 44
+            if ln < head:
+                return -1
+            nrec = _u32(buf, body + head - 4)
+            r = body + head
+            for _ in range(nrec):
+                if r + 8 > send:
+                    return -1
+                rl = _u32(buf, r + 4)
+                r += 8 + rl
+                if r > send:
+                    return -1
+            flows += 1
+        p = send
+    return flows
+
+
+@njit
+def _track(key, seq, src_key, src_next):
+    """Flow samples missed before `seq` for (exporter, source id) `key`; 0 when first seen or untracked."""
+    mask = np.uint64((1 << _TABLE_BITS) - 1)
+    h = (np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - _TABLE_BITS)
+    for i in range(_PROBES):
+        s = (h + np.uint64(i)) & mask
+        if src_key[s] == key:
+            gap = np.uint32(seq - src_next[s])
+            src_next[s] = np.uint32(seq + 1)
+            return np.int64(gap) if gap < np.uint32(0x80000000) else np.int64(0)
+        if src_key[s] < 0:
+            src_key[s] = key
+            src_next[s] = np.uint32(seq + 1)
+            return np.int64(0)
+    return np.int64(0)
+
+
+@njit
+def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_next, seq_seen, seq_lost,
+                 src_key, src_next, pat, pat_off, hdr, hdr_off, scr):
+    """Decode sFlow datagrams `sel` into columns `c` from row n; returns the new n.
+
+    status[d] gets 0 or a reason code; counts[d, :] the datagram's SKIPPED counts. seq_next /
+    seq_seen (datagram sequence) and seq_lost (flow samples missed) are per-exporter arrays;
+    scr is the packet kernel's scratch (packet.scratch()).
+    """
+    cap = c.ts.shape[0]
+    for k in range(sel.shape[0]):
+        d = sel[k]
+        o = offs[d]
+        ln = lens[d]
+        end = o + ln
+        if ln < 8:
+            status[d] = _TOO_SHORT
+            continue
+        if _u32(buf, o) != 5:
+            status[d] = _UNKNOWN
+            continue
+        at = _u32(buf, o + 4)
+        if at == 1:
+            p = o + 12
+        elif at == 2:
+            p = o + 24
+        else:
+            status[d] = _BAD
+            continue
+        if p + 16 > end:
+            status[d] = _TOO_SHORT
+            continue
+        seq = _u32(buf, p + 4)
+        nsamp = _u32(buf, p + 12)
+        p += 16
+        flows = _check(buf, p, end, nsamp)
+        if flows < 0:
+            status[d] = _BAD
+            continue
+        if n + flows > cap:           # the caller sizes columns from the batch; never overrun
+            break
+        status[d] = 0
+        e = exp_ids[d]
+        if seq_seen[e]:
+            gap = np.uint32(seq - seq_next[e])
+            if gap < np.uint32(0x80000000):
+                counts[d, 2] += gap
+        seq_seen[e] = True
+        seq_next[e] = np.uint32(seq + 1)
+        t = ts[d]
+        for _ in range(nsamp):
+            fmt = _u32(buf, p)
+            body = p + 8
+            send = body + _u32(buf, p + 4)
+            p = send
+            if fmt == 1:
+                sseq = _u32(buf, body)
+                sid = _u32(buf, body + 4)
+                source = (np.int64(sid >> 24) << 32) | np.int64(sid & 0xFFFFFF)
+                rate = _u32(buf, body + 8)
+                in_if = _u32(buf, body + 20) & 0x3FFFFFFF
+                out_if = _u32(buf, body + 24) & 0x3FFFFFFF
+                nrec = _u32(buf, body + 28)
+                r = body + 32
+            elif fmt == 3:
+                sseq = _u32(buf, body)
+                source = (np.int64(_u32(buf, body + 4) & 0xFF) << 32) | np.int64(_u32(buf, body + 8))
+                rate = _u32(buf, body + 12)
+                in_if = _u32(buf, body + 28)
+                out_if = _u32(buf, body + 36)
+                nrec = _u32(buf, body + 40)
+                r = body + 44
+            else:
+                counts[d, 0] += 1
+                continue
+            raw = -1
+            ip4 = -1
+            ip6 = -1
+            sw = -1
+            raw_end = 0
+            for _ in range(nrec):
+                rf = _u32(buf, r)
+                rl = _u32(buf, r + 4)
+                rb = r + 8
+                r = rb + rl
+                if rf == 1 and rl >= 16 and raw < 0:
+                    raw = rb
+                    raw_end = r
+                elif rf == 3 and rl >= 32 and ip4 < 0:
+                    ip4 = rb
+                elif rf == 4 and rl >= 56 and ip6 < 0:
+                    ip6 = rb
+                elif rf == 1001 and rl >= 16 and sw < 0:
+                    sw = rb
+                else:
+                    counts[d, 1] += 1
+            c.flags[n] = SFLOW
+            version = 0
+            size = np.uint64(0)
+            if raw >= 0:
+                kind = _u32(buf, raw)
+                size = np.uint64(_u32(buf, raw + 4))
+                hstart = raw + 16
+                hend = min(hstart + _u32(buf, raw + 12), raw_end)
+                if kind == ETHERNET or kind == IPV4 or kind == IPV6:
+                    version = parse_packet(buf, hstart, hend, kind, scr, pat, pat_off, hdr, hdr_off)
+                    if version != 0:       # packet.store, written out: a call would count references per column
+                        c.src_hi[n] = scr[S_SRC_HI]
+                        c.src_lo[n] = scr[S_SRC_LO]
+                        c.dst_hi[n] = scr[S_DST_HI]
+                        c.dst_lo[n] = scr[S_DST_LO]
+                        c.sport[n] = scr[S_SPORT]
+                        c.dport[n] = scr[S_DPORT]
+                        c.proto[n] = scr[S_PROTO]
+                        c.vlan_dot1q[n] = np.int16(scr[S_VLAN1]) if scr[S_VLAN1] != NONE else np.int16(-1)
+                        c.vlan_cust[n] = np.int16(scr[S_VLAN2]) if scr[S_VLAN2] != NONE else np.int16(-1)
+                        c.url[n] = np.int16(scr[S_URL]) - np.int16(1)
+                        if scr[S_METHOD] != 0:
+                            c.flags[n] = SFLOW | HTTP
+                            c.http_method[n] = np.int8(scr[S_METHOD]) - np.int8(1)
+                            c.url_off[n] = np.int64(scr[S_URL_OFF])
+                            c.url_len[n] = np.int32(scr[S_URL_LEN])
+                            c.headers[n] = np.uint32(scr[S_HEADERS])
+            if version == 0 and (ip4 >= 0 or ip6 >= 0):
+                c.flags[n] = SFLOW
+                c.vlan_dot1q[n] = -1
+                c.vlan_cust[n] = -1
+                c.url[n] = -1
+                if ip4 >= 0:
+                    size = np.uint64(_u32(buf, ip4))
+                    c.proto[n] = _u32(buf, ip4 + 4)
+                    c.src_hi[n] = 0
+                    c.src_lo[n] = _MAPPED | np.uint64(_u32(buf, ip4 + 8))
+                    c.dst_hi[n] = 0
+                    c.dst_lo[n] = _MAPPED | np.uint64(_u32(buf, ip4 + 12))
+                    c.sport[n] = _u32(buf, ip4 + 16)
+                    c.dport[n] = _u32(buf, ip4 + 20)
+                    version = 4
+                else:
+                    size = np.uint64(_u32(buf, ip6))
+                    c.proto[n] = _u32(buf, ip6 + 4)
+                    c.src_hi[n] = (np.uint64(_u32(buf, ip6 + 8)) << np.uint64(32)) | np.uint64(_u32(buf, ip6 + 12))
+                    c.src_lo[n] = (np.uint64(_u32(buf, ip6 + 16)) << np.uint64(32)) | np.uint64(_u32(buf, ip6 + 20))
+                    c.dst_hi[n] = (np.uint64(_u32(buf, ip6 + 24)) << np.uint64(32)) | np.uint64(_u32(buf, ip6 + 28))
+                    c.dst_lo[n] = (np.uint64(_u32(buf, ip6 + 32)) << np.uint64(32)) | np.uint64(_u32(buf, ip6 + 36))
+                    c.sport[n] = _u32(buf, ip6 + 40)
+                    c.dport[n] = _u32(buf, ip6 + 44)
+                    version = 6
+            elif version != 0:
+                if ip4 >= 0:
+                    counts[d, 1] += 1
+                if ip6 >= 0:
+                    counts[d, 1] += 1
+            if version == 0:
+                counts[d, 0] += 1
+                continue
+            seq_lost[e] += _track((np.int64(e) << 40) | source, sseq, src_key, src_next)
+            c.exporter[n] = e
+            c.version[n] = 5
+            c.ts[n] = t
+            c.first[n] = t
+            c.last[n] = t
+            c.bytes[n] = size
+            c.packets[n] = 1
+            c.in_if[n] = in_if
+            c.out_if[n] = out_if
+            c.sampling[n] = rate
+            if sw >= 0:
+                c.vlan_src[n] = np.int16(_u32(buf, sw) & 0xFFF)
+                c.vlan_dst[n] = np.int16(_u32(buf, sw + 8) & 0xFFF)
+            else:
+                c.vlan_src[n] = -1
+                c.vlan_dst[n] = -1
+            n += 1
+    return n
+
+
+def _warm_up() -> bytes:
+    """A datagram that takes every branch worth compiling: IPv4 agent, a flow sample with an
+    Ethernet/802.1Q/IPv4/TCP raw header carrying an HTTP request, an extended switch record."""
+    import struct
+    http = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: t\r\n\r\n"
+    tcp = struct.pack(">HHIIBBHHH", 40000, 80, 0, 0, 0x50, 0x18, 512, 0, 0)
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(http), 0, 0, 64, 6, 0,
+                     bytes([10, 0, 0, 1]), bytes([169, 254, 169, 254]))
+    frame = bytes(12) + b"\x81\x00\x00\x0a\x08\x00" + ip + tcp + http
+    pad = bytes(-len(frame) % 4)
+    raw = struct.pack(">IIII", ETHERNET, len(frame), 0, len(frame)) + frame + pad
+    recs = struct.pack(">II", 1, len(raw)) + raw + struct.pack(">IIIIII", 1001, 16, 10, 0, 10, 0)
+    body = struct.pack(">IIIIIIII", 1, 3, 100, 100, 0, 1, 2, 2) + recs
+    sample = struct.pack(">II", 1, len(body)) + body
+    return struct.pack(">IIIIIII", 5, 1, 0x0A000001, 0, 1, 0, 1) + sample
+
+
+WARM_UP = _warm_up()

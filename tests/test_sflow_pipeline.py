@@ -1,0 +1,172 @@
+"""sFlow through the Pipeline: which sample alerts with which signal, what the alert says (and never
+says), exporter identity (source, agent, sub-agent) and sequence gaps counted as lost upstream."""
+from __future__ import annotations
+
+import ipaddress
+
+import msgpack
+import pytest
+
+from bench.sflow import datagram, flow_sample, frame
+from imds_flow import app, config
+from imds_flow.datagrams import DatagramBatch
+from imds_flow.exporters import COUNTERS
+
+T0 = 1_700_000_000.0
+IMDS = int(ipaddress.IPv4Address("169.254.169.254"))
+CLIENT = int(ipaddress.IPv4Address("10.1.2.3"))
+OTHER = int(ipaddress.IPv4Address("10.9.9.9"))
+SUPPRESSED = int(ipaddress.IPv4Address("10.66.0.1"))
+CONFIG = '''
+[[endpoints]]
+name = "aws-imds"
+address = "169.254.169.254"
+[suppress]
+source_subnets = ["10.66.0.0/16"]
+vlans = [666]
+[http]
+header_names = ["X-aws-ec2-metadata-token", "Metadata-Flavor"]
+[alerts]
+fold_window_seconds = 0
+'''
+
+
+class Sink:
+    def __init__(self):
+        self.alerts = []
+
+    def write_alerts(self, alerts):
+        self.alerts += [msgpack.unpackb(a) for a in alerts]
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def run(payloads, src=("192.0.2.50", 6343), config_text=CONFIG):
+    sink = Sink()
+    p = app.Pipeline(config.parse(config_text), sink, clock=lambda: T0)
+    for k, data in enumerate(payloads):
+        p.process(DatagramBatch.from_payloads([data], src=src, ts=T0 + k))
+    p.close()
+    return p, sink.alerts
+
+
+def one(src, dst, payload, vlan=None, dport=80, sport=40000):
+    return datagram([flow_sample(1, frame(src, dst, sport, dport, payload, vlan))], seq=1)
+
+
+# (what is sampled) -> (endpoint, signal, method, url, headers) or None
+CASES = [
+    ((CLIENT, IMDS, b"GET /latest/meta-data/ HTTP/1.1\r\n\r\n"), ("aws-imds", "address", "GET", "/latest/meta-data/", [])),
+    ((CLIENT, IMDS, b"\x16\x03\x01\x02\x00"), ("aws-imds", "address", None, None, [])),
+    ((IMDS, CLIENT, b"HTTP/1.1 200 OK\r\n\r\nsecret"), ("aws-imds", "address", None, None, [])),
+    ((CLIENT, OTHER, b"PUT /latest/api/token HTTP/1.1\r\n\r\n"),
+     ("url:/latest/api/token", "url", "PUT", "/latest/api/token", [])),
+    ((CLIENT, OTHER, b"GET /x HTTP/1.1\r\nmetadata-flavor: Google\r\n\r\n"),
+     ("header:metadata-flavor", "header", "GET", "/x", ["metadata-flavor"])),
+    ((CLIENT, OTHER, b"GET /x HTTP/1.1\r\nMetadata-Flavor: Google\r\nX-AWS-EC2-METADATA-TOKEN: s3cr3t\r\n\r\n"),
+     ("header:x-aws-ec2-metadata-token", "header", "GET", "/x", ["x-aws-ec2-metadata-token", "metadata-flavor"])),
+    ((CLIENT, OTHER, b"GET /x HTTP/1.1\r\nReferer: X-aws-ec2-metadata-token: /latest/meta-data\r\n\r\n"), None),
+    ((CLIENT, OTHER, b"POST /x HTTP/1.1\r\n\r\n/latest/meta-data"), None),
+    ((SUPPRESSED, OTHER, b"GET /latest/meta-data/ HTTP/1.1\r\n\r\n"), None),
+    ((SUPPRESSED, IMDS, b"GET /latest/meta-data/ HTTP/1.1\r\n\r\n"), None),
+]
+
+
+@pytest.mark.parametrize("sample,want", CASES)
+def test_signals(sample, want):
+    src, dst, payload = sample
+    p, alerts = run([one(src, dst, payload)])
+    if want is None:
+        assert alerts == []
+        return
+    (a,) = alerts
+    assert (a["endpoint"], a["signal"], a["http_method"], a["url"], a["headers"]) == want
+    assert a["format"] == "sflow" and a["packets"] == 1 and a["sampling_rate"] == 1000
+    assert a["bytes_estimate"] == a["bytes"] * 1000 and a["vlan"] == 10
+    assert a["direction"] == ("response" if src == IMDS else "request")
+    assert b"s3cr3t" not in msgpack.packb(a) and b"Google" not in msgpack.packb(a)
+
+
+def test_vlan_suppression_from_tags():
+    p, alerts = run([one(CLIENT, IMDS, b"", vlan=666)])
+    assert alerts == [] and p.suppressed == 1
+
+
+def test_exporter_identity_and_sequence_gaps():
+    """(source, agent, sub-agent) is one exporter row; a datagram gap counts datagrams, a flow-sample
+    gap of a source id counts records lost upstream."""
+    f = frame(CLIENT, OTHER, 1, 443, b"", 5)
+    d1 = datagram([flow_sample(10, f), flow_sample(11, f)], seq=100)
+    d2 = datagram([flow_sample(15, f)], seq=103)                      # 2 datagrams, 3 samples missed
+    d3 = datagram([flow_sample(1, f)], seq=1, sub_agent=1)            # another sub-agent: its own row
+    p, _ = run([d1, d2, d3])
+    rows = {(r["agent"], r["sub_agent"]): r for r in p.exporters.snapshot() if "agent" in r}
+    a, b = rows[("192.0.2.7", 0)], rows[("192.0.2.7", 1)]
+    assert (a["datagrams"], a["records"], a["sflow_datagrams_lost"], a["sequence_lost"]) == (2, 3, 2, 3)
+    assert (b["datagrams"], b["records"], b["sequence_lost"]) == (1, 1, 0)
+    assert a["exporter"] == b["exporter"] == "192.0.2.50" and a["exporter_port"] == 6343
+    assert COUNTERS.index("sflow_datagrams_lost") >= 0
+
+
+# --- IPFIX: httpRequestMethod (459) with httpRequestTarget (461); RFC 7133 packet sections ----------
+
+from tests.support import build  # noqa: E402
+
+_BASE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8)]
+
+
+def _ipfix(fields, values):
+    return build.ipfix([build.template_set(10, {400: fields}), build.data_set(400, [build.record(fields, values)])])
+
+
+@pytest.mark.parametrize("length", [build.VAR, 8])
+def test_ipfix_method_and_target(length):
+    target = b"/latest/api/token"
+    fields = _BASE + [(459, build.VAR if length == build.VAR else 3), (461, build.VAR if length == build.VAR else 17)]
+    p, alerts = run([_ipfix(fields, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", target])],
+                    src=("192.0.2.60", 4739))
+    (a,) = alerts
+    assert (a["format"], a["signal"], a["http_method"], a["url"], a["headers"]) == \
+        ("ipfix", "address", "PUT", "/latest/api/token", [])
+
+
+@pytest.mark.parametrize("ie,section", [
+    (315, frame(CLIENT, OTHER, 40000, 8080, b"GET /x HTTP/1.1\r\nX-aws-ec2-metadata-token: s3cr3t\r\n", 12)),
+    (313, frame(CLIENT, OTHER, 40000, 8080, b"GET /latest/meta-data/ HTTP/1.1\r\n", None)[14:]),
+])
+def test_ipfix_packet_sections(ie, section):
+    """A PSAMP-style record that carries only a packet section: addresses, ports and the request come
+    from the section through the packet kernel."""
+    fields = [(ie, build.VAR), (1, 8), (2, 8)]
+    p, alerts = run([_ipfix(fields, [section, 100, 1])], src=("192.0.2.61", 4739))
+    (a,) = alerts
+    assert (a["src"], a["dst"], a["sport"], a["dport"], a["proto"]) == ("10.1.2.3", "10.9.9.9", 40000, 8080, 6)
+    if ie == 315:
+        assert (a["signal"], a["http_method"], a["url"], a["headers"], a["vlan"]) == \
+            ("header", "GET", "/x", ["x-aws-ec2-metadata-token"], 12)
+        assert b"s3cr3t" not in msgpack.packb(a)
+    else:
+        assert (a["signal"], a["endpoint"], a["url"]) == ("url", "url:/latest/meta-data", "/latest/meta-data/")
+
+
+def test_config_header_names_are_checked():
+    with pytest.raises(config.ConfigError):
+        config.parse(CONFIG.replace('"Metadata-Flavor"', '"Metadata Flavor"'))
+    with pytest.raises(config.ConfigError):
+        config.parse(CONFIG.replace('"Metadata-Flavor"', '"' + '", "'.join(f"h{i}" for i in range(40)) + '"'))
+    assert config.parse(CONFIG).http.header_names == ("X-aws-ec2-metadata-token", "Metadata-Flavor")
+
+
+def test_metrics_label_agents_apart():
+    from imds_flow.metrics import render_prometheus
+    f = frame(CLIENT, OTHER, 1, 443, b"", 5)
+    p, _ = run([datagram([flow_sample(1, f)], seq=1), datagram([flow_sample(1, f)], seq=1, sub_agent=2)])
+    text = render_prometheus(p.snapshot())
+    lines = [ln for ln in text.splitlines() if ln.startswith("imds_flow_records_total{")]
+    assert len(lines) == len(set(ln.rsplit(" ", 1)[0] for ln in lines)) == 3     # source row + two agents
+    assert any('sub_agent="2"' in ln and ln.endswith(" 1") for ln in lines)
+    assert "imds_flow_sflow_samples_skipped_total" in text
