@@ -219,6 +219,7 @@ class Pipeline:
         batches). Other sections take effect at the next start; a warning says so."""
         self.detector = Detector(config, url_patterns=config.http.url_substrings)
         self.exporters.templates.set_url_patterns(config.http.url_substrings)
+        self.exporters.sflow.set_patterns(config.http.url_substrings, config.http.header_names)
         for section in ("listen", "templates", "alerts", "logging", "limits"):
             if getattr(config, section, None) != getattr(self.config, section, None):
                 log.warning("reload: [%s] changed; it takes effect at the next start", section)

@@ -39,11 +39,16 @@ class SflowState:
     """What the sFlow kernel keeps between batches, and the HTTP strings it looks for."""
 
     def __init__(self, url_substrings=(), header_names=()):
-        self.pat, self.pat_off = patterns(url_substrings)
-        self.hdr, self.hdr_off = patterns(header_names)
+        self.set_patterns(url_substrings, header_names)
         self.src_key = np.full(1 << _TABLE_BITS, -1, np.int64)   # (exporter, source id) of the slot
         self.src_next = np.zeros(1 << _TABLE_BITS, np.uint32)    # next flow-sample sequence number
         self.scratch = scratch()
+
+    def set_patterns(self, url_substrings, header_names) -> None:
+        """http.url_substrings and http.header_names as the kernels read them; the detector's
+        names must come from the same tuples (Pipeline.reload swaps both at once)."""
+        self.pat, self.pat_off = patterns(url_substrings)
+        self.hdr, self.hdr_off = patterns(header_names)
 
     def next_sequence(self, exporter: int, source_type: int, source_index: int) -> int | None:
         """The flow-sample sequence number expected next from a source id (tools, tests)."""
