@@ -71,7 +71,7 @@ class Sinks:
         per = [{"name": s.name, "type": s.kind, "sent": s.sent, "dropped": s.dropped, "spooled": s.spooled,
                 "spool_bytes": s.spool_bytes} for s in self.sinks]
         return {"spool_bytes": sum(p["spool_bytes"] for p in per),
-                "spool_dropped": sum(p["dropped"] for p in per if p["type"] in ("tcp", "fluent")),
+                "spool_dropped": sum(s.dropped for s in self.sinks if isinstance(s, SpooledSink)),
                 "sinks": per}
 
 
