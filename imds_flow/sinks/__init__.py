@@ -140,4 +140,5 @@ def open_sinks(specs, alerts: str | None = None, alerts_format: str = "msgpack",
             sink.close()
         raise
     formats = [_input_format(s) for s in specs]
-    return Sinks(opened, formats, formats[0] if len(set(formats)) == 1 else "msgpack")
+    one = formats[0] if len(set(formats)) == 1 and formats[0] != "table" else "msgpack"   # table: one header
+    return Sinks(opened, formats, one)
