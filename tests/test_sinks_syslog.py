@@ -180,3 +180,33 @@ def test_leef_values_never_hold_the_delimiter():
     attrs = dict(kv.split("=", 1) for kv in text.split("|", 6)[6].split("\t"))
     assert attrs["endpoint"] == "tab here newline"
     assert SyslogFormatter("leef", "host name").message(alert(1)).split(b" ")[2] == b"hostname"
+
+
+def test_probe_to_collector_to_rsyslog_end_to_end(tmp_path, rsyslog, certs):
+    """router port -> collector -> syslog sink (TLS, CEF) -> rsyslog, proved with `imds-flow probe`."""
+    import subprocess
+    import sys
+
+    from tests.support.collector import AWS_ENDPOINTS, Collector
+    config = AWS_ENDPOINTS + f'''[alerts]
+fold_window_seconds = 0
+[[sinks]]
+type = "syslog"
+address = "localhost:{rsyslog.tls_port}"
+transport = "tls"
+format = "cef"
+tls_ca_file = "{certs.ca}"
+spool_dir = "{tmp_path / 'spool'}"
+'''
+    with Collector(tmp_path, config) as c:
+        sent = subprocess.run([sys.executable, "-m", "imds_flow.cli", "probe", f"127.0.0.1:{c.port}", "--export",
+                               "v9"], capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: len(rsyslog.received()) >= 1, 60), c.log
+        c.stop()
+    [msg] = rsyslog.received()
+    cef = msg["parsed"]["cef"]
+    assert cef["Name"].startswith("TEST ") and cef["Severity"] == "1" and msg["pri"] == "38"   # auth.info
+    ext = cef["Extensions"]
+    assert (ext["src"], ext["spt"], ext["dst"], ext["dpt"]) == ("192.0.2.169", "16925", "169.254.169.254", "80")
+    assert ext["msg"].startswith("TEST alert sent by imds-flow probe")

@@ -143,7 +143,7 @@ class Sinks:
                 "errors": getattr(s, "errors", 0) + h.errors, "failing": int(h.failing_since is not None)}
                for s, h in zip(self.sinks, self.health)]
         return {"spool_bytes": sum(p["spool_bytes"] for p in per),
-                "spool_dropped": sum(p["dropped"] for p in per if p["type"] in ("tcp", "fluent")),
+                "spool_dropped": sum(s.dropped for s in self.sinks if isinstance(s, SpooledSink)),
                 "sinks": per}
 
 
@@ -212,4 +212,5 @@ def open_sinks(specs, alerts: str | None = None, alerts_format: str = "msgpack",
             sink.close()
         raise
     formats = [_input_format(s) for s in specs]
-    return Sinks(opened, formats, formats[0] if len(set(formats)) == 1 else "msgpack")
+    one = formats[0] if len(set(formats)) == 1 and formats[0] != "table" else "msgpack"   # table: one header
+    return Sinks(opened, formats, one)

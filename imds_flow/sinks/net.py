@@ -5,6 +5,8 @@ spool and returns; one thread per sink takes chunks from the spool in order, sen
 a chunk only once it is confirmed (Fluent: the server's ack of the chunk id; TCP: the receiver's
 kernel acknowledged every byte, SIOCOUTQ = 0). A failed chunk is sent again after a reconnect with
 exponential backoff. close() delivers for at most drain_seconds and leaves the rest on disk.
+A connection may be TLS (tls.py: wrapped right after connect, unless the protocol starts TLS itself, as
+NATS does after its INFO) and may open with the protocol's handshake (Fluent shared key, NATS CONNECT).
 """
 from __future__ import annotations
 
