@@ -153,7 +153,9 @@ class Rsyslog:
         if not path.exists():
             return []
         out = []
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        # rsyslog may be writing the last line right now: only lines it has finished count
+        for line in text[: text.rfind("\n") + 1].splitlines():
             if line.strip():
                 doc = json.loads(line)
                 doc["parsed"] = json.loads(doc["parsed"]) if doc.get("parsed") else {}
