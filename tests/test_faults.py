@@ -571,3 +571,29 @@ def test_template_redefinitions_are_counted_and_logged_at_debug(caplog):
     assert p.exporters.total("templates_redefined") == 1
     assert "imds_flow_template_redefinitions_total{" in render_prometheus(p.snapshot())
     assert "1 template(s) redefined" in caplog.text
+
+
+def test_every_outage_of_a_udp_sink_is_warned_however_close(caplog):
+    import logging
+    from imds_flow.sinks import UdpSink
+    caplog.set_level(logging.INFO, logger="imds_flow")
+    port = free_port()
+    sink = UdpSink("siem-udp", "127.0.0.1", port)
+
+    def send_until(dropped: bool) -> None:
+        for _ in range(200):                              # ICMP port unreachable arrives after a send
+            before = sink.dropped
+            sink.write_alerts([packed(0)])
+            if (sink.dropped > before) == dropped:
+                return
+        raise AssertionError("the outage did not show")
+
+    for outage in range(2):                               # two outages within a second of each other
+        send_until(dropped=True)
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", port))
+        send_until(dropped=False)
+        rx.close()
+    sink.close()
+    warned = [r for r in caplog.records if "alert datagram dropped" in r.getMessage()]
+    assert len(warned) == 2 and caplog.text.count("sending again") == 2
