@@ -338,8 +338,9 @@ def test_spool_directory_read_only_while_running(tmp_path):
 
 # --- logrotate: rename + SIGHUP --------------------------------------------------------------------------
 
-def test_rename_and_sighup_start_a_new_file_and_lose_nothing(tmp_path):
-    with Collector(tmp_path, BASE) as c:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rename_and_sighup_start_a_new_file_and_lose_nothing(tmp_path, workers):
+    with Collector(tmp_path, BASE, args=["--workers", str(workers)]) as c:
         tx = Sender(c.port)
         tx.send(100)
         c.wait_alerts(100)
