@@ -589,3 +589,51 @@ def test_every_outage_of_a_udp_sink_is_warned_however_close(caplog):
     sink.close()
     warned = [r for r in caplog.records if "alert datagram dropped" in r.getMessage()]
     assert len(warned) == 2 and caplog.text.count("sending again") == 2
+
+
+PENDING = textwrap.dedent('''
+    import gc, json, struct
+    from imds_flow import app, config
+    from imds_flow.datagrams import DatagramBatch
+
+    def rss_mb(key="VmRSS"):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+
+    cfg = config.parse(config.default_text().replace("max_pending_bytes = 16777216", "max_pending_bytes = 67108864")
+                       .replace("max_pending_bytes_per_exporter = 1048576", "max_pending_bytes_per_exporter = 67108864")
+                       .replace("pending_max_sets = 256", "pending_max_sets = 4096"))
+    p = app.Pipeline(cfg, app._NullSink(), clock=lambda: 1.7e9)
+    p.warm_up()
+    def ipfix(body, seq):
+        return struct.pack(">HHIII", 10, 16 + len(body), 1_700_000_000, seq, 0) + body
+    records = 65535 - 16 - 4
+    dset = struct.pack(">HH", 256, 4 + records) + bytes([6]) * records
+    for k in range(8):                                                # 32 MB of data before its template
+        p.process(DatagramBatch.from_payloads([ipfix(dset, 0)] * 64, ts=1.7e9))
+    tmpl = struct.pack(">HHHH", 256, 1, 4, 1)
+    tset = struct.pack(">HH", 2, 4 + len(tmpl)) + tmpl
+    gc.collect()
+    base = rss_mb()
+    waiting = len(p.exporters.templates.pending)
+    for k in range(40):                                               # the template, then more traffic
+        p.process(DatagramBatch.from_payloads([ipfix(tset, 0)], ts=1.7e9))
+    print(json.dumps({"peak_growth_mb": rss_mb("VmHWM") - base, "records": p.exporters.total("records"),
+                      "waiting_before": waiting, "waiting_after": len(p.exporters.templates.pending),
+                      "capacity": p.batch.capacity}))
+''')
+
+
+def test_data_waiting_for_its_template_is_released_within_the_batch_limit():
+    """32 MB of 1-byte records wait for their template; when it comes they are decoded a batch's worth
+    at a time (the column batch within limits.max_batch_records), none lost."""
+    from imds_flow import app
+    app.Pipeline(config.load(), app._NullSink()).warm_up()
+    out = subprocess.run([sys.executable, "-c", PENDING], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(r)
+    assert r["waiting_before"] == 512 and r["waiting_after"] == 0
+    assert r["records"] == 512 * (65535 - 20)
+    assert r["capacity"] <= 2 * config.Limits().max_batch_records and r["peak_growth_mb"] < 400, r
