@@ -144,14 +144,23 @@ def test_a_torn_tail_is_cut_on_open_and_later_alerts_stay_readable(tmp_path, cap
 
 def test_a_large_unreadable_tail_is_kept_aside_and_a_new_file_started(tmp_path, monkeypatch):
     monkeypatch.setattr(stream_mod, "TORN_MAX", 16)
-    path = tmp_path / "a.json"
-    path.write_bytes(b'{"n": 0}\n' + b"garbage that is no alert\n" * 4)
+    path = tmp_path / "a.mp"
+    path.write_bytes(packed(0) + b"\xc1" * 100)          # 0xc1 is never used in msgpack: unreadable from there
     sink = open_sink(str(path))
-    sink.write_alerts([b'{"n": 1}\n'])
+    sink.write_alerts([packed(1)])
     sink.close()
-    aside = [p for p in tmp_path.iterdir() if p.name.startswith("a.json.torn-")]
-    assert len(aside) == 1 and aside[0].read_bytes().startswith(b'{"n": 0}\n')
-    assert path.read_bytes() == b'{"n": 1}\n'
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("a.mp.torn-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == packed(0) + b"\xc1" * 100    # kept as it was
+    assert [a["n"] for a in read_alerts(path)] == [1]
+
+
+def test_a_json_lines_file_cut_inside_a_line_is_trimmed(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_bytes(b'{"n": 0}\n{"n": 1}\n{"n": ')
+    sink = open_sink(str(path))
+    sink.write_alerts([b'{"n": 2}\n'])
+    sink.close()
+    assert path.read_bytes() == b'{"n": 0}\n{"n": 1}\n{"n": 2}\n'
 
 
 def test_alerts_tool_reports_where_a_file_stops_being_readable(tmp_path):
