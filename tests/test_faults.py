@@ -646,3 +646,17 @@ def test_data_waiting_for_its_template_is_released_within_the_batch_limit():
     assert r["waiting_before"] == 512 and r["waiting_after"] == 0
     assert r["records"] == 512 * (65535 - 20)
     assert r["capacity"] <= 2 * config.Limits().max_batch_records and r["peak_growth_mb"] < 400, r
+
+
+def test_reopen_keeps_the_file_that_is_still_at_its_path_and_follows_a_rename(tmp_path):
+    path = tmp_path / "a.mp"
+    sink = open_sink(str(path))
+    sink.write_alerts([packed(0)])
+    fd = sink._fd
+    sink.reopen()                                         # a config reload: nothing moved
+    assert sink._fd == fd
+    path.rename(tmp_path / "a.mp.1")
+    sink.reopen()                                         # logrotate: a new file at the path
+    sink.write_alerts([packed(1)])
+    sink.close()
+    assert [a["n"] for a in read_alerts(tmp_path / "a.mp.1")] == [0] and [a["n"] for a in read_alerts(path)] == [1]
