@@ -202,6 +202,39 @@ def _replaced(f: BinaryIO, path: str) -> bool:
     return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev)
 
 
+def whole_end(f: BinaryIO) -> tuple[int, int]:
+    """(where the last whole record ends, bytes in all), cheaply, for a writer about to append: JSON
+    lines end at the last newline; a msgpack stream is skipped through object by object, not decoded.
+    readable_end() is the reader's full check."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    head = f.read(CHUNK)
+    if head.lstrip()[:1] == b"{":
+        pos = size
+        while pos > 0:
+            start = max(0, pos - CHUNK)
+            f.seek(start)
+            cut = f.read(pos - start).rfind(b"\n")
+            if cut >= 0:
+                return start + cut + 1, size
+            pos = start
+        return 0, size
+    u = msgpack.Unpacker(raw=False, max_buffer_size=0)
+    f.seek(0)
+    good = 0
+    while data := f.read(1 << 20):
+        u.feed(data)
+        try:
+            while True:
+                u.skip()
+                good = u.tell()
+        except msgpack.OutOfData:
+            continue
+        except (msgpack.FormatError, msgpack.StackError, ValueError):
+            break
+    return good, size
+
+
 def _read_available(f: BinaryIO) -> bytes:
     read1 = getattr(f, "read1", None)
     return read1(CHUNK) if read1 else f.read(CHUNK)

@@ -44,7 +44,8 @@ class Pipeline:
         self.sink = sink
         t, lim = config.templates, config.limits
         bounds = Bounds(lim.max_scopes_per_exporter, lim.max_templates_per_scope, lim.max_templates,
-                        lim.max_template_fields, lim.max_pending_bytes_per_exporter, lim.max_pending_bytes)
+                        lim.max_template_fields, lim.max_pending_bytes_per_exporter, lim.max_pending_bytes,
+                        lim.max_batch_records)
         self.exporters = ExporterTable(clock, templates=TemplateCache(
             t.scope_port, t.lifetime_seconds, t.pending_max_sets, t.pending_max_seconds, config.http.url_substrings,
             bounds), max_exporters=lim.max_exporters, allowed=config.listen.allowed_exporters,

@@ -185,6 +185,8 @@ def replay(pcaps, config_path, alerts_path, alerts_format, port, progress):
         pipeline = run_replay(cfg, sink, batches(), encoder=_encoder(alerts_format))
     except PcapError as e:
         raise click.UsageError(str(e)) from None
+    except OSError as e:                      # the --alerts file failed (a full disk): said, not a traceback
+        raise click.ClickException(f"--alerts {alerts_path}: {e.strerror or e}; the replay stopped") from None
     for path, reader in zip(pcaps, readers):
         skipped = reader.skipped_summary()
         log.info("%s: %d packets, %d UDP datagrams%s", path, reader.stats["packets"], reader.stats["datagrams"],

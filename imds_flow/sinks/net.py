@@ -39,10 +39,14 @@ CHUNK_RECORDS, CHUNK_BYTES = 512, 1 << 20
 
 
 class _Throttle:
-    """At most one message per interval; says how many were held back."""
+    """At most one message per interval; says how many were held back. reset() when the trouble ends,
+    so that the next outage is reported at once however soon it comes."""
 
     def __init__(self, interval: float = 30.0, clock=time.monotonic):
         self.interval, self.clock, self.last, self.held = interval, clock, -1e18, 0
+
+    def reset(self) -> None:
+        self.last, self.held = -1e18, 0
 
     def __call__(self, level: int, msg: str, *args) -> None:
         now = self.clock()
@@ -70,6 +74,7 @@ class UdpSink:
         self.spooled = 0
         self.spool_bytes = 0
         self._warn = _Throttle()
+        self._failing = False
 
     def write_alerts(self, alerts: list[bytes]) -> None:
         for a in alerts:
@@ -78,7 +83,13 @@ class UdpSink:
                 self.sent += 1
             except OSError as e:              # refused (ICMP port unreachable), too large, buffer full
                 self.dropped += 1
+                self._failing = True
                 self._warn(logging.WARNING, "%s: alert datagram dropped: %s", self.name, e.strerror or e)
+            else:
+                if self._failing:
+                    self._failing = False
+                    log.info("%s: sending again (%d alert datagram(s) dropped in all)", self.name, self.dropped)
+                    self._warn.reset()
 
     def flush(self) -> None:
         pass
@@ -281,6 +292,10 @@ class SpooledSink:
                     break
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
+            if backoff > BACKOFF_MIN:             # an outage ended: the next one is reported at once
+                log.info("%s: %s:%d: delivering again; %d alert(s) spooled", self.name, self.host, self.port,
+                         self.spool.records)
+                self._warn.reset()
             backoff = BACKOFF_MIN
         self._disconnect()
 

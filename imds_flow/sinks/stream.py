@@ -106,6 +106,13 @@ class FileSink:
         at PATH, created if missing. The old descriptor is closed only once the new one is open."""
         if self._fd is None:
             return
+        try:
+            now = os.stat(self.path)
+            held = os.fstat(self._fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return                        # still the file at PATH (a reload, not a rotation)
+        except FileNotFoundError:
+            pass
         fd = _open_readable(self.path)
         os.close(self._fd)
         self._fd, self._tear = fd, None
@@ -127,14 +134,14 @@ class FileSink:
 
 def _open_readable(path: str) -> int:
     """An append descriptor of `path` whose content ends in a whole alert (see the module rules)."""
-    from ..alerts_tool import readable_end
+    from ..alerts_tool import whole_end
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
         if not size:
             return fd
         with open(path, "rb") as f:
-            good, size = readable_end(f)
+            good, size = whole_end(f)
         if good >= size:
             return fd
         if size - good <= TORN_MAX:

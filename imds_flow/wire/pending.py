@@ -40,6 +40,7 @@ class Pending:
         self.max_bytes = max_bytes
         self.cols = {name: np.zeros(0, dtype) for name, dtype in COLUMNS}
         self.buf = np.zeros(1, np.uint8)
+        self.held: set[int] = set()          # keys whose template came but whose sets did not fit a batch
 
     def __len__(self) -> int:
         return len(self.cols["key"])

@@ -307,6 +307,7 @@ class Bounds:
     template_fields: int = 1 << 21        # fields of all template definitions together
     pending_bytes_per_exporter: int = 1 << 20   # data sets waiting for their template, per exporter
     pending_bytes: int = 16 << 20         # ... and in all
+    batch_records: int = 1 << 62          # records decoded at once (waiting data is released within it)
 
 
 class TemplateCache:

@@ -816,12 +816,16 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
     prep = Prepared()
     pend = cache.pending
     prep.pbuf = pend.buf
-    if len(pend) and defs:
-        ready = np.isin(pend.cols["key"], np.fromiter(defs, np.int64, len(defs)))
+    if len(pend) and (defs or pend.held):
+        known = set(defs) | pend.held
+        ready = np.isin(pend.cols["key"], np.fromiter(known, np.int64, len(known)))
+        pend.held = set()
+        if ready.any():
+            ready, plans = _release_within(ready, pend, rows, defs, cache, now)
         if ready.any():
             taken, prep.pbuf = pend.take(ready)
             late = dict(taken, src=np.ones(len(taken["key"]), np.uint8), dg=np.full(len(taken["key"]), -1, np.int64),
-                        plan=np.array([defs[k][0][1] for k in taken["key"].tolist()], np.int32))
+                        plan=plans)
             rows = {name: np.concatenate([late[name].astype(rows[name].dtype), rows[name]]) for name in _ROW_COLUMNS}
             exporters.add_counts("sets_late", taken["exp"])
 
@@ -840,6 +844,24 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
     prep.rows, prep.sel, prep.scope_dg, prep.h_seq, prep.unknown, prep.buf, prep.version = \
         rows, sel, scope_dg, h_seq, unknown, buf, version
     return prep
+
+
+def _release_within(ready: np.ndarray, pend, rows: dict, defs: dict, cache, now: float):
+    """The waiting sets to release with this batch, oldest first, as many as keep the batch's records
+    within bounds.batch_records (at worst one per byte); the rest wait for the next batch (pend.held).
+    Returns the mask and the plan of each released set."""
+    idx = np.flatnonzero(ready)
+    keys = pend.cols["key"][idx].tolist()
+    plans = np.array([defs[k][0][1] if k in defs else cache.lookup(k, now) for k in keys], np.int32)
+    minlen = cache.plans.minlen
+    own = rows["plan"] >= 0
+    budget = cache.bounds.batch_records - int((rows["len"][own] // np.maximum(minlen[rows["plan"][own]], 1)).sum())
+    need = np.where(plans >= 0, pend.cols["len"][idx] // np.maximum(minlen[np.maximum(plans, 0)], 1), 0)
+    fits = (np.cumsum(need) <= budget) & (plans >= 0)   # a template that expired meanwhile: it waits (expires)
+    pend.held = {k for k, f, p in zip(keys, fits.tolist(), plans.tolist()) if not f and p >= 0}
+    out = np.zeros_like(ready)
+    out[idx[fits]] = True
+    return out, plans[fits]
 
 
 def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = False, ep=None,
