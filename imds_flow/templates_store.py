@@ -89,13 +89,18 @@ class TemplateFile:
             self._write(held)
 
     def _write(self, held: dict) -> None:
-        doc = {"format": FORMAT, "templates": self.cache.export_state(held)}
+        # one small json.dumps per template: the loop thread gets the GIL back between them (a single
+        # json.dump of 64 k templates is one C call that holds it for a tenth of a second)
+        entries = self.cache.export_state(held)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".templates-", suffix=".tmp", dir=self.path.parent)
             try:
                 with os.fdopen(fd, "w") as f:
-                    json.dump(doc, f, separators=(",", ":"))
+                    f.write(f'{{"format":{FORMAT},"templates":[')
+                    for i, entry in enumerate(entries):
+                        f.write(("," if i else "") + json.dumps(entry, separators=(",", ":")))
+                    f.write("]}")
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, self.path)

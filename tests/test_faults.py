@@ -555,7 +555,7 @@ def test_a_template_is_persisted_within_a_second_or_two(tmp_path):
         tx.sendto(_template(256, [(8, 4), (12, 4)]), ("127.0.0.1", c.port))
         assert wait_for(lambda: 256 in held(), 30)
         tx.sendto(_template(257, [(8, 4), (12, 4), (4, 1)]), ("127.0.0.1", c.port))
-        assert wait_for(lambda: 257 in held(), 5), c.log   # was: the next save 10 s after the first
+        assert wait_for(lambda: 257 in held(), 8), c.log   # was: the next save 10 s after the first
         c.stop()
 
 

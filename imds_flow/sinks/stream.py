@@ -6,8 +6,9 @@ Files are cut between alerts only; one alert larger than max_bytes gets a file o
 
 A file stays readable after any interruption: a batch is written whole or not at all (a write cut
 short, e.g. by a full disk, is truncated back to the last whole alert and raised); on open, a torn
-tail left by a crash is cut off, or, when more than TORN_MAX bytes would go, the file is renamed
-PATH.torn-<time> and a new one started. reopen() opens PATH again (logrotate's `create`).
+tail left by a crash (found by alerts_tool.whole_end, which skips objects without decoding them) is
+cut off, or, when more than TORN_MAX bytes would go, the file is renamed PATH.torn-<time> and a new
+one started. reopen() opens PATH again when it now names another file (logrotate's rename + `create`).
 """
 from __future__ import annotations
 
