@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .sockets import parse_host_port
+
 __all__ = ["Config", "ConfigError", "Endpoint", "SinkSpec", "load", "parse", "default_text", "default_state_file"]
 
 
@@ -321,13 +323,10 @@ SYSLOG_TRANSPORTS = ("udp", "tcp", "tls")
 def _host_port(text: str, key: str, scheme: str = "") -> tuple[str, int]:
     if scheme and text.startswith(scheme + "://"):
         text = text[len(scheme) + 3:]
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or ":" in host and not text.startswith("[") or not port.isdigit() \
-            or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{key} = {text!r}: expected host:port or [IPv6]:port with a port in 1..65535")
-    return host, int(port)
+    try:
+        return parse_host_port(text, key + " =")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _sinks(raw: Any) -> tuple[SinkSpec, ...]:

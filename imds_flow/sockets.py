@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 
-__all__ = ["parse_listen", "open_socket", "open_sockets", "fmt_address", "SO_REUSEPORT"]
+__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "fmt_address", "SO_REUSEPORT"]
 
 log = logging.getLogger("imds_flow")
 
@@ -17,18 +17,29 @@ SO_TIMESTAMPNS = 35                          # kernel arrival time of each datag
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """'[HOST]:PORT' -> (host, port): ':2055', '127.0.0.1:2055', '[::]:2055', '[::1]:2055'."""
+def parse_host_port(text: str, what: str, *, listen: bool = False) -> tuple[str, int]:
+    """The one '[HOST]:PORT' parser: (host, port); IPv6 hosts in brackets ('[::1]:2055').
+
+    listen=True (addresses to bind): the host may be empty (':2055', every IPv4 address) and the
+    port 0 (the kernel picks one). Otherwise (where to send: sinks, probe) a host is required and
+    the port is 1..65535. Raises ValueError naming `what` and the text."""
     host, sep, port = text.rpartition(":")
-    if not sep:
-        raise ValueError(f"listen address {text!r}: expected [HOST]:PORT, e.g. :2055 or [::]:2055")
+    example = ":2055 or [::]:2055" if listen else "host:514 or [2001:db8::1]:514"
+    if not sep or not (host or listen):
+        raise ValueError(f"{what} {text!r}: expected {'[HOST]:PORT' if listen else 'host:port'}, e.g. {example}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"listen address {text!r}: write IPv6 hosts in brackets, e.g. [::1]:2055")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {text!r}: port must be 0..65535")
-    return host or "0.0.0.0", int(port)
+        raise ValueError(f"{what} {text!r}: write IPv6 hosts in brackets, e.g. [::1]:2055")
+    low = 0 if listen else 1
+    if not port.isdigit() or not low <= int(port) <= 65535:
+        raise ValueError(f"{what} {text!r}: port must be {low}..65535")
+    return (host or "0.0.0.0") if listen else host, int(port)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'[HOST]:PORT' to bind: ':2055', '127.0.0.1:2055', '[::]:2055', '[::1]:2055'."""
+    return parse_host_port(text, "listen address", listen=True)
 
 
 def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False, reuseport: bool = False) -> socket.socket:

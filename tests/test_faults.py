@@ -257,9 +257,9 @@ def test_disk_full_under_one_sink_beside_a_healthy_one(tmp_path):
         filler = disk / "filler"
         filler.write_bytes(bytes(150_000))              # leaves ~100 KB: a few hundred alerts fit
         full = disk / "alerts.mp"
-        mport = free_port()
         cfg = BASE + f'[[sinks]]\ntype = "file"\npath = "{full}"\n'
-        with Collector(tmp_path, cfg, args=["--metrics", f"127.0.0.1:{mport}"]) as c:
+        with Collector(tmp_path, cfg, args=["--metrics", "127.0.0.1:0"]) as c:
+            mport = c.metrics_port
             tx = Sender(c.port)
             tx.send(3000)
             healthy = c.wait_alerts(3000, timeout=120)
@@ -318,10 +318,10 @@ def test_spool_directory_read_only_while_running(tmp_path):
     spool.mkdir()
     rx = Receiver()
     rx.start()
-    mport = free_port()
     cfg = BASE + (f'[[sinks]]\ntype = "tcp"\naddress = "127.0.0.1:{rx.port}"\nname = "siem"\n'
                   f'spool_dir = "{spool}"\nspool_max_bytes = 65536\n')
-    with Collector(tmp_path, cfg, args=["--metrics", f"127.0.0.1:{mport}"]) as c:
+    with Collector(tmp_path, cfg, args=["--metrics", "127.0.0.1:0"]) as c:
+        mport = c.metrics_port
         tx = Sender(c.port)
         tx.send(60)
         assert len(wait_for(lambda: len(rx.alerts()) >= 60 and rx.alerts()) or []) == 60, c.log
@@ -423,14 +423,14 @@ def test_fold_keys_are_bounded_and_nothing_is_lost():
 # --- /metrics under a burst of new alert keys ---------------------------------------------------------------
 
 def test_scrapes_during_a_burst_of_new_alert_keys_all_succeed(tmp_path):
-    mport = free_port()
     cfg = BASE.replace("fold_window_seconds = 0", "fold_window_seconds = 600")
     # 600 000 new alert keys, sent at once: the socket buffer holds them and the collector works through
     # them for many seconds, its fold table growing all along (the old /metrics iterated that table
     # from the HTTP thread: "dictionary changed size during iteration")
     dgrams = [v5([(f"10.{j >> 8 & 255}.{j & 255}.{k}", IMDS, 1024 + k, 80) for k in range(30)], seq=30 * j)
               for j in range(20_000)]
-    with Collector(tmp_path, cfg, args=["--metrics", f"127.0.0.1:{mport}"]) as c:
+    with Collector(tmp_path, cfg, args=["--metrics", "127.0.0.1:0"]) as c:
+        mport = c.metrics_port
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for j, d in enumerate(dgrams):
             tx.sendto(d, ("127.0.0.1", c.port))
@@ -460,8 +460,8 @@ def test_scrapes_during_a_burst_of_new_alert_keys_all_succeed(tmp_path):
 
 
 def test_idle_and_vanishing_metrics_clients_are_bounded_and_quiet(tmp_path):
-    mport = free_port()
-    with Collector(tmp_path, BASE, args=["--metrics", f"127.0.0.1:{mport}"]) as c:
+    with Collector(tmp_path, BASE, args=["--metrics", "127.0.0.1:0"]) as c:
+        mport = c.metrics_port
         threads_before = len(os.listdir(f"/proc/{c.proc.pid}/task"))
         idle = []
         for _ in range(200):                              # clients that never say a word
