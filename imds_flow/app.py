@@ -153,7 +153,10 @@ class Pipeline:
     def reload(self, config: Config) -> None:
         """Swap in a new config's endpoints and suppression at once (between two batches).
         Other sections take effect at the next start; a warning says so."""
-        self.detector = Detector(config, url_patterns=config.http.url_substrings)
+        # [http] takes effect at the next start: the decoders keep the strings they were built with,
+        # and the detector's url / header indices must keep meaning the same strings
+        http = self.config.http
+        self.detector = Detector(config, url_patterns=http.url_substrings, header_names=http.header_names)
         for section in ("listen", "templates", "http", "alerts", "logging", "limits"):
             if getattr(config, section, None) != getattr(self.config, section, None):
                 log.warning("reload: [%s] changed; it takes effect at the next start", section)
