@@ -190,16 +190,16 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
                 sid = _u32(buf, body + 4)
                 source = (np.int64(sid >> 24) << 32) | np.int64(sid & 0xFFFFFF)
                 rate = _u32(buf, body + 8)
-                in_if = _u32(buf, body + 20) & 0x3FFFFFFF
-                out_if = _u32(buf, body + 24) & 0x3FFFFFFF
+                in_if = np.uint32(_u32(buf, body + 20) & np.uint32(0x3FFFFFFF))
+                out_if = np.uint32(_u32(buf, body + 24) & np.uint32(0x3FFFFFFF))
                 nrec = _u32(buf, body + 28)
                 r = body + 32
             elif fmt == 3:
                 sseq = _u32(buf, body)
                 source = (np.int64(_u32(buf, body + 4) & 0xFF) << 32) | np.int64(_u32(buf, body + 8))
                 rate = _u32(buf, body + 12)
-                in_if = _u32(buf, body + 28)
-                out_if = _u32(buf, body + 36)
+                in_if = np.uint32(_u32(buf, body + 28))
+                out_if = np.uint32(_u32(buf, body + 36))
                 nrec = _u32(buf, body + 40)
                 r = body + 44
             else:
