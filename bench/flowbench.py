@@ -330,6 +330,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version=sflow" in argv or any(a == "--version" and b == "sflow" for a, b in zip(argv, argv[1:])):
+        from .sflow import main as sflow_main          # sFlow has its own bench
+        return sflow_main([a for a in argv if a not in ("--version=sflow", "sflow", "--version")])
     args = parser().parse_args(argv)
     rivals = [r.strip() for r in args.compare.split(",") if r.strip()]
     for r in rivals:

@@ -144,6 +144,14 @@ class ExporterTable:
         out = exp_ids.copy()
         if n == 0:
             return out
+        if (exp_ids == exp_ids[0]).all() and (agent_hi == agent_hi[0]).all() and (agent_lo == agent_lo[0]).all() \
+                and (sub == sub[0]).all():             # one agent behind one source: the usual batch
+            src = self._keys[int(exp_ids[0])]
+            key = (src[0], src[1], src[2], int(agent_hi[0]), int(agent_lo[0]), int(sub[0]))
+            i = self._index.get(key)
+            i = i if i is not None else self._add(key)
+            out[:] = i if i >= 0 else exp_ids[0]
+            return out
         keys = np.empty(n, dtype=[("e", "i4"), ("hi", "u8"), ("lo", "u8"), ("sub", "u4")])
         keys["e"], keys["hi"], keys["lo"], keys["sub"] = exp_ids, agent_hi, agent_lo, sub
         uniq, inverse = np.unique(keys, return_inverse=True)

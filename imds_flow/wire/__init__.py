@@ -83,19 +83,21 @@ def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state
     k = len(sel)
     hi, lo = np.empty(k, np.uint64), np.empty(k, np.uint64)
     sub, ok = np.empty(k, np.uint32), np.empty(k, np.bool_)
-    sflow.agents(dg.buf, dg.offs, dg.lens, sel, hi, lo, sub, ok)
-    if ok.any():
+    found = sflow.agents(dg.buf, dg.offs, dg.lens, sel, exp_ids, hi, lo, sub, ok)
+    if found == -1:                                  # every one from one source and one agent
+        exp_ids[sel] = state.agents(exp_ids[sel[:1]], hi[:1], lo[:1], sub[:1])[0]
+    elif found:
         has = sel[ok]
         exp_ids[has] = state.agents(exp_ids[has], hi[ok], lo[ok], sub[ok])
-    counts = np.zeros((dg.n, len(sflow.SKIPPED)), np.int64)
+    counts = np.zeros((dg.n, len(sflow.SKIPPED)), np.int64)     # indexed by datagram
     s = state.sflow
     out.n = sflow.decode_sflow(dg.buf, dg.offs, dg.lens, sel, exp_ids, dg.ts, out.cols, out.n, status, counts,
                                state.seq_next, state.seq_seen, state.seq_lost, s.src_key, s.src_next,
                                s.pat, s.pat_off, s.hdr, s.hdr_off, s.scratch)
+    total = counts.sum(axis=0)
     for j, name in enumerate(sflow.SKIPPED):
-        col = counts[sel, j]
-        if col.any():
-            state.add_weighted(name, exp_ids[sel], col)
+        if total[j]:
+            state.add_weighted(name, exp_ids[sel], counts[sel, j])
 
 
 class _OneExporter:

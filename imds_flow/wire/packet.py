@@ -171,7 +171,8 @@ def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     r[S_METHOD] = 0
     r[S_HEADERS] = 0
     p = o
-    if kind == ETHERNET:
+    net = np.int64(kind)                 # the network layer to walk; an int, never unified with a float
+    if net == ETHERNET:
         if p + 14 > end:
             return 0
         et = _u16(b, p + 12)
@@ -189,13 +190,13 @@ def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
             et = _u16(b, p + 2)
             p += 4
         if et == 0x0800:
-            kind = IPV4
+            net = IPV4
         elif et == 0x86DD:
-            kind = IPV6
+            net = IPV6
         else:
             return 0
     frag = False
-    if kind == IPV4:
+    if net == IPV4:
         if p + 20 > end or (b[p] >> 4) != 4:
             return 0
         ihl = (b[p] & 15) * 4
@@ -210,7 +211,7 @@ def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
         r[S_DST_LO] = _MAPPED | np.uint64(_u32(b, p + 16))
         version = 4
         p += ihl
-    elif kind == IPV6:
+    elif net == IPV6:
         if p + 40 > end or (b[p] >> 4) != 6:
             return 0
         ip_end = p + 40 + _u16(b, p + 4)

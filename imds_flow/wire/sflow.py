@@ -64,26 +64,37 @@ class SflowState:
 
 
 @njit
-def agents(buf, offs, lens, sel, out_hi, out_lo, out_sub, out_ok):
-    """Agent address and sub-agent id of the sFlow datagrams `sel`; out_ok False where absent."""
+def agents(buf, offs, lens, sel, exp_ids, out_hi, out_lo, out_sub, out_ok):
+    """Agent address and sub-agent id of the sFlow datagrams `sel`; out_ok False where absent.
+    Returns how many have one, or -1 when all have the same one and the same exporter."""
+    found = 0
+    same = True
     for k in range(sel.shape[0]):
         d = sel[k]
         o = offs[d]
         ln = lens[d]
         out_ok[k] = False
         if ln < 8 or _u32(buf, o) != 5:
+            same = False
             continue
         at = _u32(buf, o + 4)
         if at == 1 and ln >= 16:
             out_hi[k] = 0
             out_lo[k] = _MAPPED | np.uint64(_u32(buf, o + 8))
             out_sub[k] = _u32(buf, o + 12)
-            out_ok[k] = True
         elif at == 2 and ln >= 28:
             out_hi[k] = (np.uint64(_u32(buf, o + 8)) << np.uint64(32)) | np.uint64(_u32(buf, o + 12))
             out_lo[k] = (np.uint64(_u32(buf, o + 16)) << np.uint64(32)) | np.uint64(_u32(buf, o + 20))
             out_sub[k] = _u32(buf, o + 24)
-            out_ok[k] = True
+        else:
+            same = False
+            continue
+        out_ok[k] = True
+        found += 1
+        if k > 0 and (out_hi[k] != out_hi[0] or out_lo[k] != out_lo[0] or out_sub[k] != out_sub[0]
+                      or exp_ids[d] != exp_ids[sel[0]]):
+            same = False
+    return -1 if same and found > 0 else found
 
 
 @njit
@@ -195,16 +206,16 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
                 sid = _u32(buf, body + 4)
                 source = (np.int64(sid >> 24) << 32) | np.int64(sid & 0xFFFFFF)
                 rate = _u32(buf, body + 8)
-                in_if = _u32(buf, body + 20) & 0x3FFFFFFF
-                out_if = _u32(buf, body + 24) & 0x3FFFFFFF
+                in_if = np.uint32(_u32(buf, body + 20) & np.uint32(0x3FFFFFFF))
+                out_if = np.uint32(_u32(buf, body + 24) & np.uint32(0x3FFFFFFF))
                 nrec = _u32(buf, body + 28)
                 r = body + 32
             elif fmt == 3:
                 sseq = _u32(buf, body)
                 source = (np.int64(_u32(buf, body + 4) & 0xFF) << 32) | np.int64(_u32(buf, body + 8))
                 rate = _u32(buf, body + 12)
-                in_if = _u32(buf, body + 28)
-                out_if = _u32(buf, body + 36)
+                in_if = np.uint32(_u32(buf, body + 28))
+                out_if = np.uint32(_u32(buf, body + 36))
                 nrec = _u32(buf, body + 40)
                 r = body + 44
             else:
