@@ -2,12 +2,13 @@
 
 numba's on-disk cache goes to a per-user folder, never beside the package: `NUMBA_CACHE_DIR` when
 set (the systemd unit sets it to its CacheDirectory), else `$XDG_CACHE_HOME/imds-flow/numba`
-(`~/.cache/imds-flow/numba`). A cache next to the sources would leave files in site-packages that
+(`~/.cache/imds-flow/numba`), in a subfolder per version of the sources (see cache_dir). A cache next to the sources would leave files in site-packages that
 pip does not own (an `__pycache__` folder that outlives an uninstall and shadows an editable
 install's package data), and fails on a read-only install.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,11 +18,25 @@ __all__ = ["njit", "cache_dir"]
 
 
 def cache_dir() -> Path:
+    """The folder for this version of the kernels: a subfolder named by a hash of the package's
+    sources. numba checks a cached kernel against its own file only, and kernels here inline
+    functions from other files (the packet kernel into the sFlow and IPFIX decoders): after an
+    upgrade or an edit a stale kernel would load silently. Keyed by every source, a change
+    compiles afresh and leaves the old folder behind (`rm -r` the parent to clear them all)."""
     explicit = os.environ.get("NUMBA_CACHE_DIR")
     if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imds-flow" / "numba"
+        root = Path(explicit)
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imds-flow" / "numba"
+    return root / _sources_digest()
+
+
+def _sources_digest() -> str:
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return "src-" + h.hexdigest()[:16]
 
 
 # numba reads NUMBA_CACHE_DIR once, at its own import; whoever imported it first, this is what the
