@@ -48,7 +48,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     c = batch.cols
     cols = {name: getattr(c, name)[idx].tolist() for name in (
         "exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
-        "bytes", "packets", "first", "last", "sampling", "flags", "http_method", "url_off", "url_len", "headers",
+        "bytes", "packets", "first", "last", "sampling", "row_flags", "http_method", "url_off", "url_len", "headers",
         *VLAN_COLUMNS)}
     vlans = list(zip(*(cols[v] for v in VLAN_COLUMNS)))
     in_ifs, out_ifs = c.in_if[idx].tolist(), c.out_if[idx].tolist()
@@ -73,7 +73,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
         for key, value in (("in_if", in_ifs[j]), ("out_if", out_ifs[j])):
             if value:                         # interface index 0: the exporter did not say
                 alert[key] = value
-        flags = cols["flags"][j]
+        flags = cols["row_flags"][j]
         alert["format"] = "sflow" if flags & SFLOW else ("ipfix" if alert["version"] == 10 else "netflow")
         alert["signal"] = hits.signals[ep] if ep < len(hits.signals) else "address"
         alert["http_method"] = alert["url"] = None
@@ -148,7 +148,7 @@ class Folder:
         count, group = np.empty(m, np.int64), np.empty(m, np.int64)
         sums = np.empty((m, 8), np.uint64)
         times = np.empty((m, 7), np.float64)
-        g = kernels.group_hits(batch.cols, hits.idx, hits.endpoint, hits.direction, self._table[:size],
+        g = kernels.group_hits(batch.rows, hits.idx, hits.endpoint, hits.direction, self._table[:size],
                                group, first, second, last, count, sums, times)
         c = batch.cols
         f_idx = hits.idx[first[:g]]

@@ -1,7 +1,11 @@
-"""FlowBatch: the column arrays that are the one contract between decode and detect.
+"""FlowBatch: the flow rows that are the one contract between decode and detect.
 
-A decoder writes every column of records i = n, n+1, ... into preallocated columns and returns
-the new n; detect reads them. One row is one flow record; no Python object per record exists.
+A decoder writes every field of records i = n, n+1, ... into a preallocated structured array and
+returns the new n; detect reads it. One row is one flow record; no Python object per record exists.
+Kernels take the structured array `rows` (one argument: numba types it in well under a
+microsecond and compiles it as one record type, where a tuple of thirty-odd column arrays cost
+tens of microseconds a call and most of the first start's compile time); they read fields as
+`c.src_hi[i]`, as they would columns. Python code reads `cols`, the same fields as column views.
 Absent values: NAT addresses 0 with the flag bit clear, VLAN -1, times NaN, sampling 0, url -1;
 the HTTP columns (http_method, url_off, url_len, headers) hold values only with the HTTP flag.
 """
@@ -11,9 +15,9 @@ from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["COLUMNS", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "VLAN_COLUMNS", "HTTP_COLUMNS"]
+__all__ = ["COLUMNS", "ROW", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "VLAN_COLUMNS", "HTTP_COLUMNS"]
 
-# flag bits
+# row_flags bits
 NAT_SRC = 1        # nsrc_* holds a post-NAT source address
 NAT_DST = 2        # ndst_* holds a post-NAT destination address
 NO_COUNTERS = 4    # the record carried neither bytes nor packets
@@ -38,7 +42,7 @@ COLUMNS = (
     ("in_if", np.uint32), ("out_if", np.uint32),
     ("sampling", np.uint32),  # sampling interval (1 in N); 0 unknown
     ("url", np.int16),        # index of the configured URL substring found in an HTTP field, -1 none
-    ("flags", np.uint8),
+    ("row_flags", np.uint8),  # NAT_SRC | NAT_DST | NO_COUNTERS | HTTP | SFLOW
     # sampled HTTP request (valid with flag HTTP): strings stay in the datagram buffer (FlowBatch.buf)
     ("http_method", np.int8), # index into wire.packet.METHODS
     ("url_off", np.int64),    # request-target: buf[url_off : url_off + url_len], as sampled
@@ -49,27 +53,32 @@ VLAN_COLUMNS = ("vlan_src", "vlan_dst", "vlan_dot1q", "vlan_cust")
 HTTP_COLUMNS = ("http_method", "url_off", "url_len", "headers")
 
 Columns = namedtuple("Columns", [name for name, _ in COLUMNS])
+ROW = np.dtype(list(COLUMNS), align=True)
 
 class FlowBatch:
-    """Preallocated columns with a fill level `n`; reused batch after batch."""
+    """Preallocated rows with a fill level `n`; reused batch after batch. `rows` goes to kernels;
+    `cols` holds a view of each field of `rows` (the same memory), for numpy and Python code."""
 
-    __slots__ = ("cols", "n", "limit", "buf")
+    __slots__ = ("rows", "cols", "n", "limit", "buf")
 
     def __init__(self, capacity: int = 16384, limit: int = 1 << 62):
-        self.cols = Columns(*(np.empty(capacity, dtype) for _, dtype in COLUMNS))
+        self._allocate(capacity)
         self.n = 0
         self.limit = limit                    # growth stops here (the caller keeps `need` within it)
         self.buf = np.zeros(0, np.uint8)   # the datagram bytes url_off points into (set by wire.decode)
 
+    def _allocate(self, capacity: int) -> None:
+        self.rows = np.empty(capacity, ROW)
+        self.cols = Columns(*(self.rows[name] for name, _ in COLUMNS))
+
     @property
     def capacity(self) -> int:
-        return len(self.cols.ts)
+        return len(self.rows)
 
     def reset(self, need: int) -> None:
         """Empty the batch with room for `need` records (contents are left as they were)."""
         if need > self.capacity:
-            cap = max(need, min(2 * self.capacity, self.limit))
-            self.cols = Columns(*(np.empty(cap, dtype) for _, dtype in COLUMNS))
+            self._allocate(max(need, min(2 * self.capacity, self.limit)))
         self.n = 0
 
     def view(self, name: str) -> np.ndarray:

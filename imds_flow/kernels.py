@@ -7,7 +7,6 @@ is_v4) in five parallel arrays. An IPv6 network never contains an IPv4(-mapped) 
 from __future__ import annotations
 
 import numpy as np
-from numba import literal_unroll
 
 from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import njit
@@ -53,7 +52,7 @@ def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_
     hits = 0
     suppressed = 0
     for i in range(n):
-        flags = c.flags[i]
+        flags = c.row_flags[i]
         direction = REQUEST
         ep = match_net(c.dst_hi[i], c.dst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
         if ep < 0 and flags & NAT_DST:
@@ -121,7 +120,7 @@ def compact(c, start, end, ep):
     Written over column arrays, not per-row calls with the Columns tuple (a reference count per
     column per call costs ~1 us a row)."""
     ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = ep
-    url, flags, dst_hi, dst_lo, src_hi, src_lo = c.url, c.flags, c.dst_hi, c.dst_lo, c.src_hi, c.src_lo
+    url, flags, dst_hi, dst_lo, src_hi, src_lo = c.url, c.row_flags, c.dst_hi, c.dst_lo, c.src_hi, c.src_lo
     ndst_hi, ndst_lo, nsrc_hi, nsrc_lo = c.ndst_hi, c.ndst_lo, c.nsrc_hi, c.nsrc_lo
     j = start
     for i in range(start, end):
@@ -131,8 +130,7 @@ def compact(c, start, end, ep):
                 or (f & NAT_DST and _in_any(ndst_hi[i], ndst_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4))
                 or (f & NAT_SRC and _in_any(nsrc_hi[i], nsrc_lo[i], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4))):
             if j != i:
-                for col in literal_unroll(c):
-                    col[j] = col[i]
+                c[j] = c[i]
             j += 1
     return j
 

@@ -31,7 +31,7 @@ def test_compact_keeps_exactly_the_records_that_may_alert(cfg, records, start):
     fb = fill(records)
     fb.cols.sport[: fb.n] = np.arange(fb.n)                # a row's identity after it moved
     start = min(start, fb.n)
-    end = compact(fb.cols, start, fb.n, det.endpoints)
+    end = compact(fb.rows, start, fb.n, det.endpoints)
     nets = [e.network for e in conf.endpoints]
     want = [i for i, r in enumerate(records) if i < start or detect_one(r, nets, [], set()) is not None]
     assert fb.cols.sport[:end].tolist() == want
@@ -53,7 +53,7 @@ def _batch_of_hits(rows):
         c.first[i], c.last[i] = first, last
         c.sampling[i] = (0, 1, 100)[key % 3]
         c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i] = vlan, -1, -1, -1
-        c.url[i], c.flags[i] = -1, 0
+        c.url[i], c.row_flags[i] = -1, 0
     fb.n = len(rows)
     return fb
 

@@ -41,7 +41,7 @@ def decode_total(data: bytes, table: ExporterTable | None = None) -> tuple[int, 
     status = wire.decode(dg, table.lookup(dg.src_hi, dg.src_lo, dg.sport), table, out)
     assert 0 <= status[0] < len(REASONS)
     c = out.cols
-    http = np.flatnonzero(out.view("flags") & HTTP)
+    http = np.flatnonzero(out.view("row_flags") & HTTP)
     for i in http.tolist():
         assert 0 <= c.url_off[i] and c.url_off[i] + c.url_len[i] <= len(data) and c.url_len[i] > 0
         assert 0 <= c.http_method[i] < 9

@@ -69,7 +69,7 @@ def fill(records):
         if r["ndst"] is not None:
             c.ndst_hi[i], c.ndst_lo[i] = to_hilo(r["ndst"])
             flags |= NAT_DST
-        c.flags[i] = flags
+        c.row_flags[i] = flags
         c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i] = r["vlans"]
         c.url[i] = r["url"]
         c.exporter[i] = i % 3

@@ -89,7 +89,7 @@ def test_corpus_datagram(name):
     caveats = set(e["caveats"])
     if "not_sflow" in caveats:                     # NetFlow v5 sent to the sFlow port: decoded as NetFlow
         assert status == 0 and fb.n > 0
-        assert not (fb.view("flags") & SFLOW).any() and set(fb.view("version").tolist()) == {5}
+        assert not (fb.view("row_flags") & SFLOW).any() and set(fb.view("version").tolist()) == {5}
         return
     errors = e.get("decode_errors") or []
     structural = [m for m in errors if "runs past" in m or m.startswith("header")]
@@ -124,7 +124,7 @@ def test_corpus_datagram(name):
                "vlan_dot1q": int(c.vlan_dot1q[i]), "vlan_cust": int(c.vlan_cust[i]),
                "vlan_src": int(c.vlan_src[i]), "vlan_dst": int(c.vlan_dst[i])}
         assert got == pkt, (i, s["index"])
-        assert int(c.exporter[i]) == row and int(c.packets[i]) == 1 and int(c.flags[i]) & SFLOW
+        assert int(c.exporter[i]) == row and int(c.packets[i]) == 1 and int(c.row_flags[i]) & SFLOW
         assert int(c.sampling[i]) == s["sampling_rate"]
         assert int(c.in_if[i]) == _iface(s["input"]) and int(c.out_if[i]) == _iface(s["output"])
         assert ex.sflow.next_sequence(row, s["source_id_type"], s["source_id_index"]) is not None

@@ -50,7 +50,7 @@ def test_logstash_netflow5_all_twelve_messages(vendors):
         assert (c.packets[i], c.bytes[i]) == (f["in_pkts"], f["in_bytes"])
         assert (c.sport[i], c.dport[i], c.proto[i]) == (f["l4_src_port"], f["l4_dst_port"], f["protocol"])
         assert c.version[i] == 5
-        assert c.vlan_src[i] == -1 and c.flags[i] == 0 and c.url[i] == -1
+        assert c.vlan_src[i] == -1 and c.row_flags[i] == 0 and c.url[i] == -1
     # softflowd's flow_sequence runs on without gaps across the twelve messages
     assert table.seq_lost[0] == 0
 

@@ -98,7 +98,7 @@ def test_fast_path_equals_record_by_record(data):
     s_slow, slow = _decode(version, flds, recs, rates, False)
     assert s_fast == s_slow
     assert len(fast["ts"]) == len(recs)
-    http = (slow["flags"] & HTTP) != 0                  # the HTTP columns hold values only with flag HTTP
+    http = (slow["row_flags"] & HTTP) != 0                  # the HTTP columns hold values only with flag HTTP
     for name, col in slow.items():
         if name in HTTP_COLUMNS:
             col, fast[name] = col[http], fast[name][http]

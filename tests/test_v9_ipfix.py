@@ -39,7 +39,7 @@ class State:
         recs = []
         for i in range(self.out.n):
             r = {k: getattr(c, k)[i].item() for k in ("sport", "dport", "proto", "bytes", "packets", "first", "last",
-                                                       "vlan_src", "vlan_dst", "flags", "sampling", "url", "in_if")}
+                                                       "vlan_src", "vlan_dst", "row_flags", "sampling", "url", "in_if")}
             r["src"] = from_hilo(c.src_hi[i], c.src_lo[i])
             r["dst"] = from_hilo(c.dst_hi[i], c.dst_lo[i])
             r["ndst"] = from_hilo(c.ndst_hi[i], c.ndst_lo[i])
@@ -183,7 +183,7 @@ def test_ipv6_nat_vlans_times_and_no_counters():
         fields, ["2001:db8::1", "2001:db8::2", "169.254.169.254", 0, 20, 1_700_000_000_500, 1_700_000_001_000, 7])])])])
     r = recs[0]
     assert (r["src"], r["dst"], r["ndst"]) == ("2001:db8::1", "2001:db8::2", "169.254.169.254")
-    assert r["flags"] & NAT_DST and r["flags"] & NO_COUNTERS
+    assert r["row_flags"] & NAT_DST and r["row_flags"] & NO_COUNTERS
     assert (r["vlan_src"], r["vlan_dst"], r["in_if"]) == (-1, 20, 7)
     assert (r["first"], r["last"]) == (1_700_000_000.5, 1_700_000_001.0)
 

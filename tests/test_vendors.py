@@ -112,7 +112,7 @@ class Collector:
 
 def _row(c, i) -> dict:
     r = {name: getattr(c, name)[i].item() for name in (
-        "sport", "dport", "proto", "bytes", "packets", "in_if", "out_if", "first", "last", "flags", "sampling", "url",
+        "sport", "dport", "proto", "bytes", "packets", "in_if", "out_if", "first", "last", "row_flags", "sampling", "url",
         *VLAN_COLUMNS)}
     r["src"] = from_hilo(c.src_hi[i], c.src_lo[i])
     r["dst"] = from_hilo(c.dst_hi[i], c.dst_lo[i])

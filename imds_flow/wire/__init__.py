@@ -66,7 +66,7 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0) + need_s)
     out.buf = dg.buf
     if len(sel5):
-        out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel5, exp_ids, dg.ts, out.cols, out.n, status,
+        out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel5, exp_ids, dg.ts, out.rows, out.n, status,
                           state.seq_next, state.seq_seen, state.seq_lost, counts, compacting, ep)
     if prep is not None:
         out.n = v9ipfix.finish(prep, state, out, status, compacting, ep, counts)
@@ -91,7 +91,7 @@ def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state
         exp_ids[has] = state.agents(exp_ids[has], hi[ok], lo[ok], sub[ok])
     counts = np.zeros((dg.n, len(sflow.SKIPPED)), np.int64)     # indexed by datagram
     s = state.sflow
-    out.n = sflow.decode_sflow(dg.buf, dg.offs, dg.lens, sel, exp_ids, dg.ts, out.cols, out.n, status, counts,
+    out.n = sflow.decode_sflow(dg.buf, dg.offs, dg.lens, sel, exp_ids, dg.ts, out.rows, out.n, status, counts,
                                state.seq_next, state.seq_seen, state.seq_lost, s.src_key, s.src_next,
                                s.pat, s.pat_off, s.hdr, s.hdr_off, s.scratch)
     total = counts.sum(axis=0)

@@ -116,7 +116,7 @@ def method_index(b, o, ln):
     return -1
 
 
-@njit(inline="always")     # numba-level: a call per packet would pay reference counts per array
+@njit
 def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
     """Parse an HTTP request line (and header names) at b[p:end] into the scratch r."""
     m = _method(b, p, end)
@@ -158,7 +158,7 @@ def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
     r[S_HEADERS] = found
 
 
-@njit(inline="always")
+@njit
 def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     """Walk the sampled packet b[o:end] of type `kind` (ETHERNET, IPV4, IPV6) into the scratch r
     (S_* slots; `store` writes it to a row). Returns the IP version found (4, 6) or 0 (no IP header)."""
@@ -280,7 +280,7 @@ def store(r, c, n):
     c.vlan_cust[n] = np.int16(r[S_VLAN2]) if r[S_VLAN2] != NONE else np.int16(-1)
     c.url[n] = np.int16(r[S_URL]) - np.int16(1)
     if r[S_METHOD] != 0:
-        c.flags[n] |= HTTP
+        c.row_flags[n] |= HTTP
         c.http_method[n] = np.int8(r[S_METHOD]) - np.int8(1)
         c.url_off[n] = np.int64(r[S_URL_OFF])
         c.url_len[n] = np.int32(r[S_URL_LEN])
@@ -289,7 +289,7 @@ def store(r, c, n):
 
 @njit
 def _one(b, kind, c, r, pat, pat_off, hdr, hdr_off):
-    c.flags[0] = 0
+    c.row_flags[0] = 0
     version = parse_packet(b, 0, b.shape[0], kind, r, pat, pat_off, hdr, hdr_off)
     if version:
         store(r, c, 0)
@@ -303,10 +303,10 @@ def parse_one(data: bytes, kind: int = ETHERNET, url_substrings=(), header_names
     fb = FlowBatch(1)
     c = fb.cols
     b = np.frombuffer(bytes(data), np.uint8).copy()
-    version = _one(b, kind, c, scratch(), *patterns(url_substrings), *patterns(header_names))
+    version = _one(b, kind, fb.rows, scratch(), *patterns(url_substrings), *patterns(header_names))
     if not version:
         return None
-    http = bool(c.flags[0] & HTTP)
+    http = bool(c.row_flags[0] & HTTP)
     names = [h.lower() for h in header_names if h]
     t0, tl = int(c.url_off[0]), int(c.url_len[0])
     return {

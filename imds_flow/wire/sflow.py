@@ -242,7 +242,7 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
                     sw = rb
                 else:
                     counts[d, 1] += 1
-            c.flags[n] = SFLOW
+            c.row_flags[n] = SFLOW
             version = 0
             size = np.uint64(0)
             if raw >= 0:
@@ -264,13 +264,13 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
                         c.vlan_cust[n] = np.int16(scr[S_VLAN2]) if scr[S_VLAN2] != NONE else np.int16(-1)
                         c.url[n] = np.int16(scr[S_URL]) - np.int16(1)
                         if scr[S_METHOD] != 0:
-                            c.flags[n] = SFLOW | HTTP
+                            c.row_flags[n] = SFLOW | HTTP
                             c.http_method[n] = np.int8(scr[S_METHOD]) - np.int8(1)
                             c.url_off[n] = np.int64(scr[S_URL_OFF])
                             c.url_len[n] = np.int32(scr[S_URL_LEN])
                             c.headers[n] = np.uint32(scr[S_HEADERS])
             if version == 0 and (ip4 >= 0 or ip6 >= 0):
-                c.flags[n] = SFLOW
+                c.row_flags[n] = SFLOW
                 c.vlan_dot1q[n] = -1
                 c.vlan_cust[n] = -1
                 c.url[n] = -1

@@ -92,6 +92,6 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
             c.vlan_cust[n] = -1
             c.sampling[n] = sampling
             c.url[n] = -1
-            c.flags[n] = 0
+            c.row_flags[n] = 0
             n += 1
     return n

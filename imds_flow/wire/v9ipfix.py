@@ -307,7 +307,7 @@ def _emit(b, base, so, sl, c, n, exp, ver, ts, uptime, secs, scope, samp_keys, s
     rate = _sampling(b, base, so, sl, scope, samp_keys, samp_rates)
     c.sampling[n] = _rate32(rate)
     c.url[n] = _url(b, base, so, sl, pat, pat_off)
-    c.flags[n] = flags
+    c.row_flags[n] = flags
     if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0:
         _sampled(b, base, so, sl, c, n, main, pat, pat_off, hdr, hdr_off, scr)
 
@@ -343,7 +343,7 @@ def _sampled(b, base, so, sl, c, n, main, pat, pat_off, hdr, hdr_off, scr):
         if c.url[n] < 0 and scr[pk.S_URL] != 0:
             c.url[n] = np.int16(scr[pk.S_URL]) - np.int16(1)
         if main and scr[pk.S_METHOD] != 0:
-            c.flags[n] |= HTTP
+            c.row_flags[n] |= HTTP
             c.http_method[n] = np.int8(scr[pk.S_METHOD]) - np.int8(1)
             c.url_off[n] = np.int64(scr[pk.S_URL_OFF])
             c.url_len[n] = np.int32(scr[pk.S_URL_LEN])
@@ -352,7 +352,7 @@ def _sampled(b, base, so, sl, c, n, main, pat, pat_off, hdr, hdr_off, scr):
     if so[S_METHOD] >= 0 and main:
         m = pk.method_index(b, base + so[S_METHOD], sl[S_METHOD])
         if m >= 0:
-            c.flags[n] |= HTTP
+            c.row_flags[n] |= HTTP
             c.http_method[n] = m
             c.url_off[n] = base + so[S_URL0] if so[S_URL0] >= 0 else 0
             c.url_len[n] = sl[S_URL0] if so[S_URL0] >= 0 else 0
@@ -558,7 +558,7 @@ def _cut_fixed(b, o, L, cnt, prog, p, flags, so, sl, c, n, exp, ver, ts, uptime,
     else:
         for k in range(cnt):
             c.url[np.uint64(n + k)] = _url(b, o + k * L, so, sl, pat, pat_off)
-    _fill(c.flags, n, m, flags)
+    _fill(c.row_flags, n, m, flags)
     if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0:
         for k in range(cnt):
             _sampled(b, o + k * L, so, sl, c, n + k, main, pat, pat_off, hdr, hdr_off, scr)
@@ -887,16 +887,16 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = Fals
             o_sampler = np.empty(cap, np.int64)
             o_rate = np.empty(cap, np.float64)
             _, no = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, True, False,
-                                out.cols, n, bad, nrec, o_scope, o_sampler, o_rate, *_http_args(exporters))
+                                out.rows, n, bad, nrec, o_scope, o_sampler, o_rate, *_http_args(exporters))
             cache.set_rates(o_scope[:no], o_sampler[:no], o_rate[:no])
             opts = pl.options[r["plan"]]
             exporters.add_counts("options_records", np.repeat(r["exp"][opts], nrec[opts]))
         empty = np.empty(0, np.int64)
         n0 = n
         n, _ = decode_sets(*args, cache.samp_keys, cache.samp_rates, cache.pat_buf, cache.pat_off, False, FAST_PATH,
-                           out.cols, n, bad, nrec, empty, empty, np.empty(0, np.float64), *_http_args(exporters))
+                           out.rows, n, bad, nrec, empty, empty, np.empty(0, np.float64), *_http_args(exporters))
         if keep:                                     # one call per batch: a call costs more than 30 rows
-            n = compact(out.cols, n0, n, ep)
+            n = compact(out.rows, n0, n, ep)
         if records is not None:
             flows = ~pl.options[r["plan"]]
             np.add.at(records, r["exp"][flows], nrec[flows])
