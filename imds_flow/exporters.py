@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from . import kernels
+from .keymap import KeyMap
 from .addr import from_hilo, network_hilo
 from .wire.errors import REASONS
 from .wire.templates import TemplateCache
@@ -46,6 +47,7 @@ class ExporterTable:
         self.dropped = {"exporters_over_limit": 0, "not_allowed": 0}
         self.refused: dict[str, tuple[int, int, int]] = {}
         self._index: dict[tuple[int, int, int], int] = {}
+        self._keys = KeyMap()                 # the same index, for a whole batch in one kernel call
         self.address: list[str] = []
         self.port: list[int] = []
         self.counters = np.zeros((capacity, len(COUNTERS)), np.int64)
@@ -102,26 +104,25 @@ class ExporterTable:
 
     def _lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> np.ndarray:
         n = len(sport)
-        out = np.empty(n, np.int32)
-        if n == 0:
-            return out
-        if (src_hi == src_hi[0]).all() and (src_lo == src_lo[0]).all() and (sport == sport[0]).all():
-            key = (int(src_hi[0]), int(src_lo[0]), int(sport[0]))
-            out[:] = self._index.get(key) if key in self._index else self._add(key)
-            if out[0] < 0:
-                self.dropped["exporters_over_limit"] += n
-            return out
-        keys = np.empty(n, dtype=[("hi", "u8"), ("lo", "u8"), ("port", "u2")])
-        keys["hi"], keys["lo"], keys["port"] = src_hi, src_lo, sport
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        ids = np.empty(len(uniq), np.int32)
-        for j, (hi, lo, port) in enumerate(uniq.tolist()):
-            key = (hi, lo, port)
-            ids[j] = self._index[key] if key in self._index else self._add(key)
-        out[:] = ids[inverse.ravel()]
-        if (ids < 0).any():
-            self.dropped["exporters_over_limit"] += int((out < 0).sum())
-        return out
+        out = np.empty(n, np.int64)
+        if n and self._keys.lookup(src_hi, src_lo, sport, out):   # one kernel call; Python per new source
+            miss = np.flatnonzero(out == -2)
+            keys = np.empty(len(miss), dtype=[("hi", "u8"), ("lo", "u8"), ("port", "u2")])
+            keys["hi"], keys["lo"], keys["port"] = src_hi[miss], src_lo[miss], sport[miss]
+            uniq, inverse = np.unique(keys, return_inverse=True)
+            ids = np.empty(len(uniq), np.int64)
+            for j, key in enumerate(uniq.tolist()):
+                got = self._index.get(key)
+                if got is None:
+                    got = self._add(key)          # -1 past max_exporters: never stored, asked again
+                    if got >= 0:
+                        self._keys.insert(*key, got)
+                ids[j] = got
+            out[miss] = ids[inverse.ravel()]
+            refused = int((ids[inverse.ravel()] < 0).sum())
+            if refused:
+                self.dropped["exporters_over_limit"] += refused
+        return out.astype(np.int32)
 
     def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray | None, now: float) -> None:
         """Account one decoded batch: datagrams per exporter, errors per reason, and records per

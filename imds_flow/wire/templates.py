@@ -345,7 +345,7 @@ class TemplateCache:
         self.pat_off = np.zeros(len(pats) + 1, np.int64)
         self.pat_off[1:] = np.cumsum([len(p) for p in pats]) if pats else []
         self.pat_buf = np.frombuffer(b"".join(pats) or b"\0", np.uint8).copy()
-        self._parsed: dict[tuple[int, int, int, bytes], SetParse] = {}   # see parse_set
+        self._parsed: dict[tuple[int, int, bytes], SetParse] = {}   # see parse_set
         from .pending import Pending                  # the buffer of data sets waiting for templates
         self.pending = Pending(bounds.pending_bytes_per_exporter, bounds.pending_bytes)
 
@@ -389,19 +389,22 @@ class TemplateCache:
 
     # --- templates ---------------------------------------------------------------------------
 
-    PARSED_SETS = 4096        # template sets remembered by their bytes (all scopes together)
+    PARSED_SETS = 256         # template sets remembered by their bytes (every scope together) ...
+    PARSED_SET_BYTES = 4096   # ... of at most this size: a flood of large sets cannot grow memory
 
-    def parse_set(self, sid: int, body: bytes, version: int, set_id: int) -> SetParse:
-        """parse_template_set, remembered per scope by the set's bytes: exporters resend the same
-        templates every few datagrams, and an unchanged set is then one dict lookup, not a parse.
-        Its templates come back as the same objects, which define() recognises."""
-        key = (sid, version, set_id, body)
+    def parse_set(self, body: bytes, version: int, set_id: int) -> SetParse:
+        """parse_template_set, remembered by the set's bytes: exporters resend the same templates
+        every few datagrams (and many exporters send the same ones), so an unchanged set is one
+        dict lookup, not a parse. Its templates come back as the same objects, which define()
+        recognises per scope. A pure function of the bytes: scopes stay apart in define()."""
+        key = (version, set_id, body)
         got = self._parsed.get(key)
         if got is None:
             got = parse_template_set(body, version, set_id)
-            if len(self._parsed) >= self.PARSED_SETS:
-                self._parsed.clear()
-            self._parsed[key] = got
+            if len(body) <= self.PARSED_SET_BYTES:
+                if len(self._parsed) >= self.PARSED_SETS:
+                    self._parsed.clear()
+                self._parsed[key] = got
         return got
 
     def define(self, sid: int, t: Template, received: float) -> int:

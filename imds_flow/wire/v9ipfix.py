@@ -702,7 +702,7 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
         d = int(s_dg[row])
         o = int(s_off[row])
         sid = int(s_scope[row])
-        parsed = cache.parse_set(sid, buf[o:o + int(s_len[row])].tobytes(), int(s_ver[row]), int(s_id[row]))
+        parsed = cache.parse_set(buf[o:o + int(s_len[row])].tobytes(), int(s_ver[row]), int(s_id[row]))
         e = int(exp_ids[d])
         exporters.add_count("templates", e, len(parsed.templates))
         if parsed.rejected:
