@@ -326,6 +326,8 @@ class TemplateCache:
         self._scopes: dict[tuple, int] = {}           # (address, port or 0, version, domain) -> scope id
         self.scope_keys: list[tuple] = []
         self._by_exporter: dict[tuple[int, int, int], int] = {}   # (exporter index, version, domain)
+        from ..keymap import KeyMap
+        self._scope_ids = KeyMap()                    # the same, for a batch in one kernel call
         self.templates: dict[int, tuple[int, float, Template]] = {}  # key -> (plan, received, template)
         self.dirty = False
         self.last_sets = None                         # (datagram, offset, records, options) of the last batch
@@ -366,11 +368,17 @@ class TemplateCache:
         return sid
 
     def scopes_for(self, exp: np.ndarray, version: np.ndarray, domain: np.ndarray, exporters) -> np.ndarray:
-        """Scope id of every datagram; Python work per distinct (exporter, version, domain).
+        """Scope id of every datagram; one kernel call, Python work per new (exporter, version, domain).
 
         -1 for a datagram that would open a scope past bounds.scopes_per_exporter (the caller
         drops it as scope_over_limit)."""
-        keys = (exp.astype(np.int64) << 40) | (version.astype(np.int64) << 32) | domain.astype(np.int64)
+        out = np.empty(len(exp), np.int64)
+        if not len(exp) or not self._scope_ids.lookup(exp.astype(np.uint64), version.astype(np.uint64),
+                                                      domain.astype(np.uint64), out):
+            self.scope_exporter[out] = exp           # exporters sharing a scope (scope_port off): the latest
+            return out
+        miss = np.flatnonzero(out == -2)
+        keys = (exp[miss].astype(np.int64) << 40) | (version[miss].astype(np.int64) << 32) | domain[miss].astype(np.int64)
         uniq, inverse = np.unique(keys, return_inverse=True)
         ids = np.empty(len(uniq), np.int64)
         for j, k in enumerate(uniq.tolist()):
@@ -383,9 +391,13 @@ class TemplateCache:
                     continue
                 self._exporter_scopes[e] = have + 1
                 sid = self._by_exporter[(e, v, d)] = self.scope(exporters.address[e], exporters.port[e], v, d)
+                self._scope_ids.insert(e, v, d, sid)
             self.scope_exporter[sid] = e
             ids[j] = sid
-        return ids[inverse.ravel()]
+        out[miss] = ids[inverse.ravel()]
+        ok = out >= 0
+        self.scope_exporter[out[ok]] = exp[ok]
+        return out
 
     # --- templates ---------------------------------------------------------------------------
 
