@@ -1,20 +1,23 @@
-"""imds-flow bench: how many exporters and flow records per second one collector takes without loss.
+"""imds-flow bench: CPU per million records and the no-loss ceiling of one collector, against rivals.
 
     imds-flow bench --sweep                          # find the no-loss ceiling (IPFIX, 1 worker)
-    imds-flow bench --sweep --version 5 --compare nfcapd,nfacctd
+    imds-flow bench --sweep --export v5 --compare nfcapd,nfacctd
+    imds-flow bench --export ipfix --rates 3e5,1e6,2e6 --compare nfcapd,nfacctd --repeat 3
     imds-flow bench --rates 1e6,2e6 --workers 2
     python -m bench.flowbench ...                    # the same from a checkout
+
+The options are parsed by imds_flow/cli.py (click, like every command); run(Settings) does the work.
 
 Synthetic exporters (sendmmsg, paced, one UDP socket each) offer NetFlow v5, v9 or IPFIX over
 loopback to a real collector process, restarted for every point so runs do not leak into each
 other. For each offered rate: records offered and decoded, loss split into kernel socket drops
-(/proc/net/udp) and loss inside the collector, alerts expected and raised, collector CPU, and alert
-latency (kernel arrival of the datagram to the alert written). Prints a table, writes JSON and a
-PNG, and answers in one sentence. Loopback only.
+(/proc/net/udp) and loss inside the collector, alerts expected and raised, collector CPU (as a share
+of a core and per million offered records, with the ratio to each rival at the same rate), and
+alert latency (kernel arrival of the datagram to the alert written). Prints a table, writes JSON
+and a PNG, and answers in one sentence. Loopback only.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,12 +49,40 @@ address = "fd00:ec2::254"
 [listen]
 rcvbuf_bytes = {rcvbuf}
 batch_datagrams = {batch}
-[alerts]
-fold_window_seconds = 0
 [logging]
 stats_interval_seconds = 0
 """
 VERSION_NAME = {5: "NetFlow v5", 9: "NetFlow v9", 10: "IPFIX"}
+EXPORTS = {"v5": 5, "v9": 9, "ipfix": 10, "sflow": None}      # --export: sflow has its own bench (bench/sflow.py)
+
+
+class BenchError(Exception):
+    """A usage problem found after parsing (the CLI prints it as one line, exit 2)."""
+
+
+@dataclass
+class Settings:
+    export: str = "ipfix"
+    sweep: bool = False
+    rates: tuple[float, ...] = ()
+    start: float = 1e6
+    max_points: int = 8
+    duration: float = 3.0
+    exporters: int = 4
+    records: int = 30
+    ipv6_fraction: float = 0.0
+    imds_fraction: float = 0.001
+    imds_sources: int = 64
+    template_every: int = 0
+    workers: int = 1
+    compare: tuple[str, ...] = ()
+    repeat: int = 1
+    inprocess: bool = True
+    out: Path = Path("bench/results")
+
+    @property
+    def version(self) -> int:
+        return EXPORTS[self.export]
 
 
 def _say(msg: str) -> None:
@@ -59,13 +91,15 @@ def _say(msg: str) -> None:
 
 # --- in-process -----------------------------------------------------------------------------------
 
-def inprocess(version: int, records: int = 30, batch: int = 512, seconds: float = 1.0, repeats: int = 5) -> dict:
-    """Records/s through Pipeline.process (decode + detect + alerts), one core, median of runs."""
+def inprocess(version: int, records: int = 30, batch: int = 512, seconds: float = 1.0, repeats: int = 5,
+              imds_fraction: float = 0.001, imds_sources: int = 64) -> dict:
+    """Records per CPU second through Pipeline.process (decode + detect + alerts), one core, median
+    of runs. CPU time, not wall time: the figure holds on a machine shared with other work."""
     from imds_flow import config
     from imds_flow.app import Pipeline, _NullSink
     from imds_flow.datagrams import DatagramBatch
 
-    ex = flow_datagrams(version, batch, records, imds_fraction=0.001)
+    ex = flow_datagrams(version, batch, records, imds_fraction=imds_fraction, imds_sources=imds_sources)
     ex.set_sequence(ex.data, 0)
     size = ex.data.shape[1]
 
@@ -83,16 +117,17 @@ def inprocess(version: int, records: int = 30, batch: int = 512, seconds: float 
     rates = []
     for _ in range(repeats):
         n = 0
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
+        t0 = time.process_time()
+        while time.process_time() - t0 < seconds:
             pipe.process(dg)
             n += batch * records
-        rates.append(n / (time.perf_counter() - t0))
+        rates.append(n / (time.process_time() - t0))
     decoded = pipe.stats()["records"]
     pipe.close()
     if decoded == 0:
         raise RuntimeError(f"in-process bench decoded nothing for version {version}")
-    return {"version": version, "median_records_per_s": statistics.median(rates), "runs": rates}
+    return {"version": version, "imds_fraction": imds_fraction, "median_records_per_s": statistics.median(rates),
+            "runs": rates}
 
 
 # --- collectors under test ------------------------------------------------------------------------
@@ -143,9 +178,19 @@ class Ours:
         if not m:
             raise RuntimeError("no summary from imds-flow: " + text[-2000:])
         g = m.groups()
-        return {"decoded_records": int(g[2]), "kernel_drop_datagrams": drops, "rejected_datagrams": int(g[3]),
+        return {"decoded_records": int(g[2]), "alerted_records": alerted_records(self.workdir / "alerts.mp"),
+                "kernel_drop_datagrams": drops, "rejected_datagrams": int(g[3]),
                 "sequence_lost_records": int(g[4]), "alerts_raised": int(g[5]),
                 "latency_p50_ms": float(g[6]) if g[6] else None, "latency_p99_ms": float(g[7]) if g[7] else None}
+
+
+def alerted_records(path: Path) -> int:
+    """Records the alerts in a msgpack alert file stand for (the sum of `count`)."""
+    import msgpack
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(a.get("count", 1) for a in msgpack.Unpacker(f, raw=False))
 
 
 def fair_rcvbuf() -> int:
@@ -167,18 +212,19 @@ def start_collector(name: str, workdir: Path, workers: int):
     return compare.start(name, workdir)
 
 
-def measure(name: str, version: int, rate: float, duration: float, exporters: int, records: int,
-            ipv6_fraction: float, imds_fraction: float, workers: int = 1) -> dict:
+def measure(name: str, st: Settings, rate: float) -> dict:
     """One point: a fresh collector, `duration` s of offered load, then drain, stop and count."""
+    version, duration, exporters, records = st.version, st.duration, st.exporters, st.records
     with tempfile.TemporaryDirectory(prefix="imds-flow-bench-") as tmp:
-        col = start_collector(name, Path(tmp), workers)
+        col = start_collector(name, Path(tmp), st.workers)
         try:
             cpu0, t0 = col.cpu_seconds(), time.monotonic()
             sent = subprocess.run(
                 [sys.executable, "-m", f"{PACKAGE}.sender", "--port", str(col.port), "--rate", str(rate),
                  "--duration", str(duration), "--exporters", str(exporters), "--records", str(records),
-                 "--version", str(version), "--ipv6-fraction", str(ipv6_fraction),
-                 "--imds-fraction", str(imds_fraction)],
+                 "--version", str(version), "--ipv6-fraction", str(st.ipv6_fraction),
+                 "--imds-fraction", str(st.imds_fraction), "--imds-sources", str(st.imds_sources),
+                 "--template-every", str(st.template_every)],
                 capture_output=True, text=True, cwd=ROOT, timeout=duration + 60)
             if sent.returncode != 0:
                 raise RuntimeError("sender failed: " + sent.stderr[-2000:])
@@ -193,31 +239,34 @@ def measure(name: str, version: int, rate: float, duration: float, exporters: in
     lost = offered["records"] - got["decoded_records"]
     kernel_lost = got["kernel_drop_datagrams"] * records
     row = {
-        "collector": name, "version": version, "workers": workers if name == "imds-flow" else 1,
+        "collector": name, "version": version, "workers": st.workers if name == "imds-flow" else 1,
         "target_records_per_s": rate, "offered_records_per_s": offered["records_per_s"],
         "offered_records": offered["records"], "decoded_records": got["decoded_records"],
         "lost_records": lost, "loss_pct": 100.0 * lost / max(offered["records"], 1),
         "kernel_drop_datagrams": got["kernel_drop_datagrams"],
         "lost_in_kernel_records": min(kernel_lost, max(lost, 0)),
         "lost_in_collector_records": max(lost - kernel_lost, 0),
-        "collector_cpu_pct": 100.0 * cpu / wall, "exporters": exporters, "records_per_datagram": records,
+        "collector_cpu_pct": 100.0 * cpu / wall, "collector_cpu_seconds": cpu,
+        # CPU per million offered records: the same denominator for every collector of a point
+        "cpu_ms_per_million": 1e9 * cpu / max(offered["records"], 1),
+        "exporters": exporters, "records_per_datagram": records, "template_datagrams": offered["template_datagrams"],
+        # records aimed at the endpoints vs records alerted (the sum of the alerts' counts: alerts fold)
         "alerts_expected": offered["hits"] if name == "imds-flow" else None,
-        "alerts_raised": got.get("alerts_raised"),
+        "alerts_raised": got.get("alerted_records"), "alerts_written": got.get("alerts_raised"),
         "latency_p50_ms": got.get("latency_p50_ms"), "latency_p99_ms": got.get("latency_p99_ms"),
     }
     return row
 
 
-def sweep(name: str, args, progress) -> tuple[list[dict], float, bool]:
+def sweep(name: str, st: Settings, progress) -> tuple[list[dict], float, bool]:
     """Double the rate from `start` until records are lost, then bisect. Returns the rows, the
     highest offered rate without loss, and whether the sender (not the collector) was the limit."""
     rows = []
     good, bad = 0.0, None
-    rate = args.start
+    rate = st.start
     sender_limited = False
-    while len(rows) < args.max_points:
-        row = measure(name, args.version, rate, args.duration, args.exporters, args.records, args.ipv6_fraction,
-                      args.imds_fraction, args.workers)
+    while len(rows) < st.max_points:
+        row = measure(name, st, rate)
         rows.append(row)
         progress(row)
         if row["lost_records"] <= 0:
@@ -236,13 +285,41 @@ def sweep(name: str, args, progress) -> tuple[list[dict], float, bool]:
     return rows, good, sender_limited
 
 
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per (collector, workers, target rate): the median of its repeats (`runs` of them),
+    and imds-flow's CPU per record as a ratio to each rival's at the same rate."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["collector"], r["workers"], r["target_records_per_s"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        med = dict(rs[0])
+        for k, v in rs[0].items():
+            vals = [r[k] for r in rs if r[k] is not None]
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and vals:
+                m = statistics.median(vals)
+                med[k] = type(v)(m) if isinstance(v, int) else m
+        med["runs"] = len(rs)
+        med["cpu_ms_per_million_runs"] = [round(r["cpu_ms_per_million"], 1) for r in rs]
+        out.append(med)
+    for r in out:
+        if r["collector"] != "imds-flow":
+            continue
+        for rival in out:
+            if rival["collector"] != "imds-flow" and rival["target_records_per_s"] == r["target_records_per_s"]:
+                r.setdefault("cpu_ratio", {})[rival["collector"]] = r["cpu_ms_per_million"] / max(
+                    rival["cpu_ms_per_million"], 1e-9)
+    return out
+
+
 # --- report ---------------------------------------------------------------------------------------
 
 COLUMNS = (("collector", "{}", "collector"), ("workers", "{}", "workers"),
            ("target M/s", "{:.2f}", "target_records_per_s", 1e-6), ("offered M/s", "{:.2f}", "offered_records_per_s", 1e-6),
            ("decoded", "{:.0f}", "decoded_records"), ("lost", "{:.0f}", "lost_records"),
            ("loss %", "{:.3f}", "loss_pct"), ("kernel drops", "{:.0f}", "kernel_drop_datagrams"),
-           ("alerts exp/got", None, None), ("cpu %", "{:.0f}", "collector_cpu_pct"),
+           ("alerted exp/got", None, None), ("cpu %", "{:.0f}", "collector_cpu_pct"),
+           ("cpu ms/M rec", "{:.0f}", "cpu_ms_per_million"), ("vs rivals", None, None), ("runs", "{}", "runs"),
            ("p50 ms", "{:.2f}", "latency_p50_ms"), ("p99 ms", "{:.2f}", "latency_p99_ms"))
 
 
@@ -252,8 +329,12 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cells = []
         for c in COLUMNS:
-            if c[0] == "alerts exp/got":
+            if c[0] == "alerted exp/got":
                 cells.append("-" if r["alerts_expected"] is None else f"{r['alerts_expected']}/{r['alerts_raised']}")
+                continue
+            if c[0] == "vs rivals":
+                ratios = r.get("cpu_ratio") or {}
+                cells.append(" ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) or "-")
                 continue
             v = r.get(c[2])
             if v is None:
@@ -267,6 +348,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _readable_axis(ax, values: list[float], axis: str) -> None:
+    """Plain tick labels (no offset such as `1e-7+3.000318`) and a span around a single value."""
+    ax.ticklabel_format(axis=axis, style="plain", useOffset=False)
+    if values and max(values) - min(values) < 1e-9 * max(abs(max(values)), 1.0):
+        v = values[0]
+        lo, hi = (0.0, 2 * v) if v > 0 else (v - 1, v + 1)
+        (ax.set_xlim if axis == "x" else ax.set_ylim)(lo, hi)
+
+
 def plot(rows: list[dict], path: Path, title: str) -> bool:
     try:
         import matplotlib
@@ -276,20 +366,29 @@ def plot(rows: list[dict], path: Path, title: str) -> bool:
         _say("PNG skipped: matplotlib is not installed (pip install 'imds-flow[bench]')")
         return False
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    xs, cpus, losses = [], [], []
     for name in dict.fromkeys((r["collector"], r["workers"]) for r in rows):
         pts = sorted((r for r in rows if (r["collector"], r["workers"]) == name),
                      key=lambda r: r["offered_records_per_s"])
         label = name[0] if name[1] == 1 else f"{name[0]} ({name[1]} workers)"
         x = [r["offered_records_per_s"] / 1e6 for r in pts]
-        ax1.plot(x, [r["loss_pct"] for r in pts], "o-", label=label)
-        ax2.plot(x, [r["collector_cpu_pct"] for r in pts], "o-", label=label)
-    ax1.set_ylabel("records lost (%)")
+        xs += x
+        cpus += [r["cpu_ms_per_million"] for r in pts]
+        losses += [r["loss_pct"] for r in pts]
+        ax1.plot(x, [r["cpu_ms_per_million"] for r in pts], "o-", label=label)
+        ax2.plot(x, [r["loss_pct"] for r in pts], "o-", label=label)
+    ax1.set_ylabel("collector CPU per million records (ms)")
     ax1.set_title(title)
+    ax1.set_ylim(0, max(cpus + [1.0]) * 1.15)
     ax1.grid(True, alpha=0.3)
     ax1.legend()
-    ax2.set_ylabel("collector CPU (% of one core)")
+    ax2.set_ylabel("records lost (%)")
     ax2.set_xlabel("offered rate (million records/s)")
+    ax2.set_ylim(0, max(losses + [1.0]) * 1.15)
     ax2.grid(True, alpha=0.3)
+    for ax in (ax1, ax2):
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+    _readable_axis(ax2, xs, "x")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -306,51 +405,45 @@ def sentence(ceiling: float, workers: int, exporters: int, sender_limited: bool)
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown")
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "kernel": os.uname().release}
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "kernel": os.uname().release,
+            "load_average": os.getloadavg()}
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imds-flow bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", type=int, choices=(5, 9, 10), default=10, help="export protocol (default IPFIX)")
-    p.add_argument("--sweep", action="store_true", help="find the no-loss ceiling (doubling, then bisection)")
-    p.add_argument("--rates", default="", help="records/s to offer, comma-separated (instead of --sweep)")
-    p.add_argument("--start", type=float, default=1e6, help="first rate of a sweep (records/s)")
-    p.add_argument("--max-points", type=int, default=8, help="most points per sweep")
-    p.add_argument("--duration", type=float, default=3.0, help="seconds of load per point")
-    p.add_argument("--exporters", type=int, default=4)
-    p.add_argument("--records", type=int, default=30, help="records per datagram")
-    p.add_argument("--ipv6-fraction", type=float, default=0.0, help="share of datagrams carrying IPv6 flows")
-    p.add_argument("--imds-fraction", type=float, default=0.001, help="share of records aimed at the endpoints")
-    p.add_argument("--workers", type=int, default=1, help="imds-flow listen --workers")
-    p.add_argument("--compare", default="", help="also measure these C collectors: nfcapd, nfacctd")
-    p.add_argument("--no-inprocess", action="store_true", help="skip the in-process measurement")
-    p.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for JSON and PNG")
-    return p
+def check(st: Settings) -> None:
+    """Settings click cannot check alone; raises BenchError (one line for the user)."""
+    known = ("sfcapd", "sfacctd") if st.export == "sflow" else ("nfcapd", "nfacctd")
+    for r in st.compare:
+        if r not in known:
+            raise BenchError(f"--compare {r}: for --export {st.export} the known collectors are {', '.join(known)}")
+    if st.sweep and st.rates:
+        raise BenchError("--sweep and --rates: give one of them")
+    if st.version == 5 and st.template_every:
+        raise BenchError("--template-every: NetFlow v5 has no templates")
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--version=sflow" in argv or any(a == "--version" and b == "sflow" for a, b in zip(argv, argv[1:])):
-        from .sflow import main as sflow_main          # sFlow has its own bench
-        return sflow_main([a for a in argv if a not in ("--version=sflow", "sflow", "--version")])
-    args = parser().parse_args(argv)
-    rivals = [r.strip() for r in args.compare.split(",") if r.strip()]
-    for r in rivals:
-        if r not in ("nfcapd", "nfacctd"):
-            parser().error(f"--compare {r}: known collectors are nfcapd, nfacctd")
+def run(st: Settings) -> int:
+    check(st)
+    if st.export == "sflow":             # flow samples with packet headers: bench/sflow.py measures them
+        from . import sflow
+        rate = st.rates[0] if st.rates else 200_000.0
+        return sflow.main([*(["--no-inprocess"] if not st.inprocess else []),
+                           *(["--compare", ",".join(st.compare)] if st.compare else []), "--rate", str(rate)])
+    rivals = list(st.compare)
     if rivals:
         RCVBUF["bytes"] = fair_rcvbuf()
-    if not args.sweep and not args.rates:
-        args.sweep = True
+    if not st.sweep and not st.rates:
+        st.sweep = True
     started = time.monotonic()
     stamp = datetime.now(timezone.utc)
     result = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
-              "settings": vars(args) | {"out": str(args.out), "imds_flow_rcvbuf_bytes": RCVBUF["bytes"]}}
-    if not args.no_inprocess:
-        _say(f"in-process {VERSION_NAME[args.version]} decode+detect+alerts, one core ...")
-        result["inprocess"] = inprocess(args.version, args.records)
-        _say(f"  {result['inprocess']['median_records_per_s'] / 1e6:.1f} M records/s (median of 5)")
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(st).items()}
+              | {"imds_flow_rcvbuf_bytes": RCVBUF["bytes"]}}
+    name = VERSION_NAME[st.version]
+    if st.inprocess:
+        _say(f"in-process {name} decode+detect+alerts, one core ...")
+        result["inprocess"] = inprocess(st.version, st.records, imds_fraction=st.imds_fraction,
+                                        imds_sources=st.imds_sources)
+        _say(f"  {result['inprocess']['median_records_per_s'] / 1e6:.1f} M records per CPU second (median of 5)")
     rows = []
     count = {"n": 0}
 
@@ -358,46 +451,55 @@ def main(argv=None) -> int:
         count["n"] += 1
         _say(f"  [{count['n']:2d}] {row['collector']:>9} {row['target_records_per_s'] / 1e6:6.2f} M/s: offered "
              f"{row['offered_records_per_s'] / 1e6:6.2f} M/s, loss {row['loss_pct']:7.3f} %, "
-             f"cpu {row['collector_cpu_pct']:3.0f} %  ({time.monotonic() - started:4.0f} s)")
+             f"cpu {row['collector_cpu_pct']:3.0f} % = {row['cpu_ms_per_million']:5.0f} ms per M records  "
+             f"({time.monotonic() - started:4.0f} s)")
 
-    ceilings = {}
-    for name in ["imds-flow", *rivals]:
-        if name != "imds-flow":
-            from . import compare
-            if not compare.available(name):
-                _say(f"{name} is not installed: skipped (Debian: apt-get install "
-                     f"{'nfdump' if name == 'nfcapd' else 'pmacct'})")
-                continue
-        _say(f"{name}: {VERSION_NAME[args.version]} over loopback, {args.exporters} exporters, "
-             f"{args.records} records/datagram, {args.duration:g} s per point")
-        if args.sweep:
-            got, ceiling, limited = sweep(name, args, progress)
-            ceilings[name] = {"no_loss_records_per_s": ceiling, "sender_limited": limited}
+    names = ["imds-flow"]
+    for r in rivals:
+        from . import compare
+        if compare.available(r):
+            names.append(r)
         else:
-            got = []
-            for rate in (float(x) for x in args.rates.split(",")):
-                row = measure(name, args.version, rate, args.duration, args.exporters, args.records,
-                              args.ipv6_fraction, args.imds_fraction, args.workers)
-                progress(row)
-                got.append(row)
-            ok = [r["offered_records_per_s"] for r in got if r["lost_records"] <= 0]
-            ceilings[name] = {"no_loss_records_per_s": max(ok, default=0.0), "sender_limited": False}
-        rows += got
+            _say(f"{r} is not installed: skipped (Debian: apt-get install {'nfdump' if r == 'nfcapd' else 'pmacct'})")
+    _say(f"{', '.join(names)}: {name} over loopback, {st.exporters} exporters, {st.records} records/datagram, "
+         f"{st.duration:g} s per point, {st.imds_fraction:g} of records to the endpoints, templates "
+         f"{'every ' + str(st.template_every) + ' datagrams' if st.template_every else 'once'}")
+    ceilings = {}
+    if st.sweep:
+        for who in names:
+            got, ceiling, limited = sweep(who, st, progress)
+            ceilings[who] = {"no_loss_records_per_s": ceiling, "sender_limited": limited}
+            rows += got
+    else:
+        # interleaved: every collector of a rate, then the next repeat, so that load from other
+        # work on the machine falls on all of them alike
+        for rate in st.rates:
+            for _ in range(st.repeat):
+                for who in names:
+                    row = measure(who, st, rate)
+                    progress(row)
+                    rows.append(row)
+        for who in names:
+            ok = [r["offered_records_per_s"] for r in rows if r["collector"] == who and r["lost_records"] <= 0]
+            ceilings[who] = {"no_loss_records_per_s": max(ok, default=0.0), "sender_limited": False}
     result["points"] = rows
+    result["summary"] = summary = summarise(rows)
     result["ceilings"] = ceilings
     ours = ceilings.get("imds-flow", {"no_loss_records_per_s": 0.0, "sender_limited": False})
-    result["capacity"] = sentence(ours["no_loss_records_per_s"], args.workers, args.exporters, ours["sender_limited"])
+    result["capacity"] = sentence(ours["no_loss_records_per_s"], st.workers, st.exporters, ours["sender_limited"])
     for r in rivals:
         if r in ceilings and ceilings[r]["no_loss_records_per_s"]:
             result.setdefault("ratios", {})[r] = ours["no_loss_records_per_s"] / ceilings[r]["no_loss_records_per_s"]
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    base = args.out / f"bench-v{args.version}-{stamp:%Y%m%d-%H%M%S}"
-    title = f"{VERSION_NAME[args.version]}, {args.exporters} exporters, {args.records} records/datagram"
-    print(f"\n{title}, {args.duration:g} s per point, {result['date']}")
-    print(table(rows))
+    st.out.mkdir(parents=True, exist_ok=True)
+    base = st.out / f"bench-{st.export}-{stamp:%Y%m%d-%H%M%S}"
+    title = f"{name}, {st.exporters} exporters, {st.records} records/datagram"
+    print(f"\n{title}, {st.duration:g} s per point, {result['date']}, load average "
+          f"{' '.join(f'{x:.1f}' for x in result['machine']['load_average'])}")
+    print(table(summary))
     if "inprocess" in result:
-        print(f"\nin-process decode+detect+alerts: {result['inprocess']['median_records_per_s'] / 1e6:.1f} M records/s per core")
+        print(f"\nin-process decode+detect+alerts: {result['inprocess']['median_records_per_s'] / 1e6:.1f} M records "
+              "per CPU second (one core)")
     for r, ratio in result.get("ratios", {}).items():
         print(f"no-loss ceiling vs {r}: {ratio:.2f}x ({ours['no_loss_records_per_s'] / 1e6:.2f} vs "
               f"{ceilings[r]['no_loss_records_per_s'] / 1e6:.2f} M records/s)")
@@ -405,10 +507,16 @@ def main(argv=None) -> int:
     result["seconds"] = time.monotonic() - started
     Path(f"{base}.json").write_text(json.dumps(result, indent=1))
     wrote = [f"{base}.json"]
-    if plot(rows, Path(f"{base}.png"), title):
+    if plot(summary, Path(f"{base}.png"), title):
         wrote.append(f"{base}.png")
     print("wrote " + ", ".join(wrote))
     return 0
+
+
+def main(argv=None) -> int:
+    """`python -m bench.flowbench ARGS` is `imds-flow bench ARGS`."""
+    from imds_flow.cli import cli
+    return cli.main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -40,6 +40,26 @@ class Burst:
         self.hdrs["hdr"]["iovlen"] = 1
         self.n = n
 
+    def with_template(self, template: np.ndarray, first: int, every: int) -> "Burst":
+        """This burst with `template` sent before every data datagram whose number (from `first`,
+        counted per exporter) is a multiple of `every`: what an exporter resending its templates
+        every N datagrams puts on the wire. Returns a burst sharing this one's data."""
+        at = np.flatnonzero((first + np.arange(self.n)) % every == 0)
+        if not len(at):
+            return self
+        out = Burst.__new__(Burst)
+        out.data = self.data
+        out.n = self.n + len(at)
+        iov = np.insert(self.iov, at, np.zeros(len(at), self.iov.dtype))
+        tpos = at + np.arange(len(at))
+        iov["base"][tpos] = template.ctypes.data
+        iov["len"][tpos] = len(template)
+        out.iov = iov
+        out.hdrs = np.zeros(out.n, dtype=self.hdrs.dtype)
+        out.hdrs["hdr"]["iov"] = iov.ctypes.data + np.arange(out.n, dtype=np.int64) * iov.itemsize
+        out.hdrs["hdr"]["iovlen"] = 1
+        return out
+
     def send(self, fd: int) -> int:
         sent = 0
         while sent < self.n:
@@ -56,11 +76,12 @@ class Burst:
 
 def run(host: str, port: int, rate: float, duration: float, exporters: int, records: int,
         imds_fraction: float, version: int = 5, ipv6_fraction: float = 0.0, burst: int = 64,
-        template_every: int = 256) -> dict:
+        template_every: int = 0, imds_sources: int = 64) -> dict:
     """Send `version` exports at `rate` records/s for `duration` s from `exporters` sockets.
 
-    v9 / IPFIX exporters send their template datagram first and again every `template_every`
-    bursts. Returns offered datagrams, records and metadata records (hits)."""
+    v9 / IPFIX exporters send their template datagram first and, with `template_every` N > 0,
+    again before every N-th data datagram. Returns offered datagrams, records and metadata
+    records (hits)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks = []
     for _ in range(exporters):
@@ -70,9 +91,11 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
         socks.append(s)
     nb = 64
     n6 = round(nb * ipv6_fraction) if version != 5 else 0
-    exports = [flow_datagrams(version, burst * (nb - n6), records, imds_fraction, 0.0, seed=1)]
+    exports = [flow_datagrams(version, burst * (nb - n6), records, imds_fraction, 0.0, seed=1,
+                              imds_sources=imds_sources)]
     if n6:
-        exports.append(flow_datagrams(version, burst * n6, records, imds_fraction, 1.0, seed=2))
+        exports.append(flow_datagrams(version, burst * n6, records, imds_fraction, 1.0, seed=2,
+                                      imds_sources=imds_sources))
     bursts = []                               # (Burst, export, hits in that burst)
     for ex in exports:
         for i in range(len(ex.data) // burst):
@@ -81,6 +104,7 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
     order = np.random.default_rng(3).permutation(len(bursts))    # spread the IPv6 bursts out
     bursts = [bursts[i] for i in order]
     template = exports[0].template
+    tbuf = np.frombuffer(template, np.uint8).copy() if template is not None else None
     seq = [0] * exporters
     sent_by = [0] * exporters
     dgram_rate = rate / records
@@ -100,11 +124,16 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
             continue
         e = i % exporters
         b, ex, h = bursts[i % len(bursts)]
-        if template is not None and sent_by[e] % template_every == 0:
+        if template is not None and sent_by[e] == 0:
             socks[e].send(template)
             templates += 1
         seq[e] = ex.set_sequence(b.data, seq[e])
-        sent = b.send(socks[e].fileno())
+        if tbuf is not None and template_every > 0:
+            tb = b.with_template(tbuf, sent_by[e] * burst, template_every)
+            sent = tb.send(socks[e].fileno()) - (tb.n - b.n)
+            templates += tb.n - b.n
+        else:
+            sent = b.send(socks[e].fileno())
         sent_by[e] += 1
         sent_d += sent
         hits += h
@@ -128,11 +157,14 @@ def main() -> None:
     p.add_argument("--imds-fraction", type=float, default=0.001)
     p.add_argument("--version", type=int, choices=(5, 9, 10), default=5)
     p.add_argument("--ipv6-fraction", type=float, default=0.0)
+    p.add_argument("--imds-sources", type=int, default=64)
+    p.add_argument("--template-every", type=int, default=0, help="resend templates every N datagrams (0: once)")
     a = p.parse_args()
     if not (a.host.startswith("127.") or a.host in ("::1", "localhost")):
         sys.exit("bench sender: loopback targets only")
     print(json.dumps(run(a.host, a.port, a.rate, a.duration, a.exporters, a.records, a.imds_fraction,
-                         a.version, a.ipv6_fraction)))
+                         a.version, a.ipv6_fraction, template_every=a.template_every,
+                         imds_sources=a.imds_sources)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m bench.sflow [--samples 8] [--header-bytes 128] [--http-fraction 0.3] [--repeats 5]
     python -m bench.sflow --compare sfcapd,sfacctd [--datagrams 50000] [--rate 200000]
-    imds-flow bench --version sflow --compare sfcapd,sfacctd      # the same, through the CLI
+    imds-flow bench --export sflow --compare sfcapd,sfacctd       # the same, through the CLI
 
 In process: flow samples per second through Pipeline.process (decode of the datagram, the packet
 kernel on every sampled header, detection, alerts), one core, median of runs.

@@ -14,11 +14,13 @@ IMDS_V4 = (169 << 24) | (254 << 16) | (169 << 8) | 254
 
 
 def v5_datagrams(count: int, records: int = 30, imds_fraction: float = 0.001, seed: int = 1,
-                 uptime_ms: int = 3_600_000, unix_secs: int = 1_700_000_000) -> np.ndarray:
+                 uptime_ms: int = 3_600_000, unix_secs: int = 1_700_000_000, imds_sources: int = 0) -> np.ndarray:
     """`count` v5 datagrams of `records` records each, as a (count, size) uint8 array.
 
     Records are TCP/UDP between 10/8 hosts and the internet; `imds_fraction` of them go to
-    169.254.169.254:80 (requests). The header's flow_sequence is left 0: senders patch it.
+    169.254.169.254:80 (requests), from `imds_sources` hosts (10.255.0.0 + i) when given (instances
+    poll the endpoint again and again: alerts fold per source), else from any 10/8 host. The
+    header's flow_sequence is left 0: senders patch it.
     """
     rng = np.random.default_rng(seed)
     size = V5_HEADER + records * V5_RECORD
@@ -37,6 +39,8 @@ def v5_datagrams(count: int, records: int = 30, imds_fraction: float = 0.001, se
     rec["dst"] = rng.integers(1 << 24, 223 << 24, n, dtype=np.uint32)
     hit = rng.random(n) < imds_fraction
     rec["dst"][hit] = IMDS_V4
+    if imds_sources:
+        rec["src"][hit] = _IMDS_SOURCE + rng.integers(0, imds_sources, int(hit.sum()))
     rec["pkts"] = rng.integers(1, 1000, n)
     rec["octets"] = rec["pkts"] * rng.integers(40, 1500, n)
     rec["first"] = uptime_ms - rng.integers(1000, 60_000, n)
@@ -51,6 +55,7 @@ def v5_datagrams(count: int, records: int = 30, imds_fraction: float = 0.001, se
     return out
 
 
+_IMDS_SOURCE = (10 << 24) | (255 << 16)      # 10.255.0.0: the instances that poll the endpoint
 IMDS_V6 = bytes.fromhex("fd000ec2000000000000000000000254")
 V4_TEMPLATE, V6_TEMPLATE = 256, 257
 # (IE, length): src, dst, sport, dport, proto, bytes, packets, flowStart/EndMilliseconds, in/out if
@@ -79,7 +84,7 @@ class Export:
         return first + step * len(rows)
 
 
-def _records(n: int, rng, imds_fraction: float, ipv6_fraction: float, now_ms: int):
+def _records(n: int, rng, imds_fraction: float, ipv6_fraction: float, now_ms: int, imds_sources: int = 0):
     """Column values of n flow records; returns (is_v6, hit, columns dict)."""
     v6 = rng.random(n) < ipv6_fraction
     hit = rng.random(n) < imds_fraction
@@ -94,6 +99,8 @@ def _records(n: int, rng, imds_fraction: float, ipv6_fraction: float, now_ms: in
         "start": (now_ms - rng.integers(1000, 60_000, n)).astype(np.uint64),
         "end": (now_ms - rng.integers(0, 1000, n)).astype(np.uint64),
     }
+    if imds_sources:
+        cols["src4"][hit] = _IMDS_SOURCE + rng.integers(0, imds_sources, int(hit.sum()))
     return v6, hit, cols
 
 
@@ -118,15 +125,17 @@ def _pack(fields, cols, idx, src6=None, dst6=None) -> np.ndarray:
 
 
 def flow_datagrams(version: int, count: int, records: int = 30, imds_fraction: float = 0.001,
-                   ipv6_fraction: float = 0.0, seed: int = 1, unix_secs: int = 1_700_000_000) -> Export:
-    """`count` datagrams of one version, each with `records` records of one address family."""
+                   ipv6_fraction: float = 0.0, seed: int = 1, unix_secs: int = 1_700_000_000,
+                   imds_sources: int = 0) -> Export:
+    """`count` datagrams of one version, each with `records` records of one address family;
+    metadata requests come from `imds_sources` hosts (0: any 10/8 host)."""
     if version == 5:
-        data = v5_datagrams(count, records, imds_fraction, seed)
+        data = v5_datagrams(count, records, imds_fraction, seed, imds_sources=imds_sources)
         per = data[:, V5_HEADER:].reshape(count, records, V5_RECORD)[:, :, 4:8].copy().view(">u4")[..., 0]
         return Export(5, data, None, (per == IMDS_V4).sum(axis=1), records)
     rng = np.random.default_rng(seed)
     n = count * records
-    _, hit, cols = _records(n, rng, imds_fraction, 0.0, unix_secs * 1000)
+    _, hit, cols = _records(n, rng, imds_fraction, 0.0, unix_secs * 1000, imds_sources)
     v6_dgram = rng.random(count) < ipv6_fraction            # one family per datagram
     rows = []
     for d in range(count):

@@ -115,11 +115,20 @@ def _overwrite(into: dict, count: int, sums, times, ports_vlan) -> None:
 
 
 def _merge_group(into: dict, count: int, sums, times, ports_vlan) -> None:
-    a = {"count": count, "ts": times[2]}
-    a["bytes"], a["packets"], a["bytes_estimate"], a["packets_estimate"] = sums
-    a["first_seen"], a["last_seen"] = _time(times[0]), _time(times[1])
-    a["sport"], a["dport"], a["vlan"] = ports_vlan
-    _merge(into, a)
+    """_merge of a group's aggregate, without building it as an alert first."""
+    into["count"] += count
+    into["bytes"] += sums[0]
+    into["packets"] += sums[1]
+    into["bytes_estimate"] = into.get("bytes_estimate", 0) + sums[2]
+    into["packets_estimate"] = into.get("packets_estimate", 0) + sums[3]
+    first, last = times[0], times[1]
+    if first == first:                         # not NaN
+        into["first_seen"] = first if into["first_seen"] is None else min(into["first_seen"], first)
+    if last == last:
+        into["last_seen"] = last if into["last_seen"] is None else max(into["last_seen"], last)
+    if times[2] > into["ts"]:
+        into["ts"] = times[2]
+    into["sport"], into["dport"], into["vlan"] = ports_vlan
 
 
 class Folder:
@@ -142,12 +151,13 @@ class Folder:
             self.add(hit_alerts(batch, hits, names, exporters))
             return
         size = 1 << (2 * m - 1).bit_length()
-        if len(self._table) < size:
+        if len(self._table) < size:              # scratch, grown as needed and reused
             self._table = np.empty(size, np.int64)
-        first, second, last = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
-        count, group = np.empty(m, np.int64), np.empty(m, np.int64)
-        sums = np.empty((m, 8), np.uint64)
-        times = np.empty((m, 7), np.float64)
+            self._ints = np.empty((5, size), np.int64)
+            self._sums = np.empty((size, 8), np.uint64)
+            self._times = np.empty((size, 7), np.float64)
+        group, first, second, last, count = self._ints
+        sums, times = self._sums, self._times
         g = kernels.group_hits(batch.rows, hits.idx, hits.endpoint, hits.direction, self._table[:size],
                                group, first, second, last, count, sums, times)
         c = batch.cols
@@ -206,7 +216,7 @@ class Folder:
                     _overwrite(pending, n - 1, sums_l[j][4:], times_l[j][3:6], tail[j])
                     self._open[key][1] = pending
             else:
-                pos = np.flatnonzero(group == j)
+                pos = np.flatnonzero(group[:m] == j)
                 self.add(hit_alerts(batch, hits.subset(pos), names, exporters))
 
     def add(self, items: list[tuple[tuple, dict]]) -> None:

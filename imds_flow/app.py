@@ -294,6 +294,7 @@ def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready:
     notice.start()
     try:
         Pipeline(config, _NullSink(), encoder=encoder).warm_up()
+        receive.warm_up()
     except BaseException:
         for group in groups:
             for sock in group:

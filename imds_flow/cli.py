@@ -217,17 +217,73 @@ def _progress_printer(path: str, wanted: bool | None):
     return show
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(args):
-    """Capacity planning: records/s one collector takes without loss (imds-flow bench --help)."""
+def _rates(ctx, param, value: str) -> tuple[float, ...]:
     try:
-        from imds_flow_bench.flowbench import main as bench_main
+        rates = tuple(float(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected records/s, comma-separated (e.g. 3e5,1e6)") from None
+    if any(r <= 0 for r in rates):
+        raise click.BadParameter(f"{value!r}: rates must be > 0")
+    return rates
+
+
+def _rivals(ctx, param, value: str) -> tuple[str, ...]:
+    names = tuple(r.strip() for r in value.split(",") if r.strip())
+    for r in names:
+        if r not in ("nfcapd", "nfacctd", "sfcapd", "sfacctd"):
+            raise click.BadParameter(f"{r}: known collectors are nfcapd, nfacctd (NetFlow / IPFIX), "
+                                     "sfcapd, sfacctd (sFlow)")
+    return names
+
+
+@cli.command()
+@click.option("--export", type=click.Choice(["v5", "v9", "ipfix", "sflow"]), default="ipfix", show_default=True,
+              help="Export protocol the synthetic exporters send.")
+@click.option("--sweep", is_flag=True, help="Find the no-loss ceiling (doubling, then bisection); the default.")
+@click.option("--rates", default="", callback=_rates, help="Records/s to offer, comma-separated (instead of --sweep).")
+@click.option("--start", type=click.FloatRange(min=1, min_open=False), default=1e6, show_default=True,
+              help="First rate of a sweep (records/s).")
+@click.option("--max-points", type=click.IntRange(1), default=8, show_default=True, help="Most points per sweep.")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+              help="Seconds of load per point.")
+@click.option("--exporters", type=click.IntRange(1, 60000), default=4, show_default=True,
+              help="Synthetic exporters, one UDP socket each.")
+@click.option("--records", type=click.IntRange(1, 30), default=30, show_default=True, help="Records per datagram.")
+@click.option("--ipv6-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of datagrams carrying IPv6 flows (v9 / IPFIX).")
+@click.option("--imds-fraction", type=click.FloatRange(0, 1), default=0.001, show_default=True,
+              help="Share of records aimed at the metadata endpoints.")
+@click.option("--imds-sources", type=click.IntRange(1), default=64, show_default=True,
+              help="Instances those records come from (alerts fold per source, as real polling does).")
+@click.option("--template-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Each exporter resends its templates every N datagrams (0: once, at the start).")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="imds-flow listen --workers.")
+@click.option("--compare", default="", callback=_rivals, help="Also measure these C collectors: nfcapd,nfacctd (NetFlow / IPFIX) or sfcapd,sfacctd (sFlow).")
+@click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Measure every rate this many times (interleaved across collectors); the table gives medians.")
+@click.option("--inprocess/--no-inprocess", default=True, show_default=True,
+              help="Also measure decode+detect+alerts in-process (no sockets).")
+@click.option("--out", type=click.Path(file_okay=False), default="bench/results", show_default=True,
+              help="Folder for the JSON and PNG.")
+def bench(**opts):
+    """CPU per million records and the no-loss ceiling, against nfcapd / nfacctd (capacity planning).
+
+    Synthetic exporters send over loopback to a real `imds-flow listen` process (and to each rival),
+    started fresh for every point; see README, Benchmarks.
+    """
+    try:
+        from imds_flow_bench import flowbench
     except ImportError:                      # a checkout run without installing: bench/ is beside us
         from pathlib import Path
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from bench.flowbench import main as bench_main
-    sys.exit(bench_main(list(args)))
+        from bench import flowbench
+    from pathlib import Path
+    st = flowbench.Settings(**{**opts, "out": Path(opts["out"])})
+    try:
+        return flowbench.run(st)
+    except flowbench.BenchError as e:
+        raise click.UsageError(str(e)) from None
 
 
 @cli.command("alerts")

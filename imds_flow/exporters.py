@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import kernels
+from .keymap import KeyMap
 from .addr import from_hilo, network_hilo
 from .wire.errors import REASONS
 from .wire.sflow import SflowState
@@ -50,8 +51,9 @@ class ExporterTable:
         # listen.allowed_exporters; `refused` is the last such source, for the rate-limited log
         self.dropped = {"exporters_over_limit": 0, "not_allowed": 0}
         self.refused: dict[str, tuple[int, int, int]] = {}
-        self._index: dict[tuple, int] = {}
-        self._keys: list[tuple] = []
+        self._index: dict[tuple, int] = {}    # (address hi, lo, port[, agent hi, lo, sub-agent]) -> row
+        self._row_keys: list[tuple] = []       # the key of each row
+        self._keymap = KeyMap()                # the source rows of _index, for a whole batch in one kernel call
         self.address: list[str] = []
         self.port: list[int] = []
         self.counters = np.zeros((capacity, len(COUNTERS)), np.int64)
@@ -81,7 +83,7 @@ class ExporterTable:
         if i == len(self.first_seen):
             self._resize(2 * i)
         self._index[key] = i
-        self._keys.append(key)
+        self._row_keys.append(key)
         self.address.append(from_hilo(key[0], key[1]))
         self.port.append(key[2])
         self.agent.append(from_hilo(key[3], key[4]) if len(key) > 3 else None)
@@ -116,26 +118,25 @@ class ExporterTable:
 
     def _lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> np.ndarray:
         n = len(sport)
-        out = np.empty(n, np.int32)
-        if n == 0:
-            return out
-        if (src_hi == src_hi[0]).all() and (src_lo == src_lo[0]).all() and (sport == sport[0]).all():
-            key = (int(src_hi[0]), int(src_lo[0]), int(sport[0]))
-            out[:] = self._index.get(key) if key in self._index else self._add(key)
-            if out[0] < 0:
-                self.dropped["exporters_over_limit"] += n
-            return out
-        keys = np.empty(n, dtype=[("hi", "u8"), ("lo", "u8"), ("port", "u2")])
-        keys["hi"], keys["lo"], keys["port"] = src_hi, src_lo, sport
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        ids = np.empty(len(uniq), np.int32)
-        for j, (hi, lo, port) in enumerate(uniq.tolist()):
-            key = (hi, lo, port)
-            ids[j] = self._index[key] if key in self._index else self._add(key)
-        out[:] = ids[inverse.ravel()]
-        if (ids < 0).any():
-            self.dropped["exporters_over_limit"] += int((out < 0).sum())
-        return out
+        out = np.empty(n, np.int64)
+        if n and self._keymap.lookup(src_hi, src_lo, sport, out):   # one kernel call; Python per new source
+            miss = np.flatnonzero(out == -2)
+            keys = np.empty(len(miss), dtype=[("hi", "u8"), ("lo", "u8"), ("port", "u2")])
+            keys["hi"], keys["lo"], keys["port"] = src_hi[miss], src_lo[miss], sport[miss]
+            uniq, inverse = np.unique(keys, return_inverse=True)
+            ids = np.empty(len(uniq), np.int64)
+            for j, key in enumerate(uniq.tolist()):
+                got = self._index.get(key)
+                if got is None:
+                    got = self._add(key)          # -1 past max_exporters: never stored, asked again
+                    if got >= 0:
+                        self._keymap.insert(*key, got)
+                ids[j] = got
+            out[miss] = ids[inverse.ravel()]
+            refused = int((ids[inverse.ravel()] < 0).sum())
+            if refused:
+                self.dropped["exporters_over_limit"] += refused
+        return out.astype(np.int32)
 
     def agents(self, exp_ids: np.ndarray, agent_hi: np.ndarray, agent_lo: np.ndarray, sub: np.ndarray) -> np.ndarray:
         """The sFlow row of each datagram: (its source row's address and port, agent, sub-agent id),
@@ -146,7 +147,7 @@ class ExporterTable:
             return out
         if (exp_ids == exp_ids[0]).all() and (agent_hi == agent_hi[0]).all() and (agent_lo == agent_lo[0]).all() \
                 and (sub == sub[0]).all():             # one agent behind one source: the usual batch
-            src = self._keys[int(exp_ids[0])]
+            src = self._row_keys[int(exp_ids[0])]
             key = (src[0], src[1], src[2], int(agent_hi[0]), int(agent_lo[0]), int(sub[0]))
             i = self._index.get(key)
             i = i if i is not None else self._add(key)
@@ -157,7 +158,7 @@ class ExporterTable:
         uniq, inverse = np.unique(keys, return_inverse=True)
         ids = np.empty(len(uniq), np.int32)
         for j, (e, hi, lo, s) in enumerate(uniq.tolist()):
-            src = self._keys[e]
+            src = self._row_keys[e]
             key = (src[0], src[1], src[2], hi, lo, s)
             i = self._index.get(key)
             ids[j] = i if i is not None else self._add(key)

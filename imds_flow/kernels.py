@@ -11,7 +11,7 @@ import numpy as np
 from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import njit
 
-__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "count_batch",
+__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -233,3 +233,37 @@ def group_hits(c, idx, ep, direction, table, hit_group, g_first, g_second, g_las
             if np.isnan(g_times[g, at + 2]) or v > g_times[g, at + 2]:
                 g_times[g, at + 2] = v
     return groups
+
+
+@njit
+def key_lookup(k0, k1, k2, t0, t1, t2, t_val, out):
+    """out[i] = the value stored for key (k0[i], k1[i], k2[i]) in the open-addressing table t_*
+    (size a power of two, t_val -1 = empty), or -2 when absent. Returns how many were absent."""
+    mask = t_val.shape[0] - 1
+    missing = 0
+    for i in range(k0.shape[0]):
+        h = _mix(_mix(_mix(_PRIME, k0[i]), k1[i]), k2[i])
+        s = np.int64(h & np.uint64(mask))
+        while True:
+            v = t_val[s]
+            if v == -1:
+                out[i] = -2
+                missing += 1
+                break
+            if t0[s] == k0[i] and t1[s] == k1[i] and t2[s] == k2[i]:
+                out[i] = v
+                break
+            s = (s + 1) & mask
+    return missing
+
+
+@njit
+def key_insert(k0, k1, k2, val, t0, t1, t2, t_val):
+    """Store key (k0, k1, k2) -> val (>= 0) in the table key_lookup reads; the caller keeps it at
+    most half full."""
+    mask = t_val.shape[0] - 1
+    s = np.int64(_mix(_mix(_mix(_PRIME, k0), k1), k2) & np.uint64(mask))
+    while t_val[s] != -1 and not (t0[s] == k0 and t1[s] == k1 and t2[s] == k2):
+        s = (s + 1) & mask
+    t0[s], t1[s], t2[s] = k0, k1, k2
+    t_val[s] = val

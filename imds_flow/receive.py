@@ -23,8 +23,9 @@ import numpy as np
 from .addr import MAPPED_V4
 from .datagrams import DatagramBatch
 from .sockets import SO_REUSEPORT, fmt_address as _fmt, open_socket, open_sockets, parse_listen  # noqa: F401
+from .jit import njit
 
-__all__ = ["IoVec", "MsgHdr", "MMsgHdr", "parse_listen", "open_socket", "open_sockets", "Receiver", "serve", "describe", "HAVE_RECVMMSG"]
+__all__ = ["IoVec", "MsgHdr", "MMsgHdr", "parse_listen", "open_socket", "open_sockets", "Receiver", "serve", "describe", "warm_up", "HAVE_RECVMMSG"]
 
 log = logging.getLogger("imds_flow")
 
@@ -91,33 +92,48 @@ class Receiver:
         self._fd = sock.fileno()
         self._use_mmsg = HAVE_RECVMMSG
         self._view = memoryview(self.buf)
+        h["namelen"] = _NAME
+        h["controllen"] = _CONTROL
+        self._raw = self._hdrs.view(np.uint8).reshape(batch, self._hdrs.itemsize)
+        # batch columns, reused: a batch is consumed (decoded) before the next read
+        self._lens = np.zeros(batch, np.int32)
+        self._trunc = np.zeros(batch, np.bool_)
+        self._hi = np.zeros(batch, np.uint64)
+        self._lo = np.zeros(batch, np.uint64)
+        self._port = np.zeros(batch, np.uint16)
+        self._ts = np.zeros(batch, np.float64)
 
     def read(self) -> tuple[DatagramBatch, np.ndarray | None]:
         """The next batch and a mask of datagrams cut short by the slot size (None: none were)."""
-        n = self._recv_mmsg() if self._use_mmsg else self._recv_portable()
+        if not self._use_mmsg or not _LITTLE:
+            return self._read_portable()
+        n = self._recv_mmsg()
+        if not self._use_mmsg:                        # recvmmsg turned out missing (ENOSYS)
+            return self._read_portable(n)
+        # one kernel call: lengths, truncation, source addresses and arrival times of the batch,
+        # and the header fields recvmmsg overwrote set back for the next call
+        lens, hi, lo, port, ts, trunc = self._lens, self._hi, self._lo, self._port, self._ts, self._trunc
+        any_trunc = _unpack(self._raw, self.names, self.control, n, self.clock(), lens, trunc, hi, lo, port, ts)
+        return (DatagramBatch(self.buf, self.offs[:n], lens[:n], hi[:n], lo[:n], port[:n], ts[:n], n),
+                trunc[:n].copy() if any_trunc else None)
+
+    def _read_portable(self, n: int | None = None) -> tuple[DatagramBatch, np.ndarray | None]:
+        """The same with numpy column operations: the portable path, and recvmmsg on big-endian hosts."""
+        if n is None:
+            if self._use_mmsg:
+                h = self._hdrs["hdr"]
+                h["namelen"] = _NAME
+                h["controllen"] = _CONTROL
+                n = self._recv_mmsg()
+            else:
+                n = self._recv_portable()
         lens = self._hdrs["len"][:n].astype(np.int32)
         trunc = (self._hdrs["hdr"]["flags"][:n] & MSG_TRUNC) != 0
         hi, lo, port = _parse_names(self.names[:n])
         ts = self._arrival(n)
         return DatagramBatch(self.buf, self.offs[:n], lens, hi, lo, port, ts, n), (trunc if trunc.any() else None)
 
-    def _arrival(self, n: int) -> np.ndarray:
-        """Kernel receive time of each datagram (SCM_TIMESTAMPNS); our clock where there is none."""
-        now = self.clock()
-        if not self._use_mmsg or n == 0:
-            return np.full(n, now)
-        ctl = self.control[:n]
-        have = (self._hdrs["hdr"]["controllen"][:n] >= 32) & (ctl[:, 12] == SO_TIMESTAMPNS)
-        ts = np.full(n, now)
-        if have.any():
-            spec = np.ascontiguousarray(ctl[have, 16:32]).view(np.int64)
-            ts[have] = spec[:, 0] + spec[:, 1] * 1e-9
-        return ts
-
     def _recv_mmsg(self) -> int:
-        h = self._hdrs["hdr"]
-        h["namelen"] = _NAME
-        h["controllen"] = _CONTROL
         n = _recvmmsg(self._fd, self._hdrs.ctypes.data, self.batch, MSG_DONTWAIT, None)
         if n < 0:
             err = ctypes.get_errno()
@@ -142,6 +158,76 @@ class Receiver:
             _store_name(self.names[n], addr)
             n += 1
         return n
+
+
+_LITTLE = sys.byteorder == "little"         # _unpack reads the native structs as little-endian
+_OFF_NAMELEN = MsgHdr.namelen.offset
+_OFF_CONTROLLEN = MsgHdr.controllen.offset
+_OFF_FLAGS = MsgHdr.flags.offset
+_OFF_LEN = MMsgHdr.len.offset
+_AF_INET6 = np.uint64(int(socket.AF_INET6))
+_MAPPED = np.uint64(MAPPED_V4)
+
+
+@njit
+def _le(raw, i, o, k):
+    v = np.uint64(0)
+    for j in range(k - 1, -1, -1):
+        v = (v << np.uint64(8)) | np.uint64(raw[i, o + j])
+    return v
+
+
+@njit
+def _be(row, o, k):
+    v = np.uint64(0)
+    for j in range(k):
+        v = (v << np.uint64(8)) | np.uint64(row[o + j])
+    return v
+
+
+@njit
+def _unpack(raw, names, control, n, now, lens, trunc, hi, lo, port, ts):
+    """Columns of the first n mmsghdr rows (`raw`: the struct mmsghdr array as bytes, native
+    little-endian): length, MSG_TRUNC, source (hi, lo, port; IPv4 as IPv4-mapped) and the kernel's
+    SCM_TIMESTAMPNS (`now` where there is none); sets namelen / controllen back for the next
+    recvmmsg. Returns whether any datagram was truncated."""
+    any_trunc = False
+    for i in range(n):
+        lens[i] = np.int32(_le(raw, i, _OFF_LEN, 4))
+        t = (_le(raw, i, _OFF_FLAGS, 4) & np.uint64(MSG_TRUNC)) != 0
+        trunc[i] = t
+        any_trunc = any_trunc or t
+        row = names[i]
+        port[i] = np.uint16(_be(row, 2, 2))
+        if np.uint64(row[0]) | (np.uint64(row[1]) << np.uint64(8)) == _AF_INET6:
+            hi[i] = _be(row, 8, 8)
+            lo[i] = _be(row, 16, 8)
+        else:
+            hi[i] = 0
+            lo[i] = _MAPPED | _be(row, 4, 4)
+        ctl = control[i]
+        if _le(raw, i, _OFF_CONTROLLEN, 8) >= 32 and ctl[12] == SO_TIMESTAMPNS:
+            sec = np.int64(0)
+            nsec = np.int64(0)
+            for j in range(7, -1, -1):
+                sec = (sec << 8) | np.int64(ctl[16 + j])
+                nsec = (nsec << 8) | np.int64(ctl[24 + j])
+            ts[i] = sec + nsec * 1e-9
+        else:
+            ts[i] = now
+        for j in range(4):                           # namelen = _NAME, controllen = _CONTROL
+            raw[i, _OFF_NAMELEN + j] = (_NAME >> (8 * j)) & 0xFF
+        for j in range(8):
+            raw[i, _OFF_CONTROLLEN + j] = (_CONTROL >> (8 * j)) & 0xFF
+    return any_trunc
+
+
+def warm_up() -> None:
+    """Load (or compile) the receive kernel before the first datagram."""
+    r = np.zeros((1, np.dtype(MMsgHdr).itemsize), np.uint8)
+    cols = (np.zeros(1, np.int32), np.zeros(1, np.bool_), np.zeros(1, np.uint64), np.zeros(1, np.uint64),
+            np.zeros(1, np.uint16), np.zeros(1, np.float64))
+    _unpack(r, np.zeros((1, 32), np.uint8), np.zeros((1, _CONTROL), np.uint8), 1, 0.0, *cols)
 
 
 def _store_name(row: np.ndarray, addr: tuple) -> None:

@@ -327,6 +327,8 @@ class TemplateCache:
         self._scopes: dict[tuple, int] = {}           # (address, port or 0, version, domain) -> scope id
         self.scope_keys: list[tuple] = []
         self._by_exporter: dict[tuple[int, int, int], int] = {}   # (exporter index, version, domain)
+        from ..keymap import KeyMap
+        self._scope_ids = KeyMap()                    # the same, for a batch in one kernel call
         self.templates: dict[int, tuple[int, float, Template]] = {}  # key -> (plan, received, template)
         self.dirty = False
         self.last_sets = None                         # (datagram, offset, records, options) of the last batch
@@ -343,8 +345,7 @@ class TemplateCache:
         self.samp_keys = np.zeros(0, np.int64)
         self.samp_rates = np.zeros(0, np.float64)
         self.set_url_patterns(url_patterns)
-        self._parsed: dict[tuple[int, int, int, bytes], SetParse] = {}   # see parse_set
-        self._parsed_bytes = 0
+        self._parsed: dict[tuple[int, int, bytes], SetParse] = {}   # see parse_set
         from .pending import Pending                  # the buffer of data sets waiting for templates
         self.pending = Pending(bounds.pending_bytes_per_exporter, bounds.pending_bytes)
 
@@ -373,11 +374,17 @@ class TemplateCache:
         return sid
 
     def scopes_for(self, exp: np.ndarray, version: np.ndarray, domain: np.ndarray, exporters) -> np.ndarray:
-        """Scope id of every datagram; Python work per distinct (exporter, version, domain).
+        """Scope id of every datagram; one kernel call, Python work per new (exporter, version, domain).
 
         -1 for a datagram that would open a scope past bounds.scopes_per_exporter (the caller
         drops it as scope_over_limit)."""
-        keys = (exp.astype(np.int64) << 40) | (version.astype(np.int64) << 32) | domain.astype(np.int64)
+        out = np.empty(len(exp), np.int64)
+        if not len(exp) or not self._scope_ids.lookup(exp.astype(np.uint64), version.astype(np.uint64),
+                                                      domain.astype(np.uint64), out):
+            self.scope_exporter[out] = exp           # exporters sharing a scope (scope_port off): the latest
+            return out
+        miss = np.flatnonzero(out == -2)
+        keys = (exp[miss].astype(np.int64) << 40) | (version[miss].astype(np.int64) << 32) | domain[miss].astype(np.int64)
         uniq, inverse = np.unique(keys, return_inverse=True)
         ids = np.empty(len(uniq), np.int64)
         for j, k in enumerate(uniq.tolist()):
@@ -390,30 +397,32 @@ class TemplateCache:
                     continue
                 self._exporter_scopes[e] = have + 1
                 sid = self._by_exporter[(e, v, d)] = self.scope(exporters.address[e], exporters.port[e], v, d)
+                self._scope_ids.insert(e, v, d, sid)
             self.scope_exporter[sid] = e
             ids[j] = sid
-        return ids[inverse.ravel()]
+        out[miss] = ids[inverse.ravel()]
+        ok = out >= 0
+        self.scope_exporter[out[ok]] = exp[ok]
+        return out
 
     # --- templates ---------------------------------------------------------------------------
 
-    # Template sets remembered by their bytes, all scopes together: bounded by the bytes they hold
-    # (each byte parses into about fifty bytes of Template objects), so a flood of distinct sets
-    # costs a re-parse, never memory. 256 KiB holds a few thousand exporters' usual sets.
-    PARSED_BYTES = 256 << 10
+    PARSED_SETS = 256         # template sets remembered by their bytes (every scope together) ...
+    PARSED_SET_BYTES = 4096   # ... of at most this size: a flood of large sets cannot grow memory
 
-    def parse_set(self, sid: int, body: bytes, version: int, set_id: int) -> SetParse:
-        """parse_template_set, remembered per scope by the set's bytes: exporters resend the same
-        templates every few datagrams, and an unchanged set is then one dict lookup, not a parse.
-        Its templates come back as the same objects, which define() recognises."""
-        key = (sid, version, set_id, body)
+    def parse_set(self, body: bytes, version: int, set_id: int) -> SetParse:
+        """parse_template_set, remembered by the set's bytes: exporters resend the same templates
+        every few datagrams (and many exporters send the same ones), so an unchanged set is one
+        dict lookup, not a parse. Its templates come back as the same objects, which define()
+        recognises per scope. A pure function of the bytes: scopes stay apart in define()."""
+        key = (version, set_id, body)
         got = self._parsed.get(key)
         if got is None:
             got = parse_template_set(body, version, set_id)
-            if self._parsed_bytes + len(body) > self.PARSED_BYTES:
-                self._parsed.clear()
-                self._parsed_bytes = 0
-            self._parsed[key] = got
-            self._parsed_bytes += len(body)
+            if len(body) <= self.PARSED_SET_BYTES:
+                if len(self._parsed) >= self.PARSED_SETS:
+                    self._parsed.clear()
+                self._parsed[key] = got
         return got
 
     def define(self, sid: int, t: Template, received: float) -> int:

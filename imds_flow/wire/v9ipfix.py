@@ -374,13 +374,13 @@ def _url(b, base, so, sl, pat, pat_off):
 # The program is read as prog[plan, row, i] scalars: no array views per set. The column helpers
 # are inlined into _cut_fixed (one call per set, no reference counting per column).
 
-@njit
+@njit(inline="always")
 def _fill(col, n, m, v):
     for k in range(n, m):
         col[np.uint64(k)] = v
 
 
-@njit
+@njit(inline="always")
 def _col_uint(b, q, L, cnt, ln, col, n):
     """col[np.uint64(n + k)] = the `ln`-byte unsigned at q + k * L (cast to the column's type), k < cnt."""
     if ln == 1:
@@ -400,7 +400,7 @@ def _col_uint(b, q, L, cnt, ln, col, n):
             col[np.uint64(n + k)] = _uint(b, q + k * L, ln)
 
 
-@njit
+@njit(inline="always")
 def _col_read(b, o, L, cnt, prog, p, row, col, n):
     if prog[p, row, 0] == OP_NONE:
         _fill(col, n, n + cnt, 0)
@@ -408,7 +408,7 @@ def _col_read(b, o, L, cnt, prog, p, row, col, n):
         _col_uint(b, o + prog[p, row, 1], L, cnt, prog[p, row, 2], col, n)
 
 
-@njit
+@njit(inline="always")
 def _col_addr(b, o, L, cnt, prog, p, row, hi, lo, n):
     op = prog[p, row, 0]
     if op == OP_NONE:
@@ -431,7 +431,7 @@ def _col_addr(b, o, L, cnt, prog, p, row, hi, lo, n):
             lo[np.uint64(n + k)] = l
 
 
-@njit
+@njit(inline="always")
 def _col_vlan(b, o, L, cnt, prog, p, row, col, n):
     if prog[p, row, 0] == OP_NONE:
         _fill(col, n, n + cnt, -1)
@@ -443,7 +443,7 @@ def _col_vlan(b, o, L, cnt, prog, p, row, col, n):
         col[np.uint64(n + k)] = np.int16(v) if 1 <= v <= 4095 else -1
 
 
-@njit
+@njit(inline="always")
 def _col_counter(b, o, L, cnt, prog, p, row, col, n):
     op = prog[p, row, 0]
     if op == OP_SUM:
@@ -454,7 +454,7 @@ def _col_counter(b, o, L, cnt, prog, p, row, col, n):
         _col_read(b, o, L, cnt, prog, p, row, col, n)
 
 
-@njit
+@njit(inline="always")
 def _col_time(b, o, L, cnt, prog, p, row, col, n, ver, uptime, secs):
     op = prog[p, row, 0]
     q = o + prog[p, row, 1]
@@ -496,7 +496,7 @@ def _lookup_rate(samp_keys, samp_rates, key):
     return -1.0
 
 
-@njit
+@njit(inline="always")
 def _col_sampling(b, o, L, cnt, prog, p, row, col, n, scope, samp_keys, samp_rates):
     op = prog[p, row, 0]
     q = o + prog[p, row, 1]
@@ -518,7 +518,7 @@ def _col_sampling(b, o, L, cnt, prog, p, row, col, n, scope, samp_keys, samp_rat
             _fill(col, n, n + cnt, _rate32(dflt))
 
 
-@njit
+@njit(inline="always")
 def _cut_fixed(b, o, L, cnt, prog, p, flags, so, sl, c, n, exp, ver, ts, uptime, secs, scope,
                samp_keys, samp_rates, pat, pat_off, main, hdr, hdr_off, scr):
     """Records o, o + L, ... (cnt of them) of one fixed-length set into rows n.. of `c`, column by
@@ -764,7 +764,7 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
         d = int(s_dg[row])
         o = int(s_off[row])
         sid = int(s_scope[row])
-        parsed = cache.parse_set(sid, buf[o:o + int(s_len[row])].tobytes(), int(s_ver[row]), int(s_id[row]))
+        parsed = cache.parse_set(buf[o:o + int(s_len[row])].tobytes(), int(s_ver[row]), int(s_id[row]))
         e = int(exp_ids[d])
         exporters.add_count("templates", e, len(parsed.templates))
         if parsed.rejected:

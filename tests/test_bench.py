@@ -1,0 +1,98 @@
+"""imds-flow bench as a command (click, one-line usage errors, exit 2), its report (CPU per million
+records, ratios to rivals, a readable one-point plot) and its synthetic exporters. No timings."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import flowbench, sender
+from bench.synth import flow_datagrams
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args):
+    return subprocess.run([sys.executable, "-m", "imds_flow.cli", "bench", *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workers", "0"], ["--workers", "0"]),
+    (["--export", "sflow", "--compare", "nfcapd"], ["--export sflow", "sfcapd, sfacctd"]),
+    (["--export", "v10"], ["--export", "v10"]),
+    (["--version", "5"], ["--version"]),
+    (["--export", "v5", "--template-every", "20"], ["--template-every", "v5"]),
+    (["--compare", "goflow2"], ["goflow2", "nfcapd, nfacctd"]),
+    (["--rates", "fast"], ["--rates", "fast"]),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, words):
+    r = bench(*args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    for w in words:
+        assert w in r.stderr
+
+
+def test_bench_imports_nothing_from_tests():
+    for path in (ROOT / "bench").glob("*.py"):
+        assert not re.search(r"^\s*(from|import)\s+tests\b", path.read_text(), re.M), path
+
+
+def _row(collector, rate, cpu_s, offered=1_000_000):
+    return {"collector": collector, "workers": 1, "target_records_per_s": rate, "offered_records_per_s": rate,
+            "offered_records": offered, "decoded_records": offered, "lost_records": 0, "loss_pct": 0.0,
+            "kernel_drop_datagrams": 0, "collector_cpu_pct": 10.0, "cpu_ms_per_million": 1e9 * cpu_s / offered,
+            "alerts_expected": 5 if collector == "imds-flow" else None, "alerts_raised": 5,
+            "latency_p50_ms": None, "latency_p99_ms": None}
+
+
+def test_summary_gives_medians_and_the_cpu_ratio_to_each_rival():
+    rows = [_row("imds-flow", 3e5, s) for s in (0.10, 0.30, 0.20)] + [_row("nfcapd", 3e5, s) for s in (0.4, 0.5, 0.6)] \
+        + [_row("nfacctd", 3e5, 1.0)]
+    out = {r["collector"]: r for r in flowbench.summarise(rows)}
+    assert out["imds-flow"]["cpu_ms_per_million"] == pytest.approx(200.0) and out["imds-flow"]["runs"] == 3
+    assert out["imds-flow"]["cpu_ratio"] == pytest.approx({"nfcapd": 0.4, "nfacctd": 0.2})
+    text = flowbench.table(list(out.values()))
+    assert "cpu ms/M rec" in text and "nfcapd 0.40x" in text
+
+
+def test_one_point_plot_has_plain_readable_axes(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    rows = flowbench.summarise([_row("imds-flow", 3.000318e6, 0.2), _row("nfcapd", 3.000318e6, 0.4)])
+    assert flowbench.plot(rows, tmp_path / "one.png", "one point")
+    assert (tmp_path / "one.png").stat().st_size > 0
+    fig = figs[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            assert axis.get_major_formatter().get_offset() == ""
+        lo, hi = ax.get_xlim()
+        assert lo <= 3.000318 * 0.6 and hi >= 3.000318 * 1.4          # a span around the point
+
+
+def test_templates_resent_every_n_datagrams_per_exporter():
+    ex = flow_datagrams(10, 64, 30)
+    b = sender.Burst(ex.data)
+    tmpl = np.frombuffer(ex.template, np.uint8).copy()
+    tb = b.with_template(tmpl, 64, 20)                  # datagrams 64..127 of this exporter: 80, 100, 120
+    lens = tb.iov["len"].tolist()
+    assert tb.n == 67 and lens.count(len(tmpl)) == 3
+    assert [i for i, ln in enumerate(lens) if ln == len(tmpl)] == [16, 37, 58]
+
+
+def test_metadata_requests_come_from_the_given_sources():
+    for version in (5, 10):
+        ex = flow_datagrams(version, 64, 30, imds_fraction=0.2, imds_sources=3)
+        assert ex.hits.sum() > 0
+    rec = flow_datagrams(5, 64, 30, imds_fraction=0.2, imds_sources=3).data[:, 24:].reshape(-1, 48)
+    src = rec[:, 0:4].copy().view(">u4").ravel()
+    dst = rec[:, 4:8].copy().view(">u4").ravel()
+    assert len(set(src[dst == (169 << 24 | 254 << 16 | 169 << 8 | 254)].tolist())) <= 3
