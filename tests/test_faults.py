@@ -25,31 +25,16 @@ from imds_flow.config import ConfigError
 from imds_flow.metrics import MetricsServer
 from imds_flow.sinks import Sinks, open_sink
 from imds_flow.sinks import stream as stream_mod
-from tests.support.collector import Collector, read_alerts
+from tests.support.collector import ONE_ENDPOINT as BASE, Collector, read_alerts, scrape
+from tests.support.wait import wait_for
 from tests.test_v5 import v5
 
 ROOT = Path(__file__).resolve().parent.parent
 IMDS = "169.254.169.254"
-BASE = '''
-[[endpoints]]
-name = "aws-imds-ipv4"
-address = "169.254.169.254"
-[alerts]
-fold_window_seconds = 0
-'''
 
 
 def packed(n: int) -> bytes:
     return msgpack.packb({"n": n, "count": 1, "pad": "x" * 40})
-
-
-def wait_for(what, timeout: float = 60.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = what()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(step)
 
 
 def free_port() -> int:
@@ -58,14 +43,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def mount_tmpfs(path: Path, size: str, options: str = "") -> None:

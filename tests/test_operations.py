@@ -10,19 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.collector import Collector
+from tests.support.collector import ONE_ENDPOINT as BASE, Collector
+from tests.support.wait import wait_for
 from tests.support.exporters import require_tool
 from tests.test_v5 import v5
 
 ROOT = Path(__file__).resolve().parent.parent
 IMDS = "169.254.169.254"
-BASE = '''
-[[endpoints]]
-name = "aws-imds-ipv4"
-address = "169.254.169.254"
-[alerts]
-fold_window_seconds = 0
-'''
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -46,16 +40,9 @@ def test_metrics_endpoint_counts_exactly(tmp_path, workers):
     assert m["imds_flow_exporters"] == 1 and m["imds_flow_kernel_drops_total"] == 0
 
 
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def suppressed_series(c: Collector) -> str:
     """The one exporter's suppressed-records series (its source port is the sender's)."""
-    wait_for(lambda: any(k.startswith("imds_flow_suppressed_records_total{") for k in c.metrics()))
+    assert wait_for(lambda: any(k.startswith("imds_flow_suppressed_records_total{") for k in c.metrics()))
     return next(k for k in c.metrics() if k.startswith("imds_flow_suppressed_records_total{"))
 
 
@@ -79,12 +66,12 @@ def test_sighup_reload_swaps_suppression_and_loses_nothing(tmp_path):
         c.wait_alerts(150)
         c.config_path.write_text(BASE + '[suppress]\nsource_subnets = ["10.9.0.0/16"]\n')
         c.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reload: 1 endpoint(s), 1 suppressed subnet(s)" in c.log)
+        assert wait_for(lambda: "reload: 1 endpoint(s), 1 suppressed subnet(s)" in c.log)
         series = suppressed_series(c)
         c.wait_metric(series, 150)
         c.config_path.write_text(BASE + "[suppress]\nvlans = [5000]\n")     # invalid: must keep the last good
         c.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reload failed, keeping the running config" in c.log)
+        assert wait_for(lambda: "reload failed, keeping the running config" in c.log)
         before = c.metrics()[series]
         c.wait_metric(series, before + 50)                           # the last good config still suppresses
         stop.set()

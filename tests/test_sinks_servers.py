@@ -151,10 +151,4 @@ class ForwardServer(_Server):
                         conn.sendall(msgpack.packb({"ack": option["chunk"]}))
 
 
-def wait_for(predicate, timeout: float = 30.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+from tests.support.wait import wait_for  # noqa: E402,F401 - the sink tests import it from here

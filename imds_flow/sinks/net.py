@@ -103,22 +103,27 @@ def _outq(sock: socket.socket) -> int:
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
-def _raise_if_broken(sock: socket.socket) -> None:
+def _raise_if_broken(sock: socket.socket, closed_too: bool = True) -> None:
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
-    if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE:
+    if closed_too and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE:
         raise ConnectionResetError("connection closed by the receiver")
 
 
 def wait_acknowledged(sock: socket.socket, deadline: float) -> bool:
     """Until the receiver's kernel has acknowledged every byte sent; True if the receiver closed its
-    side meanwhile (what it was sent still reaches it: a half-closed receiver keeps reading)."""
+    side meanwhile (what it was sent still reaches it: a half-closed receiver keeps reading).
+
+    A reset is a pending error (SO_ERROR) and purges the send queue, so it is checked first; an empty
+    queue then means every byte was acknowledged, even if the receiver closed right after (a chunk
+    it took must not be sent again: that would duplicate it)."""
     eof = False
     while True:
-        _raise_if_broken(sock)
+        _raise_if_broken(sock, closed_too=False)
         if _outq(sock) == 0:
             return eof
+        _raise_if_broken(sock)
         if time.monotonic() > deadline:
             raise TimeoutError("the receiver did not take the data in time")
         if eof:

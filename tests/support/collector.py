@@ -16,6 +16,15 @@ import msgpack
 _LISTENING = re.compile(r"listening on (.*?) \(")
 _METRICS = re.compile(r"metrics on http://(.*?)/metrics")
 
+# one endpoint, every matching record its own alert: the config most live tests start from
+ONE_ENDPOINT = """
+[[endpoints]]
+name = "aws-imds-ipv4"
+address = "169.254.169.254"
+[alerts]
+fold_window_seconds = 0
+"""
+
 # the shipped config's two endpoints, for test configs to start from
 AWS_ENDPOINTS = """
 [[endpoints]]
@@ -35,7 +44,7 @@ def read_alerts(path: Path) -> list[dict]:
 
 
 def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read().decode()
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -14,13 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def wait_for(predicate, timeout: float = 30.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+from .wait import wait_for  # noqa: E402,F401 - the receivers' tests import it from here
 
 
 def free_port() -> int:
