@@ -94,7 +94,7 @@ class _Capture:
         pass
 
 
-@pytest.mark.parametrize("export", ["v5", "v9", "ipfix"])
+@pytest.mark.parametrize("export", ["v5", "v9", "ipfix", "sflow"])
 @pytest.mark.parametrize("endpoint", ["169.254.169.254", "fd00:ec2::254"])
 def test_probe_exports_raise_one_test_alert(export, endpoint):
     if export == "v5" and ":" in endpoint:
@@ -110,7 +110,7 @@ def test_probe_exports_raise_one_test_alert(export, endpoint):
     src = probe.PROBE_SOURCE_V6 if ":" in endpoint else probe.PROBE_SOURCE
     assert (a["src"], a["sport"], a["dst"], a["dport"], a["proto"], a["direction"]) == \
         (src, probe.PROBE_PORT, endpoint, 80, 6, "request")
-    assert a["test"] is True and a["version"] == {"v5": 5, "v9": 9, "ipfix": 10}[export]
+    assert a["test"] is True and a["version"] == {"v5": 5, "v9": 9, "ipfix": 10, "sflow": 5}[export]
 
 
 def test_ordinary_alerts_are_not_tests():
@@ -141,13 +141,13 @@ def test_probe_sflow_is_what_tshark_reads(tmp_path, endpoint):
 def test_probe_through_a_running_collector(tmp_path):
     config = AWS_ENDPOINTS + "[alerts]\nfold_window_seconds = 0\n"
     with Collector(tmp_path, config) as c:
-        for export in ("v5", "v9", "ipfix"):
+        for export in ("v5", "v9", "ipfix", "sflow"):
             out = run("probe", f"127.0.0.1:{c.port}", "--export", export)
             assert out.returncode == 0, out.stderr
             assert "test = true" in out.stdout
-        alerts = c.wait_alerts(3)
+        alerts = c.wait_alerts(4)
         c.stop()
-    assert [a["version"] for a in alerts] == [5, 9, 10]
+    assert [(a["version"], a["format"]) for a in alerts] == [(5, "netflow"), (9, "netflow"), (10, "ipfix"), (5, "sflow")]
     assert all(a["test"] is True and a["src"] == probe.PROBE_SOURCE for a in alerts)
     bad = run("probe", "localhost", "--export", "v9")
     assert bad.returncode == 2 and "expected host:port" in bad.stderr
