@@ -92,6 +92,11 @@ class _JsonLines:
         return self.fed - self.good
 
 
+def _decoder_for(data: bytes, base: int = 0):
+    """ECS JSON lines when the stream starts with "{", msgpack maps otherwise."""
+    return _JsonLines(base) if data.lstrip()[:1] == b"{" else _Msgpack(base)
+
+
 def read_alerts(f: BinaryIO, follow: bool = False, poll: float = 0.2,
                 sleep: Callable[[float], None] = time.sleep, warn: Callable[[str], None] | None = None
                 ) -> Iterator[dict]:
@@ -106,7 +111,7 @@ def read_alerts(f: BinaryIO, follow: bool = False, poll: float = 0.2,
                 if not first:
                     pos += len(data)
                     continue
-                decoder = _JsonLines(pos) if first == b"{" else _Msgpack(pos)
+                decoder = _decoder_for(data, pos)
             pos += len(data)
             yield from decoder.feed(data)
             continue
@@ -130,7 +135,7 @@ def readable_end(f: BinaryIO) -> tuple[int, int]:
                 if not data.lstrip()[:1]:
                     pos += len(data)
                     continue
-                decoder = _JsonLines(pos) if data.lstrip()[:1] == b"{" else _Msgpack(pos)
+                decoder = _decoder_for(data, pos)
             pos += len(data)
             for _ in decoder.feed(data):
                 pass
@@ -166,7 +171,7 @@ def follow_path(path: str, poll: float = 0.2, sleep: Callable[[float], None] = t
                     if not first:
                         pos += len(data)
                         continue
-                    decoder = _JsonLines() if first == b"{" else _Msgpack()
+                    decoder = _decoder_for(data)
                 pos += len(data)
                 yield from decoder.feed(data)
                 continue
@@ -176,7 +181,7 @@ def follow_path(path: str, poll: float = 0.2, sleep: Callable[[float], None] = t
                     if not data:
                         break
                     if decoder is None:
-                        decoder = _JsonLines() if data.lstrip()[:1] == b"{" else _Msgpack()
+                        decoder = _decoder_for(data)
                     yield from decoder.feed(data)
                 f.close()
                 f = None
