@@ -2,8 +2,8 @@
 
 numba's on-disk cache goes to a per-user folder, never beside the package: `NUMBA_CACHE_DIR` when
 set (the systemd unit sets it to its CacheDirectory), else `$XDG_CACHE_HOME/imds-flow/numba`
-(`~/.cache/imds-flow/numba`), in a subfolder per version of the sources (see cache_dir). A cache next to the sources would leave files in site-packages that
-pip does not own (an `__pycache__` folder that outlives an uninstall and shadows an editable
+(`~/.cache/imds-flow/numba`), in a subfolder per version of the sources (see cache_dir). A cache
+next to the sources would leave files in site-packages that pip does not own (an `__pycache__` folder that outlives an uninstall and shadows an editable
 install's package data), and fails on a read-only install.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ __all__ = ["njit", "cache_dir"]
 
 def cache_dir() -> Path:
     """The folder for this version of the kernels: a subfolder named by a hash of the package's
-    sources. numba checks a cached kernel against its own file only, and kernels here inline
-    functions from other files (the packet kernel into the sFlow and IPFIX decoders): after an
-    upgrade or an edit a stale kernel would load silently. Keyed by every source, a change
+    sources. numba checks a cached kernel against its own file only, and kernels here call functions
+    from other files that are compiled into them (the packet kernel into the sFlow and IPFIX
+    decoders): after an upgrade or an edit a stale kernel would load silently. Keyed by every source, a change
     compiles afresh and leaves the old folder behind (`rm -r` the parent to clear them all)."""
     explicit = os.environ.get("NUMBA_CACHE_DIR")
     if explicit:
