@@ -2,7 +2,7 @@
 
 Every driver returns only after the exporter has exited, so everything it exported is already in the
 receiving socket's buffer; every run is bounded by a timeout and killed when it overruns.
-Commands and quirks: /work/shared/docs/EXPORTERS.md.
+Commands and quirks: tests/support/EXPORTERS.md.
 """
 
 from __future__ import annotations

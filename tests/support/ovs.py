@@ -3,7 +3,7 @@
 Two namespaces, a veth pair into each; the root-side ends are ports of a netdev bridge whose sFlow
 agent samples every packet (sampling=1, header bytes as asked) to a loopback collector. Frames are
 sent into one namespace with scapy. Everything is torn down by pid files and names: only what this
-module started. Commands and quirks: /work/shared/docs/EXPORTERS.md.
+module started. Commands and quirks: tests/support/EXPORTERS.md.
 """
 from __future__ import annotations
 
