@@ -93,8 +93,12 @@ class _JsonLines:
 
 
 def _decoder_for(data: bytes, base: int = 0):
-    """ECS JSON lines when the stream starts with "{", msgpack maps otherwise."""
-    return _JsonLines(base) if data.lstrip()[:1] == b"{" else _Msgpack(base)
+    """ECS JSON lines when the stream starts with "{", msgpack maps otherwise; None while it has
+    shown only white space (the format is not known yet)."""
+    first = data.lstrip()[:1]
+    if not first:
+        return None
+    return _JsonLines(base) if first == b"{" else _Msgpack(base)
 
 
 def read_alerts(f: BinaryIO, follow: bool = False, poll: float = 0.2,
@@ -106,14 +110,10 @@ def read_alerts(f: BinaryIO, follow: bool = False, poll: float = 0.2,
     while True:
         data = f.read(CHUNK) if not follow else _read_available(f)
         if data:
-            if decoder is None:
-                first = data.lstrip()[:1]
-                if not first:
-                    pos += len(data)
-                    continue
-                decoder = _decoder_for(data, pos)
+            decoder = decoder or _decoder_for(data, pos)
             pos += len(data)
-            yield from decoder.feed(data)
+            if decoder is not None:
+                yield from decoder.feed(data)
             continue
         if not follow:
             if decoder is not None and decoder.pending and warn:
@@ -131,14 +131,11 @@ def readable_end(f: BinaryIO) -> tuple[int, int]:
     decoder, pos = None, 0
     try:
         while data := f.read(CHUNK):
-            if decoder is None:
-                if not data.lstrip()[:1]:
-                    pos += len(data)
-                    continue
-                decoder = _decoder_for(data, pos)
+            decoder = decoder or _decoder_for(data, pos)
             pos += len(data)
-            for _ in decoder.feed(data):
-                pass
+            if decoder is not None:
+                for _ in decoder.feed(data):
+                    pass
     except AlertFormatError:
         pos += len(f.read())
     return (decoder.base + decoder.good if decoder is not None else pos), pos
@@ -166,23 +163,19 @@ def follow_path(path: str, poll: float = 0.2, sleep: Callable[[float], None] = t
                 decoder, pos, waiting = None, 0, False
             data = _read_available(f)
             if data:
-                if decoder is None:
-                    first = data.lstrip()[:1]
-                    if not first:
-                        pos += len(data)
-                        continue
-                    decoder = _decoder_for(data)
+                decoder = decoder or _decoder_for(data)
                 pos += len(data)
-                yield from decoder.feed(data)
+                if decoder is not None:
+                    yield from decoder.feed(data)
                 continue
             if _replaced(f, path):            # read what was written before the switch, then the new file
                 while True:
                     data = _read_available(f)
                     if not data:
                         break
-                    if decoder is None:
-                        decoder = _decoder_for(data)
-                    yield from decoder.feed(data)
+                    decoder = decoder or _decoder_for(data)
+                    if decoder is not None:
+                        yield from decoder.feed(data)
                 f.close()
                 f = None
                 if note:

@@ -88,17 +88,22 @@ def _equal(b, o, ln, pat, p0, p1):
 
 
 @njit
+def _spells(b, o, m):
+    """Whether b[o:] starts with METHODS[m] (the caller has checked there is room)."""
+    m0 = _METHOD_OFF[m]
+    for k in range(_METHOD_OFF[m + 1] - m0):
+        if b[o + k] != _METHOD_BUF[m0 + k]:
+            return False
+    return True
+
+
+@njit
 def _method(b, p, end):
     """Index into METHODS of the request method at p (followed by one space), or -1."""
     for m in range(_METHOD_OFF.shape[0] - 1):
-        m0 = _METHOD_OFF[m]
-        ln = _METHOD_OFF[m + 1] - m0
-        if p + ln < end and b[p + ln] == 32:
-            k = 0
-            while k < ln and b[p + k] == _METHOD_BUF[m0 + k]:
-                k += 1
-            if k == ln:
-                return m
+        ln = _METHOD_OFF[m + 1] - _METHOD_OFF[m]
+        if p + ln < end and b[p + ln] == 32 and _spells(b, p, m):
+            return m
     return -1
 
 
@@ -106,13 +111,8 @@ def _method(b, p, end):
 def method_index(b, o, ln):
     """Index into METHODS of the method spelled by b[o:o+ln] exactly (IPFIX httpRequestMethod), or -1."""
     for m in range(_METHOD_OFF.shape[0] - 1):
-        m0 = _METHOD_OFF[m]
-        if _METHOD_OFF[m + 1] - m0 == ln:
-            k = 0
-            while k < ln and b[o + k] == _METHOD_BUF[m0 + k]:
-                k += 1
-            if k == ln:
-                return m
+        if _METHOD_OFF[m + 1] - _METHOD_OFF[m] == ln and _spells(b, o, m):
+            return m
     return -1
 
 

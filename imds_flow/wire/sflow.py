@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..flows import HTTP, SFLOW
+from ..flows import SFLOW
 from ..jit import njit
 from .errors import reason_code
-from .packet import (ETHERNET, IPV4, IPV6, NONE, S_DPORT, S_DST_HI, S_DST_LO, S_HEADERS, S_METHOD, S_PROTO,
-                     S_SPORT, S_SRC_HI, S_SRC_LO, S_URL, S_URL_LEN, S_URL_OFF, S_VLAN1, S_VLAN2, parse_packet,
-                     patterns, scratch)
+from .packet import ETHERNET, IPV4, IPV6, parse_packet, patterns, scratch, store
 from .readers import _u16, _u32
 
 __all__ = ["SflowState", "agents", "decode_sflow", "MIN_ROW_BYTES", "SKIPPED", "WARM_UP"]
@@ -252,23 +250,8 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
                 hend = min(hstart + _u32(buf, raw + 12), raw_end)
                 if kind == ETHERNET or kind == IPV4 or kind == IPV6:
                     version = parse_packet(buf, hstart, hend, kind, scr, pat, pat_off, hdr, hdr_off)
-                    if version != 0:       # packet.store, written out: a call would count references per column
-                        c.src_hi[n] = scr[S_SRC_HI]
-                        c.src_lo[n] = scr[S_SRC_LO]
-                        c.dst_hi[n] = scr[S_DST_HI]
-                        c.dst_lo[n] = scr[S_DST_LO]
-                        c.sport[n] = scr[S_SPORT]
-                        c.dport[n] = scr[S_DPORT]
-                        c.proto[n] = scr[S_PROTO]
-                        c.vlan_dot1q[n] = np.int16(scr[S_VLAN1]) if scr[S_VLAN1] != NONE else np.int16(-1)
-                        c.vlan_cust[n] = np.int16(scr[S_VLAN2]) if scr[S_VLAN2] != NONE else np.int16(-1)
-                        c.url[n] = np.int16(scr[S_URL]) - np.int16(1)
-                        if scr[S_METHOD] != 0:
-                            c.row_flags[n] = SFLOW | HTTP
-                            c.http_method[n] = np.int8(scr[S_METHOD]) - np.int8(1)
-                            c.url_off[n] = np.int64(scr[S_URL_OFF])
-                            c.url_len[n] = np.int32(scr[S_URL_LEN])
-                            c.headers[n] = np.uint32(scr[S_HEADERS])
+                    if version != 0:
+                        store(scr, c, n)           # row_flags is SFLOW already; store adds HTTP
             if version == 0 and (ip4 >= 0 or ip6 >= 0):
                 c.row_flags[n] = SFLOW
                 c.vlan_dot1q[n] = -1
