@@ -9,6 +9,7 @@ from . import kernels
 from .addr import network_hilo
 from .config import Config
 from .flows import FlowBatch
+from .grow import grow
 
 __all__ = ["Detector", "Hits", "REQUEST", "RESPONSE", "DIRECTIONS"]
 
@@ -61,7 +62,9 @@ class Detector:
         self._sup = _net_table(config.suppress.source_subnets)
         self._vlans = np.zeros(4096, dtype=np.bool_)
         self._vlans[list(config.suppress.vlans)] = True
-        self._grow(4096)
+        self._idx = np.empty(4096, np.int64)  # detect_batch's output: hit rows, endpoints, directions
+        self._epi = np.empty(4096, np.int32)
+        self._dir = np.empty(4096, np.uint8)
 
     @staticmethod
     def _scratch_counts(batch: FlowBatch) -> np.ndarray:
@@ -69,16 +72,11 @@ class Detector:
         top = int(batch.view("exporter").max()) + 1 if batch.n else 1
         return np.zeros((top, 2), np.int64)[:, 0]
 
-    def _grow(self, n: int) -> None:
-        self._idx = np.empty(n, np.int64)
-        self._epi = np.empty(n, np.int32)
-        self._dir = np.empty(n, np.uint8)
-
     def run(self, batch: FlowBatch, suppressed_by_exporter: np.ndarray | None = None) -> Hits:
         """Hits of `batch`; each suppressed record also counts in suppressed_by_exporter[exporter]
         (a column of the exporter table: the per-exporter `suppressed` counter)."""
         if batch.n > len(self._idx):
-            self._grow(max(batch.n, 2 * len(self._idx)))
+            self._idx, self._epi, self._dir = (grow(a, batch.n, keep=False) for a in (self._idx, self._epi, self._dir))
         if suppressed_by_exporter is None:
             suppressed_by_exporter = self._scratch_counts(batch)
         hits, suppressed = kernels.detect_batch(

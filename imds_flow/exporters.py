@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import kernels
+from .grow import grow
 from .keymap import KeyMap
 from .addr import from_hilo, network_hilo
 from .wire.errors import REASONS
@@ -81,7 +82,8 @@ class ExporterTable:
             self.refused["exporters_over_limit"] = key[:3]
             return -1
         if i == len(self.first_seen):
-            self._resize(2 * i)
+            for name in ("counters", "first_seen", "last_seen", "seq_next", "seq_seen", "seq_lost"):
+                setattr(self, name, grow(getattr(self, name), i + 1))
         self._index[key] = i
         self._row_keys.append(key)
         self.address.append(from_hilo(key[0], key[1]))
@@ -90,13 +92,6 @@ class ExporterTable:
         self.sub_agent.append(key[5] if len(key) > 3 else None)
         self.first_seen[i] = self.clock()
         return i
-
-    def _resize(self, cap: int) -> None:
-        for name in ("counters", "first_seen", "last_seen", "seq_next", "seq_seen", "seq_lost"):
-            old = getattr(self, name)
-            new = np.zeros((cap,) + old.shape[1:], old.dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
 
     def lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> np.ndarray:
         """Exporter index of every datagram (int32), registering new exporters; -1 for a source not

@@ -15,6 +15,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from .grow import grown_size
+
 __all__ = ["COLUMNS", "ROW", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "VLAN_COLUMNS", "HTTP_COLUMNS"]
 
 # row_flags bits
@@ -78,7 +80,7 @@ class FlowBatch:
     def reset(self, need: int) -> None:
         """Empty the batch with room for `need` records (contents are left as they were)."""
         if need > self.capacity:
-            self._allocate(max(need, min(2 * self.capacity, self.limit)))
+            self._allocate(grown_size(self.capacity, need, self.limit))
         self.n = 0
 
     def view(self, name: str) -> np.ndarray:
