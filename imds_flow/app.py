@@ -21,6 +21,7 @@ from .exporters import ExporterTable
 from .flows import FlowBatch
 from .metrics import ErrorLog, LimitLog, Latency, kernel_drops, stats_of, summary_line
 from .probe import is_probe
+from .ratelimit import RateLimit
 from .sinks import Sink
 from .templates_store import TemplateFile
 from .wire import sflow, v9ipfix
@@ -62,7 +63,8 @@ class Pipeline:
         self.socket_inodes: set[int] = set()      # set by receive.serve, for kernel drop counts
         self.reporter: Callable[[], None] | None = None   # called every tick (workers report to the parent)
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit, lim.max_fold_keys)
-        self._bound_logged = (0, 0, -1e18)    # (batches_split, folder.over_limit, when) at the last warning
+        self._bounds_logged = (0, 0)          # (batches_split, folder.over_limit) at the last warning
+        self._bounds_limit = RateLimit(config.logging.error_interval_seconds)
         self._redefined = 0                   # template redefinitions at the last debug line
         self.errors = ErrorLog(self.exporters, config.logging.error_interval_seconds)
         self.limit_log = LimitLog(self.exporters, config.logging.error_interval_seconds)
@@ -143,9 +145,8 @@ class Pipeline:
 
     def _report_bounds(self, now: float) -> None:
         """A warning, at most once per logging.error_interval_seconds, when a memory limit was hit."""
-        split, over, at = self._bound_logged
-        if (split, over) == (self.batches_split, self.folder.over_limit) or \
-                now - at < self.config.logging.error_interval_seconds:
+        split, over = self._bounds_logged
+        if (split, over) == (self.batches_split, self.folder.over_limit) or not self._bounds_limit.due(now=now):
             return
         if self.batches_split > split:
             log.warning("%d batch(es) of datagrams decoded in parts: they could hold more than "
@@ -154,7 +155,7 @@ class Pipeline:
         if self.folder.over_limit > over:
             log.warning("%d alert(s) written unfolded: limits.max_fold_keys = %d alert keys are folding already "
                         "(total %d)", self.folder.over_limit - over, self.folder.max_keys, self.folder.over_limit)
-        self._bound_logged = (self.batches_split, self.folder.over_limit, now)
+        self._bounds_logged = (self.batches_split, self.folder.over_limit)
 
     def tick(self, now: float) -> None:
         """Close folding windows that ended by `now` and write what they held; expire templates and

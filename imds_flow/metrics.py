@@ -13,6 +13,7 @@ import numpy as np
 
 from .addr import from_hilo
 from .exporters import COUNTERS, ExporterTable
+from .ratelimit import RateLimit
 from .wire.errors import REASONS
 
 __all__ = ["ErrorLog", "LimitLog", "Latency", "summary_line", "STAT_KEYS", "render_prometheus", "MetricsServer",
@@ -26,9 +27,8 @@ class ErrorLog:
 
     def __init__(self, exporters: ExporterTable, interval: float):
         self.exporters = exporters
-        self.interval = interval
-        self._last: dict[tuple[int, int], float] = {}
-        self._held: dict[tuple[int, int], int] = {}
+        self._limit = RateLimit(interval)
+        self._held: dict[tuple[int, int], int] = {}      # datagrams rejected since the last warning
 
     def report(self, exp_ids: np.ndarray, status: np.ndarray, now: float) -> None:
         bad = np.flatnonzero(status)
@@ -38,10 +38,9 @@ class ErrorLog:
         for (e, code), k in zip(pairs.T.tolist(), counts.tolist()):
             key = (e, code)
             held = self._held.get(key, 0) + k
-            if now - self._last.get(key, -1e18) < self.interval:
+            if not self._limit.due(key, now):
                 self._held[key] = held
                 continue
-            self._last[key] = now
             self._held[key] = 0
             log.warning("exporter %s:%d: %d datagram(s) rejected: %s (total %d)",
                         self.exporters.address[e], self.exporters.port[e], held, REASONS[code].replace("_", " "),
@@ -61,16 +60,14 @@ class LimitLog:
 
     def __init__(self, exporters: ExporterTable, interval: float):
         self.exporters = exporters
-        self.interval = interval
-        self._last = -1e18
+        self._limit = RateLimit(interval)
         self._seen = dict(exporters.dropped)
         self._cols = [COUNTERS.index(k) for k in self.PER_EXPORTER]
         self._prev = np.zeros((0, len(self._cols)), np.int64)
 
     def report(self, now: float) -> None:
-        if now - self._last < self.interval:
+        if not self._limit.due(now=now):
             return
-        self._last = now
         ex = self.exporters
         for kind, why in self.GLOBAL.items():
             new = ex.dropped[kind] - self._seen[kind]

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import msgpack
 
+from ..ratelimit import RateLimit
 from .net import ForwardProtocol, SpooledSink, StreamProtocol, UdpSink
 from .spool import Spool, SpoolError
 from .stream import FileSink, open_sink
@@ -40,12 +41,12 @@ class _Health:
     (one when it starts, then at most one per interval while it lasts, one when it ends)."""
 
     def __init__(self, sink, interval: float, clock):
-        self.sink, self.interval, self.clock = sink, interval, clock
+        self.sink, self.clock = sink, clock
         self.accepted = 0                     # alerts write_alerts took without raising
         self.dropped = 0                      # alerts of batches it raised on
         self.errors = 0                       # calls that raised
         self.failing_since: float | None = None
-        self._logged_at = 0.0
+        self._limit = RateLimit(interval, clock)   # "still failing" warnings
         self._outage_dropped = 0
 
     def label(self) -> str:
@@ -66,13 +67,14 @@ class _Health:
         now = self.clock()
         reason = getattr(error, "strerror", None) or error
         if self.failing_since is None:
-            self.failing_since, self._logged_at, self._outage_dropped = now, now, n
+            self.failing_since, self._outage_dropped = now, n
+            self._limit.reset()
+            self._limit.due(now=now)              # the next "still failing" is an interval from now
             log.warning("sink %s: %s; its alerts are dropped (and counted) until it recovers, the other sinks "
                         "get theirs", self.label(), reason)
             return
         self._outage_dropped += n
-        if now - self._logged_at >= self.interval:
-            self._logged_at = now
+        if self._limit.due(now=now):
             log.warning("sink %s: still failing (%s) for %.0f s; %d alert(s) dropped so far", self.label(), reason,
                         now - self.failing_since, self._outage_dropped)
 

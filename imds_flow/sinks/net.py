@@ -25,6 +25,7 @@ import weakref
 
 import msgpack
 
+from ..ratelimit import RateLimit
 from . import fluent
 from .spool import Chunk, Spool
 from .tls import Tls, readable, recv_now
@@ -36,26 +37,6 @@ log = logging.getLogger("imds_flow")
 _TCP_CLOSE = 7                                # tcpi_state of a connection that was reset or closed
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
 CHUNK_RECORDS, CHUNK_BYTES = 512, 1 << 20
-
-
-class _Throttle:
-    """At most one message per interval; says how many were held back. reset() when the trouble ends,
-    so that the next outage is reported at once however soon it comes."""
-
-    def __init__(self, interval: float = 30.0, clock=time.monotonic):
-        self.interval, self.clock, self.last, self.held = interval, clock, -1e18, 0
-
-    def reset(self) -> None:
-        self.last, self.held = -1e18, 0
-
-    def __call__(self, level: int, msg: str, *args) -> None:
-        now = self.clock()
-        if now - self.last < self.interval:
-            self.held += 1
-            return
-        suffix = f" ({self.held} similar message(s) held back)" if self.held else ""
-        log.log(level, msg + suffix, *args)
-        self.last, self.held = now, 0
 
 
 class UdpSink:
@@ -73,7 +54,7 @@ class UdpSink:
         self.dropped = 0
         self.spooled = 0
         self.spool_bytes = 0
-        self._warn = _Throttle()
+        self._warn = RateLimit(30.0)
         self._failing = False
 
     def write_alerts(self, alerts: list[bytes]) -> None:
@@ -84,7 +65,7 @@ class UdpSink:
             except OSError as e:              # refused (ICMP port unreachable), too large, buffer full
                 self.dropped += 1
                 self._failing = True
-                self._warn(logging.WARNING, "%s: alert datagram dropped: %s", self.name, e.strerror or e)
+                self._warn.log(logging.WARNING, "%s: alert datagram dropped: %s", self.name, e.strerror or e)
             else:
                 if self._failing:
                     self._failing = False
@@ -218,7 +199,7 @@ class SpooledSink:
         self._sock_lock = threading.Lock()
         self._closing = threading.Event()     # deliver what is left, then stop
         self._stop = threading.Event()        # stop now
-        self._warn = _Throttle()
+        self._warn = RateLimit(30.0)      # at most one warning per 30 s while delivery fails
         os.register_at_fork(after_in_child=functools.partial(_close_in_child, weakref.ref(self)))
         self._thread = threading.Thread(target=self._run, name=f"imds-flow {name}", daemon=True)
         self._thread.start()
@@ -291,7 +272,7 @@ class SpooledSink:
                 self._disconnect()
                 if self._stop.is_set():
                     break
-                self._warn(logging.WARNING, "%s: %s:%d: %s; %d alert(s) spooled, retrying", self.name,
+                self._warn.log(logging.WARNING, "%s: %s:%d: %s; %d alert(s) spooled, retrying", self.name,
                            self.host, self.port, e, self.spool.records)
                 if self._stop.wait(backoff):
                     break

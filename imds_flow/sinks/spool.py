@@ -17,6 +17,8 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+from ..ratelimit import RateLimit
+
 __all__ = ["Spool", "Chunk", "SpoolError"]
 
 log = logging.getLogger("imds_flow")
@@ -76,9 +78,7 @@ class Spool:
         self.errors = 0                       # appends and cursor saves the disk refused
         self._failing: str | None = None      # why the last append could not be written
         self.cond = threading.Condition()
-        self._clock = clock
-        self._log_interval = log_interval
-        self._logged_at = -1e18
+        self._limit = RateLimit(log_interval, clock)   # warnings of lost alerts and unsaved cursors
         self._dropped_logged = 0
         self._segments: list[_Segment] = []
         self._head_off = 0                    # offset of the head record in _segments[0]
@@ -148,9 +148,7 @@ class Spool:
             os.replace(path + ".tmp", path)
         except OSError as e:
             self.errors += 1
-            now = self._clock()
-            if now - self._logged_at >= self._log_interval:
-                self._logged_at = now
+            if self._limit.due():
                 log.warning("%s: cannot save the spool cursor in %s: %s", self.name, self.directory,
                             e.strerror or e)
 
@@ -201,7 +199,7 @@ class Spool:
                         self._fd = None
                 self.errors += 1
                 if self._failing is None:
-                    self._logged_at = -1e18                   # a new outage is always reported
+                    self._limit.reset()                       # a new outage is always reported
                 self._failing = f"{e.strerror or e}"
                 self._count_dropped(len(frames), f"cannot write the spool in {self.directory}: {self._failing}")
                 return
@@ -254,12 +252,11 @@ class Spool:
         if n <= 0:
             return
         self.dropped += n
-        now = self._clock()
-        if now - self._logged_at >= self._log_interval:
+        if self._limit.due():
             log.warning("%s: %s: dropped %d alert(s) (%d in all)", self.name,
                         why or f"spool full ({self.max_bytes} bytes), the oldest go",
                         self.dropped - self._dropped_logged, self.dropped)
-            self._logged_at, self._dropped_logged = now, self.dropped
+            self._dropped_logged = self.dropped
 
     # --- reader side -----------------------------------------------------------------------------
 
