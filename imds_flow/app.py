@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import wire
-from .alerts import Encoder, Folder, hit_alerts
+from .alerts import Encoder, Folder
 from .config import Config, default_state_file
 from .datagrams import DatagramBatch
 from .detect import Detector, Hits

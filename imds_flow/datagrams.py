@@ -12,9 +12,9 @@ from typing import Sequence, Tuple, Union
 
 import numpy as np
 
-from .addr import from_hilo, to_hilo
+from .addr import to_hilo
 
-__all__ = ["DatagramBatch", "addr_to_hilo", "hilo_to_str"]
+__all__ = ["DatagramBatch"]
 
 Source = Tuple[str, int]
 
@@ -71,7 +71,7 @@ class DatagramBatch:
         if n > 1:
             np.cumsum(lens[:-1], out=offs[1:])
         buf = np.frombuffer(b"".join(bytes(p) for p in payloads), dtype=np.uint8).copy()
-        hilo = [addr_to_hilo(a) for a, _ in srcs]
+        hilo = [to_hilo(a) for a, _ in srcs]
         return cls(
             buf=buf,
             offs=offs,
@@ -83,12 +83,3 @@ class DatagramBatch:
             n=n,
         )
 
-
-def addr_to_hilo(addr: str) -> Tuple[int, int]:
-    """'192.0.2.1' -> (0, 0xFFFF_C000_0201); '2001:db8::1' -> (0x20010DB8 << 32, 1)."""
-    return to_hilo(addr)
-
-
-def hilo_to_str(hi: int, lo: int) -> str:
-    """Inverse of addr_to_hilo: IPv4-mapped as a dotted quad, anything else as compressed IPv6."""
-    return from_hilo(hi, lo)

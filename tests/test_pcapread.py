@@ -38,7 +38,8 @@ from scapy.layers.l2 import (
 )
 from scapy.utils import EDecimal, PcapNgWriter, wrpcap
 
-from imds_flow.datagrams import DatagramBatch, addr_to_hilo, hilo_to_str
+from imds_flow.addr import from_hilo, to_hilo
+from imds_flow.datagrams import DatagramBatch
 from imds_flow.pcapread import SKIP_REASONS, PcapError, UdpReader
 
 T0 = 1_700_000_000  # capture times used below: T0 + k / 4 is exact in every format
@@ -77,7 +78,7 @@ def collect(source, **kw):
         assert isinstance(b, DatagramBatch)
         check_batch_shape(b)
         for i in range(b.n):
-            out.append((b.payload(i), hilo_to_str(b.src_hi[i], b.src_lo[i]), int(b.sport[i]), float(b.ts[i])))
+            out.append((b.payload(i), from_hilo(b.src_hi[i], b.src_lo[i]), int(b.sport[i]), float(b.ts[i])))
     check_stats(r)
     return r, out
 
@@ -647,7 +648,7 @@ def test_matches_scapy_built_packets(tmp_path, link, dgrams, batch):
     for payload, src, sport, tpids, sec, usec in dgrams:
         ip = IP(src=src) if ":" not in src else IPv6(src=src)
         frames.append((_link_frame(link, bytes(ip / UDP(sport=sport) / payload), tpids), sec, usec))
-        want.append((payload, hilo_to_str(*addr_to_hilo(src)), sport, sec + usec / 1e6))
+        want.append((payload, from_hilo(*to_hilo(src)), sport, sec + usec / 1e6))
     _, got = collect(write(tmp_path, "prop.pcap", pcap_file(frames, linktype=_LINKTYPE[link])), batch=batch)
     assert got == want
 
@@ -710,22 +711,22 @@ def test_mutated_udp_frames_are_counted_never_raised(tmp_path, seed, flips, keep
 
 
 def test_addresses_round_trip():
-    assert addr_to_hilo("192.0.2.1") == (0, 0xFFFF_C000_0201)
-    assert addr_to_hilo("::ffff:192.0.2.1") == (0, 0xFFFF_C000_0201)
-    assert addr_to_hilo("2001:db8::1") == (0x20010DB8 << 32, 1)
+    assert to_hilo("192.0.2.1") == (0, 0xFFFF_C000_0201)
+    assert to_hilo("::ffff:192.0.2.1") == (0, 0xFFFF_C000_0201)
+    assert to_hilo("2001:db8::1") == (0x20010DB8 << 32, 1)
     for a in ["0.0.0.0", "255.255.255.255", "169.254.169.254", "::", "::1", "fd00:ec2::254", "2001:db8:1:2:3:4:5:6"]:
-        assert hilo_to_str(*addr_to_hilo(a)) == a
-    assert hilo_to_str(np.uint64(0), np.uint64(0xFFFF_0A00_0001)) == "10.0.0.1"
+        assert from_hilo(*to_hilo(a)) == a
+    assert from_hilo(np.uint64(0), np.uint64(0xFFFF_0A00_0001)) == "10.0.0.1"
 
 
 def test_from_payloads():
     b = DatagramBatch.from_payloads([b"ab", b"", b"cde"])
     check_batch_shape(b)
     assert [b.payload(i) for i in range(3)] == [b"ab", b"", b"cde"]
-    assert {hilo_to_str(h, lo) for h, lo in zip(b.src_hi, b.src_lo)} == {"127.0.0.1"}
+    assert {from_hilo(h, lo) for h, lo in zip(b.src_hi, b.src_lo)} == {"127.0.0.1"}
     assert list(b.sport) == [9995] * 3 and list(b.ts) == [0.0] * 3
     b = DatagramBatch.from_payloads([b"x", b"y"], src=[("10.0.0.1", 1), ("2001:db8::2", 2)], ts=[1.5, 2.5])
-    assert [hilo_to_str(h, lo) for h, lo in zip(b.src_hi, b.src_lo)] == ["10.0.0.1", "2001:db8::2"]
+    assert [from_hilo(h, lo) for h, lo in zip(b.src_hi, b.src_lo)] == ["10.0.0.1", "2001:db8::2"]
     assert list(b.sport) == [1, 2] and list(b.ts) == [1.5, 2.5]
     with pytest.raises(ValueError):
         DatagramBatch.from_payloads([b"x"], src=[("10.0.0.1", 1), ("10.0.0.2", 2)])

@@ -193,8 +193,6 @@ class SpooledSink:
         self.protocol = protocol
         self.timeout = timeout
         self.drain_seconds = drain_seconds
-        self.connected = False
-        self.connects = 0
         self._sock: socket.socket | None = None
         self._sock_lock = threading.Lock()
         self._closing = threading.Event()     # deliver what is left, then stop
@@ -225,10 +223,6 @@ class SpooledSink:
     @property
     def errors(self) -> int:
         return self.spool.errors
-
-    @property
-    def spool_alerts(self) -> int:
-        return self.spool.records
 
     # --- the sink protocol -----------------------------------------------------------------------
 
@@ -308,8 +302,6 @@ class SpooledSink:
         with self._sock_lock:
             self._sock = sock
         log.info("%s: connected to %s:%d; %d alert(s) spooled", self.name, self.host, self.port, self.spool.records)
-        self.connected = True
-        self.connects += 1
 
     def _peer_gone(self) -> bool:
         """The receiver closed (or reset) the connection since the last chunk."""
@@ -324,7 +316,6 @@ class SpooledSink:
     def _disconnect(self) -> None:
         with self._sock_lock:
             sock, self._sock = self._sock, None
-        self.connected = False
         if sock is not None:
             sock.close()
 
