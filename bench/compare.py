@@ -48,6 +48,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from imds_flow.sockets import udp_sockets
+
 __all__ = ["Rival", "available", "start", "NAMES"]
 
 NAMES = ("nfcapd", "nfacctd")
@@ -118,11 +120,11 @@ class Rival:
 
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped at this collector's socket (full receive buffer) so far."""
-        return sum(row["drops"] for row in _udp_sockets(self.port, self._inodes))
+        return sum(row["drops"] for row in udp_sockets(self.port, self._inodes))
 
     def queued_bytes(self) -> int:
         """Bytes waiting in its socket receive queue."""
-        return sum(row["rx_queue"] for row in _udp_sockets(self.port, self._inodes))
+        return sum(row["rx_queue"] for row in udp_sockets(self.port, self._inodes))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, drain_timeout: float = 30.0) -> dict:
@@ -159,7 +161,7 @@ class Rival:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self._proc.returncode}; {self._log_tail()}")
-            rows = _udp_sockets(self.port, _socket_inodes(self.pid))
+            rows = udp_sockets(self.port, _socket_inodes(self.pid))
             if rows:
                 self._inodes = {row["inode"] for row in rows}
                 self.rcvbuf = _granted_rcvbuf(self.port)
@@ -262,27 +264,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _udp_sockets(port: int, inodes: set[int] | None = None) -> list[dict]:
-    """Rows of /proc/net/udp and udp6 whose local port is `port` (and inode in `inodes`, if given)."""
-    rows = []
-    want = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if len(f) < 13 or not f[1].endswith(want):
-                continue
-            inode = int(f[9])
-            if inodes is not None and inode not in inodes:
-                continue
-            rows.append({"local": f[1], "rx_queue": int(f[4].split(":")[1], 16), "inode": inode,
-                         "drops": int(f[12])})
-    return rows
-
-
 def _socket_inodes(pid: int) -> set[int]:
     inodes = set()
     try:
@@ -320,7 +301,7 @@ def tree_cpu_seconds(root: int) -> float:
 
 def udp_drops(port: int) -> int:
     """Datagrams the kernel dropped at every UDP socket bound to `port` (full receive queue)."""
-    return sum(row["drops"] for row in _udp_sockets(port))
+    return sum(row["drops"] for row in udp_sockets(port))
 
 
 def _process_tree(root: int) -> list[int]:

@@ -6,7 +6,6 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from .addr import from_hilo
 from .exporters import COUNTERS, ExporterTable
 from .ratelimit import RateLimit
+from .sockets import udp_sockets
 from .wire.errors import REASONS
 
 __all__ = ["ErrorLog", "LimitLog", "Latency", "summary_line", "STAT_KEYS", "render_prometheus", "MetricsServer",
@@ -137,17 +137,7 @@ def summary_line(stats: dict, latency: Latency | None = None) -> str:
 
 def kernel_drops(inodes: set[int]) -> int:
     """Datagrams the kernel dropped on our sockets (their receive queues were full)."""
-    drops = 0
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if len(f) > 12 and int(f[9]) in inodes:
-                drops += int(f[-1])
-    return drops
+    return sum(row["drops"] for row in udp_sockets(inodes=inodes))
 
 
 # --- Prometheus text exposition --------------------------------------------------------------------

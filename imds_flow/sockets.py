@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
-__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "fmt_address", "SO_REUSEPORT"]
+__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "fmt_address", "udp_sockets",
+           "SO_REUSEPORT"]
 
 log = logging.getLogger("imds_flow")
 
@@ -106,3 +108,26 @@ def _set_rcvbuf(sock: socket.socket, want: int) -> None:
 def fmt_address(addr) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def udp_sockets(port: int | None = None, inodes: set[int] | None = None) -> list[dict]:
+    """The rows of /proc/net/udp and udp6 (Linux; none elsewhere) bound to `port` and whose inode is
+    in `inodes` (either may be None: any): local address, rx_queue (bytes waiting), inode, drops
+    (datagrams the kernel dropped: the socket's receive queue was full)."""
+    rows = []
+    want = None if port is None else f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 13 or (want is not None and not f[1].endswith(want)):
+                continue
+            inode = int(f[9])
+            if inodes is not None and inode not in inodes:
+                continue
+            rows.append({"local": f[1], "rx_queue": int(f[4].split(":")[1], 16), "inode": inode,
+                         "drops": int(f[12])})
+    return rows

@@ -13,6 +13,7 @@ import pytest
 
 from bench import compare
 from bench.synth import v5_datagrams
+from imds_flow.sockets import udp_sockets
 
 RECORDS = 30            # records per datagram
 DATAGRAMS = 10_000
@@ -92,7 +93,7 @@ def test_decoded_records_exact(name, fmt, tmp_path):
     _need(name)
     datagrams = _v5() if fmt == "v5" else ipfix_datagrams(DATAGRAMS)
     with compare.start(name, tmp_path) as rival:
-        rows = compare._udp_sockets(rival.port, compare._socket_inodes(rival.pid))
+        rows = udp_sockets(rival.port, compare._socket_inodes(rival.pid))
         assert rows and all(r["local"].startswith(compare._LOCALHOST_HEX + ":") for r in rows)  # loopback only
         assert rival.rcvbuf is None or rival.rcvbuf > 1 << 20
         _send(rival.port, datagrams)
@@ -121,10 +122,10 @@ def test_kernel_drops_read_per_port():
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         rx.bind(("127.0.0.1", 0))
         port = rx.getsockname()[1]
-        assert [r["drops"] for r in compare._udp_sockets(port)] == [0]
+        assert [r["drops"] for r in udp_sockets(port)] == [0]
         for _ in range(200):
             tx.sendto(bytes(1400), ("127.0.0.1", port))
-        rows = compare._udp_sockets(port, compare._socket_inodes(os.getpid()))
+        rows = udp_sockets(port, compare._socket_inodes(os.getpid()))
         assert len(rows) == 1 and rows[0]["drops"] > 0 and rows[0]["rx_queue"] > 0
 
 
