@@ -1,12 +1,11 @@
 """The wiring of every stage: datagrams -> wire -> FlowBatch -> detect -> alerts -> sinks.
 
-This is the only module that knows them all; cli.py parses arguments and calls run_listen /
-run_replay. The same Pipeline.process serves live sockets and offline captures.
+This is the only module that knows them all; cli.py parses arguments and calls run_replay here or
+serve.run_listen, which runs a Pipeline on live sockets. The same Pipeline.process serves both.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Callable, Iterable
 
@@ -14,12 +13,12 @@ import numpy as np
 
 from . import wire
 from .alerts import Encoder, Folder
-from .config import Config, default_state_file
+from .config import Config
 from .datagrams import DatagramBatch
 from .detect import Detector, Hits
 from .exporters import ExporterTable
 from .flows import FlowBatch
-from .metrics import ErrorLog, LimitLog, Latency, kernel_drops, stats_of, summary_line
+from .metrics import ErrorLog, LimitLog, Latency, stats_of, summary_line
 from .probe import is_probe
 from .ratelimit import RateLimit
 from .sinks import Sink
@@ -28,15 +27,19 @@ from .wire import sflow, v9ipfix
 from .wire.sflow import SflowState
 from .wire.templates import Bounds, TemplateCache
 
-__all__ = ["Pipeline", "run_listen", "run_replay"]
+__all__ = ["Pipeline", "run_replay"]
 
 log = logging.getLogger("imds_flow")
 _TRUNCATED = wire.errors.reason_code("truncated_by_receive")
 
 
 class Pipeline:
+    """`kernel_drops` counts what the kernel dropped on the sockets that feed it (live only);
+    `publish` is handed a snapshot() every tick (the metrics endpoint, or a worker's parent)."""
+
     def __init__(self, config: Config, sink: Sink, clock: Callable[[], float] = time.time, encoder=None,
-                 compact: bool = True):
+                 compact: bool = True, kernel_drops: Callable[[], int] = lambda: 0,
+                 publish: Callable[[dict], None] | None = None):
         self.config = config
         # compact: the decoders keep only rows that may alert (wire.decode keep=); False keeps every
         # decoded record in self.batch (tests and tools that look at the records)
@@ -60,8 +63,8 @@ class Pipeline:
         self._out: list[bytes] = []
         self._out_ts: list[float] = []        # arrival time of each alert in _out, for latency
         self.latency = Latency()
-        self.socket_inodes: set[int] = set()      # set by receive.serve, for kernel drop counts
-        self.reporter: Callable[[], None] | None = None   # called every tick (workers report to the parent)
+        self.kernel_drops = kernel_drops
+        self.publish = publish
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit, lim.max_fold_keys)
         self._bounds_logged = (0, 0)          # (batches_split, folder.over_limit) at the last warning
         self._bounds_limit = RateLimit(config.logging.error_interval_seconds)
@@ -163,8 +166,8 @@ class Pipeline:
         self.folder.tick(now)
         self.flush()
         self._report_bounds(now)
-        if self.reporter is not None:
-            self.reporter()
+        if self.publish is not None:
+            self.publish(self.snapshot())
         cache = self.exporters.templates
         cache.expire(now)
         self.exporters.add_counts("sets_expired", cache.pending.expire(now, cache.pending_max_seconds))
@@ -204,7 +207,7 @@ class Pipeline:
         return {"exporters": self.exporters.snapshot(),
                 "global": {"exporters": len(self.exporters), "alerts_written": self.alerts_written,
                            **self.exporters.dropped,
-                           "kernel_drops": kernel_drops(self.socket_inodes), "pending": self.folder.pending,
+                           "kernel_drops": self.kernel_drops(), "pending": self.folder.pending,
                            "spool_bytes": extra.get("spool_bytes", 0), "spool_dropped": extra.get("spool_dropped", 0),
                            "batches_split": self.batches_split, "fold_keys_over_limit": self.folder.over_limit},
                 "sinks": extra.get("sinks", [])}
@@ -255,89 +258,6 @@ def run_replay(config: Config, sink: Sink, batches: Iterable[DatagramBatch], enc
                     last_tick = now
     finally:
         pipeline.close()
-    return pipeline
-
-
-def run_listen(config: Config, sink: Sink, listen: list[tuple[str, int]], ready: Callable[[list], None] | None = None,
-               encoder=None, workers: int = 1, metrics_at: tuple[str, int] | None = None,
-               reload: Callable[[], Config] | None = None, groups: list[list] | None = None):
-    """Receive on every address until SIGINT/SIGTERM, then drain, flush every alert and return.
-
-    With workers > 1 the kernels are loaded once, then `workers` processes share every address
-    (SO_REUSEPORT); the parent merges their alerts into `sink` and their counters into the summary.
-    `metrics_at` serves Prometheus metrics on /metrics; SIGHUP applies `reload()`'s config.
-    `groups`: sockets already bound for `listen` (receive.open_sockets), as the CLI does before
-    it imports the kernels; opened here otherwise.
-    """
-    from .metrics import MetricsServer
-    from . import receive   # the socket side is imported only by the live path
-    from .workers import run_workers
-
-    def make_pipeline(out: Sink, worker: int | None = None) -> Pipeline:
-        pipeline = Pipeline(config, out, encoder=encoder)
-        if config.templates.state_file:
-            auto = config.templates.state_file == "auto"
-            path = default_state_file() if auto else config.templates.state_file
-            pipeline.persist_templates(path if worker is None else f"{path}.worker{worker}")
-        return pipeline
-
-    # Bind first, then load the kernels: exports that arrive meanwhile wait in the socket buffer
-    # instead of being refused (ICMP port unreachable) while numba loads or compiles.
-    if groups is None:
-        groups = receive.open_sockets(listen, config.listen.rcvbuf_bytes, copies=workers)
-    bound = [g[0].getsockname()[:2] for g in groups]
-    started = time.monotonic()
-    # Loading the cached kernels takes well under a second; the first start after an install
-    # compiles them (tens of seconds): say so rather than sit silent.
-    notice = threading.Timer(3.0, log.info, ("compiling the decode kernels (first start after an install; "
-                                             "exports are queued meanwhile), later starts load them in a second",))
-    notice.daemon = True
-    notice.start()
-    try:
-        Pipeline(config, _NullSink(), encoder=encoder).warm_up()
-        receive.warm_up()
-    except BaseException:
-        for group in groups:
-            for sock in group:
-                sock.close()
-        raise
-    finally:
-        notice.cancel()
-    log.debug("kernels ready in %.2f s", time.monotonic() - started)
-
-    def announce(metrics_bound: tuple[str, int] | None = None) -> None:
-        # the addresses as bound: with port 0 (tests, ad-hoc runs) this line says which port it got
-        log.info("listening on %s (%s)%s", ", ".join(receive._fmt(a) for a in bound),
-                 receive.describe(config.listen.batch_datagrams, workers),
-                 f"; metrics on http://{receive._fmt(metrics_bound)}/metrics" if metrics_bound else "")
-        if ready is not None:
-            ready(bound)
-
-    if workers > 1:
-        try:
-            run_workers(groups, workers, sink, make_pipeline,
-                        lambda socks, p: receive.serve(config, socks, p, announce=False, reload=reload), announce,
-                        metrics_at)
-        finally:
-            sink.close()
-        return None
-    pipeline = make_pipeline(sink)
-    server = None
-    if metrics_at:
-        # The HTTP thread reads only what the loop published (an immutable snapshot, once per tick),
-        # never the live tables the loop is changing.
-        published = [pipeline.snapshot()]
-        pipeline.reporter = lambda: published.__setitem__(0, pipeline.snapshot())
-        server = MetricsServer(*metrics_at, lambda: published[0])
-    try:
-        receive.serve(config, [g[0] for g in groups], pipeline,
-                      ready=lambda _: announce(server.address if server else None), announce=False,
-                      reload=reload)
-    finally:
-        if server is not None:
-            server.close()
-        pipeline.close()
-        log.info("stopped: %s", pipeline.summary())
     return pipeline
 
 

@@ -111,7 +111,7 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
         groups = open_sockets(listen_on, cfg.listen.rcvbuf_bytes, copies=workers)
     except OSError as e:
         raise click.ClickException(str(e)) from None
-    from .app import run_listen
+    from .serve import run_listen
     given = click.get_current_context().get_parameter_source("alerts_path") != click.core.ParameterSource.DEFAULT
     if (alerts_path == "-" and (given or not cfg.sinks)) and _table_for_terminal():
         alerts_format = "table"

@@ -13,11 +13,9 @@ import numpy as np
 from .addr import from_hilo
 from .exporters import COUNTERS, ExporterTable
 from .ratelimit import RateLimit
-from .sockets import udp_sockets
 from .wire.errors import REASONS
 
-__all__ = ["ErrorLog", "LimitLog", "Latency", "summary_line", "STAT_KEYS", "render_prometheus", "MetricsServer",
-           "kernel_drops"]
+__all__ = ["ErrorLog", "LimitLog", "Latency", "summary_line", "STAT_KEYS", "render_prometheus", "MetricsServer"]
 
 log = logging.getLogger("imds_flow")
 
@@ -133,11 +131,6 @@ def summary_line(stats: dict, latency: Latency | None = None) -> str:
     if latency is not None and (p50 := latency.quantile(0.5)) is not None:
         line += f", alert latency p50 {p50 * 1e3:.2f} ms p99 {latency.quantile(0.99) * 1e3:.2f} ms"
     return line
-
-
-def kernel_drops(inodes: set[int]) -> int:
-    """Datagrams the kernel dropped on our sockets (their receive queues were full)."""
-    return sum(row["drops"] for row in udp_sockets(inodes=inodes))
 
 
 # --- Prometheus text exposition --------------------------------------------------------------------

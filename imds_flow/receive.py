@@ -1,18 +1,15 @@
 """Sockets and batching, no parsing: drain UDP sockets into a preallocated buffer, a batch at a time.
 
 Linux: recvmmsg(2) through ctypes fills up to `batch_datagrams` slots per system call, driven by
-uvloop's add_reader; the mmsghdr array is a numpy structured array, so lengths and source
-addresses are read as columns. Elsewhere a portable recvfrom_into loop fills the same buffers.
+the event loop's add_reader (serve.py); the mmsghdr array is a numpy structured array, so lengths
+and source addresses are read as columns. Elsewhere a portable recvfrom_into loop fills the same
+buffers. Receiver.drain hands the batches on until the socket is empty.
 """
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import errno
-import logging
-import os
-import signal
 import socket
 import sys
 import time
@@ -22,12 +19,10 @@ import numpy as np
 
 from .addr import MAPPED_V4
 from .datagrams import DatagramBatch
-from .sockets import SO_REUSEPORT, fmt_address as _fmt, open_socket, open_sockets, parse_listen  # noqa: F401
+from .sockets import SO_REUSEPORT, open_socket, open_sockets, parse_listen  # noqa: F401
 from .jit import njit
 
-__all__ = ["IoVec", "MsgHdr", "MMsgHdr", "parse_listen", "open_socket", "open_sockets", "Receiver", "serve", "describe", "warm_up", "HAVE_RECVMMSG"]
-
-log = logging.getLogger("imds_flow")
+__all__ = ["IoVec", "MsgHdr", "MMsgHdr", "parse_listen", "open_socket", "open_sockets", "Receiver", "describe", "warm_up", "HAVE_RECVMMSG"]
 
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
@@ -116,6 +111,20 @@ class Receiver:
         any_trunc = _unpack(self._raw, self.names, self.control, n, self.clock(), lens, trunc, hi, lo, port, ts)
         return (DatagramBatch(self.buf, self.offs[:n], lens[:n], hi[:n], lo[:n], port[:n], ts[:n], n),
                 trunc[:n].copy() if any_trunc else None)
+
+    def drain(self, process: Callable[[DatagramBatch, np.ndarray | None], None], limit: int | None = None) -> bool:
+        """Hand batches to process(dg, truncated) until the socket is empty; with `limit`, stop after
+        that many batches or after a partial one. True when it stopped after a partial batch."""
+        done = 0
+        while limit is None or done < limit:
+            dg, truncated = self.read()
+            if dg.n == 0:
+                return False
+            process(dg, truncated)
+            done += 1
+            if limit is not None and dg.n < self.batch:
+                return True
+        return False
 
     def _read_portable(self, n: int | None = None) -> tuple[DatagramBatch, np.ndarray | None]:
         """The same with numpy column operations: the portable path, and recvmmsg on big-endian hosts."""
@@ -257,89 +266,6 @@ def _parse_names(names: np.ndarray):
     if v4.any():
         lo[v4] = np.uint64(MAPPED_V4) | np.ascontiguousarray(names[v4, 4:8]).view(">u4").ravel().astype(np.uint64)
     return hi, lo, port
-
-
-def serve(config, socks: list[socket.socket], pipeline, ready=None, announce: bool = True,
-          reload: Callable[[], object] | None = None) -> None:
-    """Run the uvloop event loop until SIGINT/SIGTERM; every socket feeds `pipeline.process`.
-    SIGHUP calls `reload()` for a new config and swaps it into the pipeline between batches."""
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:                      # portable fallback: asyncio's own loop
-        runner = asyncio.run
-    runner(_serve(config, socks, pipeline, ready, announce, reload))
-
-
-async def _serve(config, socks, pipeline, ready, announce, reload) -> None:
-    loop = asyncio.get_running_loop()
-    lc = config.listen
-    pipeline.socket_inodes = {os.fstat(s.fileno()).st_ino for s in socks}
-    receivers = [Receiver(s, lc.batch_datagrams, lc.max_datagram_bytes) for s in socks]
-    stop = asyncio.Event()
-
-    coalesce = lc.coalesce_seconds
-
-    def drain(r: Receiver) -> None:
-        # Bounded work per wake-up so other sockets and timers get their turn. After a partial
-        # batch the socket rests `coalesce` seconds, so the next wake-up finds a larger batch:
-        # fixed costs per batch stay small at moderate rates; latency grows by at most `coalesce`.
-        for _ in range(64):
-            dg, truncated = r.read()
-            if dg.n == 0:
-                return
-            pipeline.process(dg, truncated)
-            if dg.n < r.batch:
-                if coalesce > 0 and not stop.is_set():
-                    loop.remove_reader(r.sock.fileno())
-                    loop.call_later(coalesce, rearm, r)
-                return
-
-    def rearm(r: Receiver) -> None:
-        if not stop.is_set():
-            loop.add_reader(r.sock.fileno(), drain, r)
-
-    for r in receivers:
-        loop.add_reader(r.sock.fileno(), drain, r)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    def on_hup() -> None:
-        # Runs on the loop, between two batches: no datagram is lost, the kernel queues them.
-        pipeline.reopen_sinks()              # logrotate renamed the files: later alerts go to new ones
-        try:
-            pipeline.reload(reload())
-        except Exception as e:               # noqa: BLE001 - a bad new config must not stop the collector
-            log.error("reload failed, keeping the running config: %s", e)
-
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-    bound = [s.getsockname()[:2] for s in socks]
-    if announce:
-        log.info("listening on %s (%s)", ", ".join(_fmt(a) for a in bound), describe(lc.batch_datagrams))
-    if ready is not None:
-        ready(bound)
-    stats_every = config.logging.stats_interval_seconds
-    next_stats = time.monotonic() + stats_every if stats_every > 0 else None
-    try:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
-            pipeline.tick(time.time())
-            if next_stats is not None and time.monotonic() >= next_stats:
-                next_stats += stats_every
-                log.info("%s", pipeline.summary())
-    finally:
-        for r in receivers:
-            loop.remove_reader(r.sock.fileno())
-            while True:                      # drain what the kernel still holds
-                dg, truncated = r.read()
-                if dg.n == 0:
-                    break
-                pipeline.process(dg, truncated)
-            r.sock.close()
 
 
 def describe(batch: int, workers: int = 1) -> str:

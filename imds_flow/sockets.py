@@ -6,11 +6,13 @@ while the kernels load wait in the socket buffer instead of being refused (ICMP 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "fmt_address", "udp_sockets",
-           "SO_REUSEPORT"]
+__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "close_sockets", "fmt_address",
+           "udp_sockets", "kernel_drops", "SO_REUSEPORT"]
 
 log = logging.getLogger("imds_flow")
 
@@ -84,11 +86,15 @@ def open_sockets(listen: list[tuple[str, int]], rcvbuf: int, copies: int = 1) ->
                 group.append(sock)
                 port = sock.getsockname()[1]
     except OSError:
-        for group in out:
-            for sock in group:
-                sock.close()
+        close_sockets(out)
         raise
     return out
+
+
+def close_sockets(groups: list[list[socket.socket]]) -> None:
+    for group in groups:
+        for sock in group:
+            sock.close()
 
 
 def _set_rcvbuf(sock: socket.socket, want: int) -> None:
@@ -131,3 +137,9 @@ def udp_sockets(port: int | None = None, inodes: set[int] | None = None) -> list
             rows.append({"local": f[1], "rx_queue": int(f[4].split(":")[1], 16), "inode": inode,
                          "drops": int(f[12])})
     return rows
+
+
+def kernel_drops(socks: list[socket.socket]) -> Callable[[], int]:
+    """A counter of the datagrams the kernel dropped on `socks` (their receive queues were full)."""
+    inodes = {os.fstat(s.fileno()).st_ino for s in socks}
+    return lambda: sum(row["drops"] for row in udp_sockets(inodes=inodes))
