@@ -1,4 +1,4 @@
-"""Command line: parses arguments and calls app.py; nothing else.
+"""Command line: parses arguments and calls app.py (replay) or serve.py (listen); nothing else.
 
 Every usage or configuration problem is one line on stderr and exit code 2.
 """
