@@ -200,9 +200,9 @@ def _collector(name: str, work, rcvbuf: int):
     log = open(work / f"{name}.log", "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work,
                             start_new_session=True)
-    from .compare import _udp_sockets
+    from imds_flow.sockets import udp_sockets
     deadline = time.monotonic() + 30
-    while not _udp_sockets(port):
+    while not udp_sockets(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"{name} did not start: " + (work / f"{name}.log").read_text()[-2000:])
