@@ -193,6 +193,7 @@ class SpooledSink:
         self.protocol = protocol
         self.timeout = timeout
         self.drain_seconds = drain_seconds
+        self.connects = 0                     # connections made (a reconnect after an outage counts)
         self._sock: socket.socket | None = None
         self._sock_lock = threading.Lock()
         self._closing = threading.Event()     # deliver what is left, then stop
@@ -223,6 +224,10 @@ class SpooledSink:
     @property
     def errors(self) -> int:
         return self.spool.errors
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
 
     # --- the sink protocol -----------------------------------------------------------------------
 
@@ -302,6 +307,7 @@ class SpooledSink:
         with self._sock_lock:
             self._sock = sock
         log.info("%s: connected to %s:%d; %d alert(s) spooled", self.name, self.host, self.port, self.spool.records)
+        self.connects += 1
 
     def _peer_gone(self) -> bool:
         """The receiver closed (or reset) the connection since the last chunk."""
