@@ -35,3 +35,28 @@ def test_unpacked_batch_matches_the_reference(family, host):
     finally:
         cl.close()
         srv.close()
+
+
+def test_drain_stops_at_a_partial_batch_or_the_limit_and_empties_the_socket_without_one():
+    srv = receive.open_socket("127.0.0.1", 0, 1 << 20)
+    r = receive.Receiver(srv, 2, 2048)
+    receive.warm_up()
+    cl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cl.connect(srv.getsockname()[:2])
+    sizes = []
+    process = lambda dg, truncated: sizes.append(dg.n)      # noqa: E731
+
+    def send(k):
+        for i in range(k):
+            cl.send(bytes([i]))
+        time.sleep(0.05)
+    try:
+        send(5)
+        assert r.drain(process, limit=64) is True and sizes == [2, 2, 1]      # stopped after the partial one
+        assert r.drain(process, limit=64) is False and sizes == [2, 2, 1]     # empty: nothing handed on
+        send(5)
+        assert r.drain(process, limit=1) is False and sizes[3:] == [2]        # the limit, a full batch
+        assert r.drain(process) is False and sizes[3:] == [2, 2, 1]           # no limit: until empty
+    finally:
+        cl.close()
+        srv.close()
