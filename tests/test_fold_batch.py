@@ -14,7 +14,7 @@ from imds_flow.flows import FlowBatch
 from imds_flow.kernels import compact
 
 from bench.synth import flow_datagrams
-from .oracle import detect_one
+from tests.support.oracle import detect_one
 from .test_kernels import build_config, config as config_st, fill, record
 
 
