@@ -27,7 +27,7 @@ from imds_flow.sinks import Sinks, open_sink
 from imds_flow.sinks import stream as stream_mod
 from tests.support.collector import ONE_ENDPOINT as BASE, Collector, read_alerts, scrape
 from tests.support.wait import wait_for
-from tests.test_v5 import v5
+from tests.wire.test_v5 import v5
 
 ROOT = Path(__file__).resolve().parent.parent
 IMDS = "169.254.169.254"

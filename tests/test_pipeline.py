@@ -9,7 +9,7 @@ from imds_flow.app import Pipeline
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.metrics import render_prometheus
 from tests.support.build import VAR, data_set, ipfix, record, template_set
-from tests.test_v5 import v5
+from tests.wire.test_v5 import v5
 
 IMDS = "169.254.169.254"
 CONFIG = f'''

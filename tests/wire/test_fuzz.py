@@ -245,7 +245,7 @@ def test_template_ids_reused_with_other_layouts():
 
 def test_fuzz_harness_runs_its_seeds(monkeypatch):
     """fuzz/fuzz_decode.py's target on the seed corpus and a few mutants (no atheris needed)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "fuzz"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "fuzz"))
     monkeypatch.setenv("IMDS_FLOW_FUZZ_BOUNDSCHECK", "0")
     sys.modules.pop("fuzz_decode", None)
     import fuzz_decode

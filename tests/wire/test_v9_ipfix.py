@@ -17,7 +17,7 @@ from imds_flow.flows import NO_COUNTERS, NAT_DST, FlowBatch
 from imds_flow.templates_store import TemplateFile
 from imds_flow.wire.templates import TemplateCache
 
-from .support.build import VAR, data_set, ipfix, options_template_set, record, template_set, v9
+from tests.support.build import VAR, data_set, ipfix, options_template_set, record, template_set, v9
 
 A = ("192.0.2.1", 2055)
 B = ("192.0.2.2", 2055)

@@ -17,7 +17,7 @@ from imds_flow.wire.fields import ELEMENTS, SLOT_KIND
 from imds_flow.wire.templates import (A_V6_V4, OP_SUM, P_BYTES, P_FIRST, P_SRC, T_UPTIME, VAR, PlanTable,
                                        Template, TemplateCache)
 
-from .support.build import data_set, ipfix, template_set, v9
+from tests.support.build import data_set, ipfix, template_set, v9
 
 URLS = ("/latest/meta-data", "/api/")
 _KNOWN = sorted(ELEMENTS)
