@@ -29,7 +29,7 @@ from tests.support.collector import ONE_ENDPOINT as BASE, Collector, read_alerts
 from tests.support.wait import wait_for
 from tests.wire.test_v5 import v5
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMDS = "169.254.169.254"
 
 

@@ -15,7 +15,7 @@ from tests.support.wait import wait_for
 from tests.support.exporters import require_tool
 from tests.wire.test_v5 import v5
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMDS = "169.254.169.254"
 
 
