@@ -15,7 +15,7 @@ from imds_flow.kernels import compact
 
 from bench.synth import flow_datagrams
 from tests.support.oracle import detect_one
-from .test_kernels import build_config, config as config_st, fill, record
+from tests.test_kernels import build_config, config as config_st, fill, record
 
 
 class _Exporters:

@@ -23,7 +23,7 @@ from imds_flow.wire.errors import REASONS
 from imds_flow.wire.templates import Bounds
 from tests.support import build
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
 FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8)]
 FLOW = ["10.0.0.1", "169.254.169.254", 40000, 80, 6, 100, 1]
