@@ -8,12 +8,10 @@ import struct
 
 import numpy as np
 
-from imds_flow import wire
 from imds_flow.addr import to_hilo
-from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import ExporterTable
-from imds_flow.flows import FlowBatch
 from tests.support import mutate
+from tests.support.decode import decode_batch
 
 PAYLOADS = mutate.vendor_payloads()
 V5 = PAYLOADS["goflow2/netflowlegacy_test_data.bin"][0]                         # 6 records
@@ -29,12 +27,7 @@ def with_u32(payload: bytes, offset: int, value: int) -> bytes:
 
 
 def feed(table: ExporterTable, payloads: list[bytes], src, now: float = 1.0) -> np.ndarray:
-    """One batch through the exporter lookup, wire.decode and the table's counters; the exporter ids."""
-    batch = DatagramBatch.from_payloads(payloads, src=src, ts=now)
-    ids = table.lookup(batch.src_hi, batch.src_lo, batch.sport)
-    status = wire.decode(batch, ids, table, FlowBatch(8), records=table.records_column())
-    table.count(ids, status, None, now=now)
-    return ids
+    return decode_batch(payloads, src, now, table)[1]
 
 
 def test_one_row_per_source_in_order_of_arrival_stable_across_batches():
