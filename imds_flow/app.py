@@ -25,7 +25,7 @@ from .sinks import Sink
 from .templates_store import TemplateFile
 from .wire import sflow, v9ipfix
 from .wire.sflow import SflowState
-from .wire.templates import Bounds, TemplateCache
+from .wire.scopes import Bounds, ScopeTable
 
 __all__ = ["Pipeline", "run_listen", "run_replay"]
 
@@ -46,7 +46,7 @@ class Pipeline:
         bounds = Bounds(lim.max_scopes_per_exporter, lim.max_templates_per_scope, lim.max_templates,
                         lim.max_template_fields, lim.max_pending_bytes_per_exporter, lim.max_pending_bytes,
                         lim.max_batch_records)
-        self.exporters = ExporterTable(clock, templates=TemplateCache(
+        self.exporters = ExporterTable(clock, templates=ScopeTable(
             t.scope_port, t.lifetime_seconds, t.pending_max_sets, t.pending_max_seconds, config.http.url_substrings,
             bounds), max_exporters=lim.max_exporters, allowed=config.listen.allowed_exporters,
             sflow=SflowState(config.http.url_substrings, config.http.header_names))

@@ -1,5 +1,5 @@
-"""The column-wise fast path for fixed-length v9 / IPFIX templates (v9ipfix._cut_fixed over the plan's
-compiled program) against the record-by-record decoder (v9ipfix._emit), its oracle: for random
+"""The column-wise fast path for fixed-length v9 / IPFIX templates (cut.cut_fixed over the plan's
+compiled program) against the record-by-record decoder (records.emit), its oracle: for random
 fixed-length templates (any subset and order of the decoded elements, reduced and wrong sizes,
 duplicates, unknown fields) and random records, every FlowBatch column is identical."""
 from __future__ import annotations
@@ -14,8 +14,9 @@ from imds_flow.exporters import ExporterTable
 from imds_flow.flows import HTTP, HTTP_COLUMNS, COLUMNS, FlowBatch
 from imds_flow.wire import v9ipfix
 from imds_flow.wire.fields import ELEMENTS, SLOT_KIND
-from imds_flow.wire.templates import (A_V6_V4, OP_SUM, P_BYTES, P_FIRST, P_SRC, T_UPTIME, VAR, PlanTable,
-                                       Template, TemplateCache)
+from imds_flow.wire.plans import A_V6_V4, OP_SUM, P_BYTES, P_FIRST, P_SRC, T_UPTIME, PlanTable
+from imds_flow.wire.scopes import ScopeTable
+from imds_flow.wire.templates import VAR, Template
 
 from .support.build import data_set, ipfix, template_set, v9
 
@@ -62,7 +63,7 @@ def records(draw, reclen):
 
 
 def _decode(version, flds, recs, rates, fast):
-    ex = ExporterTable(clock=lambda: 0.0, templates=TemplateCache(url_patterns=URLS))
+    ex = ExporterTable(clock=lambda: 0.0, templates=ScopeTable(url_patterns=URLS))
     pkt = v9 if version == 9 else ipfix
     spec = [(pen, fid, 0xFFFF if ln < 0 else ln) for pen, fid, ln in flds]
     spec = [f if f[0] else (f[1], f[2]) for f in spec]
