@@ -1,10 +1,15 @@
 """NetFlow v9 / IPFIX records one by one: the fields of a record located, then decoded into a row.
 
-The reference decoder: variable-length templates and options data go through it, and the column
-cutter (cut.py) is tested against it. A record's fields are found by their slot (fields.SLOTS):
-`so[slot]` is the field's offset in the record (-1: absent), `sl[slot]` its length. Every choice
-(which byte counter, which time encoding, v6 or v4) is made here per record; plans.compile_program
-makes the same choices once per template for the cutter.
+A record's fields are found by their slot (fields.SLOTS): `so[slot]` is the field's offset in the
+record (-1: absent), `sl[slot]` its length; a fixed-length plan gives them once per set, `locate`
+per record for variable-length ones. Every choice (which byte counter, which time encoding, v6 or
+v4) is made in `emit`; tests hold it to a Python oracle (tests/support/records_oracle.py).
+
+The helpers `emit` calls per record are numba-level inlines (inline="always"): a call passes every
+array argument as a struct of seven words, which cost more than the work (7 vs 12 M records/s in
+process). There is one decoder. Fixed-length plans had a column-wise cutter of their own until
+2026-11-30: it took about half of the first start's compile, and this decoder, inlined and free of
+reference counting (jit.kernel), is faster than the cutter was (README, "Start-up" and "Speed").
 """
 from __future__ import annotations
 
@@ -64,12 +69,12 @@ def _find(b, o, n, pat, p0, p1):
     return False
 
 
-@njit
+@njit(inline="always")
 def _addr4(b, base, so, s):
     return MAPPED | np.uint64(_u32(b, base + so[s]))
 
 
-@njit
+@njit(inline="always")
 def _vlan(b, base, so, sl, s):
     if so[s] < 0:
         return -1
@@ -82,7 +87,7 @@ def ntp(v):
     return np.float64(v >> np.uint64(32)) - _NTP_EPOCH + np.float64(v & np.uint64(0xFFFFFFFF)) / 4294967296.0
 
 
-@njit
+@njit(inline="always")
 def _time(b, base, so, sl, s_ns, s_us, s_ms, s_s, s_dus, s_up, ver, uptime, secs):
     if so[s_ns] >= 0:
         return ntp(_uint(b, base + so[s_ns], sl[s_ns]))
@@ -111,7 +116,7 @@ def rate32(rate):
     return np.uint32(0)
 
 
-@njit
+@njit(inline="always")
 def _sampling(b, base, so, sl, scope, samp_keys, samp_rates):
     if so[S_INTERVAL] >= 0:
         return np.float64(_uint(b, base + so[S_INTERVAL], sl[S_INTERVAL]))
@@ -151,7 +156,7 @@ def option_rate(b, base, so, sl):
     return 0.0
 
 
-@njit
+@njit(inline="always")
 def _address(b, base, so, s6, s4):
     """(hi, lo, present) of an address the template may carry as IPv6 (slot s6), IPv4 (s4) or both:
     the IPv6 one unless it is absent or all zero."""
@@ -168,7 +173,7 @@ def _address(b, base, so, s6, s4):
     return hi, lo, present
 
 
-@njit
+@njit(inline="always")
 def _counter(b, base, so, sl, s_delta, s_total, s_init, s_resp):
     """(value, present) of a byte or packet counter: the delta counter, else the total, else
     initiator + responder (Cisco ASA 231/232, 298/299)."""
@@ -185,27 +190,28 @@ def _counter(b, base, so, sl, s_delta, s_total, s_init, s_resp):
     return v, present
 
 
-@njit
-def emit(b, base, so, sl, c, n, s, rates, http, main):
+@njit(inline="always")
+def emit(b, base, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main):
     """The record at `base` (fields located in so / sl) into row n of `c`; `s` is its set's row
     (v9ipfix.SET: exporter, version, arrival time, header times, scope), `rates` the scopes'
     sampling rates (keys, rates), `http` the packet kernel's tables (pattern, offsets, header names,
     offsets, scratch); `main`: the record's bytes are in the batch's buffer."""
     ver, uptime, secs = s.ver, s.uptime, s.secs
-    c.exporter[n] = s.exp
-    c.version[n] = ver
-    c.ts[n] = s.ts
+    r = c[n]
+    r.exporter = s.exp
+    r.version = ver
+    r.ts = s.ts
     flags = 0
-    c.src_hi[n], c.src_lo[n], _ = _address(b, base, so, S_SRC6, S_SRC4)
-    c.dst_hi[n], c.dst_lo[n], _ = _address(b, base, so, S_DST6, S_DST4)
-    c.nsrc_hi[n], c.nsrc_lo[n], present = _address(b, base, so, S_NSRC6, S_NSRC4)
+    r.src_hi, r.src_lo, _ = _address(b, base, so, S_SRC6, S_SRC4)
+    r.dst_hi, r.dst_lo, _ = _address(b, base, so, S_DST6, S_DST4)
+    r.nsrc_hi, r.nsrc_lo, present = _address(b, base, so, S_NSRC6, S_NSRC4)
     if present:
         flags |= NAT_SRC
-    c.ndst_hi[n], c.ndst_lo[n], present = _address(b, base, so, S_NDST6, S_NDST4)
+    r.ndst_hi, r.ndst_lo, present = _address(b, base, so, S_NDST6, S_NDST4)
     if present:
         flags |= NAT_DST
     proto = np.uint8(_uint(b, base + so[S_PROTO], sl[S_PROTO])) if so[S_PROTO] >= 0 else np.uint8(0)
-    c.proto[n] = proto
+    r.proto = proto
     sport = np.uint64(0)
     dport = np.uint64(0)
     if so[S_SPORT] >= 0:
@@ -219,27 +225,27 @@ def emit(b, base, so, sl, c, n, s, rates, http, main):
     if so[S_ICMP] >= 0 and (proto == 1 or proto == 58):
         sport = np.uint64(0)
         dport = _uint(b, base + so[S_ICMP], sl[S_ICMP])
-    c.sport[n] = np.uint16(sport)
-    c.dport[n] = np.uint16(dport)
-    c.vlan_src[n] = _vlan(b, base, so, sl, S_VSRC)
-    c.vlan_dst[n] = _vlan(b, base, so, sl, S_VDST)
-    c.vlan_dot1q[n] = _vlan(b, base, so, sl, S_VDOT1Q)
-    c.vlan_cust[n] = _vlan(b, base, so, sl, S_VCUST)
+    r.sport = np.uint16(sport)
+    r.dport = np.uint16(dport)
+    r.vlan_src = _vlan(b, base, so, sl, S_VSRC)
+    r.vlan_dst = _vlan(b, base, so, sl, S_VDST)
+    r.vlan_dot1q = _vlan(b, base, so, sl, S_VDOT1Q)
+    r.vlan_cust = _vlan(b, base, so, sl, S_VCUST)
     v, has_bytes = _counter(b, base, so, sl, S_BYTES, S_BYTES_T, S_BYTES_I, S_BYTES_R)
-    c.bytes[n] = v
+    r.bytes = v
     v, has_packets = _counter(b, base, so, sl, S_PKTS, S_PKTS_T, S_PKTS_I, S_PKTS_R)
-    c.packets[n] = v
+    r.packets = v
     if not (has_bytes or has_packets):
         flags |= NO_COUNTERS
-    c.first[n] = _time(b, base, so, sl, S_START_NS, S_START_US, S_START_MS, S_START_S, S_START_DUS, S_FIRST_UP,
+    r.first = _time(b, base, so, sl, S_START_NS, S_START_US, S_START_MS, S_START_S, S_START_DUS, S_FIRST_UP,
                        ver, uptime, secs)
-    c.last[n] = _time(b, base, so, sl, S_END_NS, S_END_US, S_END_MS, S_END_S, S_END_DUS, S_LAST_UP,
+    r.last = _time(b, base, so, sl, S_END_NS, S_END_US, S_END_MS, S_END_S, S_END_DUS, S_LAST_UP,
                       ver, uptime, secs)
-    c.in_if[n] = np.uint32(_uint(b, base + so[S_IN_IF], sl[S_IN_IF])) if so[S_IN_IF] >= 0 else np.uint32(0)
-    c.out_if[n] = np.uint32(_uint(b, base + so[S_OUT_IF], sl[S_OUT_IF])) if so[S_OUT_IF] >= 0 else np.uint32(0)
-    c.sampling[n] = rate32(_sampling(b, base, so, sl, s.scope, rates[0], rates[1]))
-    c.url[n] = url_index(b, base, so, sl, http[0], http[1])
-    c.row_flags[n] = flags
+    r.in_if = np.uint32(_uint(b, base + so[S_IN_IF], sl[S_IN_IF])) if so[S_IN_IF] >= 0 else np.uint32(0)
+    r.out_if = np.uint32(_uint(b, base + so[S_OUT_IF], sl[S_OUT_IF])) if so[S_OUT_IF] >= 0 else np.uint32(0)
+    r.sampling = rate32(_sampling(b, base, so, sl, s.scope, samp_keys, samp_rates))
+    r.url = url_index(b, base, so, sl, pat, pat_off) if _has_url(so) else -1
+    r.row_flags = flags
     if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0:
         sampled(b, base, so, sl, c, n, http, main)
 
@@ -252,6 +258,7 @@ def sampled(b, base, so, sl, c, n, http, main):
     vlan_dot1q / vlan_cust where absent. The HTTP columns (flag HTTP) only for records whose bytes
     are in the batch's buffer (`main`; not data that waited for its template)."""
     pat, pat_off, hdr, hdr_off, scr = http
+    r = c[n]
     version = 0
     if so[S_SEC_L2] >= 0:
         version = pk.parse_packet(b, base + so[S_SEC_L2], base + so[S_SEC_L2] + sl[S_SEC_L2], pk.ETHERNET, scr,
@@ -262,34 +269,42 @@ def sampled(b, base, so, sl, c, n, http, main):
         version = pk.parse_packet(b, q, q + sl[S_SEC_IP], kind, scr, pat, pat_off, hdr, hdr_off)
     if version != 0:
         if so[S_SRC4] < 0 and so[S_SRC6] < 0 and so[S_DST4] < 0 and so[S_DST6] < 0:
-            c.src_hi[n] = scr[pk.S_SRC_HI]
-            c.src_lo[n] = scr[pk.S_SRC_LO]
-            c.dst_hi[n] = scr[pk.S_DST_HI]
-            c.dst_lo[n] = scr[pk.S_DST_LO]
-            c.sport[n] = scr[pk.S_SPORT]
-            c.dport[n] = scr[pk.S_DPORT]
-            c.proto[n] = scr[pk.S_PROTO]
-        if c.vlan_dot1q[n] < 0 and scr[pk.S_VLAN1] != pk.NONE:
-            c.vlan_dot1q[n] = np.int16(scr[pk.S_VLAN1])
-        if c.vlan_cust[n] < 0 and scr[pk.S_VLAN2] != pk.NONE:
-            c.vlan_cust[n] = np.int16(scr[pk.S_VLAN2])
-        if c.url[n] < 0 and scr[pk.S_URL] != 0:
-            c.url[n] = np.int16(scr[pk.S_URL]) - np.int16(1)
+            r.src_hi = scr[pk.S_SRC_HI]
+            r.src_lo = scr[pk.S_SRC_LO]
+            r.dst_hi = scr[pk.S_DST_HI]
+            r.dst_lo = scr[pk.S_DST_LO]
+            r.sport = scr[pk.S_SPORT]
+            r.dport = scr[pk.S_DPORT]
+            r.proto = scr[pk.S_PROTO]
+        if r.vlan_dot1q < 0 and scr[pk.S_VLAN1] != pk.NONE:
+            r.vlan_dot1q = np.int16(scr[pk.S_VLAN1])
+        if r.vlan_cust < 0 and scr[pk.S_VLAN2] != pk.NONE:
+            r.vlan_cust = np.int16(scr[pk.S_VLAN2])
+        if r.url < 0 and scr[pk.S_URL] != 0:
+            r.url = np.int16(scr[pk.S_URL]) - np.int16(1)
         if main and scr[pk.S_METHOD] != 0:
-            c.row_flags[n] |= HTTP
-            c.http_method[n] = np.int8(scr[pk.S_METHOD]) - np.int8(1)
-            c.url_off[n] = np.int64(scr[pk.S_URL_OFF])
-            c.url_len[n] = np.int32(scr[pk.S_URL_LEN])
-            c.headers[n] = np.uint32(scr[pk.S_HEADERS])
+            r.row_flags |= HTTP
+            r.http_method = np.int8(scr[pk.S_METHOD]) - np.int8(1)
+            r.url_off = np.int64(scr[pk.S_URL_OFF])
+            r.url_len = np.int32(scr[pk.S_URL_LEN])
+            r.headers = np.uint32(scr[pk.S_HEADERS])
         return
     if so[S_METHOD] >= 0 and main:
         m = pk.method_index(b, base + so[S_METHOD], sl[S_METHOD])
         if m >= 0:
-            c.row_flags[n] |= HTTP
-            c.http_method[n] = m
-            c.url_off[n] = base + so[S_URL0] if so[S_URL0] >= 0 else 0
-            c.url_len[n] = sl[S_URL0] if so[S_URL0] >= 0 else 0
-            c.headers[n] = 0
+            r.row_flags |= HTTP
+            r.http_method = m
+            r.url_off = base + so[S_URL0] if so[S_URL0] >= 0 else 0
+            r.url_len = sl[S_URL0] if so[S_URL0] >= 0 else 0
+            r.headers = 0
+
+
+@njit
+def _has_url(so):
+    for u in range(N_URL):
+        if so[S_URL0 + u] >= 0:
+            return True
+    return False
 
 
 @njit

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import reason_code
-from . import v9ipfix
+from .records import NSLOT
 from .v9ipfix import OPTION, SET, decode_sets
 from .walk import sequence, walk_sets
 
@@ -216,11 +216,12 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = Fals
         if options.any():
             opts = np.empty(prep.need + 1, OPTION)
             _, no = decode_sets(prep.buf, prep.pbuf, sets, plans, (cache.samp_keys, cache.samp_rates), http, True,
-                                False, out.rows, n, opts, ep, False)
+                                out.rows, n, opts, ep, False, np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64))
             cache.set_rates(opts["scope"][:no], opts["sampler"][:no], opts["rate"][:no])
             exporters.add_counts("options_records", np.repeat(sets["exp"][options], sets["nrec"][options]))
         n, _ = decode_sets(prep.buf, prep.pbuf, sets, plans, (cache.samp_keys, cache.samp_rates), http, False,
-                           v9ipfix.FAST_PATH, out.rows, n, np.empty(0, OPTION), ep, bool(keep))
+                           out.rows, n, np.empty(0, OPTION), ep, bool(keep),
+                           np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64))
         if records is not None:
             np.add.at(records, sets["exp"][~options], sets["nrec"][~options])
         baddg = sets["dg"][(sets["bad"] != 0) & (sets["dg"] >= 0)]

@@ -1,8 +1,7 @@
 """NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) data sets into flow rows: one kernel call per batch.
 
 The batch's data sets arrive as rows of SET (resolve.py found each one's plan); this kernel cuts
-them in order. Flow sets of fixed-length plans go column by column (cut.py); variable-length plans
-and options data record by record (records.py), the reference the cutter is tested against.
+their records in order, one by one (records.py: locate the fields, then emit the row).
 Options data sets the sampling rate of its scope (sampler -1) or of its sampler / selector id
 (OPTION rows, applied by the caller before the batch's flow records). With an endpoint table,
 the rows of each set that cannot alert are dropped while they are still in cache
@@ -14,14 +13,13 @@ import struct
 
 import numpy as np
 
-from ..jit import njit
+from ..jit import kernel
 from ..kernels import compact
-from .cut import cut_fixed
 from .records import NSLOT, emit, locate, option_rate, option_sampler
 
 __all__ = ["SET", "OPTION", "decode_sets", "WARM_UP", "FAST_PATH"]
 
-FAST_PATH = True      # cut fixed-length flow data sets by program; False: record by record (tests)
+FAST_PATH = False     # cut fixed-length flow data sets by program; False: record by record (tests)
 
 # One data set of a batch. In: where its bytes are (src 0: the batch's buffer, 1: the pending
 # buffer; off, len), its plan, exporter, version, arrival time, header times and scope. Out: bad
@@ -34,63 +32,62 @@ SET = np.dtype([("src", np.uint8), ("ver", np.uint8), ("bad", np.uint8), ("plan"
 OPTION = np.dtype([("scope", np.int64), ("sampler", np.int64), ("rate", np.float64)], align=True)
 
 
-@njit
-def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, fast, c, n, opts, ep, compacting):
+@kernel
+def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, ep, compacting, so, sl):
     """Cut `sets` over their plans (plans.PlanArrays): flow records into rows `c` from n (when
     want_options is False), or the sampling settings of options records into `opts` (when True).
     rates: (keys, rates) of the scopes' sampling; http: the packet kernel's tables (records.emit).
     With `compacting`, each set's rows that cannot alert for the endpoint table `ep` are dropped.
-    Returns (new n, options rows written)."""
+    so / sl: scratch of NSLOT int64 each (a kernel allocates nothing). Returns (new n, options rows
+    written)."""
     cap = c.shape[0]
     no = 0
-    so = np.empty(NSLOT, np.int64)
-    sl = np.empty(NSLOT, np.int64)
+    reclen, minlen, f0, nf, options, slot_off, slot_len = (plans.reclen, plans.minlen, plans.f0, plans.nf,
+                                                           plans.options, plans.slot_off, plans.slot_len)
+    f_len, f_slot = plans.f_len, plans.f_slot
+    samp_keys, samp_rates = rates
+    pat, pat_off = http[0], http[1]
     for i in range(sets.shape[0]):
         s = sets[i]
         p = s.plan
-        if p < 0 or plans.options[p] != want_options:
+        if p < 0 or options[p] != want_options:
             continue
         b = buf if s.src == 0 else pbuf
         main = s.src == 0
         o = s.off
         end = o + s.len
-        L = plans.reclen[p]
+        L = reclen[p]
         n0 = n
         cnt = 0
         if L > 0:
             for k in range(NSLOT):
-                so[k] = plans.slot_off[p, k]
-                sl[k] = plans.slot_len[p, k]
-        if L > 0 and fast and not want_options:
-            cnt = min((end - o) // L, max(cap - n, 0))
-            cut_fixed(b, o, L, cnt, plans, p, so, sl, c, n, s, rates, http, main)
-            n += cnt
-        else:
-            while True:
-                if L > 0:
-                    nxt = o + L if end - o >= L else -1
-                elif end - o >= plans.minlen[p]:
-                    nxt = locate(b, o, end, plans.f_len, plans.f_slot, plans.f0[p], plans.nf[p], so, sl)
-                    if nxt < 0:
-                        s.bad = 1
-                else:
-                    nxt = -1
+                so[k] = slot_off[p, k]
+                sl[k] = slot_len[p, k]
+        while True:
+            if L > 0:
+                nxt = o + L if end - o >= L else -1
+            elif end - o >= minlen[p]:
+                nxt = locate(b, o, end, f_len, f_slot, f0[p], nf[p], so, sl)
                 if nxt < 0:
+                    s.bad = 1
+            else:
+                nxt = -1
+            if nxt < 0:
+                break
+            if want_options:
+                rate = option_rate(b, o, so, sl)
+                if no < opts.shape[0] and rate > 0.0:
+                    opts[no].scope = s.scope
+                    opts[no].sampler = option_sampler(b, o, so, sl)
+                    opts[no].rate = rate
+                    no += 1
+            else:
+                if n >= cap:
                     break
-                if want_options:
-                    rate = option_rate(b, o, so, sl)
-                    if no < opts.shape[0] and rate > 0.0:
-                        opts[no].scope = s.scope
-                        opts[no].sampler = option_sampler(b, o, so, sl)
-                        opts[no].rate = rate
-                        no += 1
-                else:
-                    if n >= cap:
-                        break
-                    emit(b, o, so, sl, c, n, s, rates, http, main)
-                    n += 1
-                cnt += 1
-                o = nxt
+                emit(b, o, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main)
+                n += 1
+            cnt += 1
+            o = nxt
         s.nrec = cnt
         if compacting and not want_options:
             n = compact(c, n0, n, ep)
