@@ -43,7 +43,8 @@ import numpy as np  # noqa: E402
 from imds_flow import app, config, exporters, wire  # noqa: E402
 from imds_flow.datagrams import DatagramBatch  # noqa: E402
 from imds_flow.wire import pending, plans, resolve, scopes, templates  # noqa: E402
-from tests.support import build, mutate  # noqa: E402
+from imds_flow import build  # noqa: E402
+from tests.support import mutate  # noqa: E402
 
 FUZZ_SRC = ("198.51.100.7", 2055)
 CANARY_SRC = ("203.0.113.9", 4739)

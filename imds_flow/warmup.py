@@ -17,18 +17,22 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import wire
+from . import build, wire
 from .alerts import Folder
 from .datagrams import DatagramBatch
 from .detect import Hits
 from .exporters import ExporterTable
 from .flows import FlowBatch
-from .wire import sflow, v9ipfix
+from .wire import sflow
 
 __all__ = ["warm_up"]
 
-_V5 = (5).to_bytes(2, "big") + (1).to_bytes(2, "big") + bytes(20) + bytes(48)
+_V5 = build.v5([("10.0.0.1", "169.254.169.254", 40000, 80)])
 _JUNK = b"\x00"
+# IPFIX with a template of fixed and variable fields (an HTTP target) and one data record
+_FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (461, build.VAR)]
+_IPFIX = build.ipfix([build.template_set(10, {256: _FIELDS}), build.data_set(256, [build.record(
+    _FIELDS, ["10.0.0.1", "169.254.169.254", 80, 80, 6, 0, 0, b"/"])], pad_to=1)])
 
 
 def warm_up(pipeline) -> None:
@@ -38,7 +42,7 @@ def warm_up(pipeline) -> None:
         _decode(pipeline, [_V5, _JUNK, sflow.WARM_UP])
         if helper is not None:
             helper.wait()
-        batch, scratch = _decode(pipeline, [_V5, _JUNK, v9ipfix.WARM_UP, sflow.WARM_UP])
+        batch, scratch = _decode(pipeline, [_V5, _JUNK, _IPFIX, sflow.WARM_UP])
     finally:
         if helper is not None and helper.poll() is None:
             helper.kill()
@@ -81,7 +85,7 @@ def _compile_decoder() -> None:
     from . import config
     from .app import Pipeline, _NullSink
     pipeline = Pipeline(config.load(None), _NullSink())
-    _decode(pipeline, [v9ipfix.WARM_UP])
+    _decode(pipeline, [_IPFIX])
 
 
 if __name__ == "__main__":

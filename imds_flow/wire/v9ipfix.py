@@ -9,17 +9,13 @@ the rows of each set that cannot alert are dropped while they are still in cache
 """
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
 from ..jit import kernel
 from ..kernels import compact
 from .records import NSLOT, emit, locate, option_rate, option_sampler
 
-__all__ = ["SET", "OPTION", "decode_sets", "WARM_UP", "FAST_PATH"]
-
-FAST_PATH = False     # cut fixed-length flow data sets by program; False: record by record (tests)
+__all__ = ["SET", "OPTION", "decode_sets"]
 
 # One data set of a batch. In: where its bytes are (src 0: the batch's buffer, 1: the pending
 # buffer; off, len), its plan, exporter, version, arrival time, header times and scope. Out: bad
@@ -92,17 +88,3 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
         if compacting and not want_options:
             n = compact(c, n0, n, ep)
     return n, no
-
-
-def _warm_up() -> bytes:
-    """An IPFIX message with a template (fixed and variable fields) and one data record."""
-    fields = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (461, 0xFFFF)]
-    tset = struct.pack(">HH", 256, len(fields)) + b"".join(struct.pack(">HH", i, ln) for i, ln in fields)
-    tset = struct.pack(">HH", 2, 4 + len(tset)) + tset
-    rec = bytes([10, 0, 0, 1, 169, 254, 169, 254, 0, 80, 0, 80, 6]) + bytes(16) + b"\x01/"
-    dset = struct.pack(">HH", 256, 4 + len(rec)) + rec
-    body = tset + dset
-    return struct.pack(">HHIII", 10, 16 + len(body), 0, 0, 0) + body
-
-
-WARM_UP = _warm_up()

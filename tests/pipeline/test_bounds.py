@@ -21,7 +21,7 @@ from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS
 from imds_flow.wire.errors import REASONS
 from imds_flow.wire.scopes import Bounds
-from tests.support import build
+from imds_flow import build
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0

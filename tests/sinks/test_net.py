@@ -19,7 +19,7 @@ from imds_flow.sinks import Spool, SpoolError, open_sinks
 from imds_flow.sinks.net import ForwardProtocol, SpooledSink, StreamProtocol
 from tests.support.sink_servers import BlackholeServer, ForwardServer, MsgpackServer
 from tests.support.wait import wait_for
-from tests.wire.test_v5 import v5
+from imds_flow.build import v5
 
 TS0 = 1_760_000_000.25
 

@@ -23,7 +23,8 @@ from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import ExporterTable
 from imds_flow.flows import FlowBatch
 from imds_flow.wire import DecodeError, REASONS
-from tests.support import build, corpus, mutate
+from imds_flow import build
+from tests.support import corpus, mutate
 
 SCALE = int(os.environ.get("IMDS_FLOW_FUZZ_SCALE", "1"))
 SETTINGS = settings(max_examples=60 * SCALE, deadline=None, derandomize=SCALE == 1,

@@ -18,7 +18,7 @@ from imds_flow.flows import COLUMNS, FlowBatch, HTTP_COLUMNS
 from imds_flow.wire.fields import ELEMENTS, SLOT_KIND
 from imds_flow.wire.scopes import ScopeTable
 
-from tests.support.build import data_set, ipfix, template_set, v9
+from imds_flow.build import data_set, ipfix, template_set, v9
 from tests.support.records_oracle import decode_record
 
 URLS = ("/latest/meta-data", "/api/")

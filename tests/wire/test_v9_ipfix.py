@@ -1,5 +1,5 @@
 """NetFlow v9 / IPFIX decoding: template scoping, ordering, buffering, expiry, persistence, sequence
-numbers, sampling, HTTP URLs and totality, on packets built by tests/support/build.py."""
+numbers, sampling, HTTP URLs and totality, on packets built by imds_flow/build.py."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ from imds_flow.flows import NO_COUNTERS, NAT_DST, FlowBatch
 from imds_flow.templates_store import TemplateFile
 from imds_flow.wire.scopes import ScopeTable
 
-from tests.support.build import VAR, data_set, ipfix, options_template_set, record, template_set, v9
+from imds_flow.build import VAR, data_set, ipfix, options_template_set, record, template_set, v9
 
 A = ("192.0.2.1", 2055)
 B = ("192.0.2.2", 2055)
