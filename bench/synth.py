@@ -4,10 +4,11 @@ fraction of the records aimed at the metadata endpoints (requests to 169.254.169
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import numpy as np
+
+from imds_flow import build
 
 V5_HEADER, V5_RECORD = 24, 48
 IMDS_V4 = (169 << 24) | (254 << 16) | (169 << 8) | 254
@@ -61,7 +62,6 @@ V4_TEMPLATE, V6_TEMPLATE = 256, 257
 # (IE, length): src, dst, sport, dport, proto, bytes, packets, flowStart/EndMilliseconds, in/out if
 _V4_FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (152, 8), (153, 8), (10, 4), (14, 4)]
 _V6_FIELDS = [(27, 16), (28, 16)] + _V4_FIELDS[2:]
-_V9_HEADER, _IPFIX_HEADER = 20, 16
 
 
 @dataclass
@@ -149,8 +149,8 @@ def flow_datagrams(version: int, count: int, records: int = 30, imds_fraction: f
         else:
             body = _pack(_V4_FIELDS, cols, idx).tobytes()
             tid = V4_TEMPLATE
-        data_set = struct.pack("!HH", tid, 4 + len(body)) + body
-        rows.append(_header(version, records, unix_secs, len(data_set)) + data_set)
+        data_set = build.set_(tid, body)
+        rows.append(_datagram(version, [data_set], unix_secs, records))
     size = max(len(r) for r in rows)
     # datagrams of both families differ in length: keep them apart by padding to one size is wrong
     # (padding would be a malformed set), so v6 batches are built as their own Export when mixed.
@@ -161,21 +161,16 @@ def flow_datagrams(version: int, count: int, records: int = 30, imds_fraction: f
                   records)
 
 
-def _header(version: int, records: int, unix_secs: int, body: int) -> bytes:
+def _datagram(version: int, sets: list[bytes], unix_secs: int, records: int) -> bytes:
     if version == 9:
-        return struct.pack("!HHIIII", 9, records, 3_600_000, unix_secs, 0, 0)
-    return struct.pack("!HHIII", 10, _IPFIX_HEADER + body, unix_secs, 0, 0)
+        return build.v9(sets, uptime=3_600_000, secs=unix_secs, count=records)
+    return build.ipfix(sets, export_time=unix_secs)
 
 
 def template_datagram(version: int, unix_secs: int = 1_700_000_000) -> bytes:
     """Both templates (IPv4 256, IPv6 257) in one datagram."""
-    body = b""
-    for tid, fields in ((V4_TEMPLATE, _V4_FIELDS), (V6_TEMPLATE, _V6_FIELDS)):
-        body += struct.pack("!HH", tid, len(fields)) + b"".join(struct.pack("!HH", ie, ln) for ie, ln in fields)
-    tset = struct.pack("!HH", 0 if version == 9 else 2, 4 + len(body)) + body
-    if version == 9:
-        return struct.pack("!HHIIII", 9, 2, 3_600_000, unix_secs, 0, 0) + tset
-    return struct.pack("!HHIII", 10, _IPFIX_HEADER + len(tset), unix_secs, 0, 0) + tset
+    tset = build.template_set(version, {V4_TEMPLATE: _V4_FIELDS, V6_TEMPLATE: _V6_FIELDS})
+    return _datagram(version, [tset], unix_secs, 2)
 
 
 def set_v5_sequence(datagrams: np.ndarray, first: int, records: int) -> None:

@@ -42,8 +42,9 @@ import numpy as np  # noqa: E402
 
 from imds_flow import app, config, exporters, wire  # noqa: E402
 from imds_flow.datagrams import DatagramBatch  # noqa: E402
-from imds_flow.wire import pending, templates, v9ipfix  # noqa: E402
-from tests.support import build, mutate  # noqa: E402
+from imds_flow.wire import pending, plans, resolve, scopes, templates  # noqa: E402
+from imds_flow import build  # noqa: E402
+from tests.support import mutate  # noqa: E402
 
 FUZZ_SRC = ("198.51.100.7", 2055)
 CANARY_SRC = ("203.0.113.9", 4739)
@@ -53,7 +54,7 @@ RESET_EVERY = 20_000                                  # a fresh pipeline now and
 def _instrument() -> None:
     """Coverage for the Python side (template parsing, caches, pending, batch wiring); numba
     kernels are left alone (their bytecode must stay compilable)."""
-    for mod in (wire, templates, pending, v9ipfix, exporters, app):
+    for mod in (wire, templates, plans, scopes, pending, resolve, exporters, app):
         for obj in list(vars(mod).values()):
             if isinstance(obj, types.FunctionType) and obj.__module__ == mod.__name__:
                 atheris.instrument_func(obj)

@@ -11,11 +11,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import wire
+from . import warmup, wire
 from .alerts import Encoder, Folder
 from .config import Config
 from .datagrams import DatagramBatch
-from .detect import Detector, Hits
+from .detect import Detector
 from .exporters import ExporterTable
 from .flows import FlowBatch
 from .metrics import ErrorLog, LimitLog, Latency, stats_of, summary_line
@@ -23,9 +23,8 @@ from .probe import is_probe
 from .ratelimit import RateLimit
 from .sinks import Sink
 from .templates_store import TemplateFile
-from .wire import sflow, v9ipfix
 from .wire.sflow import SflowState
-from .wire.templates import Bounds, TemplateCache
+from .wire.scopes import Bounds, ScopeTable
 
 __all__ = ["Pipeline", "run_replay"]
 
@@ -50,7 +49,7 @@ class Pipeline:
         bounds = Bounds(lim.max_scopes_per_exporter, lim.max_templates_per_scope, lim.max_templates,
                         lim.max_template_fields, lim.max_pending_bytes_per_exporter, lim.max_pending_bytes,
                         lim.max_batch_records)
-        self.exporters = ExporterTable(clock, templates=TemplateCache(
+        self.exporters = ExporterTable(clock, templates=ScopeTable(
             t.scope_port, t.lifetime_seconds, t.pending_max_sets, t.pending_max_seconds, config.http.url_substrings,
             bounds), max_exporters=lim.max_exporters, allowed=config.listen.allowed_exporters,
             sflow=SflowState(config.http.url_substrings, config.http.header_names))
@@ -73,20 +72,9 @@ class Pipeline:
         self.limit_log = LimitLog(self.exporters, config.logging.error_interval_seconds)
 
     def warm_up(self) -> None:
-        """Load (or compile) every kernel on a scratch batch, so the first real burst is not spent
-        waiting for the JIT while the socket buffer fills. Touches no counters."""
-        header = (5).to_bytes(2, "big") + (1).to_bytes(2, "big") + bytes(20)
-        dg = DatagramBatch.from_payloads([header + bytes(48), b"\x00", v9ipfix.WARM_UP, sflow.WARM_UP], ts=0.0)
-        scratch = ExporterTable(self.clock)
-        ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
-        batch = FlowBatch(64)
-        for keep in (None, self.detector.endpoints):         # the types Pipeline.process passes
-            wire.decode(dg, ids, scratch, batch, keep=keep, records=scratch.records_column())
-        self.detector.run(batch, scratch.column("suppressed"))
-        folder = Folder(60.0, lambda alert: None)
-        kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
-        folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
-                        self.detector.names + ("x",), scratch)
+        """Load (or compile) every kernel on scratch data, so the first real burst is not spent
+        waiting for the JIT while the socket buffer fills (warmup.py). Touches no counters."""
+        warmup.warm_up(self)
 
     def _emit(self, alert: dict) -> None:
         if is_probe(alert):                   # `imds-flow probe`: the alert says it is a test

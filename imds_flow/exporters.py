@@ -22,13 +22,13 @@ from .keymap import KeyMap
 from .addr import from_hilo, network_hilo
 from .wire.errors import REASONS
 from .wire.sflow import SflowState
-from .wire.templates import TemplateCache
+from .wire.scopes import ScopeTable
 
 __all__ = ["ExporterTable", "COUNTERS"]
 
 # counter columns: datagrams, records, then one per decode error reason (REASONS[1:])
 COUNTERS = ("datagrams", "records", *REASONS[1:], "alerts", "suppressed",
-            # NetFlow v9 / IPFIX template handling (wire/templates.py, wire/pending.py)
+            # NetFlow v9 / IPFIX per-scope state (wire/scopes.py: templates, sampling, sequences, pending)
             "templates", "templates_rejected", "withdrawals_ignored", "options_records",
             "sets_waiting", "sets_late", "sets_expired", "sets_dropped", "templates_redefined",
             # [limits]: template definitions refused (per scope, in all, fields in all)
@@ -41,7 +41,7 @@ _REASON_COL = np.array([0] + [_C[r] for r in REASONS[1:]], dtype=np.int64)  # st
 
 class ExporterTable:
     def __init__(self, clock: Callable[[], float] = time.time, capacity: int = 64,
-                 templates: TemplateCache | None = None, max_exporters: int = 4096, allowed=(),
+                 templates: ScopeTable | None = None, max_exporters: int = 4096, allowed=(),
                  sflow: SflowState | None = None):
         self.clock = clock
         self.max_exporters = max_exporters
@@ -66,7 +66,7 @@ class ExporterTable:
         self.seq_lost = np.zeros(capacity, np.int64)
         # NetFlow v9 / IPFIX: templates, sampling and sequence numbers per scope (address, port,
         # version, domain); the scope's exporter index links it back to this table
-        self.templates = templates if templates is not None else TemplateCache()
+        self.templates = templates if templates is not None else ScopeTable()
         # sFlow: agent address and sub-agent id of each row (None for NetFlow / IPFIX rows), the
         # per source id sequence table and the HTTP strings the packet kernel looks for
         self.agent: list[str | None] = []

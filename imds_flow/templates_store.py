@@ -15,7 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .wire.templates import TemplateCache
+from .wire.scopes import ScopeTable
 
 __all__ = ["TemplateFile"]
 
@@ -24,7 +24,7 @@ FORMAT = 1
 
 
 class TemplateFile:
-    def __init__(self, path: str | Path, cache: TemplateCache, interval: float = 1.0):
+    def __init__(self, path: str | Path, cache: ScopeTable, interval: float = 1.0):
         self.path = Path(path)
         self.cache = cache
         self.interval = interval

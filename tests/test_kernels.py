@@ -10,7 +10,7 @@ from imds_flow.detect import DIRECTIONS, Detector
 from imds_flow.flows import NAT_DST, NAT_SRC, FlowBatch
 from imds_flow.kernels import match_net
 
-from .oracle import detect_one
+from tests.support.oracle import detect_one
 
 ENDPOINT_POOL = ["169.254.169.254", "fd00:ec2::254", "169.254.170.0/24", "100.100.100.200", "fd00:c1::/32"]
 SUBNET_POOL = ["10.0.0.0/8", "10.99.0.0/16", "2001:db8:99::/48", "192.168.1.0/24", "::/0", "0.0.0.0/0",

@@ -1,11 +1,13 @@
 """receive.Receiver: the one-kernel unpacking of a recvmmsg batch against the numpy reference
-(_parse_names), over real loopback sockets, IPv4 and IPv6, with a truncated datagram."""
+(_parse_names), over real loopback sockets, IPv4 and IPv6, with a truncated datagram; batches of at most
+`batch` datagrams in arrival order; arrival times from the kernel, else from the injected clock."""
 import socket
 import time
 
 import pytest
 
 from imds_flow import receive
+from tests.support import mutate
 
 
 @pytest.mark.skipif(not receive.HAVE_RECVMMSG, reason="recvmmsg only")
@@ -37,12 +39,80 @@ def test_unpacked_batch_matches_the_reference(family, host):
         srv.close()
 
 
+PAYLOADS = [p for ps in mutate.vendor_payloads().values() for p in ps][:10]      # real exporters' datagrams
+
+
+def sender(srv: socket.socket) -> socket.socket:
+    cl = socket.socket(srv.family, socket.SOCK_DGRAM)
+    cl.connect(srv.getsockname()[:2])
+    return cl
+
+
+def test_batches_hold_at_most_batch_datagrams_in_arrival_order():
+    srv = receive.open_socket("127.0.0.1", 0, 1 << 20)
+    r = receive.Receiver(srv, 4, 2048)
+    cl = sender(srv)
+    try:
+        for p in PAYLOADS:
+            cl.send(p)
+        time.sleep(0.05)
+        got = []
+        while (dg := r.read()[0]).n:
+            assert dg.n <= 4 and (dg.sport == cl.getsockname()[1]).all()
+            got.append([dg.payload(i) for i in range(dg.n)])
+        assert [len(b) for b in got] == [4, 4, 2] and sum(got, []) == PAYLOADS
+    finally:
+        cl.close()
+        srv.close()
+
+
+@pytest.mark.skipif(not receive.HAVE_RECVMMSG, reason="recvmmsg only")
+def test_arrival_time_is_the_kernels_else_the_injected_clock():
+    timestamped = receive.open_socket("127.0.0.1", 0, 1 << 20)         # SO_TIMESTAMPNS on
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain.bind(("127.0.0.1", 0))
+    plain.setblocking(False)
+    try:
+        for srv, clock_used in ((timestamped, False), (plain, True)):
+            r = receive.Receiver(srv, 8, 2048, clock=lambda: 42.0)
+            cl = sender(srv)
+            before = time.time()
+            cl.send(PAYLOADS[0])
+            cl.close()
+            time.sleep(0.05)
+            dg = r.read()[0]
+            assert dg.n == 1 and dg.payload(0) == PAYLOADS[0]
+            assert (dg.ts[0] == 42.0) if clock_used else (before <= dg.ts[0] <= time.time())
+    finally:
+        timestamped.close()
+        plain.close()
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError,
+                   reason="Receiver._read_portable calls self._arrival, removed in 4a165ab: the portable path "
+                          "(no recvmmsg, big-endian, ENOSYS) fails on its first datagram")
+def test_the_portable_path_fills_the_same_batch():
+    srv = receive.open_socket("127.0.0.1", 0, 1 << 20)
+    r = receive.Receiver(srv, 8, 2048, clock=lambda: 42.0)
+    r._use_mmsg = False                      # what a host without recvmmsg runs; no public way on Linux
+    cl = sender(srv)
+    try:
+        for p in PAYLOADS[:3]:
+            cl.send(p)
+        time.sleep(0.05)
+        dg, trunc = r.read()
+        assert dg.n == 3 and [dg.payload(i) for i in range(3)] == PAYLOADS[:3] and trunc is None
+        assert (dg.sport == cl.getsockname()[1]).all() and dg.ts.tolist() == [42.0] * 3
+    finally:
+        cl.close()
+        srv.close()
+
+
 def test_drain_stops_at_a_partial_batch_or_the_limit_and_empties_the_socket_without_one():
     srv = receive.open_socket("127.0.0.1", 0, 1 << 20)
     r = receive.Receiver(srv, 2, 2048)
     receive.warm_up()
-    cl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    cl.connect(srv.getsockname()[:2])
+    cl = sender(srv)
     sizes = []
     process = lambda dg, truncated: sizes.append(dg.n)      # noqa: E731
 

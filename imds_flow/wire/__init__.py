@@ -12,8 +12,8 @@ import numpy as np
 from ..datagrams import DatagramBatch
 from ..flows import FlowBatch
 from .errors import OK, REASONS, DecodeError, error_for, reason_code
-from . import sflow, v9ipfix
-from .templates import TemplateCache
+from . import resolve, sflow
+from .scopes import ScopeTable
 from .v5 import RECORD as V5_RECORD, decode_v5
 
 __all__ = ["decode", "decode_one", "DecodeError", "REASONS", "versions"]
@@ -61,7 +61,7 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     sel_s = np.flatnonzero(version == 0)
     if len(sel_t):
         state.templates.begin_batch()                # compacts plans between batches only
-    prep = v9ipfix.prepare(dg, sel_t, version, exp_ids, state, status) if len(sel_t) else None
+    prep = resolve.prepare(dg, sel_t, version, exp_ids, state, status) if len(sel_t) else None
     need_s = int(dg.lens[sel_s].sum()) // sflow.MIN_ROW_BYTES + 1 if len(sel_s) else 0
     out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0) + need_s)
     out.buf = dg.buf
@@ -69,7 +69,7 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
         out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel5, exp_ids, dg.ts, out.rows, out.n, status,
                           state.seq_next, state.seq_seen, state.seq_lost, counts, compacting, ep)
     if prep is not None:
-        out.n = v9ipfix.finish(prep, state, out, status, compacting, ep, counts)
+        out.n = resolve.finish(prep, state, out, status, compacting, ep, counts)
     if len(sel_s):
         fused = out.n
         _decode_sflow(dg, sel_s, exp_ids, state, out, status)
@@ -108,7 +108,7 @@ class _OneExporter:
         self.seq_seen = np.zeros(1, np.bool_)
         self.seq_lost = np.zeros(1, np.int64)
         self.address, self.port = ["192.0.2.1"], [0]
-        self.templates = TemplateCache()
+        self.templates = ScopeTable()
         self.sflow = sflow.SflowState()
         self.counters = {}
 

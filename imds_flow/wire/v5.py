@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import njit
+from ..jit import kernel
 from ..kernels import match_net
 from .errors import reason_code
 from .readers import _u16, _u32
@@ -23,7 +23,7 @@ _TOO_SHORT = reason_code("too_short")
 _COUNT = reason_code("count_exceeds_datagram")
 
 
-@njit
+@kernel
 def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_seen, seq_lost, records, keep, ep):
     """Decode datagrams `sel` (indices into offs/lens) into columns `c` from row n; returns new n.
 

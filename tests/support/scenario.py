@@ -6,7 +6,7 @@ The local side (the address that is not the endpoint) in a suppressed subnet, or
 suppressed VLAN (only when the export carries VLANs), silences the alert.
 
 Exporter conventions the oracle follows (checked against softflowd 1.1.0 and pmacct 1.7.7 in
-tests/test_support.py): ICMP / ICMPv6 flows carry sport 0 and dport type*256+code; bytes are IP-layer
+tests/e2e/test_support.py): ICMP / ICMPv6 flows carry sport 0 and dport type*256+code; bytes are IP-layer
 bytes (IPv4 total length, IPv6 payload length + 40), or, with padding_counted, softflowd's count, which
 also includes the Ethernet padding of short frames.
 """

@@ -149,6 +149,3 @@ class ForwardServer(_Server):
                         self.messages.append(option)
                     if "chunk" in option:
                         conn.sendall(msgpack.packb({"ack": option["chunk"]}))
-
-
-from tests.support.wait import wait_for  # noqa: E402,F401 - the sink tests import it from here

@@ -8,8 +8,8 @@ from imds_flow import config
 from imds_flow.app import Pipeline
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.metrics import render_prometheus
-from tests.support.build import VAR, data_set, ipfix, record, template_set
-from tests.test_v5 import v5
+from imds_flow.build import VAR, data_set, ipfix, record, template_set
+from imds_flow.build import v5
 
 IMDS = "169.254.169.254"
 CONFIG = f'''

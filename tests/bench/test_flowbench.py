@@ -13,7 +13,7 @@ import pytest
 from bench import flowbench, sender
 from bench.synth import flow_datagrams
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench(*args):

@@ -114,7 +114,7 @@ def test_exporter_identity_and_sequence_gaps():
 
 # --- IPFIX: httpRequestMethod (459) with httpRequestTarget (461); RFC 7133 packet sections ----------
 
-from tests.support import build  # noqa: E402
+from imds_flow import build  # noqa: E402
 
 _BASE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8)]
 

@@ -1,4 +1,5 @@
-"""NetFlow v9 / IPFIX packet builders for tests: templates, options templates, data sets, headers.
+"""NetFlow v5, v9 and IPFIX packets built from fields: the one builder the warm-up, the benchmarks,
+`imds-flow probe`'s tests and the test suite share.
 
 A field is (element id, length) or (enterprise number, element id, length); length 0xFFFF is
 variable. Values are ints (big-endian in the field's length), dotted quads / IPv6 text for 4- /
@@ -9,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-__all__ = ["VAR", "v9", "ipfix", "template_set", "options_template_set", "data_set", "record", "set_"]
+__all__ = ["VAR", "v5", "v9", "ipfix", "template_set", "options_template_set", "data_set", "record", "set_"]
 
 VAR = 0xFFFF
 
@@ -70,8 +71,21 @@ def data_set(tid: int, records: list[bytes], pad_to: int = 4) -> bytes:
     return set_(tid, b"".join(records), pad_to)
 
 
-def v9(sets: list[bytes], seq: int = 0, source_id: int = 0, uptime: int = 100_000, secs: int = 1_700_000_000) -> bytes:
-    return struct.pack(">HHIIII", 9, len(sets), uptime, secs, seq, source_id) + b"".join(sets)
+def v5(records: list[tuple[str, str, int, int]], seq: int = 0, uptime: int = 100_000, secs: int = 1_700_000_000,
+       nsecs: int = 0, sampling: int = 0) -> bytes:
+    """A NetFlow v5 datagram of TCP records (src, dst, sport, dport), 10 packets and 1000 bytes each."""
+    head = struct.pack("!HHIIIIBBH", 5, len(records), uptime, secs, nsecs, seq, 0, 0, sampling)
+    body = b"".join(
+        struct.pack("!4s4s4sHHIIIIHHBBBBHHBBH", bytes(map(int, s.split("."))), bytes(map(int, d.split("."))),
+                    b"\0" * 4, 1, 2, 10, 1000, uptime - 5000, uptime - 1000, sp, dp, 0, 0x18, 6, 0, 0, 0, 24, 24, 0)
+        for s, d, sp, dp in records)
+    return head + body
+
+
+def v9(sets: list[bytes], seq: int = 0, source_id: int = 0, uptime: int = 100_000, secs: int = 1_700_000_000,
+       count: int | None = None) -> bytes:
+    """`count`: the header's record count (collectors do not trust it); default one per set."""
+    return struct.pack(">HHIIII", 9, len(sets) if count is None else count, uptime, secs, seq, source_id) + b"".join(sets)
 
 
 def ipfix(sets: list[bytes], seq: int = 0, domain: int = 0, export_time: int = 1_700_000_000) -> bytes:

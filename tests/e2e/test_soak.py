@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from tests.support.build import data_set, ipfix, record, template_set
+from imds_flow.build import data_set, ipfix, record, template_set
 from tests.support.collector import Collector
-from tests.test_v5 import v5
+from imds_flow.build import v5
 
 SECONDS = float(os.environ.get("IMDS_FLOW_SOAK_SECONDS", "60"))
 IMDS = "169.254.169.254"

@@ -11,7 +11,7 @@ from imds_flow.datagrams import DatagramBatch
 from imds_flow.metrics import render_prometheus
 from imds_flow.probe import build
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "config" / "grafana" / "imds-flow-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "config" / "grafana" / "imds-flow-dashboard.json"
 
 
 class _Null:

@@ -1,4 +1,4 @@
-"""wire/packet.py: the sampled-packet kernel against its slow oracle (tests/oracle.py packet_one) on
+"""wire/packet.py: the sampled-packet kernel against its slow oracle (tests/support/oracle.py packet_one) on
 hypothesis-built packets cut at any length, and the HTTP rules as a table of cases."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from imds_flow.wire.packet import ETHERNET, IPV4, IPV6, parse_one
-from tests.oracle import packet_one
+from tests.support.oracle import packet_one
 
 URLS = ("/latest/meta-data", "/latest/api/token")
 NAMES = ("x-aws-ec2-metadata-token", "x-aws-ec2-metadata-token-ttl-seconds", "metadata-flavor")

@@ -14,8 +14,8 @@ from imds_flow.flows import FlowBatch
 from imds_flow.kernels import compact
 
 from bench.synth import flow_datagrams
-from .oracle import detect_one
-from .test_kernels import build_config, config as config_st, fill, record
+from tests.support.oracle import detect_one
+from tests.test_kernels import build_config, config as config_st, fill, record
 
 
 class _Exporters:

@@ -23,7 +23,8 @@ from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import ExporterTable
 from imds_flow.flows import FlowBatch
 from imds_flow.wire import DecodeError, REASONS
-from tests.support import build, corpus, mutate
+from imds_flow import build
+from tests.support import corpus, mutate
 
 SCALE = int(os.environ.get("IMDS_FLOW_FUZZ_SCALE", "1"))
 SETTINGS = settings(max_examples=60 * SCALE, deadline=None, derandomize=SCALE == 1,
@@ -245,7 +246,7 @@ def test_template_ids_reused_with_other_layouts():
 
 def test_fuzz_harness_runs_its_seeds(monkeypatch):
     """fuzz/fuzz_decode.py's target on the seed corpus and a few mutants (no atheris needed)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "fuzz"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "fuzz"))
     monkeypatch.setenv("IMDS_FLOW_FUZZ_BOUNDSCHECK", "0")
     sys.modules.pop("fuzz_decode", None)
     import fuzz_decode

@@ -13,9 +13,9 @@ import pytest
 from tests.support.collector import ONE_ENDPOINT as BASE, Collector
 from tests.support.wait import wait_for
 from tests.support.exporters import require_tool
-from tests.test_v5 import v5
+from imds_flow.build import v5
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMDS = "169.254.169.254"
 
 

@@ -17,8 +17,9 @@ from imds_flow.datagrams import DatagramBatch
 from imds_flow.formats import EcsJsonEncoder
 from imds_flow.sinks import Spool, SpoolError, open_sinks
 from imds_flow.sinks.net import ForwardProtocol, SpooledSink, StreamProtocol
-from tests.test_sinks_servers import BlackholeServer, ForwardServer, MsgpackServer, wait_for
-from tests.test_v5 import v5
+from tests.support.sink_servers import BlackholeServer, ForwardServer, MsgpackServer
+from tests.support.wait import wait_for
+from imds_flow.build import v5
 
 TS0 = 1_760_000_000.25
 

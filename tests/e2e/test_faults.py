@@ -27,9 +27,9 @@ from imds_flow.sinks import Sinks, open_sink
 from imds_flow.sinks import stream as stream_mod
 from tests.support.collector import ONE_ENDPOINT as BASE, Collector, read_alerts, scrape
 from tests.support.wait import wait_for
-from tests.test_v5 import v5
+from imds_flow.build import v5
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMDS = "169.254.169.254"
 
 
@@ -535,7 +535,7 @@ def test_a_reload_that_changes_sinks_says_it_takes_effect_at_next_start(caplog):
 # --- template state: saved off the loop, soon after it changes; redefinitions counted -------------------
 
 def _template(tid: int, fields) -> bytes:
-    from tests.support import build
+    from imds_flow import build
     return build.ipfix([build.template_set(10, {tid: fields})])
 
 

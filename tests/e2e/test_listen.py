@@ -8,7 +8,7 @@ import pytest
 from scapy.all import IP, UDP, Ether, wrpcap
 
 from tests.support.collector import AWS_ENDPOINTS, Collector, read_alerts
-from tests.test_v5 import v5
+from imds_flow.build import v5
 
 CONFIG = AWS_ENDPOINTS + '''[suppress]
 source_subnets = ["10.99.0.0/16"]

@@ -1,5 +1,5 @@
 """NetFlow v9 / IPFIX decoding: template scoping, ordering, buffering, expiry, persistence, sequence
-numbers, sampling, HTTP URLs and totality, on packets built by tests/support/build.py."""
+numbers, sampling, HTTP URLs and totality, on packets built by imds_flow/build.py."""
 from __future__ import annotations
 
 import json
@@ -15,9 +15,9 @@ from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS, ExporterTable
 from imds_flow.flows import NO_COUNTERS, NAT_DST, FlowBatch
 from imds_flow.templates_store import TemplateFile
-from imds_flow.wire.templates import TemplateCache
+from imds_flow.wire.scopes import ScopeTable
 
-from .support.build import VAR, data_set, ipfix, options_template_set, record, template_set, v9
+from imds_flow.build import VAR, data_set, ipfix, options_template_set, record, template_set, v9
 
 A = ("192.0.2.1", 2055)
 B = ("192.0.2.2", 2055)
@@ -27,7 +27,7 @@ F4_SWAPPED = [(12, 4), (8, 4), (11, 2), (7, 2), (4, 1), (2, 8), (1, 8)]
 
 class State:
     def __init__(self, **cache):
-        self.exporters = ExporterTable(clock=lambda: 0.0, templates=TemplateCache(**cache))
+        self.exporters = ExporterTable(clock=lambda: 0.0, templates=ScopeTable(**cache))
         self.out = FlowBatch(16)
 
     def feed(self, payloads, src=A, ts=1000.0):
@@ -284,11 +284,11 @@ def test_any_bytes_decode_or_count(body, version, prefix):
 def test_resent_template_set_is_recognised_by_its_bytes(version, monkeypatch):
     """An unchanged template set is not parsed again (only its time is refreshed); a changed one is,
     and the records follow the new layout at once."""
-    from imds_flow.wire import templates as tmod
+    from imds_flow.wire import scopes
     pkt = v9 if version == 9 else ipfix
     calls = []
-    real = tmod.parse_template_set
-    monkeypatch.setattr(tmod, "parse_template_set", lambda *a: calls.append(a) or real(*a))
+    real = scopes.parse_template_set
+    monkeypatch.setattr(scopes, "parse_template_set", lambda *a: calls.append(a) or real(*a))
     s = State()
     tset = template_set(version, {256: F4})
     for t in (1000.0, 1001.0, 1002.0):

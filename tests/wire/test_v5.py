@@ -8,19 +8,11 @@ from hypothesis import given, settings, strategies as st
 
 from imds_flow import wire
 from imds_flow.addr import from_hilo
+from imds_flow.build import v5
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import ExporterTable
 from imds_flow.flows import FlowBatch
 from imds_flow.wire.errors import REASONS, DecodeError
-
-
-def v5(records, seq=0, uptime=100_000, secs=1_700_000_000, nsecs=0, sampling=0):
-    head = struct.pack("!HHIIIIBBH", 5, len(records), uptime, secs, nsecs, seq, 0, 0, sampling)
-    body = b"".join(
-        struct.pack("!4s4s4sHHIIIIHHBBBBHHBBH", bytes(map(int, s.split("."))), bytes(map(int, d.split("."))),
-                    b"\0" * 4, 1, 2, 10, 1000, uptime - 5000, uptime - 1000, sp, dp, 0, 0x18, 6, 0, 0, 0, 24, 24, 0)
-        for s, d, sp, dp in records)
-    return head + body
 
 
 def decode(payloads, src=("192.0.2.1", 2055)):

@@ -1,0 +1,92 @@
+"""Every kernel loaded (or, on the first start after an install, compiled) before the first datagram.
+
+Rules: the kernels run once on scratch data of the types the live pipeline passes, touching no
+counters. When the on-disk cache holds no v9 / IPFIX decoder yet (a first start) and the machine
+has more than one core, that decoder, the largest kernel, compiles in a child process into the
+same cache while this process compiles the others, and is then loaded from the cache: the first
+start takes the longer of the two instead of their sum. Should the child fail, this process
+compiles the decoder itself; nothing depends on the child but time.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from . import build, wire
+from .alerts import Folder
+from .datagrams import DatagramBatch
+from .detect import Hits
+from .exporters import ExporterTable
+from .flows import FlowBatch
+from .wire import sflow
+
+__all__ = ["warm_up"]
+
+_V5 = build.v5([("10.0.0.1", "169.254.169.254", 40000, 80)])
+_JUNK = b"\x00"
+# IPFIX with a template of fixed and variable fields (an HTTP target) and one data record
+_FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (461, build.VAR)]
+_IPFIX = build.ipfix([build.template_set(10, {256: _FIELDS}), build.data_set(256, [build.record(
+    _FIELDS, ["10.0.0.1", "169.254.169.254", 80, 80, 6, 0, 0, b"/"])], pad_to=1)])
+
+
+def warm_up(pipeline) -> None:
+    """Load or compile every kernel `pipeline` (app.Pipeline) runs."""
+    helper = _start_helper() if _cold() and (os.cpu_count() or 1) > 1 else None
+    try:
+        _decode(pipeline, [_V5, _JUNK, sflow.WARM_UP])
+        if helper is not None:
+            helper.wait()
+        batch, scratch = _decode(pipeline, [_V5, _JUNK, _IPFIX, sflow.WARM_UP])
+    finally:
+        if helper is not None and helper.poll() is None:
+            helper.kill()
+            helper.wait()
+    pipeline.detector.run(batch, scratch.column("suppressed"))
+    folder = Folder(60.0, lambda alert: None)
+    kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
+    folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
+                    pipeline.detector.names + ("x",), scratch)
+
+
+def _decode(pipeline, payloads: list[bytes]) -> tuple[FlowBatch, ExporterTable]:
+    """One scratch batch through the decoders, with and without an endpoint table (the two types
+    Pipeline.process passes)."""
+    dg = DatagramBatch.from_payloads(payloads, ts=0.0)
+    scratch = ExporterTable(pipeline.clock)
+    ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
+    batch = FlowBatch(64)
+    for keep in (None, pipeline.detector.endpoints):
+        wire.decode(dg, ids, scratch, batch, keep=keep, records=scratch.records_column())
+    return batch, scratch
+
+
+def _cold() -> bool:
+    """No compiled v9 / IPFIX decoder in the cache yet."""
+    root = Path(numba.config.CACHE_DIR)
+    return not any(root.rglob("v9ipfix.decode_sets-*.nbc"))
+
+
+def _start_helper() -> subprocess.Popen | None:
+    try:
+        return subprocess.Popen([sys.executable, "-m", "imds_flow.warmup"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def _compile_decoder() -> None:
+    """The child's work: the v9 / IPFIX decoder on its own, in the types the pipeline passes."""
+    from . import config
+    from .app import Pipeline, _NullSink
+    pipeline = Pipeline(config.load(None), _NullSink())
+    _decode(pipeline, [_IPFIX])
+
+
+if __name__ == "__main__":
+    _compile_decoder()

@@ -1,0 +1,101 @@
+"""Templates compiled once into plans: arrays the kernels index by plan id.
+
+A plan holds the record length when every field is fixed (else -1 and the minimum length), the
+offset and length of every slot in fields.SLOTS for fixed layouts (nfdump's sequencer: where each
+field we need is, decided once), and the length and slot of every field for variable layouts,
+which records.locate walks per record. Identical layouts share one plan (plans are
+content-addressed), so a router re-sending its templates costs no memory.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from .fields import ELEMENTS, SLOT, SLOTS, accepts
+from .templates import VAR, Template, record_lengths
+
+__all__ = ["PlanTable", "PlanArrays", "NSLOT"]
+
+NSLOT = len(SLOTS)
+
+# What the kernels take of a PlanTable: one argument (v9ipfix.decode_sets), fields read by name.
+PlanArrays = namedtuple("PlanArrays", "reclen minlen f0 nf options slot_off slot_len f_len f_slot")
+
+
+class PlanTable:
+    """Compiled plans as arrays the kernels index by plan id; grows, never shrinks."""
+
+    def __init__(self, capacity: int = 64, field_capacity: int = 2048):
+        self.n = 0
+        self.nf_used = 0
+        self.reclen = np.zeros(capacity, np.int32)
+        self.minlen = np.zeros(capacity, np.int32)
+        self.f0 = np.zeros(capacity, np.int32)
+        self.nf = np.zeros(capacity, np.int32)
+        self.options = np.zeros(capacity, np.bool_)
+        self.slot_off = np.full((capacity, NSLOT), -1, np.int32)
+        self.slot_len = np.zeros((capacity, NSLOT), np.int32)
+        self.f_len = np.zeros(field_capacity, np.int32)
+        self.f_slot = np.full(field_capacity, -1, np.int16)
+        self._ids: dict[tuple, int] = {}
+
+    def plan(self, t: Template) -> int:
+        """The plan id of a template's layout, compiling it the first time it is seen."""
+        key = (t.options, t.fields)
+        pid = self._ids.get(key)
+        if pid is None:
+            pid = self._ids[key] = self._compile(t)
+        return pid
+
+    def _compile(self, t: Template) -> int:
+        pid = self.n
+        if pid == len(self.reclen):
+            self._grow_plans(2 * pid)
+        nf = len(t.fields)
+        while self.nf_used + nf > len(self.f_len):
+            self._grow_fields(2 * len(self.f_len))
+        reclen, minlen = record_lengths(t.fields)
+        f0 = self.nf_used
+        off = 0
+        seen = {}
+        for i, (pen, fid, ln) in enumerate(t.fields):
+            name = ELEMENTS.get((pen, fid))
+            slot = -1
+            if name is not None and name not in seen and accepts(name, ln):
+                seen[name] = (off, ln)                      # duplicates: the first one wins
+                slot = SLOT[name]
+                if reclen >= 0:
+                    self.slot_off[pid, slot] = off
+                    self.slot_len[pid, slot] = ln
+            self.f_len[f0 + i] = ln
+            self.f_slot[f0 + i] = slot
+            off += 0 if ln == VAR else ln
+        self.reclen[pid] = reclen
+        self.minlen[pid] = minlen
+        self.f0[pid] = f0
+        self.nf[pid] = nf
+        self.options[pid] = t.options
+        self.nf_used += nf
+        self.n += 1
+        return pid
+
+    def arrays(self) -> PlanArrays:
+        """The table as the kernels take it (current arrays: they are replaced when the table grows)."""
+        return PlanArrays(self.reclen, self.minlen, self.f0, self.nf, self.options, self.slot_off, self.slot_len,
+                          self.f_len, self.f_slot)
+
+    def _grow_plans(self, cap: int) -> None:
+        for name in ("reclen", "minlen", "f0", "nf", "options", "slot_off", "slot_len"):
+            old = getattr(self, name)
+            new = np.full((cap,) + old.shape[1:], -1 if name == "slot_off" else 0, old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def _grow_fields(self, cap: int) -> None:
+        for name, fill in (("f_len", 0), ("f_slot", -1)):
+            old = getattr(self, name)
+            new = np.full(cap, fill, old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+

@@ -1,0 +1,273 @@
+"""The scope table: per (exporter, version, source id / observation domain) state of NetFlow v9 and
+IPFIX: templates, sampling rates, sequence numbers, and the data waiting for its template.
+
+Rules: a template's scope is (exporter address, exporter port unless scope_port is off, version,
+source id / observation domain), then its id. A definition replaces the previous one for the
+same key; it lives `lifetime` seconds after it was last (re)sent. Nothing here does I/O; times
+come from datagram arrival times.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .plans import PlanTable
+from .templates import VAR, SetParse, Template, parse_template_set, record_lengths
+
+__all__ = ["ScopeTable", "Bounds"]
+
+_NO_SAMPLER = 0xFFFF_FFFF
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What the cache may hold (config [limits]); whatever would pass a bound is refused and counted
+    by the caller, never evicting what an exporter already has: a flood cannot push out real templates.
+    Compiled plans may also hold up to as many again of layouts no longer used, until the next batch
+    compacts them."""
+    scopes_per_exporter: int = 32         # (version, source id / observation domain) per exporter
+    templates_per_scope: int = 1024       # template definitions per scope
+    templates: int = 65536                # template definitions in all (also: sampling-rate entries)
+    template_fields: int = 1 << 21        # fields of all template definitions together
+    pending_bytes_per_exporter: int = 1 << 20   # data sets waiting for their template, per exporter
+    pending_bytes: int = 16 << 20         # ... and in all
+    batch_records: int = 1 << 62          # records decoded at once (waiting data is released within it)
+
+
+class ScopeTable:
+    """Scopes, their templates, sampling rates, sequence numbers and the data waiting for templates:
+    all per-scope state of v9 / IPFIX (v5 and sFlow sequences are per exporter, in ExporterTable).
+
+    Keys the kernels see are integers: scope ids, and scope << 16 | template id.
+    """
+
+    def __init__(self, scope_port: bool = True, lifetime: float = 1800.0, pending_max_sets: int = 256,
+                 pending_max_seconds: float = 60.0, url_patterns: tuple[str, ...] = (), bounds: Bounds = Bounds()):
+        self.scope_port = scope_port
+        self.bounds = bounds
+        self.lifetime = lifetime
+        self.pending_max_sets = pending_max_sets
+        self.pending_max_seconds = pending_max_seconds
+        self.plans = PlanTable()
+        self._scopes: dict[tuple, int] = {}           # (address, port or 0, version, domain) -> scope id
+        self.scope_keys: list[tuple] = []
+        self._by_exporter: dict[tuple[int, int, int], int] = {}   # (exporter index, version, domain)
+        from ..keymap import KeyMap
+        self._scope_ids = KeyMap()                    # the same, for a batch in one kernel call
+        self.templates: dict[int, tuple[int, float, Template]] = {}  # key -> (plan, received, template)
+        self.dirty = False
+        self.last_sets = None                         # (datagram, offset, records, options) of the last batch
+        cap = 16
+        self.scope_exporter = np.zeros(cap, np.int32)
+        self.seq_next = np.zeros(cap, np.uint32)
+        self.seq_seen = np.zeros(cap, np.bool_)
+        self.seq_lost = np.zeros(cap, np.int64)
+        self.seq_count = np.zeros(cap, np.int64)    # records of the last message (IPFIX)
+        self.scope_templates = np.zeros(cap, np.int32)   # template definitions held per scope
+        self._exporter_scopes: dict[int, int] = {}   # exporter index -> scopes it has (bounds.scopes_per_exporter)
+        self._fields = 0                              # fields of every definition held (bounds.template_fields)
+        self._rates: dict[int, float] = {}
+        self.samp_keys = np.zeros(0, np.int64)
+        self.samp_rates = np.zeros(0, np.float64)
+        self.set_url_patterns(url_patterns)
+        self._parsed: dict[tuple[int, int, bytes], SetParse] = {}   # see parse_set
+        from .pending import Pending                  # the buffer of data sets waiting for templates
+        self.pending = Pending(bounds.pending_bytes_per_exporter, bounds.pending_bytes)
+
+    def set_url_patterns(self, url_patterns: tuple[str, ...]) -> None:
+        """The http.url_substrings the kernels look for; a URL's `url` column is an index into
+        them, so the detector's names must be built from the same tuple (Pipeline.reload)."""
+        pats = [p.lower().encode() for p in url_patterns]
+        self.pat_off = np.zeros(len(pats) + 1, np.int64)
+        self.pat_off[1:] = np.cumsum([len(p) for p in pats]) if pats else []
+        self.pat_buf = np.frombuffer(b"".join(pats) or b"\0", np.uint8).copy()
+
+    # --- scopes ------------------------------------------------------------------------------
+
+    def scope(self, address: str, port: int, version: int, domain: int) -> int:
+        key = (address, port if self.scope_port else 0, version, domain)
+        sid = self._scopes.get(key)
+        if sid is None:
+            sid = self._scopes[key] = len(self.scope_keys)
+            self.scope_keys.append(key)
+            if sid == len(self.seq_next):
+                for name in ("scope_exporter", "seq_next", "seq_seen", "seq_lost", "seq_count", "scope_templates"):
+                    old = getattr(self, name)
+                    new = np.zeros(2 * sid, old.dtype)
+                    new[:sid] = old
+                    setattr(self, name, new)
+        return sid
+
+    def scopes_for(self, exp: np.ndarray, version: np.ndarray, domain: np.ndarray, exporters) -> np.ndarray:
+        """Scope id of every datagram; one kernel call, Python work per new (exporter, version, domain).
+
+        -1 for a datagram that would open a scope past bounds.scopes_per_exporter (the caller
+        drops it as scope_over_limit)."""
+        out = np.empty(len(exp), np.int64)
+        if not len(exp) or not self._scope_ids.lookup(exp.astype(np.uint64), version.astype(np.uint64),
+                                                      domain.astype(np.uint64), out):
+            self.scope_exporter[out] = exp           # exporters sharing a scope (scope_port off): the latest
+            return out
+        miss = np.flatnonzero(out == -2)
+        keys = (exp[miss].astype(np.int64) << 40) | (version[miss].astype(np.int64) << 32) | domain[miss].astype(np.int64)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        ids = np.empty(len(uniq), np.int64)
+        for j, k in enumerate(uniq.tolist()):
+            e, v, d = k >> 40, (k >> 32) & 0xFF, k & 0xFFFF_FFFF
+            sid = self._by_exporter.get((e, v, d))
+            if sid is None:
+                have = self._exporter_scopes.get(e, 0)
+                if have >= self.bounds.scopes_per_exporter:
+                    ids[j] = -1
+                    continue
+                self._exporter_scopes[e] = have + 1
+                sid = self._by_exporter[(e, v, d)] = self.scope(exporters.address[e], exporters.port[e], v, d)
+                self._scope_ids.insert(e, v, d, sid)
+            self.scope_exporter[sid] = e
+            ids[j] = sid
+        out[miss] = ids[inverse.ravel()]
+        ok = out >= 0
+        self.scope_exporter[out[ok]] = exp[ok]
+        return out
+
+    # --- templates ---------------------------------------------------------------------------
+
+    PARSED_SETS = 256         # template sets remembered by their bytes (every scope together) ...
+    PARSED_SET_BYTES = 4096   # ... of at most this size: a flood of large sets cannot grow memory
+
+    def parse_set(self, body: bytes, version: int, set_id: int) -> SetParse:
+        """parse_template_set, remembered by the set's bytes: exporters resend the same templates
+        every few datagrams (and many exporters send the same ones), so an unchanged set is one
+        dict lookup, not a parse. Its templates come back as the same objects, which define()
+        recognises per scope. A pure function of the bytes: scopes stay apart in define()."""
+        key = (version, set_id, body)
+        got = self._parsed.get(key)
+        if got is None:
+            got = parse_template_set(body, version, set_id)
+            if len(body) <= self.PARSED_SET_BYTES:
+                if len(self._parsed) >= self.PARSED_SETS:
+                    self._parsed.clear()
+                self._parsed[key] = got
+        return got
+
+    def define(self, sid: int, t: Template, received: float) -> int:
+        """Store a definition; returns its plan id, or -1 when it would pass a bound (not stored:
+        templates_over_limit). A redefinition of a key the scope holds is taken unless it would
+        pass template_fields or fill the plan table."""
+        b = self.bounds
+        if sid < 0:
+            return -1
+        key = (sid << 16) | t.template_id
+        old = self.templates.get(key)
+        if old is not None and old[2] is t:          # resent unchanged (parse_set): refresh only
+            if received - old[1] > 60.0:
+                self.dirty = True
+            self.templates[key] = (old[0], received, t)
+            return old[0]
+        nf = len(t.fields)
+        if old is None and (self.scope_templates[sid] >= b.templates_per_scope or len(self.templates) >= b.templates):
+            return -1
+        grow = nf - (len(old[2].fields) if old is not None else 0)
+        if self._fields + grow > b.template_fields:
+            return -1
+        pl = self.plans
+        if (t.options, t.fields) not in pl._ids and (pl.n >= 2 * b.templates or pl.nf_used + nf > 2 * b.template_fields):
+            return -1                                  # plans of dropped layouts fill the table: until begin_batch
+        pid = pl.plan(t)
+        if old is None or old[0] != pid or received - old[1] > 60.0:
+            self.dirty = True
+        if old is None:
+            self.scope_templates[sid] += 1
+        self._fields += grow
+        self.templates[key] = (pid, received, t)
+        return pid
+
+    def begin_batch(self) -> None:
+        """Between two batches: drop compiled plans no definition uses any more, once they take more
+        room than the bounds allow live definitions (plan ids change: never call it mid-batch)."""
+        b = self.bounds
+        if self.plans.n <= b.templates and self.plans.nf_used <= b.template_fields:
+            return
+        new = PlanTable()
+        remap: dict[int, int] = {}
+        for key, (pid, received, t) in self.templates.items():
+            if pid not in remap:
+                remap[pid] = new.plan(t)
+            self.templates[key] = (remap[pid], received, t)
+        self.plans = new
+
+    def _forget(self, key: int) -> None:
+        _, _, t = self.templates.pop(key)
+        self.scope_templates[key >> 16] -= 1
+        self._fields -= len(t.fields)
+
+    def lookup(self, key: int, now: float) -> int:
+        """Plan id for a key, or -1 when unknown or expired."""
+        entry = self.templates.get(key)
+        if entry is None or now - entry[1] > self.lifetime:
+            return -1
+        return entry[0]
+
+    def expire(self, now: float) -> int:
+        """Forget templates older than their lifetime; returns how many."""
+        old = [k for k, (_, received, _) in self.templates.items() if now - received > self.lifetime]
+        for k in old:
+            self._forget(k)
+        if old:
+            self.dirty = True
+        return len(old)
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    def set_rates(self, scope: np.ndarray, sampler: np.ndarray, rate: np.ndarray) -> None:
+        """Record sampling rates from options data (sampler -1: the scope's default); at most
+        bounds.templates entries: a new (scope, sampler) past that is ignored."""
+        if not len(scope):
+            return
+        keys = (scope.astype(np.int64) << 32) | (sampler.astype(np.int64) & _NO_SAMPLER)
+        room = self.bounds.templates
+        for k, r in zip(keys.tolist(), rate.tolist()):   # per options record, never per flow record
+            if k in self._rates or len(self._rates) < room:
+                self._rates[k] = r
+        ks = np.array(sorted(self._rates), np.int64)
+        self.samp_keys = ks
+        self.samp_rates = np.array([self._rates[k] for k in ks.tolist()], np.float64)
+
+    # --- persistence (the file side lives in templates_store.py) -----------------------------
+
+    def export_state(self, templates: dict | None = None) -> list[dict]:
+        """Every definition as plain data; `templates`: a copy of self.templates taken earlier (a writer
+        thread exports from it while the loop goes on; scope_keys only grows, so it is read as is)."""
+        out = []
+        held = self.templates if templates is None else templates
+        for key in sorted(held):                       # ints: sorting (key, value) pairs is ten times slower
+            _, received, t = held[key]
+            address, port, version, domain = self.scope_keys[key >> 16]
+            out.append({"exporter": address, "port": port if self.scope_port else None, "version": version,
+                        "domain": domain, "template_id": t.template_id, "options": t.options,
+                        "scope_fields": t.scope_fields, "fields": [list(f) for f in t.fields],
+                        "received": received})
+        return out
+
+    def import_state(self, entries: list[dict]) -> int:
+        """Templates from export_state(); returns how many were taken (malformed ones are skipped)."""
+        taken = 0
+        for e in entries:
+            try:
+                port = e["port"]
+                if self.scope_port and port is None:
+                    continue
+                fields = tuple((int(a), int(b), int(c)) for a, b, c in e["fields"])
+                t = Template(int(e["template_id"]), fields, bool(e["options"]), int(e["scope_fields"]))
+                if not fields or not 256 <= t.template_id <= 0xFFFF or record_lengths(fields)[1] <= 0 \
+                        or not all(0 <= a <= 0xFFFF_FFFF and 0 <= b <= 0xFFFF and (c == VAR or 0 <= c < 0xFFFF)
+                                   for a, b, c in fields):
+                    continue
+                sid = self.scope(str(e["exporter"]), int(port or 0), int(e["version"]), int(e["domain"]))
+                taken += self.define(sid, t, float(e["received"])) >= 0
+            except (KeyError, TypeError, ValueError):
+                continue
+        self.dirty = False
+        return taken
+
