@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..flows import SFLOW
-from ..jit import njit
+from ..jit import kernel, njit
 from .errors import reason_code
 from .packet import ETHERNET, IPV4, IPV6, parse_packet, patterns, scratch, store
 from .readers import _u16, _u32, _u64
@@ -154,16 +154,16 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
                             (seq_next, seq_seen, seq_lost), (src_key, src_next), (pat, pat_off, hdr, hdr_off), scr)
 
 
-@njit
+@kernel
 def decode_datagrams(dgs, sel, exp_ids, c, n, status, counts, seq, sources, http, scr):
     """Decode sFlow datagrams `sel` into rows `c` from row n; returns the new n.
 
     dgs = (buf, offs, lens, ts): the datagram batch's arrays. status[d] gets 0 or a reason code;
     counts[d, :] the datagram's SKIPPED counts. seq = (seq_next, seq_seen, seq_lost): per-exporter
     arrays (datagram sequence, flow samples missed); sources = (src_key, src_next), http = (pat,
-    pat_off, hdr, hdr_off) and scr (the packet kernel's scratch) as SflowState holds them. The
-    groups are unpacked here, once: an array taken from a tuple in the sample loop would cost a
-    reference count per sample.
+    pat_off, hdr, hdr_off) and scr (the packet kernel's scratch) as SflowState holds them.
+    Compiled without reference counting (jit.kernel), and so are the functions it calls, the packet
+    kernel included (numba compiles a callee with its caller's setting).
     """
     buf, offs, lens, ts = dgs
     seq_next, seq_seen, seq_lost = seq
@@ -276,7 +276,7 @@ def _datagrams_lost(seq, e, seq_next, seq_seen):
     return gap
 
 
-@njit(inline="always")
+@njit
 def _flow_sample(buf, fmt, body):
     """(sequence number, source id key, sampling rate, input and output interface, record count,
     first record) of a compact (fmt 1) or expanded (fmt 3) flow sample."""
@@ -290,7 +290,7 @@ def _flow_sample(buf, fmt, body):
             _u32(buf, body + 40), body + 44)
 
 
-@njit(inline="always")
+@njit
 def _records(buf, r, nrec):
     """Where the first raw header record (and its end), sampled IPv4, sampled IPv6 and extended
     switch record of a flow sample start (-1: none), and how many other records it holds."""
