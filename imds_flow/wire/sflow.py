@@ -37,18 +37,19 @@ class SflowState:
     """What the sFlow kernel keeps between batches, and the HTTP strings it looks for."""
 
     def __init__(self, url_substrings=(), header_names=()):
+        self.scratch = scratch()
         self.set_patterns(url_substrings, header_names)
         self.src_key = np.full(1 << _TABLE_BITS, -1, np.int64)   # (exporter, source id) of the slot
         self.src_next = np.zeros(1 << _TABLE_BITS, np.uint32)    # next flow-sample sequence number
         self.sources = (self.src_key, self.src_next)              # as decode_datagrams takes them
-        self.scratch = scratch()
 
     def set_patterns(self, url_substrings, header_names) -> None:
         """http.url_substrings and http.header_names as the kernels read them; the detector's
         names must come from the same tuples (Pipeline.reload swaps both at once)."""
         self.pat, self.pat_off = patterns(url_substrings)
         self.hdr, self.hdr_off = patterns(header_names)
-        self.http = (self.pat, self.pat_off, self.hdr, self.hdr_off)     # as decode_datagrams takes them
+        # the packet kernel's tables, as decode_datagrams (and records.emit) take them
+        self.http = (self.pat, self.pat_off, self.hdr, self.hdr_off, self.scratch)
 
     def next_sequence(self, exporter: int, source_type: int, source_index: int) -> int | None:
         """The flow-sample sequence number expected next from a source id (tools, tests)."""
@@ -151,24 +152,24 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
     """decode_datagrams with its arguments one by one: the call wire/__init__.py makes until it
     passes the groups itself (then this goes)."""
     return decode_datagrams((buf, offs, lens, ts), sel, exp_ids, c, n, status, counts,
-                            (seq_next, seq_seen, seq_lost), (src_key, src_next), (pat, pat_off, hdr, hdr_off), scr)
+                            (seq_next, seq_seen, seq_lost), (src_key, src_next), (pat, pat_off, hdr, hdr_off, scr))
 
 
 @kernel
-def decode_datagrams(dgs, sel, exp_ids, c, n, status, counts, seq, sources, http, scr):
+def decode_datagrams(dgs, sel, exp_ids, c, n, status, counts, seq, sources, http):
     """Decode sFlow datagrams `sel` into rows `c` from row n; returns the new n.
 
     dgs = (buf, offs, lens, ts): the datagram batch's arrays. status[d] gets 0 or a reason code;
     counts[d, :] the datagram's SKIPPED counts. seq = (seq_next, seq_seen, seq_lost): per-exporter
-    arrays (datagram sequence, flow samples missed); sources = (src_key, src_next), http = (pat,
-    pat_off, hdr, hdr_off) and scr (the packet kernel's scratch) as SflowState holds them.
+    arrays (datagram sequence, flow samples missed); sources = (src_key, src_next) and http = (pat,
+    pat_off, hdr, hdr_off, scratch: the packet kernel's tables) as SflowState holds them.
     Compiled without reference counting (jit.kernel), and so are the functions it calls, the packet
     kernel included (numba compiles a callee with its caller's setting).
     """
     buf, offs, lens, ts = dgs
     seq_next, seq_seen, seq_lost = seq
     src_key, src_next = sources
-    pat, pat_off, hdr, hdr_off = http
+    pat, pat_off, hdr, hdr_off, scr = http
     cap = c.ts.shape[0]
     for k in range(sel.shape[0]):
         d = sel[k]
