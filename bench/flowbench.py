@@ -444,7 +444,40 @@ def run(st: Settings) -> int:
         result["inprocess"] = inprocess(st.version, st.records, imds_fraction=st.imds_fraction,
                                         imds_sources=st.imds_sources)
         _say(f"  {result['inprocess']['median_records_per_s'] / 1e6:.1f} M records per CPU second (median of 5)")
-    rows = []
+    names = _installed(rivals)
+    _say(f"{', '.join(names)}: {name} over loopback, {st.exporters} exporters, {st.records} records/datagram, "
+         f"{st.duration:g} s per point, {st.imds_fraction:g} of records to the endpoints, templates "
+         f"{'every ' + str(st.template_every) + ' datagrams' if st.template_every else 'once'}")
+    rows, ceilings = _points(names, st, _progress(started))
+    result["points"] = rows
+    result["summary"] = summarise(rows)
+    result["ceilings"] = ceilings
+    ours = ceilings.get("imds-flow", {"no_loss_records_per_s": 0.0, "sender_limited": False})
+    result["capacity"] = sentence(ours["no_loss_records_per_s"], st.workers, st.exporters, ours["sender_limited"])
+    for r in rivals:
+        if r in ceilings and ceilings[r]["no_loss_records_per_s"]:
+            result.setdefault("ratios", {})[r] = ours["no_loss_records_per_s"] / ceilings[r]["no_loss_records_per_s"]
+    st.out.mkdir(parents=True, exist_ok=True)     # a folder that cannot be made fails before the table
+    _report(result, st, name)
+    result["seconds"] = time.monotonic() - started
+    _write(result, st, stamp, name)
+    return 0
+
+
+def _installed(rivals: list[str]) -> list[str]:
+    """imds-flow and the rivals that are installed (the others are said and skipped)."""
+    from . import compare
+    names = ["imds-flow"]
+    for r in rivals:
+        if compare.available(r):
+            names.append(r)
+        else:
+            _say(f"{r} is not installed: skipped (Debian: apt-get install {'nfdump' if r == 'nfcapd' else 'pmacct'})")
+    return names
+
+
+def _progress(started: float):
+    """A callback that says each measured point as it comes."""
     count = {"n": 0}
 
     def progress(row):
@@ -453,64 +486,60 @@ def run(st: Settings) -> int:
              f"{row['offered_records_per_s'] / 1e6:6.2f} M/s, loss {row['loss_pct']:7.3f} %, "
              f"cpu {row['collector_cpu_pct']:3.0f} % = {row['cpu_ms_per_million']:5.0f} ms per M records  "
              f"({time.monotonic() - started:4.0f} s)")
+    return progress
 
-    names = ["imds-flow"]
-    for r in rivals:
-        from . import compare
-        if compare.available(r):
-            names.append(r)
-        else:
-            _say(f"{r} is not installed: skipped (Debian: apt-get install {'nfdump' if r == 'nfcapd' else 'pmacct'})")
-    _say(f"{', '.join(names)}: {name} over loopback, {st.exporters} exporters, {st.records} records/datagram, "
-         f"{st.duration:g} s per point, {st.imds_fraction:g} of records to the endpoints, templates "
-         f"{'every ' + str(st.template_every) + ' datagrams' if st.template_every else 'once'}")
+
+def _points(names: list[str], st: Settings, progress) -> tuple[list[dict], dict]:
+    """Every measured point, and per collector its no-loss ceiling: swept, or the best of --rates."""
+    rows = []
     ceilings = {}
     if st.sweep:
         for who in names:
             got, ceiling, limited = sweep(who, st, progress)
             ceilings[who] = {"no_loss_records_per_s": ceiling, "sender_limited": limited}
             rows += got
-    else:
-        # interleaved: every collector of a rate, then the next repeat, so that load from other
-        # work on the machine falls on all of them alike
-        for rate in st.rates:
-            for _ in range(st.repeat):
-                for who in names:
-                    row = measure(who, st, rate)
-                    progress(row)
-                    rows.append(row)
-        for who in names:
-            ok = [r["offered_records_per_s"] for r in rows if r["collector"] == who and r["lost_records"] <= 0]
-            ceilings[who] = {"no_loss_records_per_s": max(ok, default=0.0), "sender_limited": False}
-    result["points"] = rows
-    result["summary"] = summary = summarise(rows)
-    result["ceilings"] = ceilings
-    ours = ceilings.get("imds-flow", {"no_loss_records_per_s": 0.0, "sender_limited": False})
-    result["capacity"] = sentence(ours["no_loss_records_per_s"], st.workers, st.exporters, ours["sender_limited"])
-    for r in rivals:
-        if r in ceilings and ceilings[r]["no_loss_records_per_s"]:
-            result.setdefault("ratios", {})[r] = ours["no_loss_records_per_s"] / ceilings[r]["no_loss_records_per_s"]
+        return rows, ceilings
+    # interleaved: every collector of a rate, then the next repeat, so that load from other
+    # work on the machine falls on all of them alike
+    for rate in st.rates:
+        for _ in range(st.repeat):
+            for who in names:
+                row = measure(who, st, rate)
+                progress(row)
+                rows.append(row)
+    for who in names:
+        ok = [r["offered_records_per_s"] for r in rows if r["collector"] == who and r["lost_records"] <= 0]
+        ceilings[who] = {"no_loss_records_per_s": max(ok, default=0.0), "sender_limited": False}
+    return rows, ceilings
 
-    st.out.mkdir(parents=True, exist_ok=True)
-    base = st.out / f"bench-{st.export}-{stamp:%Y%m%d-%H%M%S}"
-    title = f"{name}, {st.exporters} exporters, {st.records} records/datagram"
-    print(f"\n{title}, {st.duration:g} s per point, {result['date']}, load average "
+
+def _title(st: Settings, name: str) -> str:
+    return f"{name}, {st.exporters} exporters, {st.records} records/datagram"
+
+
+def _report(result: dict, st: Settings, name: str) -> None:
+    """The table, the in-process figure, the ratios and the capacity sentence, on stdout."""
+    print(f"\n{_title(st, name)}, {st.duration:g} s per point, {result['date']}, load average "
           f"{' '.join(f'{x:.1f}' for x in result['machine']['load_average'])}")
-    print(table(summary))
+    print(table(result["summary"]))
     if "inprocess" in result:
         print(f"\nin-process decode+detect+alerts: {result['inprocess']['median_records_per_s'] / 1e6:.1f} M records "
               "per CPU second (one core)")
     for r, ratio in result.get("ratios", {}).items():
+        ours, theirs = result["ceilings"]["imds-flow"], result["ceilings"][r]
         print(f"no-loss ceiling vs {r}: {ratio:.2f}x ({ours['no_loss_records_per_s'] / 1e6:.2f} vs "
-              f"{ceilings[r]['no_loss_records_per_s'] / 1e6:.2f} M records/s)")
+              f"{theirs['no_loss_records_per_s'] / 1e6:.2f} M records/s)")
     print(f"\n{result['capacity']}")
-    result["seconds"] = time.monotonic() - started
+
+
+def _write(result: dict, st: Settings, stamp: datetime, name: str) -> None:
+    """bench-<export>-<time>.json and, with matplotlib, the .png beside it in st.out."""
+    base = st.out / f"bench-{st.export}-{stamp:%Y%m%d-%H%M%S}"
     Path(f"{base}.json").write_text(json.dumps(result, indent=1))
     wrote = [f"{base}.json"]
-    if plot(summary, Path(f"{base}.png"), title):
+    if plot(result["summary"], Path(f"{base}.png"), _title(st, name)):
         wrote.append(f"{base}.png")
     print("wrote " + ", ".join(wrote))
-    return 0
 
 
 def main(argv=None) -> int:

@@ -80,7 +80,7 @@ class Detector:
         if suppressed_by_exporter is None:
             suppressed_by_exporter = self._scratch_counts(batch)
         hits, suppressed = kernels.detect_batch(
-            batch.rows, batch.n, *self._ep, *self._sup, self._vlans, self.n_endpoints, self.n_urls,
+            batch.rows, batch.n, self._ep, self._sup, self._vlans, self.n_endpoints, self.n_urls,
             self._idx, self._epi, self._dir, suppressed_by_exporter)
         return Hits(self._idx[:hits], self._epi[:hits], self._dir[:hits], int(suppressed), self.signals,
                     self.header_names)

@@ -36,8 +36,8 @@ def match_nets(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4, out):
 
 
 @njit
-def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_mhi, sup_mlo, sup_v4,
-                 vlan_suppressed, n_endpoints, n_urls, out_idx, out_ep, out_dir, suppressed_by_exporter):
+def detect_batch(c, n, endpoints, suppress, vlan_suppressed, n_endpoints, n_urls, out_idx, out_ep, out_dir,
+                 suppressed_by_exporter):
     """Find records that touch an endpoint and are not suppressed.
 
     A destination (or post-NAT destination) in an endpoint is a request; otherwise a source in one
@@ -48,7 +48,11 @@ def detect_batch(c, n, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, sup_hi, sup_lo, sup_
     side (the one that is not the endpoint) is in a suppressed subnet or any VLAN it carries is
     flagged in vlan_suppressed (bool[4096]); each suppressed record adds one to
     suppressed_by_exporter[c.exporter[i]]. Writes hits to out_*; returns (hits, suppressed).
+    `endpoints` and `suppress` (the suppressed subnets) are network tables (net_hi, net_lo,
+    mask_hi, mask_lo, is_v4), as compact takes them.
     """
+    ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = endpoints      # once: an array taken from a tuple in the
+    sup_hi, sup_lo, sup_mhi, sup_mlo, sup_v4 = suppress  # loop costs a reference count per record
     hits = 0
     suppressed = 0
     for i in range(n):

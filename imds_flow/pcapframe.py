@@ -253,32 +253,41 @@ def locate_udp(b, p: int, end: int, linktype: int, cut: bool) -> Tuple[Optional[
         room = total - ihl if total else 0xFFFF               # total length 0: segmentation offload
         u = q + ihl
     elif et == 0x86DD:
-        if q + 40 > end:
-            return short, 0, 0, 0
-        if b[q] >> 4 != 6:
-            return "malformed", 0, 0, 0
-        nh = b[q + 6]
-        u = q + 40
-        while nh != 17 and (nh in _IPV6_SKIPPED_EXT or nh == 44):
-            if u + 8 > end:
-                return short, 0, 0, 0
-            if nh == 44:          # fragment header: only an atomic fragment is a whole datagram
-                if (b[u + 2] << 8 | b[u + 3]) & 0xFFF9:
-                    return ("fragment" if b[u] == 17 else "non_udp"), 0, 0, 0
-                nh = b[u]
-                u += 8
-            else:
-                nh = b[u]
-                u += (b[u + 1] + 1) << 3
-        if nh != 17:
-            return "non_udp", 0, 0, 0
-        payload = b[q + 4] << 8 | b[q + 5]
-        room = payload - (u - q - 40) if payload else 0xFFFF  # 0: jumbogram or offload
+        reason, u, room = _ipv6(b, q, end, short)
+        if reason is not None:
+            return reason, 0, 0, 0
     else:
         return "non_ip", 0, 0, 0
     if u + 8 > end:
         return short, 0, 0, 0
     return None, q, u, room
+
+
+def _ipv6(b, q: int, end: int, short: str) -> Tuple[Optional[str], int, int]:
+    """(skip reason or None, UDP header offset, room) of the IPv6 packet at b[q:end], past the
+    extension headers that may stand before a UDP header; `short` is the reason for a header that
+    does not fit."""
+    if q + 40 > end:
+        return short, 0, 0
+    if b[q] >> 4 != 6:
+        return "malformed", 0, 0
+    nh = b[q + 6]
+    u = q + 40
+    while nh != 17 and (nh in _IPV6_SKIPPED_EXT or nh == 44):
+        if u + 8 > end:
+            return short, 0, 0
+        if nh == 44:          # fragment header: only an atomic fragment is a whole datagram
+            if (b[u + 2] << 8 | b[u + 3]) & 0xFFF9:
+                return ("fragment" if b[u] == 17 else "non_udp"), 0, 0
+            nh = b[u]
+            u += 8
+        else:
+            nh = b[u]
+            u += (b[u + 1] + 1) << 3
+    if nh != 17:
+        return "non_udp", 0, 0
+    payload = b[q + 4] << 8 | b[q + 5]
+    return None, u, payload - (u - q - 40) if payload else 0xFFFF   # 0: jumbogram or offload
 
 
 def _skip_tags(b, q: int, end: int, et: int) -> Tuple[int, int]:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..flows import SFLOW
-from ..jit import njit
+from ..jit import kernel, njit
 from .errors import reason_code
 from .packet import ETHERNET, IPV4, IPV6, parse_packet, patterns, scratch, store
-from .readers import _u16, _u32
+from .readers import _u16, _u32, _u64
 
-__all__ = ["SflowState", "agents", "decode_sflow", "MIN_ROW_BYTES", "SKIPPED", "WARM_UP"]
+__all__ = ["SflowState", "agents", "decode_datagrams", "decode_sflow", "MIN_ROW_BYTES", "SKIPPED", "WARM_UP"]
 
 _MAPPED = np.uint64(0x0000FFFF_00000000)
 _TOO_SHORT = reason_code("too_short")
@@ -37,16 +37,19 @@ class SflowState:
     """What the sFlow kernel keeps between batches, and the HTTP strings it looks for."""
 
     def __init__(self, url_substrings=(), header_names=()):
+        self.scratch = scratch()
         self.set_patterns(url_substrings, header_names)
         self.src_key = np.full(1 << _TABLE_BITS, -1, np.int64)   # (exporter, source id) of the slot
         self.src_next = np.zeros(1 << _TABLE_BITS, np.uint32)    # next flow-sample sequence number
-        self.scratch = scratch()
+        self.sources = (self.src_key, self.src_next)              # as decode_datagrams takes them
 
     def set_patterns(self, url_substrings, header_names) -> None:
         """http.url_substrings and http.header_names as the kernels read them; the detector's
         names must come from the same tuples (Pipeline.reload swaps both at once)."""
         self.pat, self.pat_off = patterns(url_substrings)
         self.hdr, self.hdr_off = patterns(header_names)
+        # the packet kernel's tables, as decode_datagrams (and records.emit) take them
+        self.http = (self.pat, self.pat_off, self.hdr, self.hdr_off, self.scratch)
 
     def next_sequence(self, exporter: int, source_type: int, source_index: int) -> int | None:
         """The flow-sample sequence number expected next from a source id (tools, tests)."""
@@ -144,42 +147,39 @@ def _track(key, seq, src_key, src_next):
     return np.int64(0)
 
 
-@njit
 def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_next, seq_seen, seq_lost,
                  src_key, src_next, pat, pat_off, hdr, hdr_off, scr):
-    """Decode sFlow datagrams `sel` into columns `c` from row n; returns the new n.
+    """decode_datagrams with its arguments one by one: the call wire/__init__.py makes until it
+    passes the groups itself (then this goes)."""
+    return decode_datagrams((buf, offs, lens, ts), sel, exp_ids, c, n, status, counts,
+                            (seq_next, seq_seen, seq_lost), (src_key, src_next), (pat, pat_off, hdr, hdr_off, scr))
 
-    status[d] gets 0 or a reason code; counts[d, :] the datagram's SKIPPED counts. seq_next /
-    seq_seen (datagram sequence) and seq_lost (flow samples missed) are per-exporter arrays;
-    scr is the packet kernel's scratch (packet.scratch()).
+
+@kernel
+def decode_datagrams(dgs, sel, exp_ids, c, n, status, counts, seq, sources, http):
+    """Decode sFlow datagrams `sel` into rows `c` from row n; returns the new n.
+
+    dgs = (buf, offs, lens, ts): the datagram batch's arrays. status[d] gets 0 or a reason code;
+    counts[d, :] the datagram's SKIPPED counts. seq = (seq_next, seq_seen, seq_lost): per-exporter
+    arrays (datagram sequence, flow samples missed); sources = (src_key, src_next) and http = (pat,
+    pat_off, hdr, hdr_off, scratch: the packet kernel's tables) as SflowState holds them.
+    Compiled without reference counting (jit.kernel), and so are the functions it calls, the packet
+    kernel included (numba compiles a callee with its caller's setting).
     """
+    buf, offs, lens, ts = dgs
+    seq_next, seq_seen, seq_lost = seq
+    src_key, src_next = sources
+    pat, pat_off, hdr, hdr_off, scr = http
     cap = c.ts.shape[0]
     for k in range(sel.shape[0]):
         d = sel[k]
-        o = offs[d]
-        ln = lens[d]
-        end = o + ln
-        if ln < 8:
-            status[d] = _TOO_SHORT
+        end = offs[d] + lens[d]
+        code, p = _datagram_header(buf, offs[d], lens[d])
+        if code != 0:
+            status[d] = code
             continue
-        if _u32(buf, o) != 5:
-            status[d] = _UNKNOWN
-            continue
-        at = _u32(buf, o + 4)
-        if at == 1:
-            p = o + 12
-        elif at == 2:
-            p = o + 24
-        else:
-            status[d] = _BAD
-            continue
-        if p + 16 > end:
-            status[d] = _TOO_SHORT
-            continue
-        seq = _u32(buf, p + 4)
         nsamp = _u32(buf, p + 12)
-        p += 16
-        flows = _check(buf, p, end, nsamp)
+        flows = _check(buf, p + 16, end, nsamp)
         if flows < 0:
             status[d] = _BAD
             continue
@@ -187,63 +187,22 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
             break
         status[d] = 0
         e = exp_ids[d]
-        if seq_seen[e]:
-            gap = np.uint32(seq - seq_next[e])
-            if gap < np.uint32(0x80000000):
-                counts[d, 2] += gap
-        seq_seen[e] = True
-        seq_next[e] = np.uint32(seq + 1)
-        t = ts[d]
+        counts[d, 2] += _datagrams_lost(_u32(buf, p + 4), e, seq_next, seq_seen)
+        p += 16
         for _ in range(nsamp):
             fmt = _u32(buf, p)
             body = p + 8
-            send = body + _u32(buf, p + 4)
-            p = send
-            if fmt == 1:
-                sseq = _u32(buf, body)
-                sid = _u32(buf, body + 4)
-                source = (np.int64(sid >> 24) << 32) | np.int64(sid & 0xFFFFFF)
-                rate = _u32(buf, body + 8)
-                in_if = np.uint32(_u32(buf, body + 20) & np.uint32(0x3FFFFFFF))
-                out_if = np.uint32(_u32(buf, body + 24) & np.uint32(0x3FFFFFFF))
-                nrec = _u32(buf, body + 28)
-                r = body + 32
-            elif fmt == 3:
-                sseq = _u32(buf, body)
-                source = (np.int64(_u32(buf, body + 4) & 0xFF) << 32) | np.int64(_u32(buf, body + 8))
-                rate = _u32(buf, body + 12)
-                in_if = np.uint32(_u32(buf, body + 28))
-                out_if = np.uint32(_u32(buf, body + 36))
-                nrec = _u32(buf, body + 40)
-                r = body + 44
-            else:
+            p = body + _u32(buf, p + 4)
+            if fmt != 1 and fmt != 3:
                 counts[d, 0] += 1
                 continue
-            raw = -1
-            ip4 = -1
-            ip6 = -1
-            sw = -1
-            raw_end = 0
-            for _ in range(nrec):
-                rf = _u32(buf, r)
-                rl = _u32(buf, r + 4)
-                rb = r + 8
-                r = rb + rl
-                if rf == 1 and rl >= 16 and raw < 0:
-                    raw = rb
-                    raw_end = r
-                elif rf == 3 and rl >= 32 and ip4 < 0:
-                    ip4 = rb
-                elif rf == 4 and rl >= 56 and ip6 < 0:
-                    ip6 = rb
-                elif rf == 1001 and rl >= 16 and sw < 0:
-                    sw = rb
-                else:
-                    counts[d, 1] += 1
+            sseq, source, rate, in_if, out_if, nrec, r = _flow_sample(buf, fmt, body)
+            raw, raw_end, ip4, ip6, sw, skipped = _records(buf, r, nrec)
+            counts[d, 1] += skipped
             c.row_flags[n] = SFLOW
             version = 0
             size = np.uint64(0)
-            if raw >= 0:
+            if raw >= 0:                   # the raw packet header, walked by the packet kernel
                 kind = _u32(buf, raw)
                 size = np.uint64(_u32(buf, raw + 4))
                 hstart = raw + 16
@@ -253,31 +212,13 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
                     if version != 0:
                         store(scr, c, n)           # row_flags is SFLOW already; store adds HTTP
             if version == 0 and (ip4 >= 0 or ip6 >= 0):
+                version, size, c.proto[n], c.src_hi[n], c.src_lo[n], c.dst_hi[n], c.dst_lo[n], c.sport[n], \
+                    c.dport[n] = _sampled_ip(buf, ip4, ip6)
                 c.row_flags[n] = SFLOW
                 c.vlan_dot1q[n] = -1
                 c.vlan_cust[n] = -1
                 c.url[n] = -1
-                if ip4 >= 0:
-                    size = np.uint64(_u32(buf, ip4))
-                    c.proto[n] = _u32(buf, ip4 + 4)
-                    c.src_hi[n] = 0
-                    c.src_lo[n] = _MAPPED | np.uint64(_u32(buf, ip4 + 8))
-                    c.dst_hi[n] = 0
-                    c.dst_lo[n] = _MAPPED | np.uint64(_u32(buf, ip4 + 12))
-                    c.sport[n] = _u32(buf, ip4 + 16)
-                    c.dport[n] = _u32(buf, ip4 + 20)
-                    version = 4
-                else:
-                    size = np.uint64(_u32(buf, ip6))
-                    c.proto[n] = _u32(buf, ip6 + 4)
-                    c.src_hi[n] = (np.uint64(_u32(buf, ip6 + 8)) << np.uint64(32)) | np.uint64(_u32(buf, ip6 + 12))
-                    c.src_lo[n] = (np.uint64(_u32(buf, ip6 + 16)) << np.uint64(32)) | np.uint64(_u32(buf, ip6 + 20))
-                    c.dst_hi[n] = (np.uint64(_u32(buf, ip6 + 24)) << np.uint64(32)) | np.uint64(_u32(buf, ip6 + 28))
-                    c.dst_lo[n] = (np.uint64(_u32(buf, ip6 + 32)) << np.uint64(32)) | np.uint64(_u32(buf, ip6 + 36))
-                    c.sport[n] = _u32(buf, ip6 + 40)
-                    c.dport[n] = _u32(buf, ip6 + 44)
-                    version = 6
-            elif version != 0:
+            elif version != 0:                 # sampled IP records the header made unneeded
                 if ip4 >= 0:
                     counts[d, 1] += 1
                 if ip6 >= 0:
@@ -288,22 +229,106 @@ def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_ne
             seq_lost[e] += _track((np.int64(e) << 40) | source, sseq, src_key, src_next)
             c.exporter[n] = e
             c.version[n] = 5
-            c.ts[n] = t
-            c.first[n] = t
-            c.last[n] = t
+            c.ts[n] = ts[d]
+            c.first[n] = ts[d]
+            c.last[n] = ts[d]
             c.bytes[n] = size
             c.packets[n] = 1
             c.in_if[n] = in_if
             c.out_if[n] = out_if
             c.sampling[n] = rate
-            if sw >= 0:
-                c.vlan_src[n] = np.int16(_u32(buf, sw) & 0xFFF)
-                c.vlan_dst[n] = np.int16(_u32(buf, sw + 8) & 0xFFF)
-            else:
-                c.vlan_src[n] = -1
-                c.vlan_dst[n] = -1
+            c.vlan_src[n] = np.int16(_u32(buf, sw) & 0xFFF) if sw >= 0 else np.int16(-1)
+            c.vlan_dst[n] = np.int16(_u32(buf, sw + 8) & 0xFFF) if sw >= 0 else np.int16(-1)
             n += 1
     return n
+
+
+@njit
+def _datagram_header(buf, o, ln):
+    """(0 or a reason code, where the sub-agent id, sequence number, uptime and sample count are)
+    of the datagram buf[o:o+ln]."""
+    if ln < 8:
+        return _TOO_SHORT, o
+    if _u32(buf, o) != 5:
+        return _UNKNOWN, o
+    at = _u32(buf, o + 4)
+    if at == 1:
+        p = o + 12
+    elif at == 2:
+        p = o + 24
+    else:
+        return _BAD, o
+    if p + 16 > o + ln:
+        return _TOO_SHORT, o
+    return 0, p
+
+
+@njit
+def _datagrams_lost(seq, e, seq_next, seq_seen):
+    """Datagrams missed from exporter e before sequence number seq (0 when first seen, or when seq
+    went back); seq is then the last seen."""
+    gap = np.uint32(0)
+    if seq_seen[e]:
+        gap = np.uint32(seq - seq_next[e])
+        if gap >= np.uint32(0x80000000):
+            gap = np.uint32(0)
+    seq_seen[e] = True
+    seq_next[e] = np.uint32(seq + 1)
+    return gap
+
+
+@njit
+def _flow_sample(buf, fmt, body):
+    """(sequence number, source id key, sampling rate, input and output interface, record count,
+    first record) of a compact (fmt 1) or expanded (fmt 3) flow sample."""
+    if fmt == 1:
+        sid = _u32(buf, body + 4)
+        return (_u32(buf, body), (np.int64(sid >> 24) << 32) | np.int64(sid & 0xFFFFFF), _u32(buf, body + 8),
+                np.uint32(_u32(buf, body + 20) & np.uint32(0x3FFFFFFF)),
+                np.uint32(_u32(buf, body + 24) & np.uint32(0x3FFFFFFF)), _u32(buf, body + 28), body + 32)
+    return (_u32(buf, body), (np.int64(_u32(buf, body + 4) & 0xFF) << 32) | np.int64(_u32(buf, body + 8)),
+            _u32(buf, body + 12), np.uint32(_u32(buf, body + 28)), np.uint32(_u32(buf, body + 36)),
+            _u32(buf, body + 40), body + 44)
+
+
+@njit
+def _records(buf, r, nrec):
+    """Where the first raw header record (and its end), sampled IPv4, sampled IPv6 and extended
+    switch record of a flow sample start (-1: none), and how many other records it holds."""
+    skipped = 0
+    raw = -1
+    ip4 = -1
+    ip6 = -1
+    sw = -1
+    raw_end = 0
+    for _ in range(nrec):
+        rf = _u32(buf, r)
+        rl = _u32(buf, r + 4)
+        rb = r + 8
+        r = rb + rl
+        if rf == 1 and rl >= 16 and raw < 0:
+            raw = rb
+            raw_end = r
+        elif rf == 3 and rl >= 32 and ip4 < 0:
+            ip4 = rb
+        elif rf == 4 and rl >= 56 and ip6 < 0:
+            ip6 = rb
+        elif rf == 1001 and rl >= 16 and sw < 0:
+            sw = rb
+        else:
+            skipped += 1
+    return raw, raw_end, ip4, ip6, sw, skipped
+
+
+@njit
+def _sampled_ip(buf, ip4, ip6):
+    """(IP version, frame length, protocol, source hi / lo, destination hi / lo, source and
+    destination port) of the sampled IPv4 record at ip4, else of the sampled IPv6 record at ip6."""
+    if ip4 >= 0:
+        return (4, np.uint64(_u32(buf, ip4)), _u32(buf, ip4 + 4), np.uint64(0), _MAPPED | np.uint64(_u32(buf, ip4 + 8)),
+                np.uint64(0), _MAPPED | np.uint64(_u32(buf, ip4 + 12)), _u32(buf, ip4 + 16), _u32(buf, ip4 + 20))
+    return (6, np.uint64(_u32(buf, ip6)), _u32(buf, ip6 + 4), _u64(buf, ip6 + 8), _u64(buf, ip6 + 16),
+            _u64(buf, ip6 + 24), _u64(buf, ip6 + 32), _u32(buf, ip6 + 40), _u32(buf, ip6 + 44))
 
 
 def _warm_up() -> bytes:
