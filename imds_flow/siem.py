@@ -8,7 +8,6 @@ may not hold the delimiter (tab) or newlines, so those become spaces.
 """
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime, timezone
 
 from .formats import TRANSPORTS, alert_id, alert_rule_id, alert_severity, iso_time

@@ -18,7 +18,7 @@ from ..flows import SFLOW
 from ..jit import kernel, njit
 from .errors import reason_code
 from .packet import ETHERNET, IPV4, IPV6, parse_packet, patterns, scratch, store
-from .readers import _u16, _u32, _u64
+from .readers import _u32, _u64
 
 __all__ = ["SflowState", "agents", "decode_datagrams", "decode_sflow", "MIN_ROW_BYTES", "SKIPPED", "WARM_UP"]
 

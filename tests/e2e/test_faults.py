@@ -4,7 +4,6 @@ full-disk and read-only cases mount a small filesystem (the tests run as root)."
 import errno
 import io
 import json
-import math
 import os
 import signal
 import socket
@@ -13,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import msgpack

@@ -1,8 +1,6 @@
 """The live collector over real loopback UDP: alerts, bad input, clean stop, replay of the same traffic."""
 import signal
 import socket
-import struct
-import time
 
 import pytest
 from scapy.all import IP, UDP, Ether, wrpcap

@@ -3,7 +3,6 @@ alert exactly once, in order, parsed by rsyslog's own parsers as the format says
 down for a while gets everything from the spool when it is back. UDP against a plain socket."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import socket

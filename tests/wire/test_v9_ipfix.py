@@ -3,9 +3,7 @@ numbers, sampling, HTTP URLs and totality, on packets built by imds_flow/build.p
 from __future__ import annotations
 
 import json
-import math
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 

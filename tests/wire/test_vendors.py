@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
-import pathlib
 
 import numpy as np
 import pytest
