@@ -48,7 +48,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     c = batch.cols
     cols = {name: getattr(c, name)[idx].tolist() for name in (
         "exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
-        "bytes", "packets", "first", "last", "sampling", "row_flags", "http_method", "url_off", "url_len", "headers",
+        "bytes", "packets", "first_seen", "last_seen", "sampling_rate", "row_flags", "http_method", "url_off", "url_len", "headers",
         *VLAN_COLUMNS)}
     vlans = list(zip(*(cols[v] for v in VLAN_COLUMNS)))
     in_ifs, out_ifs = c.in_if[idx].tolist(), c.out_if[idx].tolist()
@@ -58,14 +58,14 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
         src = (cols["src_hi"][j], cols["src_lo"][j])
         dst = (cols["dst_hi"][j], cols["dst_lo"][j])
         sport, dport, proto = cols["sport"][j], cols["dport"][j], cols["proto"][j]
-        sampling = cols["sampling"][j] or 1
+        sampling = cols["sampling_rate"][j] or 1
         alert = {
             "ts": cols["ts"][j], "exporter": exporters.address[e], "exporter_port": exporters.port[e],
             "version": cols["version"][j], "src": from_hilo(*src), "dst": from_hilo(*dst),
             "sport": sport, "dport": dport, "proto": proto, "vlan": _vlan(vlans[j]),
             "endpoint": names[ep], "direction": DIRECTIONS[direction],
             "bytes": cols["bytes"][j], "packets": cols["packets"][j],
-            "first_seen": _time(cols["first"][j]), "last_seen": _time(cols["last"][j]),
+            "first_seen": _time(cols["first_seen"][j]), "last_seen": _time(cols["last_seen"][j]),
             "count": 1, "sampling_rate": sampling,
             # bytes / packets as the exporter reported them; estimates scaled by its sampling rate
             "bytes_estimate": cols["bytes"][j] * sampling, "packets_estimate": cols["packets"][j] * sampling,

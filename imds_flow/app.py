@@ -115,7 +115,7 @@ class Pipeline:
         self.limit_log.report(now)
         hits = self.detector.run(self.batch, self.exporters.column("suppressed"))
         if len(hits):
-            self.exporters.add("alerts", self.batch.view("exporter")[hits.idx])
+            self.exporters.add("alert_records", self.batch.view("exporter")[hits.idx])
             self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
         self.flush()
 
@@ -158,10 +158,10 @@ class Pipeline:
             self.publish(self.snapshot())
         cache = self.exporters.templates
         cache.expire(now)
-        self.exporters.add_counts("sets_expired", cache.pending.expire(now, cache.pending_max_seconds))
+        self.exporters.add_counts("template_expired_sets", cache.pending.expire(now, cache.pending_max_seconds))
         if self.template_file is not None:
             self.template_file.maybe_save(now)
-        if log.isEnabledFor(logging.DEBUG) and (redefined := self.exporters.total("templates_redefined")) != self._redefined:
+        if log.isEnabledFor(logging.DEBUG) and (redefined := self.exporters.total("template_redefinitions")) != self._redefined:
             log.debug("%d template(s) redefined with another layout since the last tick (total %d)",
                       redefined - self._redefined, redefined)
             self._redefined = redefined
@@ -195,7 +195,7 @@ class Pipeline:
         return {"exporters": self.exporters.snapshot(),
                 "global": {"exporters": len(self.exporters), "alerts_written": self.alerts_written,
                            **self.exporters.dropped,
-                           "kernel_drops": self.kernel_drops(), "pending": self.folder.pending,
+                           "kernel_drops": self.kernel_drops(), "pending_alerts": self.folder.pending,
                            "spool_bytes": extra.get("spool_bytes", 0), "spool_dropped": extra.get("spool_dropped", 0),
                            "batches_split": self.batches_split, "fold_keys_over_limit": self.folder.over_limit},
                 "sinks": extra.get("sinks", [])}

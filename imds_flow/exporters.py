@@ -27,10 +27,10 @@ from .wire.scopes import ScopeTable
 __all__ = ["ExporterTable", "COUNTERS"]
 
 # counter columns: datagrams, records, then one per decode error reason (REASONS[1:])
-COUNTERS = ("datagrams", "records", *REASONS[1:], "alerts", "suppressed",
+COUNTERS = ("datagrams", "records", *REASONS[1:], "alert_records", "suppressed",
             # NetFlow v9 / IPFIX per-scope state (wire/scopes.py: templates, sampling, sequences, pending)
             "templates", "templates_rejected", "withdrawals_ignored", "options_records",
-            "sets_waiting", "sets_late", "sets_expired", "sets_dropped", "templates_redefined",
+            "template_misses", "sets_late", "template_expired_sets", "pending_dropped_sets", "template_redefinitions",
             # [limits]: template definitions refused (per scope, in all, fields in all)
             "templates_over_limit",
             # sFlow (wire/sflow.py): samples and flow records skipped by length, datagram sequence gaps

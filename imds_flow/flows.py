@@ -40,9 +40,9 @@ COLUMNS = (
     ("vlan_dot1q", np.int16), # IE 243 dot1qVlanId
     ("vlan_cust", np.int16),  # IE 245 dot1qCustomerVlanId
     ("bytes", np.uint64), ("packets", np.uint64),
-    ("first", np.float64), ("last", np.float64),      # flow start / end, epoch seconds
+    ("first_seen", np.float64), ("last_seen", np.float64),      # flow start / end, epoch seconds
     ("in_if", np.uint32), ("out_if", np.uint32),
-    ("sampling", np.uint32),  # sampling interval (1 in N); 0 unknown
+    ("sampling_rate", np.uint32),  # sampling interval (1 in N); 0 unknown
     ("url", np.int16),        # index of the configured URL substring found in an HTTP field, -1 none
     ("row_flags", np.uint8),  # NAT_SRC | NAT_DST | NO_COUNTERS | HTTP | SFLOW
     # sampled HTTP request (valid with flag HTTP): strings stay in the datagram buffer (FlowBatch.buf)

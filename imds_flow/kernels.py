@@ -216,7 +216,7 @@ def group_hits(c, idx, ep, direction, table, hit_group, g_first, g_second, g_las
         g_last[g] = k
         if g_count[g] == 2:
             g_second[g] = k
-        samp = np.uint64(c.sampling[i]) if c.sampling[i] != 0 else np.uint64(1)
+        samp = np.uint64(c.sampling_rate[i]) if c.sampling_rate[i] != 0 else np.uint64(1)
         b = c.bytes[i]
         p = c.packets[i]
         lo = 0 if g_count[g] == 1 else 4
@@ -227,10 +227,10 @@ def group_hits(c, idx, ep, direction, table, hit_group, g_first, g_second, g_las
             g_sums[g, at + 3] += p * samp
         t0 = 0 if g_count[g] == 1 else 3
         for at in range(0, t0 + 1, 3):
-            v = c.first[i]
+            v = c.first_seen[i]
             if not np.isnan(v) and (np.isnan(g_times[g, at]) or v < g_times[g, at]):
                 g_times[g, at] = v
-            v = c.last[i]
+            v = c.last_seen[i]
             if not np.isnan(v) and (np.isnan(g_times[g, at + 1]) or v > g_times[g, at + 1]):
                 g_times[g, at + 1] = v
             v = c.ts[i]

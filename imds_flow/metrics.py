@@ -54,7 +54,7 @@ class LimitLog:
     GLOBAL = {"not_allowed": "not in listen.allowed_exporters",
               "exporters_over_limit": "past limits.max_exporters"}
     PER_EXPORTER = {"templates_over_limit": "template definitions refused (limits.max_templates*)",
-                    "sets_dropped": "data sets dropped while waiting for their template (pending bounds)"}
+                    "pending_dropped_sets": "data sets dropped while waiting for their template (pending bounds)"}
 
     def __init__(self, exporters: ExporterTable, interval: float):
         self.exporters = exporters
@@ -139,18 +139,18 @@ def summary_line(stats: dict, latency: Latency | None = None) -> str:
 _FAMILIES = (
     ("imds_flow_datagrams_total", "Datagrams received from the exporter.", "datagrams"),
     ("imds_flow_records_total", "Flow records decoded.", "records"),
-    ("imds_flow_alert_records_total", "Records that touched a metadata endpoint and alerted.", "alerts"),
+    ("imds_flow_alert_records_total", "Records that touched a metadata endpoint and alerted.", "alert_records"),
     ("imds_flow_suppressed_records_total", "Records that touched an endpoint but were suppressed.", "suppressed"),
     ("imds_flow_sequence_lost_total", "Records (v5, IPFIX) or datagrams (v9) missed upstream: sequence gaps.",
      "sequence_lost"),
     ("imds_flow_templates_total", "Templates received.", "templates"),
     ("imds_flow_template_redefinitions_total", "Templates received for an id the scope held with another layout.",
-     "templates_redefined"),
-    ("imds_flow_template_misses_total", "Data sets that arrived before their template (waited).", "sets_waiting"),
+     "template_redefinitions"),
+    ("imds_flow_template_misses_total", "Data sets that arrived before their template (waited).", "template_misses"),
     ("imds_flow_template_expired_sets_total", "Data sets dropped because their template never came.",
-     "sets_expired"),
+     "template_expired_sets"),
     ("imds_flow_pending_dropped_sets_total", "Data sets waiting for a template dropped by pending bounds.",
-     "sets_dropped"),
+     "pending_dropped_sets"),
     ("imds_flow_templates_over_limit_total", "Template definitions refused by [limits].", "templates_over_limit"),
     ("imds_flow_sflow_samples_skipped_total", "sFlow samples without a packet (counters, drops, ...) skipped.",
      "sflow_samples_skipped"),
@@ -189,7 +189,7 @@ def render_prometheus(snapshot: dict) -> str:
             ("imds_flow_alerts_written_total", "counter", "Alerts written (after folding).", "alerts_written"),
             ("imds_flow_kernel_drops_total", "counter", "Datagrams dropped by the kernel: socket queue full.",
              "kernel_drops"),
-            ("imds_flow_pending_alerts", "gauge", "Folded alerts waiting for their window to close.", "pending"),
+            ("imds_flow_pending_alerts", "gauge", "Folded alerts waiting for their window to close.", "pending_alerts"),
             ("imds_flow_spool_bytes", "gauge", "Alert bytes spooled on disk for sinks that are down.",
              "spool_bytes"),
             ("imds_flow_spool_dropped_alerts_total", "counter", "Spooled alerts dropped because the spool was full.",

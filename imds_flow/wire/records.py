@@ -237,13 +237,13 @@ def emit(b, base, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, ma
     r.packets = v
     if not (has_bytes or has_packets):
         flags |= NO_COUNTERS
-    r.first = _time(b, base, so, sl, S_START_NS, S_START_US, S_START_MS, S_START_S, S_START_DUS, S_FIRST_UP,
+    r.first_seen = _time(b, base, so, sl, S_START_NS, S_START_US, S_START_MS, S_START_S, S_START_DUS, S_FIRST_UP,
                        ver, uptime, secs)
-    r.last = _time(b, base, so, sl, S_END_NS, S_END_US, S_END_MS, S_END_S, S_END_DUS, S_LAST_UP,
+    r.last_seen = _time(b, base, so, sl, S_END_NS, S_END_US, S_END_MS, S_END_S, S_END_DUS, S_LAST_UP,
                       ver, uptime, secs)
     r.in_if = np.uint32(_uint(b, base + so[S_IN_IF], sl[S_IN_IF])) if so[S_IN_IF] >= 0 else np.uint32(0)
     r.out_if = np.uint32(_uint(b, base + so[S_OUT_IF], sl[S_OUT_IF])) if so[S_OUT_IF] >= 0 else np.uint32(0)
-    r.sampling = rate32(_sampling(b, base, so, sl, s.scope, samp_keys, samp_rates))
+    r.sampling_rate = rate32(_sampling(b, base, so, sl, s.scope, samp_keys, samp_rates))
     r.url = url_index(b, base, so, sl, pat, pat_off) if _has_url(so) else -1
     r.row_flags = flags
     if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0:

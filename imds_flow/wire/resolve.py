@@ -4,7 +4,7 @@ Rules: a data set is decoded with the latest definition of its template sent bef
 batch or earlier); failing that, with the first definition sent after it in the same batch;
 failing that it waits in the pending buffer until its template arrives. Data that waited goes
 first when its template comes (it is older), as much as keeps the batch within
-bounds.batch_records. Options data are cut before the batch's flow records (they set sampling).
+bounds.max_batch_records. Options data are cut before the batch's flow records (they set sampling).
 Python runs per template set and per distinct (scope, template) in a batch, never per record.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _take_templates(rows: np.ndarray, w: _Walked, ver, scope, dg, exp_ids, expor
                 exporters.add_count("templates_over_limit", e)
                 continue
             if held is not None and held[0] != pid:  # the same id with another layout
-                exporters.add_count("templates_redefined", e)
+                exporters.add_count("template_redefinitions", e)
             defs.setdefault(key, []).append((row, pid))
     return defs, before
 
@@ -166,14 +166,14 @@ def _release_pending(prep: Prepared, sets: np.ndarray, defs: dict, exporters, no
 
 def _release_within(ready: np.ndarray, pend, sets: np.ndarray, defs: dict, cache, now: float):
     """The waiting sets to release with this batch, oldest first, as many as keep the batch's records
-    within bounds.batch_records (at worst one per byte); the rest wait for the next batch (pend.held).
+    within bounds.max_batch_records (at worst one per byte); the rest wait for the next batch (pend.held).
     Returns the mask and the plan of each released set."""
     idx = np.flatnonzero(ready)
     keys = pend.cols["key"][idx].tolist()
     plans = np.array([defs[k][0][1] if k in defs else cache.lookup(k, now) for k in keys], np.int32)
     minlen = cache.plans.minlen
     own = sets["plan"] >= 0
-    budget = cache.bounds.batch_records - int((sets["len"][own] // np.maximum(minlen[sets["plan"][own]], 1)).sum())
+    budget = cache.bounds.max_batch_records - int((sets["len"][own] // np.maximum(minlen[sets["plan"][own]], 1)).sum())
     need = np.where(plans >= 0, pend.cols["len"][idx] // np.maximum(minlen[np.maximum(plans, 0)], 1), 0)
     fits = (np.cumsum(need) <= budget) & (plans >= 0)   # a template that expired meanwhile: it waits (expires)
     pend.held = {k for k, f, p in zip(keys, fits.tolist(), plans.tolist()) if not f and p >= 0}
@@ -191,10 +191,10 @@ def _park_waiting(sets: np.ndarray, unknown: np.ndarray, buf: np.ndarray, export
     if waiting.any():
         w = {name: sets[name][waiting] for name in _PENDING}
         unknown[sets["dg"][waiting]] = True
-        exporters.add_counts("sets_waiting", w["exp"])
-        exporters.add_counts("sets_dropped", pend.add(w, buf, cache.pending_max_sets))
+        exporters.add_counts("template_misses", w["exp"])
+        exporters.add_counts("pending_dropped_sets", pend.add(w, buf, cache.pending_max_sets))
         sets = sets[~waiting]
-    exporters.add_counts("sets_expired", pend.expire(now, cache.pending_max_seconds))
+    exporters.add_counts("template_expired_sets", pend.expire(now, cache.pending_max_seconds))
     return sets
 
 

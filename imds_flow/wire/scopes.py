@@ -26,13 +26,13 @@ class Bounds:
     by the caller, never evicting what an exporter already has: a flood cannot push out real templates.
     Compiled plans may also hold up to as many again of layouts no longer used, until the next batch
     compacts them."""
-    scopes_per_exporter: int = 32         # (version, source id / observation domain) per exporter
-    templates_per_scope: int = 1024       # template definitions per scope
-    templates: int = 65536                # template definitions in all (also: sampling-rate entries)
-    template_fields: int = 1 << 21        # fields of all template definitions together
-    pending_bytes_per_exporter: int = 1 << 20   # data sets waiting for their template, per exporter
-    pending_bytes: int = 16 << 20         # ... and in all
-    batch_records: int = 1 << 62          # records decoded at once (waiting data is released within it)
+    max_scopes_per_exporter: int = 32         # (version, source id / observation domain) per exporter
+    max_templates_per_scope: int = 1024       # template definitions per scope
+    max_templates: int = 65536                # template definitions in all (also: sampling-rate entries)
+    max_template_fields: int = 1 << 21        # fields of all template definitions together
+    max_pending_bytes_per_exporter: int = 1 << 20   # data sets waiting for their template, per exporter
+    max_pending_bytes: int = 16 << 20         # ... and in all
+    max_batch_records: int = 1 << 62          # records decoded at once (waiting data is released within it)
 
 
 class ScopeTable:
@@ -65,15 +65,15 @@ class ScopeTable:
         self.seq_lost = np.zeros(cap, np.int64)
         self.seq_count = np.zeros(cap, np.int64)    # records of the last message (IPFIX)
         self.scope_templates = np.zeros(cap, np.int32)   # template definitions held per scope
-        self._exporter_scopes: dict[int, int] = {}   # exporter index -> scopes it has (bounds.scopes_per_exporter)
-        self._fields = 0                              # fields of every definition held (bounds.template_fields)
+        self._exporter_scopes: dict[int, int] = {}   # exporter index -> scopes it has (bounds.max_scopes_per_exporter)
+        self._fields = 0                              # fields of every definition held (bounds.max_template_fields)
         self._rates: dict[int, float] = {}
         self.samp_keys = np.zeros(0, np.int64)
         self.samp_rates = np.zeros(0, np.float64)
         self.set_url_patterns(url_patterns)
         self._parsed: dict[tuple[int, int, bytes], SetParse] = {}   # see parse_set
         from .pending import Pending                  # the buffer of data sets waiting for templates
-        self.pending = Pending(bounds.pending_bytes_per_exporter, bounds.pending_bytes)
+        self.pending = Pending(bounds.max_pending_bytes_per_exporter, bounds.max_pending_bytes)
 
     def set_url_patterns(self, url_patterns: tuple[str, ...]) -> None:
         """The http.url_substrings the kernels look for; a URL's `url` column is an index into
@@ -102,7 +102,7 @@ class ScopeTable:
     def scopes_for(self, exp: np.ndarray, version: np.ndarray, domain: np.ndarray, exporters) -> np.ndarray:
         """Scope id of every datagram; one kernel call, Python work per new (exporter, version, domain).
 
-        -1 for a datagram that would open a scope past bounds.scopes_per_exporter (the caller
+        -1 for a datagram that would open a scope past bounds.max_scopes_per_exporter (the caller
         drops it as scope_over_limit)."""
         out = np.empty(len(exp), np.int64)
         if not len(exp) or not self._scope_ids.lookup(exp.astype(np.uint64), version.astype(np.uint64),
@@ -118,7 +118,7 @@ class ScopeTable:
             sid = self._by_exporter.get((e, v, d))
             if sid is None:
                 have = self._exporter_scopes.get(e, 0)
-                if have >= self.bounds.scopes_per_exporter:
+                if have >= self.bounds.max_scopes_per_exporter:
                     ids[j] = -1
                     continue
                 self._exporter_scopes[e] = have + 1
@@ -166,13 +166,13 @@ class ScopeTable:
             self.templates[key] = (old[0], received, t)
             return old[0]
         nf = len(t.fields)
-        if old is None and (self.scope_templates[sid] >= b.templates_per_scope or len(self.templates) >= b.templates):
+        if old is None and (self.scope_templates[sid] >= b.max_templates_per_scope or len(self.templates) >= b.max_templates):
             return -1
         grow = nf - (len(old[2].fields) if old is not None else 0)
-        if self._fields + grow > b.template_fields:
+        if self._fields + grow > b.max_template_fields:
             return -1
         pl = self.plans
-        if (t.options, t.fields) not in pl._ids and (pl.n >= 2 * b.templates or pl.nf_used + nf > 2 * b.template_fields):
+        if (t.options, t.fields) not in pl._ids and (pl.n >= 2 * b.max_templates or pl.nf_used + nf > 2 * b.max_template_fields):
             return -1                                  # plans of dropped layouts fill the table: until begin_batch
         pid = pl.plan(t)
         if old is None or old[0] != pid or received - old[1] > 60.0:
@@ -187,7 +187,7 @@ class ScopeTable:
         """Between two batches: drop compiled plans no definition uses any more, once they take more
         room than the bounds allow live definitions (plan ids change: never call it mid-batch)."""
         b = self.bounds
-        if self.plans.n <= b.templates and self.plans.nf_used <= b.template_fields:
+        if self.plans.n <= b.max_templates and self.plans.nf_used <= b.max_template_fields:
             return
         new = PlanTable()
         remap: dict[int, int] = {}
@@ -222,11 +222,11 @@ class ScopeTable:
 
     def set_rates(self, scope: np.ndarray, sampler: np.ndarray, rate: np.ndarray) -> None:
         """Record sampling rates from options data (sampler -1: the scope's default); at most
-        bounds.templates entries: a new (scope, sampler) past that is ignored."""
+        bounds.max_templates entries: a new (scope, sampler) past that is ignored."""
         if not len(scope):
             return
         keys = (scope.astype(np.int64) << 32) | (sampler.astype(np.int64) & _NO_SAMPLER)
-        room = self.bounds.templates
+        room = self.bounds.max_templates
         for k, r in zip(keys.tolist(), rate.tolist()):   # per options record, never per flow record
             if k in self._rates or len(self._rates) < room:
                 self._rates[k] = r

@@ -230,13 +230,13 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, counts, seq, sources, http
             c.exporter[n] = e
             c.version[n] = 5
             c.ts[n] = ts[d]
-            c.first[n] = ts[d]
-            c.last[n] = ts[d]
+            c.first_seen[n] = ts[d]
+            c.last_seen[n] = ts[d]
             c.bytes[n] = size
             c.packets[n] = 1
             c.in_if[n] = in_if
             c.out_if[n] = out_if
-            c.sampling[n] = rate
+            c.sampling_rate[n] = rate
             c.vlan_src[n] = np.int16(_u32(buf, sw) & 0xFFF) if sw >= 0 else np.int16(-1)
             c.vlan_dst[n] = np.int16(_u32(buf, sw + 8) & 0xFFF) if sw >= 0 else np.int16(-1)
             n += 1

@@ -81,8 +81,8 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
             c.out_if[n] = _u16(buf, r + 14)
             c.packets[n] = _u32(buf, r + 16)
             c.bytes[n] = _u32(buf, r + 20)
-            c.first[n] = secs - np.float64(np.uint32(uptime - _u32(buf, r + 24))) * 1e-3
-            c.last[n] = secs - np.float64(np.uint32(uptime - _u32(buf, r + 28))) * 1e-3
+            c.first_seen[n] = secs - np.float64(np.uint32(uptime - _u32(buf, r + 24))) * 1e-3
+            c.last_seen[n] = secs - np.float64(np.uint32(uptime - _u32(buf, r + 28))) * 1e-3
             c.sport[n] = _u16(buf, r + 32)
             c.dport[n] = _u16(buf, r + 34)
             c.proto[n] = buf[r + 38]
@@ -90,7 +90,7 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
             c.vlan_dst[n] = -1
             c.vlan_dot1q[n] = -1
             c.vlan_cust[n] = -1
-            c.sampling[n] = sampling
+            c.sampling_rate[n] = sampling
             c.url[n] = -1
             c.row_flags[n] = 0
             n += 1

@@ -565,7 +565,7 @@ def test_template_redefinitions_are_counted_and_logged_at_debug(caplog):
     for fields in ([(8, 4), (12, 4)], [(8, 4), (12, 4)], [(8, 4), (12, 4), (4, 1)]):   # same, same, another
         p.process(DatagramBatch.from_payloads([_template(300, fields)], ts=1.7e9))
     p.tick(1.7e9)
-    assert p.exporters.total("templates_redefined") == 1
+    assert p.exporters.total("template_redefinitions") == 1
     assert "imds_flow_template_redefinitions_total{" in render_prometheus(p.snapshot())
     assert "1 template(s) redefined" in caplog.text
 

@@ -68,8 +68,8 @@ def test_limits_defaults_are_the_shipped_ones_and_the_caches():
     shipped = config.load().limits
     assert shipped == Limits()
     b = Bounds()
-    assert (b.scopes_per_exporter, b.templates_per_scope, b.templates, b.template_fields,
-            b.pending_bytes_per_exporter, b.pending_bytes) == (
+    assert (b.max_scopes_per_exporter, b.max_templates_per_scope, b.max_templates, b.max_template_fields,
+            b.max_pending_bytes_per_exporter, b.max_pending_bytes) == (
         shipped.max_scopes_per_exporter, shipped.max_templates_per_scope, shipped.max_templates,
         shipped.max_template_fields, shipped.max_pending_bytes_per_exporter, shipped.max_pending_bytes)
 
@@ -172,10 +172,10 @@ def test_pending_bytes_per_exporter_and_in_all():
     send(p, [big] * 10)
     pend = p.exporters.templates.pending
     assert len(pend.buf) <= 3000 and len(pend) == 5
-    assert col(p, "sets_dropped") == 5
+    assert col(p, "pending_dropped_sets") == 5
     send(p, [big] * 10, src=("192.0.2.2", 2055))
     assert int(pend.cols["len"].sum()) <= 5000
-    assert col(p, "sets_dropped") + col(p, "sets_dropped", 1) == 20 - len(pend)
+    assert col(p, "pending_dropped_sets") + col(p, "pending_dropped_sets", 1) == 20 - len(pend)
     # the template arrives: what waited is decoded
     waiting = int((pend.cols["exp"] == 1).sum())
     assert send(p, [templates([256])], src=("192.0.2.2", 2055)) == 20 * waiting
@@ -276,7 +276,7 @@ FLOOD = textwrap.dedent('''
         "templates": len(cache.templates), "plans": cache.plans.n, "scopes": len(cache.scope_keys),
         "templates_over_limit": p.exporters.total("templates_over_limit"),
         "templates_received": p.exporters.total("templates"),
-        "pending_bytes": int(cache.pending.cols["len"].sum()), "sets_dropped": p.exporters.total("sets_dropped"),
+        "pending_bytes": int(cache.pending.cols["len"].sum()), "pending_dropped_sets": p.exporters.total("pending_dropped_sets"),
     }))
 ''')
 
@@ -295,5 +295,5 @@ def test_flood_of_template_ids_from_forged_exporters_stays_bounded():
     assert r["templates"] <= lim.max_templates and r["templates_over_limit"] > 0
     assert r["plans"] <= 2 * lim.max_templates
     assert r["scopes"] <= lim.max_exporters * 3
-    assert r["pending_bytes"] <= lim.max_pending_bytes and r["sets_dropped"] > 0
+    assert r["pending_bytes"] <= lim.max_pending_bytes and r["pending_dropped_sets"] > 0
     assert r["peak_growth_mb"] < FLOOD_RSS_MB, r

@@ -50,8 +50,8 @@ def _batch_of_hits(rows):
         c.dst_hi[i], c.dst_lo[i] = 0, 0xFFFFA9FEA9FE
         c.sport[i], c.dport[i], c.proto[i] = sport, 80, 6
         c.bytes[i], c.packets[i] = b, 1 + b % 7
-        c.first[i], c.last[i] = first, last
-        c.sampling[i] = (0, 1, 100)[key % 3]
+        c.first_seen[i], c.last_seen[i] = first, last
+        c.sampling_rate[i] = (0, 1, 100)[key % 3]
         c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i] = vlan, -1, -1, -1
         c.url[i], c.row_flags[i] = -1, 0
     fb.n = len(rows)

@@ -125,9 +125,9 @@ def decode_record(rec: bytes, fields, version: int, uptime: int, secs: float, ra
     row["bytes"], has_bytes = counter("bytes", "bytes_total", "bytes_init", "bytes_resp")
     row["packets"], has_packets = counter("packets", "packets_total", "packets_init", "packets_resp")
     row["row_flags"] |= 0 if (has_bytes or has_packets) else NO_COUNTERS
-    row["first"], row["last"] = time("start", "first_up"), time("end", "last_up")
+    row["first_seen"], row["last_seen"] = time("start", "first_up"), time("end", "last_up")
     row["in_if"] = uint("in_if") & 0xFFFF_FFFF if has("in_if") else 0
     row["out_if"] = uint("out_if") & 0xFFFF_FFFF if has("out_if") else 0
-    row["sampling"] = sampling()
+    row["sampling_rate"] = sampling()
     row["url"] = url()
     return row

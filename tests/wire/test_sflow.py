@@ -124,7 +124,7 @@ def test_corpus_datagram(name):
                "vlan_src": int(c.vlan_src[i]), "vlan_dst": int(c.vlan_dst[i])}
         assert got == pkt, (i, s["index"])
         assert int(c.exporter[i]) == row and int(c.packets[i]) == 1 and int(c.row_flags[i]) & SFLOW
-        assert int(c.sampling[i]) == s["sampling_rate"]
+        assert int(c.sampling_rate[i]) == s["sampling_rate"]
         assert int(c.in_if[i]) == _iface(s["input"]) and int(c.out_if[i]) == _iface(s["output"])
         assert ex.sflow.next_sequence(row, s["source_id_type"], s["source_id_index"]) is not None
     # the last flow sample of each source id set its next expected sequence number
@@ -169,7 +169,7 @@ def test_corpus_agrees_with_tshark(name):
     c = fb.cols
     rows = [{"src": from_hilo(int(c.src_hi[i]), int(c.src_lo[i])), "dst": from_hilo(int(c.dst_hi[i]), int(c.dst_lo[i])),
              "sport": int(c.sport[i]), "dport": int(c.dport[i]),
-             "vlans": [v for v in (int(c.vlan_dot1q[i]), int(c.vlan_cust[i])) if v >= 0], "rate": int(c.sampling[i])}
+             "vlans": [v for v in (int(c.vlan_dot1q[i]), int(c.vlan_cust[i])) if v >= 0], "rate": int(c.sampling_rate[i])}
             for i in range(fb.n)]
     expected = _tshark_rows(e)
     assert len(expected) <= len(rows)
@@ -204,8 +204,8 @@ def test_corpus_telegraf_expectations(name, exp):
         if "src_port" in t:
             assert (int(c.sport[i]), int(c.dport[i])) == (int(t["src_port"]), int(t["dst_port"]))
         assert int(c.in_if[i]) == int(t["input_ifindex"]) and int(c.out_if[i]) == int(t["output_ifindex"])
-        assert int(c.sampling[i]) == f["sampling_rate"] and int(c.bytes[i]) == f["frame_length"]
-        assert int(c.bytes[i]) * int(c.sampling[i]) == f["bytes"]
+        assert int(c.sampling_rate[i]) == f["sampling_rate"] and int(c.bytes[i]) == f["frame_length"]
+        assert int(c.bytes[i]) * int(c.sampling_rate[i]) == f["bytes"]
 
 
 def test_corpus_as_one_batch():

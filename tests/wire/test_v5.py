@@ -106,9 +106,9 @@ def test_times_and_sampling_from_the_header():
     pkt = v5([("10.0.0.1", "10.0.0.2", 1, 2)], uptime=100_000, secs=1_700_000_000, nsecs=500_000_000,
              sampling=(1 << 14) | 100)
     out = wire.decode_one(pkt)
-    assert out.cols.first[0] == pytest.approx(1_700_000_000.5 - 5.0)
-    assert out.cols.last[0] == pytest.approx(1_700_000_000.5 - 1.0)
-    assert out.cols.sampling[0] == 100
+    assert out.cols.first_seen[0] == pytest.approx(1_700_000_000.5 - 5.0)
+    assert out.cols.last_seen[0] == pytest.approx(1_700_000_000.5 - 1.0)
+    assert out.cols.sampling_rate[0] == 100
 
 
 def test_exporters_are_told_apart():

@@ -36,8 +36,8 @@ class State:
         c = self.out.cols
         recs = []
         for i in range(self.out.n):
-            r = {k: getattr(c, k)[i].item() for k in ("sport", "dport", "proto", "bytes", "packets", "first", "last",
-                                                       "vlan_src", "vlan_dst", "row_flags", "sampling", "url", "in_if")}
+            r = {k: getattr(c, k)[i].item() for k in ("sport", "dport", "proto", "bytes", "packets", "first_seen", "last_seen",
+                                                       "vlan_src", "vlan_dst", "row_flags", "sampling_rate", "url", "in_if")}
             r["src"] = from_hilo(c.src_hi[i], c.src_lo[i])
             r["dst"] = from_hilo(c.dst_hi[i], c.dst_lo[i])
             r["ndst"] = from_hilo(c.ndst_hi[i], c.ndst_lo[i])
@@ -73,14 +73,14 @@ def test_scope_without_port_follows_an_exporter_changing_ports():
     s = State(scope_port=True)
     s.feed([ipfix([template_set(10, {300: F4})])], src=("192.0.2.1", 1111))
     _, recs = s.feed([ipfix([data_set(300, [flow()])])], src=("192.0.2.1", 2222))
-    assert recs == [] and s.count("sets_waiting") == 1
+    assert recs == [] and s.count("template_misses") == 1
 
 
 def test_source_ids_are_separate_scopes():
     s = State()
     s.feed([v9([template_set(9, {256: F4})], source_id=1)])
     _, recs = s.feed([v9([data_set(256, [flow()])], source_id=2)])
-    assert recs == [] and s.count("sets_waiting") == 1
+    assert recs == [] and s.count("template_misses") == 1
 
 
 @pytest.mark.parametrize("version", [9, 10])
@@ -88,10 +88,10 @@ def test_data_before_template_waits_and_decodes_when_it_arrives(version):
     pkt = v9 if version == 9 else ipfix
     s = State()
     status, recs = s.feed([pkt([data_set(256, [flow(), flow(sport=2)])])])
-    assert status == ["ok"] and recs == [] and s.count("sets_waiting") == 1
+    assert status == ["ok"] and recs == [] and s.count("template_misses") == 1
     _, recs = s.feed([pkt([template_set(version, {256: F4})]), pkt([data_set(256, [flow(sport=3)])])], ts=1001.0)
     assert [r["sport"] for r in recs] == [40000, 2, 3]
-    assert s.count("sets_late") == 1 and s.count("sets_expired") == 0
+    assert s.count("sets_late") == 1 and s.count("template_expired_sets") == 0
 
 
 def test_template_later_in_the_same_datagram_decodes_earlier_data():
@@ -113,9 +113,9 @@ def test_redefinition_mid_batch_keeps_each_layout_for_its_own_data():
 def test_waiting_data_expires_counted_never_silently():
     s = State(pending_max_seconds=10.0, pending_max_sets=2)
     s.feed([ipfix([data_set(256, [flow()])]) for _ in range(3)], ts=1000.0)
-    assert s.count("sets_waiting") == 3 and s.count("sets_dropped") == 1
+    assert s.count("template_misses") == 3 and s.count("pending_dropped_sets") == 1
     s.feed([ipfix([data_set(999, [flow()])], domain=5)], ts=1011.0)   # later traffic: the first two are too old
-    assert s.count("sets_expired") == 2
+    assert s.count("template_expired_sets") == 2
     _, recs = s.feed([ipfix([template_set(10, {256: F4})])], ts=1012.0)
     assert recs == []
 
@@ -125,7 +125,7 @@ def test_template_lifetime():
     s.feed([ipfix([template_set(10, {256: F4})])], ts=1000.0)
     assert len(s.feed([ipfix([data_set(256, [flow()])])], ts=1099.0)[1]) == 1
     assert s.feed([ipfix([data_set(256, [flow()])])], ts=1101.0)[1] == []
-    assert s.count("sets_waiting") == 1
+    assert s.count("template_misses") == 1
 
 
 def test_zero_field_templates_are_rejected_and_counted():
@@ -183,7 +183,7 @@ def test_ipv6_nat_vlans_times_and_no_counters():
     assert (r["src"], r["dst"], r["ndst"]) == ("2001:db8::1", "2001:db8::2", "169.254.169.254")
     assert r["row_flags"] & NAT_DST and r["row_flags"] & NO_COUNTERS
     assert (r["vlan_src"], r["vlan_dst"], r["in_if"]) == (-1, 20, 7)
-    assert (r["first"], r["last"]) == (1_700_000_000.5, 1_700_000_001.0)
+    assert (r["first_seen"], r["last_seen"]) == (1_700_000_000.5, 1_700_000_001.0)
 
 
 def test_v9_sysuptime_times_and_icmp_type_code():
@@ -193,7 +193,7 @@ def test_v9_sysuptime_times_and_icmp_type_code():
         fields, ["10.0.0.1", "169.254.169.254", 1, 8 * 256, 90_000, 99_000])])], uptime=100_000, secs=1_700_000_000)])
     r = recs[0]
     assert (r["sport"], r["dport"]) == (0, 2048)
-    assert (r["first"], r["last"]) == (1_700_000_000 - 10.0, 1_700_000_000 - 1.0)
+    assert (r["first_seen"], r["last_seen"]) == (1_700_000_000 - 10.0, 1_700_000_000 - 1.0)
 
 
 def test_sampling_from_options_data():
@@ -202,14 +202,14 @@ def test_sampling_from_options_data():
     odata = data_set(400, [record([(149, 4), (305, 4), (306, 4)], [0, 1, 99])])
     s.feed([ipfix([opt, odata, template_set(10, {256: F4})])])
     _, recs = s.feed([ipfix([data_set(256, [flow()])])])
-    assert recs[0]["sampling"] == 100 and s.count("options_records") == 1
+    assert recs[0]["sampling_rate"] == 100 and s.count("options_records") == 1
     s9 = State()                                                     # v9 sampler table: id 48, interval 50
     opt9 = options_template_set(9, 300, [(1, 4)], [(48, 1), (49, 1), (50, 4)])
     odata9 = data_set(300, [record([(1, 4), (48, 1), (49, 1), (50, 4)], [0, 3, 2, 64])])
     f = F4 + [(48, 1)]
     _, recs = s9.feed([v9([opt9, odata9, template_set(9, {256: f}),
                            data_set(256, [record(f, ["10.0.0.1", "169.254.169.254", 1, 80, 6, 1, 1, 3])])])])
-    assert recs[0]["sampling"] == 64
+    assert recs[0]["sampling_rate"] == 64
 
 
 def test_http_url_substrings():
