@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flows import HTTP, NAT_DST, NAT_SRC
-from .jit import njit
+from .jit import kernel, njit
 
 __all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
@@ -35,7 +35,7 @@ def match_nets(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4, out):
         out[i] = match_net(hi[i], lo[i], net_hi, net_lo, mask_hi, mask_lo, net_v4) >= 0
 
 
-@njit
+@kernel
 def detect_batch(c, n, endpoints, suppress, vlan_suppressed, n_endpoints, n_urls, out_idx, out_ep, out_dir,
                  suppressed_by_exporter):
     """Find records that touch an endpoint and are not suppressed.
@@ -114,7 +114,7 @@ def _in_any(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4):
     return False
 
 
-@njit
+@kernel
 def compact(c, start, end, ep):
     """Keep the rows of start..end that may alert, moved down in order (every column); returns the
     new end. A row may alert when an address or post-NAT address is in an endpoint of `ep`
@@ -139,7 +139,7 @@ def compact(c, start, end, ep):
     return j
 
 
-@njit
+@kernel
 def count_batch(counters, exp_ids, status, reason_col, col_datagrams, last_seen, now):
     """Per exporter: one datagram each, one error in the column of its reason code; last_seen = now."""
     for d in range(exp_ids.shape[0]):
@@ -171,7 +171,7 @@ def _same_key(c, i, j, ep_i, ep_j, dir_i, dir_j):
             and c.proto[i] == c.proto[j] and _side_port(c, i, dir_i) == _side_port(c, j, dir_j))
 
 
-@njit
+@kernel
 def group_hits(c, idx, ep, direction, table, hit_group, g_first, g_second, g_last, g_count, g_sums, g_times):
     """Group hits by fold key (exporter, src, dst, proto, endpoint-side port, endpoint, direction).
 
@@ -239,7 +239,7 @@ def group_hits(c, idx, ep, direction, table, hit_group, g_first, g_second, g_las
     return groups
 
 
-@njit
+@kernel
 def key_lookup(k0, k1, k2, t0, t1, t2, t_val, out):
     """out[i] = the value stored for key (k0[i], k1[i], k2[i]) in the open-addressing table t_*
     (size a power of two, t_val -1 = empty), or -2 when absent. Returns how many were absent."""
@@ -261,7 +261,7 @@ def key_lookup(k0, k1, k2, t0, t1, t2, t_val, out):
     return missing
 
 
-@njit
+@kernel
 def key_insert(k0, k1, k2, val, t0, t1, t2, t_val):
     """Store key (k0, k1, k2) -> val (>= 0) in the table key_lookup reads; the caller keeps it at
     most half full."""

@@ -20,7 +20,7 @@ import numpy as np
 from .addr import MAPPED_V4
 from .datagrams import DatagramBatch
 from .sockets import SO_REUSEPORT, open_socket, open_sockets, parse_listen  # noqa: F401
-from .jit import njit
+from .jit import kernel, njit
 
 __all__ = ["IoVec", "MsgHdr", "MMsgHdr", "parse_listen", "open_socket", "open_sockets", "Receiver", "describe", "warm_up", "HAVE_RECVMMSG"]
 
@@ -142,6 +142,20 @@ class Receiver:
         ts = self._arrival(n)
         return DatagramBatch(self.buf, self.offs[:n], lens, hi, lo, port, ts, n), (trunc if trunc.any() else None)
 
+    def _arrival(self, n: int) -> np.ndarray:
+        """Kernel receive time of each datagram (SCM_TIMESTAMPNS) for the portable path; our clock
+        where there is none (recvfrom_into carries no control message)."""
+        now = self.clock()
+        if not self._use_mmsg or n == 0:
+            return np.full(n, now)
+        ctl = self.control[:n]
+        have = (self._hdrs["hdr"]["controllen"][:n] >= 32) & (ctl[:, 12] == SO_TIMESTAMPNS)
+        ts = np.full(n, now)
+        if have.any():
+            spec = np.ascontiguousarray(ctl[have, 16:32]).view(np.int64)
+            ts[have] = spec[:, 0] + spec[:, 1] * 1e-9
+        return ts
+
     def _recv_mmsg(self) -> int:
         n = _recvmmsg(self._fd, self._hdrs.ctypes.data, self.batch, MSG_DONTWAIT, None)
         if n < 0:
@@ -194,7 +208,7 @@ def _be(row, o, k):
     return v
 
 
-@njit
+@kernel
 def _unpack(raw, names, control, n, now, lens, trunc, hi, lo, port, ts):
     """Columns of the first n mmsghdr rows (`raw`: the struct mmsghdr array as bytes, native
     little-endian): length, MSG_TRUNC, source (hi, lo, port; IPv4 as IPv4-mapped) and the kernel's

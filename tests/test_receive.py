@@ -88,9 +88,6 @@ def test_arrival_time_is_the_kernels_else_the_injected_clock():
         plain.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="Receiver._read_portable calls self._arrival, removed in 4a165ab: the portable path "
-                          "(no recvmmsg, big-endian, ENOSYS) fails on its first datagram")
 def test_the_portable_path_fills_the_same_batch():
     srv = receive.open_socket("127.0.0.1", 0, 1 << 20)
     r = receive.Receiver(srv, 8, 2048, clock=lambda: 42.0)
