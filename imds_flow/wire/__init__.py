@@ -91,9 +91,8 @@ def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state
         exp_ids[has] = state.agents(exp_ids[has], hi[ok], lo[ok], sub[ok])
     counts = np.zeros((dg.n, len(sflow.SKIPPED)), np.int64)     # indexed by datagram
     s = state.sflow
-    out.n = sflow.decode_sflow(dg.buf, dg.offs, dg.lens, sel, exp_ids, dg.ts, out.rows, out.n, status, counts,
-                               state.seq_next, state.seq_seen, state.seq_lost, s.src_key, s.src_next,
-                               s.pat, s.pat_off, s.hdr, s.hdr_off, s.scratch)
+    out.n = sflow.decode_datagrams((dg.buf, dg.offs, dg.lens, dg.ts), sel, exp_ids, out.rows, out.n, status, counts,
+                                   (state.seq_next, state.seq_seen, state.seq_lost), s.sources, s.http)
     total = counts.sum(axis=0)
     for j, name in enumerate(sflow.SKIPPED):
         if total[j]:

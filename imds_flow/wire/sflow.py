@@ -20,7 +20,7 @@ from .errors import reason_code
 from .packet import ETHERNET, IPV4, IPV6, parse_packet, patterns, scratch, store
 from .readers import _u32, _u64
 
-__all__ = ["SflowState", "agents", "decode_datagrams", "decode_sflow", "MIN_ROW_BYTES", "SKIPPED", "WARM_UP"]
+__all__ = ["SflowState", "agents", "decode_datagrams", "MIN_ROW_BYTES", "SKIPPED", "WARM_UP"]
 
 _MAPPED = np.uint64(0x0000FFFF_00000000)
 _TOO_SHORT = reason_code("too_short")
@@ -145,14 +145,6 @@ def _track(key, seq, src_key, src_next):
             src_next[s] = np.uint32(seq + 1)
             return np.int64(0)
     return np.int64(0)
-
-
-def decode_sflow(buf, offs, lens, sel, exp_ids, ts, c, n, status, counts, seq_next, seq_seen, seq_lost,
-                 src_key, src_next, pat, pat_off, hdr, hdr_off, scr):
-    """decode_datagrams with its arguments one by one: the call wire/__init__.py makes until it
-    passes the groups itself (then this goes)."""
-    return decode_datagrams((buf, offs, lens, ts), sel, exp_ids, c, n, status, counts,
-                            (seq_next, seq_seen, seq_lost), (src_key, src_next), (pat, pat_off, hdr, hdr_off, scr))
 
 
 @kernel
