@@ -12,6 +12,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from ..grow import grow
+
 from .fields import ELEMENTS, SLOT, SLOTS, accepts
 from .templates import VAR, Template, record_lengths
 
@@ -51,10 +53,11 @@ class PlanTable:
     def _compile(self, t: Template) -> int:
         pid = self.n
         if pid == len(self.reclen):
-            self._grow_plans(2 * pid)
+            for name in ("reclen", "minlen", "f0", "nf", "options", "slot_off", "slot_len"):
+                setattr(self, name, grow(getattr(self, name), pid + 1, fill=-1 if name == "slot_off" else 0))
         nf = len(t.fields)
-        while self.nf_used + nf > len(self.f_len):
-            self._grow_fields(2 * len(self.f_len))
+        self.f_len = grow(self.f_len, self.nf_used + nf)
+        self.f_slot = grow(self.f_slot, self.nf_used + nf, fill=-1)
         reclen, minlen = record_lengths(t.fields)
         f0 = self.nf_used
         off = 0
@@ -84,18 +87,4 @@ class PlanTable:
         """The table as the kernels take it (current arrays: they are replaced when the table grows)."""
         return PlanArrays(self.reclen, self.minlen, self.f0, self.nf, self.options, self.slot_off, self.slot_len,
                           self.f_len, self.f_slot)
-
-    def _grow_plans(self, cap: int) -> None:
-        for name in ("reclen", "minlen", "f0", "nf", "options", "slot_off", "slot_len"):
-            old = getattr(self, name)
-            new = np.full((cap,) + old.shape[1:], -1 if name == "slot_off" else 0, old.dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
-
-    def _grow_fields(self, cap: int) -> None:
-        for name, fill in (("f_len", 0), ("f_slot", -1)):
-            old = getattr(self, name)
-            new = np.full(cap, fill, old.dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..grow import grow
+
 from .plans import PlanTable
 from .templates import VAR, SetParse, Template, parse_template_set, record_lengths
 
@@ -91,12 +93,8 @@ class ScopeTable:
         if sid is None:
             sid = self._scopes[key] = len(self.scope_keys)
             self.scope_keys.append(key)
-            if sid == len(self.seq_next):
-                for name in ("scope_exporter", "seq_next", "seq_seen", "seq_lost", "seq_count", "scope_templates"):
-                    old = getattr(self, name)
-                    new = np.zeros(2 * sid, old.dtype)
-                    new[:sid] = old
-                    setattr(self, name, new)
+            for name in ("scope_exporter", "seq_next", "seq_seen", "seq_lost", "seq_count", "scope_templates"):
+                setattr(self, name, grow(getattr(self, name), sid + 1))
         return sid
 
     def scopes_for(self, exp: np.ndarray, version: np.ndarray, domain: np.ndarray, exporters) -> np.ndarray:
