@@ -159,6 +159,62 @@ def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
 
 
 @njit
+def _ethernet(b, p, end, r):
+    """The Ethernet header at p and its 802.1Q / QinQ tags (the first two VLAN ids into r): returns
+    (the network layer: IPV4, IPV6 or -1, offset after the headers)."""
+    if p + 14 > end:
+        return np.int64(-1), p
+    et = _u16(b, p + 12)
+    p += 14
+    tags = 0
+    while et == 0x8100 or et == 0x88A8 or et == 0x9100 or et == 0x9200:
+        if p + 4 > end:
+            return np.int64(-1), p
+        vid = np.uint64(_u16(b, p) & 0xFFF)
+        if tags == 0:
+            r[S_VLAN1] = vid
+        elif tags == 1:
+            r[S_VLAN2] = vid
+        tags += 1
+        et = _u16(b, p + 2)
+        p += 4
+    if et == 0x0800:
+        return np.int64(IPV4), p
+    if et == 0x86DD:
+        return np.int64(IPV6), p
+    return np.int64(-1), p
+
+
+@njit
+def _extensions(b, p, end, proto):
+    """IPv6 extension headers from p (at most 16): returns (upper-layer protocol, its offset,
+    whether the packet is a fragment other than the first)."""
+    frag = False
+    for _ in range(16):
+        if proto == 44:                     # fragment
+            if p + 8 > end:
+                break
+            frag = (_u16(b, p + 2) & 0xFFF8) != 0
+            proto = b[p]
+            p += 8
+        elif proto == 51:                   # AH
+            if p + 2 > end:
+                break
+            ln = (b[p + 1] + 2) * 4
+            proto = b[p]
+            p += ln
+        elif proto == 0 or proto == 43 or proto == 60 or proto == 135 or proto == 139 or proto == 140:
+            if p + 2 > end:
+                break
+            ln = (b[p + 1] + 1) * 8
+            proto = b[p]
+            p += ln
+        else:
+            break
+    return proto, p, frag
+
+
+@njit
 def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     """Walk the sampled packet b[o:end] of type `kind` (ETHERNET, IPV4, IPV6) into the scratch r
     (S_* slots; `store` writes it to a row). Returns the IP version found (4, 6) or 0 (no IP header)."""
@@ -173,28 +229,7 @@ def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     p = o
     net = np.int64(kind)                 # the network layer to walk; an int, never unified with a float
     if net == ETHERNET:
-        if p + 14 > end:
-            return 0
-        et = _u16(b, p + 12)
-        p += 14
-        tags = 0
-        while et == 0x8100 or et == 0x88A8 or et == 0x9100 or et == 0x9200:
-            if p + 4 > end:
-                return 0
-            vid = np.uint64(_u16(b, p) & 0xFFF)
-            if tags == 0:
-                r[S_VLAN1] = vid
-            elif tags == 1:
-                r[S_VLAN2] = vid
-            tags += 1
-            et = _u16(b, p + 2)
-            p += 4
-        if et == 0x0800:
-            net = IPV4
-        elif et == 0x86DD:
-            net = IPV6
-        else:
-            return 0
+        net, p = _ethernet(b, p, end, r)
     frag = False
     if net == IPV4:
         if p + 20 > end or (b[p] >> 4) != 4:
@@ -221,28 +256,7 @@ def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
         r[S_DST_HI] = (np.uint64(_u32(b, p + 24)) << np.uint64(32)) | np.uint64(_u32(b, p + 28))
         r[S_DST_LO] = (np.uint64(_u32(b, p + 32)) << np.uint64(32)) | np.uint64(_u32(b, p + 36))
         version = 6
-        p += 40
-        for _ in range(16):                 # at most 16 extension headers
-            if proto == 44:                 # fragment
-                if p + 8 > end:
-                    break
-                frag = (_u16(b, p + 2) & 0xFFF8) != 0
-                proto = b[p]
-                p += 8
-            elif proto == 51:               # AH
-                if p + 2 > end:
-                    break
-                ln = (b[p + 1] + 2) * 4
-                proto = b[p]
-                p += ln
-            elif proto == 0 or proto == 43 or proto == 60 or proto == 135 or proto == 139 or proto == 140:
-                if p + 2 > end:
-                    break
-                ln = (b[p + 1] + 1) * 8
-                proto = b[p]
-                p += ln
-            else:
-                break
+        proto, p, frag = _extensions(b, p + 40, end, proto)
     else:
         return 0
     r[S_PROTO] = proto
