@@ -25,7 +25,7 @@ from .exporters import ExporterTable
 from .flows import FlowBatch
 from .wire import sflow
 
-__all__ = ["warm_up"]
+__all__ = ["warm_up", "compile_decoder"]
 
 _V5 = build.v5([("10.0.0.1", "169.254.169.254", 40000, 80)])
 _JUNK = b"\x00"
@@ -73,20 +73,21 @@ def _cold() -> bool:
 
 
 def _start_helper() -> subprocess.Popen | None:
+    """The child, importing this very package: `python -m` would import whatever imds_flow the
+    working directory holds first (a checkout beside an installed copy), and numba keys its cache
+    by source path, so the collector would not find what the child compiled."""
+    root = str(Path(__file__).parent.parent)
+    code = f"import sys; sys.path.insert(0, {root!r}); from imds_flow.warmup import compile_decoder; compile_decoder()"
     try:
-        return subprocess.Popen([sys.executable, "-m", "imds_flow.warmup"], stdin=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
 
 
-def _compile_decoder() -> None:
+def compile_decoder() -> None:
     """The child's work: the v9 / IPFIX decoder on its own, in the types the pipeline passes."""
     from . import config
     from .app import Pipeline, _NullSink
     pipeline = Pipeline(config.load(None), _NullSink())
     _decode(pipeline, [_IPFIX])
-
-
-if __name__ == "__main__":
-    _compile_decoder()
