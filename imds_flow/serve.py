@@ -65,7 +65,6 @@ class _Live:
 
     def load_kernels(self) -> None:
         """Load (or compile) every kernel before the first datagram; on failure the sockets close."""
-        from . import receive
         started = time.monotonic()
         # Loading the cached kernels takes well under a second; the first start after an install
         # compiles them (tens of seconds): say so rather than sit silent.
@@ -74,8 +73,7 @@ class _Live:
         notice.daemon = True
         notice.start()
         try:
-            Pipeline(self.config, _NullSink(), encoder=self.encoder).warm_up()
-            receive.warm_up()
+            Pipeline(self.config, _NullSink(), encoder=self.encoder).warm_up()   # the receive kernel too
         except BaseException:
             close_sockets(self.groups)
             raise

@@ -17,7 +17,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import build, wire
+from . import build, receive, wire
 from .alerts import Folder
 from .datagrams import DatagramBatch
 from .detect import Hits
@@ -36,22 +36,23 @@ _IPFIX = build.ipfix([build.template_set(10, {256: _FIELDS}), build.data_set(256
 
 
 def warm_up(pipeline) -> None:
-    """Load or compile every kernel `pipeline` (app.Pipeline) runs."""
+    """Load or compile every kernel `pipeline` (app.Pipeline) and the receive path run."""
     helper = _start_helper() if _cold() and (os.cpu_count() or 1) > 1 else None
-    try:
-        _decode(pipeline, [_V5, _JUNK, sflow.WARM_UP])
+    try:                                     # everything but the v9 / IPFIX decoder, while the child works
+        batch, scratch = _decode(pipeline, [_V5, _JUNK, sflow.WARM_UP])
+        pipeline.detector.run(batch, scratch.column("suppressed"))
+        folder = Folder(60.0, lambda alert: None)
+        kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
+        folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
+                        pipeline.detector.names + ("x",), scratch)
+        receive.warm_up()
         if helper is not None:
             helper.wait()
-        batch, scratch = _decode(pipeline, [_V5, _JUNK, _IPFIX, sflow.WARM_UP])
+        _decode(pipeline, [_V5, _JUNK, _IPFIX, sflow.WARM_UP])
     finally:
         if helper is not None and helper.poll() is None:
             helper.kill()
             helper.wait()
-    pipeline.detector.run(batch, scratch.column("suppressed"))
-    folder = Folder(60.0, lambda alert: None)
-    kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
-    folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
-                    pipeline.detector.names + ("x",), scratch)
 
 
 def _decode(pipeline, payloads: list[bytes]) -> tuple[FlowBatch, ExporterTable]:
