@@ -9,7 +9,8 @@ The helpers `emit` calls per record are numba-level inlines (inline="always"): a
 array argument as a struct of seven words, which cost more than the work (7 vs 12 M records/s in
 process). There is one decoder. Fixed-length plans had a column-wise cutter of their own until
 2026-11-30: it took about half of the first start's compile, and this decoder, inlined and free of
-reference counting (jit.kernel), is faster than the cutter was (README, "Start-up" and "Speed").
+reference counting (jit.kernel), is faster than the cutter was (README, "Quick start" and
+"Benchmarks").
 """
 from __future__ import annotations
 
@@ -316,13 +317,6 @@ def url_index(b, base, so, sl, pat, pat_off):
             if so[s] >= 0 and _find(b, base + so[s], sl[s], pat, pat_off[k], pat_off[k + 1]):
                 return k
     return -1
-
-
-# --- the fast path: a fixed-length set, column by column over its compiled program ------------
-# The program is read as prog[plan, row, i] scalars: no array views per set. The column helpers
-# are ordinary calls, not numba-level inlines: inlining them made IPFIX decode about 1.5x faster
-# in process (7.2 vs 4.9 M records/s, loaded machine) but the first start's compile 24 s longer
-# (68 vs 44 s); the first start is what every install pays (README, "Start-up").
 
 
 @njit
