@@ -29,6 +29,7 @@ __all__ = ["warm_up", "compile_decoder"]
 
 _V5 = build.v5([("10.0.0.1", "169.254.169.254", 40000, 80)])
 _JUNK = b"\x00"
+_CHILD_SECONDS = 300.0        # a child that takes longer is stuck: stop waiting for it
 # IPFIX with a template of fixed and variable fields (an HTTP target) and one data record
 _FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (461, build.VAR)]
 _IPFIX = build.ipfix([build.template_set(10, {256: _FIELDS}), build.data_set(256, [build.record(
@@ -47,7 +48,10 @@ def warm_up(pipeline) -> None:
                         pipeline.detector.names + ("x",), scratch)
         receive.warm_up()
         if helper is not None:
-            helper.wait()
+            try:
+                helper.wait(timeout=_CHILD_SECONDS)
+            except subprocess.TimeoutExpired:    # killed below; the decoder then compiles here
+                pass
         _decode(pipeline, [_V5, _JUNK, _IPFIX, sflow.WARM_UP])
     finally:
         if helper is not None and helper.poll() is None:
