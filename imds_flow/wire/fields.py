@@ -8,7 +8,7 @@ occurrence of a slot in a template wins; later ones are skipped.
 """
 from __future__ import annotations
 
-__all__ = ["SLOTS", "SLOT", "ELEMENTS", "URL_SLOTS", "accepts"]
+__all__ = ["SLOTS", "SLOT", "NSLOT", "ELEMENTS", "URL_SLOTS", "accepts"]
 
 # Slot names in the order the plan arrays hold them. "u" = unsigned 1..8 bytes, "a4" = 4-byte
 # IPv4 address, "a16" = 16-byte IPv6 address, "s" = octets of any length (variable-length ok).
@@ -32,6 +32,7 @@ _SLOT_KINDS = (
 )
 SLOTS = tuple(name for name, _ in _SLOT_KINDS)
 SLOT = {name: i for i, name in enumerate(SLOTS)}
+NSLOT = len(SLOTS)
 SLOT_KIND = dict(_SLOT_KINDS)
 URL_SLOTS = tuple(SLOT[f"url{i}"] for i in range(6))
 

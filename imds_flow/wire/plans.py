@@ -14,12 +14,11 @@ import numpy as np
 
 from ..grow import grow
 
-from .fields import ELEMENTS, SLOT, SLOTS, accepts
+from .fields import ELEMENTS, NSLOT, SLOT, accepts
 from .templates import VAR, Template, record_lengths
 
-__all__ = ["PlanTable", "PlanArrays", "NSLOT"]
+__all__ = ["PlanTable", "PlanArrays"]
 
-NSLOT = len(SLOTS)
 
 # What the kernels take of a PlanTable: one argument (v9ipfix.decode_sets), fields read by name.
 PlanArrays = namedtuple("PlanArrays", "reclen minlen f0 nf options slot_off slot_len f_len f_slot")

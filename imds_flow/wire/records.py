@@ -19,10 +19,10 @@ import numpy as np
 from ..flows import HTTP, NAT_DST, NAT_SRC, NO_COUNTERS
 from ..jit import njit
 from . import packet as pk
-from .fields import SLOT
+from .fields import NSLOT, SLOT
 from .readers import _u16, _u32, _uint
 
-__all__ = ["locate", "emit", "sampled", "option_rate", "option_sampler", "url_index", "rate32", "ntp", "MAPPED", "NSLOT"]
+__all__ = ["locate", "emit", "sampled", "option_rate", "option_sampler", "url_index", "rate32", "ntp", "MAPPED"]
 
 MAPPED = np.uint64(0x0000FFFF_00000000)
 _NTP_EPOCH = 2208988800.0
@@ -47,7 +47,6 @@ S_PINT, S_PSPACE, S_SIZE, S_POP = SLOT["packet_interval"], SLOT["packet_space"],
 S_URL0 = SLOT["url0"]
 N_URL = 6
 S_METHOD, S_SEC_IP, S_SEC_L2 = SLOT["http_method"], SLOT["section_ip"], SLOT["section_l2"]
-NSLOT = len(SLOT)
 
 
 @njit

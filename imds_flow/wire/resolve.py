@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import reason_code
-from .records import NSLOT
+from .fields import NSLOT
 from .v9ipfix import OPTION, SET, decode_sets
 from .walk import sequence, walk_sets
 

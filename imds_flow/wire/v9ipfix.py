@@ -13,7 +13,8 @@ import numpy as np
 
 from ..jit import kernel
 from ..kernels import compact
-from .records import NSLOT, emit, locate, option_rate, option_sampler
+from .fields import NSLOT
+from .records import emit, locate, option_rate, option_sampler
 
 __all__ = ["SET", "OPTION", "decode_sets"]
 
