@@ -12,8 +12,6 @@ import time
 
 import click
 
-from . import config as config_mod
-
 __all__ = ["main", "cli"]
 
 log = logging.getLogger("imds_flow")
@@ -55,7 +53,9 @@ def _setup_logging(level: str) -> None:
     log.setLevel(getattr(logging, level.upper()))
 
 
-def _load_config(path: str | None) -> config_mod.Config:
+def _load_config(path: str | None):
+    """The config (config.Config), or one clear line and exit code 2."""
+    from . import config as config_mod
     try:
         return config_mod.load(path)
     except config_mod.ConfigError as e:
@@ -102,15 +102,22 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
         metrics = parse_listen(metrics_at) if metrics_at else None
     except ValueError as e:
         raise click.UsageError(str(e).replace("listen address", "--metrics")) from None
-    cfg = _load_config(config_path)
-    _setup_logging(log_level or cfg.logging.level)
-    # Bind before the heavy imports (numba) and the kernel load: a router's exports queue in the
-    # socket buffer from here on instead of being refused while the collector starts.
-    from .sockets import open_sockets
+    # Bind first, before the config (its dataclasses take tens of milliseconds to import), numba and
+    # the kernel load: a router's exports queue in the socket buffer from here on instead of being
+    # refused while the collector starts. The buffer grows to listen.rcvbuf_bytes once the config is read.
+    from .sockets import close_sockets, open_sockets, set_rcvbuf
     try:
-        groups = open_sockets(listen_on, cfg.listen.rcvbuf_bytes, copies=workers)
+        groups = open_sockets(listen_on, None, copies=workers)
     except OSError as e:
         raise click.ClickException(str(e)) from None
+    try:
+        cfg = _load_config(config_path)
+    except click.UsageError:
+        close_sockets(groups)
+        raise
+    _setup_logging(log_level or cfg.logging.level)
+    set_rcvbuf(groups, cfg.listen.rcvbuf_bytes)
+    from . import config as config_mod
     from .serve import run_listen
     given = click.get_current_context().get_parameter_source("alerts_path") != click.core.ParameterSource.DEFAULT
     if (alerts_path == "-" and (given or not cfg.sinks)) and _table_for_terminal():
@@ -393,7 +400,7 @@ def probe(target, export, endpoint):
     IPv6 endpoint; documentation addresses) to ENDPOINT port 80, so you can prove router port ->
     collector -> sinks -> SIEM end to end. The alert it raises carries test = true (ECS: tags ["test"];
     CEF/LEEF: a TEST event name)."""
-    from . import probe as probe_mod
+    from . import config as config_mod, probe as probe_mod
     try:
         host, port = config_mod._host_port(target, "HOST:PORT")
     except config_mod.ConfigError as e:

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "close_sockets", "fmt_address",
+__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "set_rcvbuf", "close_sockets", "fmt_address",
            "udp_sockets", "kernel_drops", "SO_REUSEPORT"]
 
 log = logging.getLogger("imds_flow")
@@ -46,7 +46,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return parse_host_port(text, "listen address", listen=True)
 
 
-def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False, reuseport: bool = False) -> socket.socket:
+def open_socket(host: str, port: int, rcvbuf: int | None, v6only: bool = False, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -58,7 +58,8 @@ def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False, reusepo
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         except OSError:
             pass
-        _set_rcvbuf(sock, rcvbuf)
+        if rcvbuf is not None:
+            _set_rcvbuf(sock, rcvbuf)
         sock.bind((host, port))
         sock.setblocking(False)
     except OSError:
@@ -67,10 +68,11 @@ def open_socket(host: str, port: int, rcvbuf: int, v6only: bool = False, reusepo
     return sock
 
 
-def open_sockets(listen: list[tuple[str, int]], rcvbuf: int, copies: int = 1) -> list[list[socket.socket]]:
+def open_sockets(listen: list[tuple[str, int]], rcvbuf: int | None, copies: int = 1) -> list[list[socket.socket]]:
     """`copies` sockets per address (SO_REUSEPORT when more than one: the kernel then spreads
     exporters over them by address and port, so one exporter always reaches the same copy).
-    Port 0 picks one free port shared by every copy. Raises OSError naming the address."""
+    Port 0 picks one free port shared by every copy. Raises OSError naming the address.
+    rcvbuf None keeps the kernel's default buffer (set_rcvbuf sets it later)."""
     v4_ports = {p for h, p in listen if ":" not in h}
     out: list[list[socket.socket]] = []
     try:
@@ -95,6 +97,13 @@ def close_sockets(groups: list[list[socket.socket]]) -> None:
     for group in groups:
         for sock in group:
             sock.close()
+
+
+def set_rcvbuf(groups: list[list[socket.socket]], want: int) -> None:
+    """SO_RCVBUF of bound sockets (Linux lets it change at any time; queued datagrams stay)."""
+    for group in groups:
+        for sock in group:
+            _set_rcvbuf(sock, want)
 
 
 def _set_rcvbuf(sock: socket.socket, want: int) -> None:
