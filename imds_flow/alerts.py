@@ -17,7 +17,7 @@ import numpy as np
 from . import kernels
 from .addr import from_hilo
 from .detect import DIRECTIONS, REQUEST, Hits
-from .flows import HTTP, SFLOW, VLAN_COLUMNS, FlowBatch
+from .flows import HTTP, LATE, SFLOW, VLAN_COLUMNS, FlowBatch
 from .wire.packet import METHODS
 
 __all__ = ["Folder", "ALERT_FIELDS", "hit_alerts", "Encoder"]
@@ -84,7 +84,8 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             off = cols["url_off"][j]
             alert["http_method"] = METHODS[cols["http_method"][j]]
             size = cols["url_len"][j]
-            alert["url"] = batch.buf[off: off + size].tobytes().decode("ascii", "backslashreplace") if size else None
+            text = batch.late_buf if flags & LATE else batch.buf
+            alert["url"] = text[off: off + size].tobytes().decode("ascii", "backslashreplace") if size else None
             h = cols["headers"][j]
             alert["headers"] = [name for k, name in enumerate(hits.header_names) if h >> k & 1]
         side_port = dport if direction == REQUEST else sport

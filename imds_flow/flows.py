@@ -17,7 +17,7 @@ import numpy as np
 
 from .grow import grown_size
 
-__all__ = ["COLUMNS", "ROW", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "VLAN_COLUMNS", "HTTP_COLUMNS"]
+__all__ = ["COLUMNS", "ROW", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "LATE", "VLAN_COLUMNS", "HTTP_COLUMNS"]
 
 # row_flags bits
 NAT_SRC = 1        # nsrc_* holds a post-NAT source address
@@ -25,6 +25,7 @@ NAT_DST = 2        # ndst_* holds a post-NAT destination address
 NO_COUNTERS = 4    # the record carried neither bytes nor packets
 HTTP = 8           # an HTTP request line was read from sampled packet bytes: the HTTP columns hold it
 SFLOW = 16         # the row is an sFlow flow sample (version is then the sFlow version, 5)
+LATE = 32          # the record waited for its template: url_off indexes FlowBatch.late_buf, not buf
 
 COLUMNS = (
     ("exporter", np.int32),   # index into the exporter table
@@ -44,8 +45,9 @@ COLUMNS = (
     ("in_if", np.uint32), ("out_if", np.uint32),
     ("sampling_rate", np.uint32),  # sampling interval (1 in N); 0 unknown
     ("url", np.int16),        # index of the configured URL substring found in an HTTP field, -1 none
-    ("row_flags", np.uint8),  # NAT_SRC | NAT_DST | NO_COUNTERS | HTTP | SFLOW
-    # sampled HTTP request (valid with flag HTTP): strings stay in the datagram buffer (FlowBatch.buf)
+    ("row_flags", np.uint8),  # NAT_SRC | NAT_DST | NO_COUNTERS | HTTP | SFLOW | LATE
+    # sampled HTTP request (valid with flag HTTP): strings stay in the datagram buffer (FlowBatch.buf),
+    # or for data that waited for its template (flag LATE) in the pending buffer it came from (late_buf)
     ("http_method", np.int8), # index into wire.packet.METHODS
     ("url_off", np.int64),    # request-target: buf[url_off : url_off + url_len], as sampled
     ("url_len", np.int32),
@@ -61,13 +63,14 @@ class FlowBatch:
     """Preallocated rows with a fill level `n`; reused batch after batch. `rows` goes to kernels;
     `cols` holds a view of each field of `rows` (the same memory), for numpy and Python code."""
 
-    __slots__ = ("rows", "cols", "n", "limit", "buf")
+    __slots__ = ("rows", "cols", "n", "limit", "buf", "late_buf")
 
     def __init__(self, capacity: int = 16384, limit: int = 1 << 62):
         self._allocate(capacity)
         self.n = 0
         self.limit = limit                    # growth stops here (the caller keeps `need` within it)
         self.buf = np.zeros(0, np.uint8)   # the datagram bytes url_off points into (set by wire.decode)
+        self.late_buf = self.buf           # the same for rows flagged LATE: the pending buffer they left
 
     def _allocate(self, capacity: int) -> None:
         self.rows = np.empty(capacity, ROW)

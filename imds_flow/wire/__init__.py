@@ -65,6 +65,7 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     need_s = int(dg.lens[sel_s].sum()) // sflow.MIN_ROW_BYTES + 1 if len(sel_s) else 0
     out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0) + need_s)
     out.buf = dg.buf
+    out.late_buf = prep.pbuf if prep is not None else dg.buf
     if len(sel5):
         out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel5, exp_ids, dg.ts, out.rows, out.n, status,
                           state.seq_next, state.seq_seen, state.seq_lost, counts, compacting, ep)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..flows import HTTP, NAT_DST, NAT_SRC, NO_COUNTERS
+from ..flows import HTTP, LATE, NAT_DST, NAT_SRC, NO_COUNTERS
 from ..jit import njit
 from . import packet as pk
 from .fields import NSLOT, SLOT
@@ -255,8 +255,8 @@ def sampled(b, base, so, sl, c, n, http, main):
     """RFC 7133 packet sections (IE 315 from the Ethernet header, 313 from the IP header) through the
     packet kernel, else IE 459 httpRequestMethod with IE 461 httpRequestTarget. Addresses, ports and
     protocol come from a section only when the template carries no address; its VLAN tags fill
-    vlan_dot1q / vlan_cust where absent. The HTTP columns (flag HTTP) only for records whose bytes
-    are in the batch's buffer (`main`; not data that waited for its template)."""
+    vlan_dot1q / vlan_cust where absent. The HTTP columns (flag HTTP) point into `b`: the batch's
+    buffer, or (not `main`: data that waited for its template) the pending buffer (flag LATE)."""
     pat, pat_off, hdr, hdr_off, scr = http
     r = c[n]
     version = 0
@@ -282,17 +282,17 @@ def sampled(b, base, so, sl, c, n, http, main):
             r.vlan_cust = np.int16(scr[pk.S_VLAN2])
         if r.url < 0 and scr[pk.S_URL] != 0:
             r.url = np.int16(scr[pk.S_URL]) - np.int16(1)
-        if main and scr[pk.S_METHOD] != 0:
-            r.row_flags |= HTTP
+        if scr[pk.S_METHOD] != 0:
+            r.row_flags |= HTTP if main else HTTP | LATE
             r.http_method = np.int8(scr[pk.S_METHOD]) - np.int8(1)
             r.url_off = np.int64(scr[pk.S_URL_OFF])
             r.url_len = np.int32(scr[pk.S_URL_LEN])
             r.headers = np.uint32(scr[pk.S_HEADERS])
         return
-    if so[S_METHOD] >= 0 and main:
+    if so[S_METHOD] >= 0:
         m = pk.method_index(b, base + so[S_METHOD], sl[S_METHOD])
         if m >= 0:
-            r.row_flags |= HTTP
+            r.row_flags |= HTTP if main else HTTP | LATE
             r.http_method = m
             r.url_off = base + so[S_URL0] if so[S_URL0] >= 0 else 0
             r.url_len = sl[S_URL0] if so[S_URL0] >= 0 else 0

@@ -153,6 +153,27 @@ def test_ipfix_packet_sections(ie, section):
         assert (a["signal"], a["endpoint"], a["url"]) == ("url", "url:/latest/meta-data", "/latest/meta-data/")
 
 
+def _late(fields, values):
+    """The data datagram first, its template in the next one: the data waits in the pending buffer."""
+    return [build.ipfix([build.data_set(400, [build.record(fields, values)])], seq=0),
+            build.ipfix([build.template_set(10, {400: fields})], seq=1)]
+
+
+def test_ipfix_http_of_data_that_waited_for_its_template():
+    """Method, target and header names of data decoded late, from the pending buffer, as if on time."""
+    fields = _BASE + [(459, build.VAR), (461, build.VAR)]
+    p, alerts = run(_late(fields, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", b"/latest/api/token"]),
+                    src=("192.0.2.62", 4739))
+    (a,) = alerts
+    assert (a["signal"], a["http_method"], a["url"]) == ("address", "PUT", "/latest/api/token")
+    section = frame(CLIENT, OTHER, 40000, 8080, b"GET /x HTTP/1.1\r\nX-aws-ec2-metadata-token: s3cr3t\r\n", 12)
+    p, alerts = run(_late([(315, build.VAR), (1, 8), (2, 8)], [section, 100, 1]), src=("192.0.2.63", 4739))
+    (a,) = alerts
+    assert (a["signal"], a["http_method"], a["url"], a["headers"]) == ("header", "GET", "/x", ["x-aws-ec2-metadata-token"])
+    assert p.exporters.total("template_misses") == p.exporters.total("sets_late") == 1
+    assert b"s3cr3t" not in msgpack.packb(a)
+
+
 def test_config_header_names_are_checked():
     with pytest.raises(config.ConfigError):
         config.parse(CONFIG.replace('"Metadata-Flavor"', '"Metadata Flavor"'))
