@@ -76,6 +76,8 @@ ELEMENTS: dict[tuple[int, int], str] = {
     (IXIA, 184): "url4",          # Ixia HTTP URI
     (CISCO, 9357): "url5",        # ciscoAppHTTPUriStatistics (AVC)
     (IANA, 459): "http_method",   # httpRequestMethod
+    (NTOP, 360): "http_method",   # nProbe HTTP_METHOD (IPFIX, PEN 35632)
+    (IANA, 57832): "http_method", # nProbe HTTP_METHOD in NetFlow v9 (57472 + 360, a plain id)
     (IANA, 313): "section_ip",    # ipHeaderPacketSection (RFC 7133): from the IP header on
     (IANA, 315): "section_l2",    # dataLinkFrameSection (RFC 7133): from the Ethernet header on
 }

@@ -244,7 +244,7 @@ def emit(b, base, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, ma
     r.in_if = np.uint32(_uint(b, base + so[S_IN_IF], sl[S_IN_IF])) if so[S_IN_IF] >= 0 else np.uint32(0)
     r.out_if = np.uint32(_uint(b, base + so[S_OUT_IF], sl[S_OUT_IF])) if so[S_OUT_IF] >= 0 else np.uint32(0)
     r.sampling_rate = rate32(_sampling(b, base, so, sl, s.scope, samp_keys, samp_rates))
-    r.url = url_index(b, base, so, sl, pat, pat_off) if _has_url(so) else -1
+    r.url = url_index(b, base, so, sl, pat, pat_off) if _first_url(so) >= 0 else -1
     r.row_flags = flags
     if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0:
         sampled(b, base, so, sl, c, n, http, main)
@@ -294,17 +294,19 @@ def sampled(b, base, so, sl, c, n, http, main):
         if m >= 0:
             r.row_flags |= HTTP if main else HTTP | LATE
             r.http_method = m
-            r.url_off = base + so[S_URL0] if so[S_URL0] >= 0 else 0
-            r.url_len = sl[S_URL0] if so[S_URL0] >= 0 else 0
+            u = _first_url(so)
+            r.url_off = base + so[u] if u >= 0 else 0
+            r.url_len = sl[u] if u >= 0 else 0
             r.headers = 0
 
 
 @njit
-def _has_url(so):
+def _first_url(so):
+    """The slot of the record's first URL field (url0: IANA httpRequestTarget first), or -1."""
     for u in range(N_URL):
         if so[S_URL0 + u] >= 0:
-            return True
-    return False
+            return S_URL0 + u
+    return -1
 
 
 @njit

@@ -134,6 +134,22 @@ def test_ipfix_method_and_target(length):
         ("ipfix", "address", "PUT", "/latest/api/token", [])
 
 
+@pytest.mark.parametrize("version,method,url", [
+    (10, (35632, 360, build.VAR), (35632, 180, build.VAR)),   # nProbe HTTP_METHOD / HTTP_URL, PEN 35632
+    (9, (57832, 3), (57652, 17)),                              # the same in NetFlow v9: 57472 + id
+])
+def test_nprobe_method_and_url(version, method, url):
+    """nProbe's method element names the request with nProbe's URL: an IMDSv2 token request."""
+    fields = _BASE + [method, url]
+    values = ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", b"/latest/api/token"]
+    tmpl, data = build.template_set(version, {400: fields}), build.data_set(400, [build.record(fields, values)])
+    pkt = build.ipfix([tmpl, data]) if version == 10 else build.v9([tmpl, data])
+    p, alerts = run([pkt], src=("192.0.2.64", 2055))
+    (a,) = alerts
+    assert (a["format"], a["signal"], a["http_method"], a["url"]) == \
+        ("ipfix" if version == 10 else "netflow", "address", "PUT", "/latest/api/token")
+
+
 @pytest.mark.parametrize("ie,section", [
     (315, frame(CLIENT, OTHER, 40000, 8080, b"GET /x HTTP/1.1\r\nX-aws-ec2-metadata-token: s3cr3t\r\n", 12)),
     (313, frame(CLIENT, OTHER, 40000, 8080, b"GET /latest/meta-data/ HTTP/1.1\r\n", None)[14:]),
