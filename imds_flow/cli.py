@@ -92,6 +92,8 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
     IPv4 listener shares the port, IPv4 too) or [::1]:2055; give several to listen on each.
     SIGINT / SIGTERM stop it: queued datagrams are decoded and every pending alert is written.
     SIGHUP reloads the config's endpoints and suppression without losing a datagram.
+    Under systemd socket activation (config/imds-flow.socket) it takes the sockets systemd bound,
+    one per address given: exports queue in them across restarts, none is refused.
     """
     from .sockets import parse_listen
     try:
@@ -105,9 +107,12 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
     # Bind first, before the config (its dataclasses take tens of milliseconds to import), numba and
     # the kernel load: a router's exports queue in the socket buffer from here on instead of being
     # refused while the collector starts. The buffer grows to listen.rcvbuf_bytes once the config is read.
-    from .sockets import close_sockets, open_sockets, set_rcvbuf
+    from .sockets import close_sockets, inherited_sockets, open_sockets, set_rcvbuf
     try:
-        groups = open_sockets(listen_on, None, copies=workers)
+        inherited = inherited_sockets(listen_on, workers)
+        groups = inherited or open_sockets(listen_on, None, copies=workers)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     except OSError as e:
         raise click.ClickException(str(e)) from None
     try:
@@ -117,6 +122,8 @@ def listen(addresses, config_path, alerts_path, alerts_format, metrics_at, worke
         raise
     _setup_logging(log_level or cfg.logging.level)
     set_rcvbuf(groups, cfg.listen.rcvbuf_bytes)
+    if inherited:
+        log.info("socket activation: listening on the %d socket(s) systemd bound", len(inherited))
     from . import config as config_mod
     from .serve import run_listen
     given = click.get_current_context().get_parameter_source("alerts_path") != click.core.ParameterSource.DEFAULT

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "set_rcvbuf", "close_sockets", "fmt_address",
+__all__ = ["parse_host_port", "parse_listen", "open_socket", "open_sockets", "inherited_sockets", "set_rcvbuf", "close_sockets", "fmt_address",
            "udp_sockets", "kernel_drops", "SO_REUSEPORT"]
 
 log = logging.getLogger("imds_flow")
@@ -54,18 +54,22 @@ def open_socket(host: str, port: int, rcvbuf: int | None, v6only: bool = False, 
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
-        try:                                 # kernel arrival time of each datagram
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        except OSError:
-            pass
         if rcvbuf is not None:
             _set_rcvbuf(sock, rcvbuf)
         sock.bind((host, port))
-        sock.setblocking(False)
+        _listen_options(sock)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def _listen_options(sock: socket.socket) -> None:
+    try:                                     # kernel arrival time of each datagram
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        pass
+    sock.setblocking(False)
 
 
 def open_sockets(listen: list[tuple[str, int]], rcvbuf: int | None, copies: int = 1) -> list[list[socket.socket]]:
@@ -93,6 +97,56 @@ def open_sockets(listen: list[tuple[str, int]], rcvbuf: int | None, copies: int 
     return out
 
 
+def inherited_sockets(listen: list[tuple[str, int]], copies: int = 1) -> list[list[socket.socket]] | None:
+    """The datagram sockets systemd passed (socket activation: LISTEN_PID is this process, the
+    sockets are fds 3 .. 3 + LISTEN_FDS - 1), one group per address of `listen` in its order, or None
+    when nothing was passed. The kernel queued every export from the moment systemd bound them,
+    through this process's start and across restarts. Every address must be one systemd bound, and
+    every passed socket must be listened on; `copies` > 1 binds more SO_REUSEPORT sockets beside each
+    (the .socket unit then needs ReusePort=yes). Raises ValueError naming what does not match,
+    OSError when a worker's socket cannot be added."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or not os.environ.get("LISTEN_FDS", "").isdigit():
+        return None
+    count = int(os.environ["LISTEN_FDS"])
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):    # not for the processes we start
+        os.environ.pop(name, None)
+    passed = {}
+    for fd in range(3, 3 + count):
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_DGRAM:
+            raise ValueError(f"socket activation: fd {fd} is not a datagram socket (use ListenDatagram=)")
+        passed[_key(sock.getsockname())] = sock
+    groups = []
+    for host, port in listen:
+        sock = passed.pop(_key((host, port)), None)
+        if sock is None:
+            raise ValueError(f"socket activation: systemd passed no socket for {fmt_address((host, port))} "
+                             f"(it passed {', '.join(fmt_address(k) for k in passed) or 'none'})")
+        _listen_options(sock)
+        group = [sock]
+        for _ in range(copies - 1):
+            try:
+                group.append(open_socket(host, port, None, v6only=_v6only(sock), reuseport=True))
+            except OSError as e:
+                raise OSError(e.errno, f"cannot add a worker's socket on {fmt_address((host, port))}: {e.strerror} "
+                                       "(set ReusePort=yes in the .socket unit)") from None
+        groups.append(group)
+    if passed:
+        raise ValueError(f"socket activation: systemd passed {', '.join(fmt_address(k) for k in passed)}, "
+                         "which is not among the addresses to listen on")
+    return groups
+
+
+def _key(addr) -> tuple[str, int]:
+    """An address as (normalised host, port), so that '::' and '[::]:2055' compare equal."""
+    import ipaddress
+    return str(ipaddress.ip_address(addr[0] or "0.0.0.0")), int(addr[1])
+
+
+def _v6only(sock: socket.socket) -> bool:
+    return sock.family == socket.AF_INET6 and bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+
+
 def close_sockets(groups: list[list[socket.socket]]) -> None:
     for group in groups:
         for sock in group:
@@ -107,6 +161,8 @@ def set_rcvbuf(groups: list[list[socket.socket]], want: int) -> None:
 
 
 def _set_rcvbuf(sock: socket.socket, want: int) -> None:
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 >= want:
+        return                               # already as large (systemd's ReceiveBuffer=): never shrink it
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
     got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2   # Linux reports twice the value
     if got < want:

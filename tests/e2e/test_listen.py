@@ -88,6 +88,36 @@ def test_several_listen_addresses(tmp_path):
     assert sorted(a["exporter"] for a in alerts) == ["127.0.0.1", "::1"]
 
 
+def test_socket_activation_keeps_exports_sent_before_the_start(tmp_path):
+    """Under systemd socket activation the socket is bound before the collector exists: exports sent
+    then wait in it, none is refused, and the collector alerts on every one."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.connect(("127.0.0.1", port))
+    for i in range(20):
+        tx.send(v5([("10.0.0.%d" % (i + 1), IMDS, 40000 + i, 80)], seq=i))
+    with Collector(tmp_path, CONFIG, listen=[f"127.0.0.1:{port}"], activate=[held]) as c:
+        held.close()
+        tx.send(v5([("10.0.0.99", IMDS, 40099, 80)], seq=20))       # an ECONNREFUSED would raise here
+        c.wait_alerts(21)
+        alerts = c.stop()
+    assert sorted(a["sport"] for a in alerts) == [*range(40000, 40020), 40099]
+    assert "socket activation: listening on the 1 socket(s) systemd bound" in c.log
+
+
+def test_socket_activation_for_another_address_is_a_usage_error(tmp_path):
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.bind(("127.0.0.1", 0))
+    c = Collector(tmp_path, CONFIG, listen=["127.0.0.2:2055"], activate=[held])
+    with pytest.raises(RuntimeError, match="exited 2"):
+        c.start()
+    assert c.log.strip() == (f"imds-flow: socket activation: systemd passed no socket for 127.0.0.2:2055 "
+                             f"(it passed 127.0.0.1:{held.getsockname()[1]}) (see imds-flow listen --help)")
+    held.close()
+
+
 def test_replay_gives_the_same_alerts_as_listen(tmp_path):
     datagrams = traffic()
     live_dir = tmp_path / "live"

@@ -56,7 +56,8 @@ def scrape(port: int) -> dict[str, float]:
 class Collector:
     """`with Collector(tmp_path, config_text) as c:` ... `c.port`, `c.send(...)`, then `c.stop()`."""
 
-    def __init__(self, workdir: Path, config_text: str | None = None, listen=("127.0.0.1:0",), args=()):
+    def __init__(self, workdir: Path, config_text: str | None = None, listen=("127.0.0.1:0",), args=(),
+                 activate=()):
         self.workdir = Path(workdir)
         self.alerts_path = self.workdir / "alerts.mp"
         self.log_path = self.workdir / "collector.log"
@@ -66,6 +67,7 @@ class Collector:
             self.config_path.write_text(config_text)
         self.listen = list(listen)
         self.args = list(args)
+        self.activate = list(activate)      # sockets passed as systemd socket activation does
         self.proc = None
         self.addresses: list[tuple[str, int]] = []
         self.metrics_port: int | None = None    # with args "--metrics 127.0.0.1:0": the port it got
@@ -83,8 +85,10 @@ class Collector:
         # templates.state_file = "auto" resolves under XDG_STATE_HOME: keep each test's state its own
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(self.workdir / "state")}
         env.pop("STATE_DIRECTORY", None)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
-                                     env=env)
+        kw = {"env": env}
+        if self.activate:
+            kw = {"preexec_fn": self._socket_activation(env), "pass_fds": range(3, 3 + len(self.activate))}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL, **kw)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text()
@@ -102,6 +106,19 @@ class Collector:
             time.sleep(0.05)
         self.proc.kill()
         raise RuntimeError(f"collector did not start: {self.log_path.read_text()}")
+
+    def _socket_activation(self, env: dict):
+        """What systemd does in the child before exec: the sockets become fds 3, 4, ... (kept open
+        through the exec by pass_fds) and LISTEN_FDS / LISTEN_PID (this very process) name them."""
+        fds = [s.fileno() for s in self.activate]
+
+        def child() -> None:
+            moved = [os.dup(fd) for fd in fds]           # out of the way of fds 3.. first
+            for k, fd in enumerate(moved):
+                os.dup2(fd, 3 + k)
+            os.environ.clear()
+            os.environ.update(env, LISTEN_FDS=str(len(fds)), LISTEN_PID=str(os.getpid()))
+        return child
 
     def wait_alerts(self, count: int, timeout: float = 30.0) -> list[dict]:
         """Alerts written so far, once their count sums to at least `count` (or the timeout ends)."""
