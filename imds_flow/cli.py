@@ -65,12 +65,13 @@ def _load_config(path: str | None):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="imds-flow")
 def cli():
-    """imds-flow: a NetFlow v5 / v9 / IPFIX collector that raises an alert for every flow record
-    touching an instance-metadata endpoint (169.254.169.254, fd00:ec2::254, ...) on networks
-    where none may exist (AWS bulletin AWS-2025-021, "IMDS impersonation").
+    """imds-flow: a NetFlow v5 / v9 / IPFIX and sFlow v5 collector that raises an alert for every
+    flow record or sampled packet touching an instance-metadata endpoint (169.254.169.254,
+    fd00:ec2::254, ...) or carrying a metadata request (path or header) on networks where none may
+    exist (AWS bulletin AWS-2025-021, "IMDS impersonation").
 
-    Point your routers' flow exports at `imds-flow listen :2055`; read alerts with
-    `imds-flow alerts FILE`.
+    Point your routers' and switches' flow exports at `imds-flow listen :2055 :6343`; read alerts
+    with `imds-flow alerts FILE`.
     """
 
 

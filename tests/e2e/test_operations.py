@@ -119,3 +119,22 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
                        text=True, timeout=60)
     exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout).group(1))
     assert exposure < 3.0, r.stdout[-2000:]
+
+
+def test_systemd_socket_unit_verifies_and_binds_what_the_service_listens_on(tmp_path):
+    """Socket activation passes exactly the sockets `imds-flow listen` is told to use (it stops with
+    exit code 2 otherwise): the socket unit's ListenDatagram= lines are the service's addresses."""
+    from imds_flow.sockets import parse_listen
+    service = (ROOT / "config/imds-flow.service").read_text()
+    socket_unit = (ROOT / "config/imds-flow.socket").read_text()
+    args = re.search(r"^ExecStart=\S*imds-flow listen (.*?) --", service, re.M).group(1).split()
+    bound = re.findall(r"^ListenDatagram=(\S+)", socket_unit, re.M)
+    assert sorted(parse_listen(a) for a in args) == sorted(parse_listen(a) for a in bound)
+    assert len(bound) == 4 and "BindIPv6Only=ipv6-only" in socket_unit
+    require_tool("systemd-analyze")
+    exe = shutil.which("imds-flow") or str(ROOT / ".venv/bin/imds-flow")
+    (tmp_path / "imds-flow.service").write_text(service.replace("/opt/imds-flow/.venv/bin/imds-flow", exe))
+    (tmp_path / "imds-flow.socket").write_text(socket_unit)
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "imds-flow.socket")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
