@@ -254,6 +254,8 @@ def _rivals(ctx, param, value: str) -> tuple[str, ...]:
 @cli.command()
 @click.option("--export", type=click.Choice(["v5", "v9", "ipfix", "sflow"]), default="ipfix", show_default=True,
               help="Export protocol the synthetic exporters send.")
+@click.option("--version", "version", type=click.Choice(["5", "9", "10", "sflow"]),
+              help="The export protocol as a version number (10: IPFIX), instead of --export.")
 @click.option("--sweep", is_flag=True, help="Find the no-loss ceiling (doubling, then bisection); the default.")
 @click.option("--rates", default="", callback=_rates, help="Records/s to offer, comma-separated (instead of --sweep).")
 @click.option("--start", type=click.FloatRange(min=1, min_open=False), default=1e6, show_default=True,
@@ -294,6 +296,13 @@ def bench(**opts):
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from bench import flowbench
     from pathlib import Path
+    version = opts.pop("version")
+    if version is not None:
+        given = click.get_current_context().get_parameter_source("export") != click.core.ParameterSource.DEFAULT
+        as_export = {"5": "v5", "9": "v9", "10": "ipfix"}.get(version, version)
+        if given and opts["export"] != as_export:
+            raise click.UsageError(f"--version {version} and --export {opts['export']} disagree: give one")
+        opts["export"] = as_export
     st = flowbench.Settings(**{**opts, "out": Path(opts["out"])})
     try:
         return flowbench.run(st)

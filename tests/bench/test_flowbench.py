@@ -25,7 +25,10 @@ def bench(*args):
     (["--workers", "0"], ["--workers", "0"]),
     (["--export", "sflow", "--compare", "nfcapd"], ["--export sflow", "sfcapd, sfacctd"]),
     (["--export", "v10"], ["--export", "v10"]),
-    (["--version", "5"], ["--version"]),
+    (["--version", "5", "--export", "ipfix"], ["--version 5", "--export ipfix"]),
+    (["--version", "sflow", "--compare", "nfcapd"], ["--export sflow", "sfcapd, sfacctd"]),   # the form
+    (["--version", "5", "--template-every", "20"], ["--template-every", "v5"]),
+    (["--version", "v5"], ["--version", "v5"]),
     (["--export", "v5", "--template-every", "20"], ["--template-every", "v5"]),
     (["--compare", "goflow2"], ["goflow2", "nfcapd, nfacctd"]),
     (["--rates", "fast"], ["--rates", "fast"]),
