@@ -34,10 +34,16 @@ def _time(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _vlan(values: list[int]) -> int | None:
-    """The VLAN a record carries: the first non-zero id, else 0 if one says 0, else None."""
-    present = [v for v in values if v >= 0]
-    return next((v for v in present if v > 0), present[0] if present else None)
+def _vlans(c, idx: np.ndarray) -> list[int | None]:
+    """The VLAN each record idx carries: the first non-zero id of VLAN_COLUMNS, else 0 if one
+    says 0, else None (-1 everywhere: absent)."""
+    v = np.stack([getattr(c, name)[idx] for name in VLAN_COLUMNS], axis=1).astype(np.int32)
+    if not len(v):
+        return []
+    nonzero = v > 0
+    out = np.where(nonzero.any(axis=1), v[np.arange(len(v)), nonzero.argmax(axis=1)],
+                   np.where((v == 0).any(axis=1), 0, -1))
+    return [None if x < 0 else x for x in out.tolist()]
 
 
 def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> list[tuple[tuple, dict]]:
@@ -48,9 +54,8 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     c = batch.cols
     cols = {name: getattr(c, name)[idx].tolist() for name in (
         "exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
-        "bytes", "packets", "first_seen", "last_seen", "sampling_rate", "row_flags", "http_method", "url_off", "url_len", "headers",
-        *VLAN_COLUMNS)}
-    vlans = list(zip(*(cols[v] for v in VLAN_COLUMNS)))
+        "bytes", "packets", "first_seen", "last_seen", "sampling_rate", "row_flags", "http_method", "url_off", "url_len", "headers")}
+    vlans = _vlans(c, idx)
     in_ifs, out_ifs = c.in_if[idx].tolist(), c.out_if[idx].tolist()
     out = []
     for j, (ep, direction) in enumerate(zip(hits.endpoint.tolist(), hits.direction.tolist())):
@@ -62,7 +67,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
         alert = {
             "ts": cols["ts"][j], "exporter": exporters.address[e], "exporter_port": exporters.port[e],
             "version": cols["version"][j], "src": from_hilo(*src), "dst": from_hilo(*dst),
-            "sport": sport, "dport": dport, "proto": proto, "vlan": _vlan(vlans[j]),
+            "sport": sport, "dport": dport, "proto": proto, "vlan": vlans[j],
             "endpoint": names[ep], "direction": DIRECTIONS[direction],
             "bytes": cols["bytes"][j], "packets": cols["packets"][j],
             "first_seen": _time(cols["first_seen"][j]), "last_seen": _time(cols["last_seen"][j]),
@@ -169,8 +174,7 @@ class Folder:
                         zip(c.dst_hi[f_idx].tolist(), c.dst_lo[f_idx].tolist()), c.proto[f_idx].tolist(),
                         side.tolist(), hits.endpoint[first[:g]].tolist(), direction.tolist()))
         l_idx = hits.idx[last[:g]]
-        vl = list(zip(*(getattr(c, v)[l_idx].tolist() for v in VLAN_COLUMNS)))
-        tail = list(zip(c.sport[l_idx].tolist(), c.dport[l_idx].tolist(), [_vlan(v) for v in vl]))
+        tail = list(zip(c.sport[l_idx].tolist(), c.dport[l_idx].tolist(), _vlans(c, l_idx)))
         count_l, sums_l, times_l = count[:g].tolist(), sums[:g].tolist(), times[:g].tolist()
         window = self.window
         steps = []                 # (group, kind): 0 merge into pending, 1 new pending, 2 new window, 3 per hit
@@ -197,6 +201,13 @@ class Folder:
             sel = np.array(want, np.int64)
             made = hit_alerts(batch, hits.subset(sel), names, exporters)
             built = {pos: alert for pos, (_, alert) in zip(want, made)}
+        # the per-hit groups' alerts in one call too (past limits.max_fold_keys, in a flood of new keys,
+        # that is every group): their hits in batch order, handed to add() group by group
+        per_hit: dict[int, list] = {}
+        if any(kind == 3 for _, kind in steps):
+            pos = np.flatnonzero(np.isin(group[:m], [j for j, kind in steps if kind == 3]))
+            for j, item in zip(group[pos].tolist(), hit_alerts(batch, hits.subset(pos), names, exporters)):
+                per_hit.setdefault(j, []).append(item)
         for j, kind in steps:
             key, n = keys[j], count_l[j]
             if kind == 0:
@@ -217,8 +228,7 @@ class Folder:
                     _overwrite(pending, n - 1, sums_l[j][4:], times_l[j][3:6], tail[j])
                     self._open[key][1] = pending
             else:
-                pos = np.flatnonzero(group[:m] == j)
-                self.add(hit_alerts(batch, hits.subset(pos), names, exporters))
+                self.add(per_hit[j])
 
     def add(self, items: list[tuple[tuple, dict]]) -> None:
         if self.window <= 0:

@@ -1,9 +1,12 @@
 """Alert folding: the first alert of a key leaves at once, the rest fold, nothing is lost."""
 import math
 
+import numpy as np
+
 from hypothesis import given, settings, strategies as st
 
-from imds_flow.alerts import Folder, _vlan
+from imds_flow.alerts import Folder, _vlans
+from imds_flow.flows import VLAN_COLUMNS, FlowBatch
 
 
 def alert(ts, key=0, b=10):
@@ -62,6 +65,14 @@ def test_sum_of_count_equals_records(events, window, ticks):
     assert math.isclose(sum(a["bytes"] for a in out), 10 * len(events))
     # at most one alert is written "at once" per key per window: count>1 only for folded ones
     assert all(a["count"] >= 1 for a in out)
+
+
+def _vlan(values: list[int]):
+    """The VLAN _vlans picks for one record whose VLAN_COLUMNS hold `values`."""
+    b = FlowBatch(4)
+    for name, v in zip(VLAN_COLUMNS, values):
+        getattr(b.cols, name)[2] = v
+    return _vlans(b.cols, np.array([2]))[0]
 
 
 def test_vlan_choice():
