@@ -7,33 +7,18 @@ import signal
 import socket
 import time
 
-import msgpack
-
 from imds_flow import config
 from imds_flow.app import Pipeline
 from imds_flow.build import v5
 from imds_flow.receive import Receiver
 from imds_flow.serve import serve
 from imds_flow.sockets import open_socket
-
-
-class ListSink:
-    def __init__(self):
-        self.alerts = []
-
-    def write_alerts(self, alerts):
-        self.alerts += [msgpack.unpackb(a) for a in alerts]
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
+from tests.support.alerts import AlertList
 
 
 def test_ticks_and_stats_follow_the_injected_clock_until_sigterm(caplog):
     t0 = time.time()                               # datagrams carry the kernel's arrival time
-    sink = ListSink()
+    sink = AlertList()
     pipeline = Pipeline(config.load(None), sink)
     sock = open_socket("127.0.0.1", 0, 1 << 20)
     readings: list[float] = []

@@ -11,6 +11,7 @@ from imds_flow.build import frame, packet_sample, sflow
 from imds_flow import app, config
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS
+from tests.support.alerts import AlertList
 
 T0 = 1_700_000_000.0
 IMDS = int(ipaddress.IPv4Address("169.254.169.254"))
@@ -31,22 +32,8 @@ fold_window_seconds = 0
 '''
 
 
-class Sink:
-    def __init__(self):
-        self.alerts = []
-
-    def write_alerts(self, alerts):
-        self.alerts += [msgpack.unpackb(a) for a in alerts]
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
 def run(payloads, src=("192.0.2.50", 6343), config_text=CONFIG):
-    sink = Sink()
+    sink = AlertList()
     p = app.Pipeline(config.parse(config_text), sink, clock=lambda: T0)
     for k, data in enumerate(payloads):
         p.process(DatagramBatch.from_payloads([data], src=src, ts=T0 + k))
