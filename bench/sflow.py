@@ -21,38 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import struct
 import sys
 import time
 
 import numpy as np
 
-__all__ = ["frame", "flow_sample", "datagram", "sflow_datagrams", "inprocess", "main"]
+from imds_flow.build import frame, packet_sample, sflow
+
+__all__ = ["sflow_datagrams", "inprocess", "main"]
 
 _HTTP = (b"GET /api/v2/items?page=3 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: curl/8.5.0\r\n"
          b"Accept: */*\r\nX-Request-Id: 5f0c\r\n\r\n")
-
-
-def frame(src: int, dst: int, sport: int, dport: int, payload: bytes, vlan: int | None) -> bytes:
-    """An Ethernet (802.1Q-tagged unless vlan is None) IPv4/TCP frame; addresses as integers."""
-    tcp = struct.pack(">HHIIBBHHH", sport, dport, 1, 1, 0x50, 0x18, 512, 0, 0)
-    ip = struct.pack(">BBHHHBBHII", 0x45, 0, 40 + len(payload), 0, 0x4000, 64, 6, 0, src, dst)
-    tag = b"\x81\x00" + struct.pack(">H", vlan) if vlan is not None else b""
-    return b"\x02\x00\x00\x00\x00\x0b\x02\x00\x00\x00\x00\x0a" + tag + b"\x08\x00" + ip + tcp + payload
-
-
-def flow_sample(seq: int, frame: bytes, header_bytes: int = 128, rate: int = 1000, source: int = 7) -> bytes:
-    """A compact flow sample: extended switch record (VLAN 10) and the frame's first header_bytes."""
-    h = frame[:header_bytes]
-    raw = struct.pack(">IIII", 1, len(frame) + 4, 4, len(h)) + h + bytes(-len(h) % 4)
-    recs = struct.pack(">IIIIII", 1001, 16, 10, 0, 10, 0) + struct.pack(">II", 1, len(raw)) + raw
-    body = struct.pack(">IIIIIIII", seq, source, rate, (seq * rate) & 0xFFFFFFFF, 0, 7, 9, 2) + recs
-    return struct.pack(">II", 1, len(body)) + body
-
-
-def datagram(samples: list[bytes], seq: int, agent: int = 0xC0000207, sub_agent: int = 0) -> bytes:
-    """An sFlow v5 datagram from an IPv4 agent holding `samples`."""
-    return struct.pack(">IIIIIII", 5, 1, agent, sub_agent, seq, 1000, len(samples)) + b"".join(samples)
 
 
 def sflow_datagrams(count: int, samples: int = 8, header_bytes: int = 128, http_fraction: float = 0.3,
@@ -70,10 +49,10 @@ def sflow_datagrams(count: int, samples: int = 8, header_bytes: int = 128, http_
             src = 0x0A000000 | int(rng.integers(1, 1 << 24))
             http = imds or rng.random() < http_fraction
             payload = (_HTTP.replace(b"/api/v2/items?page=3", b"/latest/meta-data/") if imds else _HTTP) if http else tls
-            body.append(flow_sample(seq, frame(src, dst, int(rng.integers(1024, 65535)), 80 if http else 443, payload,
-                                               int(rng.integers(1, 4095))), header_bytes, rate))
+            body.append(packet_sample(seq, frame(src, dst, int(rng.integers(1024, 65535)), 80 if http else 443, payload,
+                                                 int(rng.integers(1, 4095))), header_bytes, rate))
             seq += 1
-        out.append(datagram(body, d + 1))
+        out.append(sflow(body, d + 1))
     return out
 
 

@@ -1,16 +1,19 @@
-"""NetFlow v5, v9 and IPFIX packets built from fields: the one builder the warm-up, the benchmarks,
-`imds-flow probe`'s tests and the test suite share.
+"""NetFlow v5, v9, IPFIX and sFlow v5 datagrams built from fields: the one builder the warm-up, the
+benchmarks, `imds-flow probe` and the test suite share.
 
-A field is (element id, length) or (enterprise number, element id, length); length 0xFFFF is
-variable. Values are ints (big-endian in the field's length), dotted quads / IPv6 text for 4- /
-16-byte address fields, or bytes (variable-length fields get the 1- or 3-byte length prefix).
+NetFlow / IPFIX: a field is (element id, length) or (enterprise number, element id, length); length
+0xFFFF is variable. Values are ints (big-endian in the field's length), dotted quads / IPv6 text for
+4- / 16-byte address fields, or bytes (variable-length fields get the 1- or 3-byte length prefix).
+sFlow: a datagram (`sflow`) holds flow samples (`flow_sample`, or `packet_sample`: what a switch sends
+for one sampled packet), which hold flow records (`raw_header` of a `frame`, `switch`).
 """
 from __future__ import annotations
 
 import ipaddress
 import struct
 
-__all__ = ["VAR", "v5", "v9", "ipfix", "template_set", "options_template_set", "data_set", "record", "set_"]
+__all__ = ["VAR", "v5", "v9", "ipfix", "template_set", "options_template_set", "data_set", "record", "set_",
+           "sflow", "flow_sample", "packet_sample", "raw_header", "switch", "frame"]
 
 VAR = 0xFFFF
 
@@ -91,3 +94,51 @@ def v9(sets: list[bytes], seq: int = 0, source_id: int = 0, uptime: int = 100_00
 def ipfix(sets: list[bytes], seq: int = 0, domain: int = 0, export_time: int = 1_700_000_000) -> bytes:
     body = b"".join(sets)
     return struct.pack(">HHIII", 10, 16 + len(body), export_time, seq, domain) + body
+
+
+# --- sFlow v5 -------------------------------------------------------------------------------------
+
+def sflow(samples: list[bytes], seq: int = 1, agent: str | int = "192.0.2.7", sub_agent: int = 0,
+          uptime: int = 1000) -> bytes:
+    """An sFlow v5 datagram holding `samples`, from an IPv4 or IPv6 agent (text or an integer)."""
+    ip = ipaddress.ip_address(agent)
+    return (struct.pack(">II", 5, 1 if ip.version == 4 else 2) + ip.packed
+            + struct.pack(">IIII", sub_agent, seq, uptime, len(samples)) + b"".join(samples))
+
+
+def flow_sample(seq: int, records: list[bytes], rate: int = 1000, source: int = 7, pool: int | None = None,
+                in_if: int = 7, out_if: int = 9) -> bytes:
+    """A compact flow sample (0:1) holding `records`; the sample pool is seq * rate unless given."""
+    pool = (seq * rate) & 0xFFFFFFFF if pool is None else pool
+    body = struct.pack(">IIIIIIII", seq, source, rate, pool, 0, in_if, out_if, len(records)) + b"".join(records)
+    return struct.pack(">II", 1, len(body)) + body
+
+
+def packet_sample(seq: int, frame: bytes, header_bytes: int = 128, rate: int = 1000, vlan: int = 10) -> bytes:
+    """What a switch sends for one sampled packet: an extended switch record (`vlan` in and out) and
+    the raw header record of the frame's first `header_bytes` bytes."""
+    return flow_sample(seq, [switch(vlan, vlan), raw_header(frame, header_bytes)], rate)
+
+
+def raw_header(frame: bytes, header_bytes: int = 128, stripped: int = 4) -> bytes:
+    """A raw packet header record (0:1) of an Ethernet frame: its first `header_bytes` bytes, padded
+    to 4; the frame length counts the `stripped` bytes (the FCS) the switch removed."""
+    head = frame[:header_bytes]
+    body = struct.pack(">IIII", 1, len(frame) + stripped, stripped, len(head)) + head + bytes(-len(head) % 4)
+    return struct.pack(">II", 1, len(body)) + body
+
+
+def switch(src_vlan: int, dst_vlan: int) -> bytes:
+    """An extended switch record (0:1001): input and output VLAN, priorities 0."""
+    return struct.pack(">IIIIII", 1001, 16, src_vlan, 0, dst_vlan, 0)
+
+
+def frame(src: str | int, dst: str | int, sport: int, dport: int, payload: bytes = b"",
+          vlan: int | None = None) -> bytes:
+    """An Ethernet frame (802.1Q-tagged unless vlan is None) of an IPv4 / TCP segment (PSH ACK)
+    carrying `payload`; addresses as text or integers, checksums 0."""
+    tcp = struct.pack(">HHIIBBHHH", sport, dport, 1, 1, 0x50, 0x18, 512, 0, 0)
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0x4000, 64, 6, 0,
+                     ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    tag = b"\x81\x00" + struct.pack(">H", vlan) if vlan is not None else b""
+    return b"\x02\x00\x00\x00\x00\x0b\x02\x00\x00\x00\x00\x0a" + tag + b"\x08\x00" + ip + tcp + payload

@@ -4,8 +4,9 @@ endpoint, so an operator can prove router port -> collector -> sinks -> SIEM end
 Rules: the record goes from PROBE_SOURCE (TEST-NET-1, RFC 5737; 2001:db8::/32, RFC 3849, for an IPv6
 endpoint) port PROBE_PORT to the endpoint's port 80 over TCP; a collector marks the alert such a record
 raises with test = true (is_probe), and every format says so (ECS tags ["test"], CEF/LEEF test markers,
-syslog severity informational). NetFlow v5, v9 and IPFIX are built with scapy; sFlow v5 by hand (one flow
-sample with the sampled Ethernet/IP/TCP header of an HTTP request for /latest/meta-data/).
+syslog severity informational). NetFlow v5, v9 and IPFIX are built with scapy; sFlow v5 with build.py
+(one flow sample with the sampled Ethernet/IP/TCP header, written by scapy, of an HTTP request for
+/latest/meta-data/).
 """
 from __future__ import annotations
 
@@ -77,24 +78,21 @@ def build(export: str, endpoint: str = "169.254.169.254", now: float | None = No
 
 
 def _sflow(src: str, dst: str, v6: bool, agent: str) -> bytes:
-    """sFlow v5: one flow sample (enterprise 0, format 1) with one raw packet header record (format 1)."""
+    """sFlow v5: one flow sample (rate 1) with one raw packet header record of an HTTP request.
+    scapy writes the sampled frame (IPv4 or IPv6, real lengths and checksums, as a host sends it:
+    what tshark checks); build.py the sFlow datagram around it."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
+
+    from .build import flow_sample, raw_header, sflow
 
     http = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: " + dst.encode() + b"\r\n\r\n"
     ip = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)
     frame = bytes(Ether(src="02:00:00:00:01:69", dst="02:00:00:00:02:54") / ip
                   / TCP(sport=PROBE_PORT, dport=80, flags="PA", seq=1, ack=1) / http)
-    header = frame[:128]
-    pad = (-len(header)) % 4
-    raw = struct.pack(">IIII", 1, len(frame) + 4, 4, len(header)) + header + bytes(pad)   # ethernet, FCS stripped
-    record = struct.pack(">II", 1, len(raw)) + raw
-    sample_body = struct.pack(">IIIIIIII", 1, 1, 1, 1, 0, 1, 2, 1) + record   # seq, source id, rate 1, pool, drops, in, out, n
-    sample = struct.pack(">II", 1, len(sample_body)) + sample_body
-    agent_ip = ipaddress.ip_address(agent)
-    return (struct.pack(">II", 5, 1 if agent_ip.version == 4 else 2) + agent_ip.packed
-            + struct.pack(">IIII", 0, 1, 1000, 1) + sample)
+    sample = flow_sample(1, [raw_header(frame)], rate=1, source=1, pool=1, in_if=1, out_if=2)
+    return sflow([sample], seq=1, agent=agent)
 
 
 def send(host: str, port: int, export: str, endpoint: str = "169.254.169.254") -> tuple[bytes, tuple]:

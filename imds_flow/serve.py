@@ -200,13 +200,14 @@ class _Loop:
             log.error("reload failed, keeping the running config: %s", e)
 
     async def _tick_until_stopped(self) -> None:
-        next_stats = time.monotonic() + self.stats_every if self.stats_every > 0 else None
+        next_stats = self.clock() + self.stats_every if self.stats_every > 0 else None
         while not self.stop.is_set():
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=1.0)
             except asyncio.TimeoutError:
                 pass
-            self.pipeline.tick(self.clock())
-            if next_stats is not None and time.monotonic() >= next_stats:
+            now = self.clock()
+            self.pipeline.tick(now)
+            if next_stats is not None and now >= next_stats:
                 next_stats += self.stats_every
                 log.info("%s", self.pipeline.summary())

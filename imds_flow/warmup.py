@@ -23,9 +23,8 @@ from .datagrams import DatagramBatch
 from .detect import Hits
 from .exporters import ExporterTable
 from .flows import FlowBatch
-from .wire import sflow
 
-__all__ = ["warm_up", "compile_decoder"]
+__all__ = ["warm_up", "compile_decoder", "SFLOW"]
 
 _V5 = build.v5([("10.0.0.1", "169.254.169.254", 40000, 80)])
 _JUNK = b"\x00"
@@ -34,13 +33,18 @@ _CHILD_SECONDS = 300.0        # a child that takes longer is stuck: stop waiting
 _FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (461, build.VAR)]
 _IPFIX = build.ipfix([build.template_set(10, {256: _FIELDS}), build.data_set(256, [build.record(
     _FIELDS, ["10.0.0.1", "169.254.169.254", 80, 80, 6, 0, 0, b"/"])], pad_to=1)])
+# sFlow taking every branch worth compiling: IPv4 agent, a flow sample with an extended switch record
+# and an Ethernet / 802.1Q / IPv4 / TCP raw header carrying an HTTP request with a header field
+SFLOW = build.sflow([build.packet_sample(1, build.frame(
+    "10.0.0.1", "169.254.169.254", 40000, 80,
+    b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: t\r\n\r\n", vlan=10))], agent="10.0.0.1")
 
 
 def warm_up(pipeline) -> None:
     """Load or compile every kernel `pipeline` (app.Pipeline) and the receive path run."""
     helper = _start_helper() if _cold() and (os.cpu_count() or 1) > 1 else None
     try:                                     # everything but the v9 / IPFIX decoder, while the child works
-        batch, scratch = _decode(pipeline, [_V5, _JUNK, sflow.WARM_UP])
+        batch, scratch = _decode(pipeline, [_V5, _JUNK, SFLOW])
         pipeline.detector.run(batch, scratch.column("suppressed"))
         folder = Folder(60.0, lambda alert: None)
         kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
@@ -52,7 +56,7 @@ def warm_up(pipeline) -> None:
                 helper.wait(timeout=_CHILD_SECONDS)
             except subprocess.TimeoutExpired:    # killed below; the decoder then compiles here
                 pass
-        _decode(pipeline, [_V5, _JUNK, _IPFIX, sflow.WARM_UP])
+        _decode(pipeline, [_V5, _JUNK, _IPFIX, SFLOW])
     finally:
         if helper is not None and helper.poll() is None:
             helper.kill()

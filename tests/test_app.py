@@ -95,12 +95,12 @@ def test_reload_of_header_names_reaches_the_sflow_decoder():
     with the detector's names, or a header alert names the wrong header."""
     import ipaddress
 
-    from bench.sflow import datagram, flow_sample, frame
+    from imds_flow.build import frame, packet_sample, sflow
     client, other = int(ipaddress.IPv4Address("192.168.1.5")), int(ipaddress.IPv4Address("192.168.7.7"))
     request = b"GET /x HTTP/1.1\r\nHost: h\r\nMetadata-Flavor: Google\r\n\r\n"
     p, sink = pipeline(CONFIG + '[http]\nheader_names = ["x-aws-ec2-metadata-token"]\n')
     p.reload(config.parse(CONFIG + '[http]\nheader_names = ["metadata-flavor", "x-aws-ec2-metadata-token"]\n'))
-    p.process(DatagramBatch.from_payloads([datagram([flow_sample(1, frame(client, other, 40000, 80, request, None))], seq=1)],
+    p.process(DatagramBatch.from_payloads([sflow([packet_sample(1, frame(client, other, 40000, 80, request, None))], seq=1)],
                                           src=("192.0.2.9", 6343), ts=1_700_000_000.0))
     assert [(a["signal"], a["endpoint"], a["headers"]) for a in sink.alerts] == [
         ("header", "header:metadata-flavor", ["metadata-flavor"])]

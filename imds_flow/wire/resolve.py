@@ -226,8 +226,6 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = Fals
             np.add.at(records, sets["exp"][~options], sets["nrec"][~options])
         baddg = sets["dg"][(sets["bad"] != 0) & (sets["dg"] >= 0)]
         status[baddg[status[baddg] == 0]] = _BAD_RECORD
-    # where each set's records went, for tools and tests that locate a record in its datagram
-    cache.last_sets = (sets["dg"], sets["off"], sets["nrec"], pl.options[sets["plan"]])
     per_dg = np.zeros(prep.scope_dg.shape[0], np.int64)
     inbatch = sets["dg"] >= 0
     np.add.at(per_dg, sets["dg"][inbatch], sets["nrec"][inbatch])

@@ -59,7 +59,6 @@ class ScopeTable:
         self._scope_ids = KeyMap()                    # the same, for a batch in one kernel call
         self.templates: dict[int, tuple[int, float, Template]] = {}  # key -> (plan, received, template)
         self.dirty = False
-        self.last_sets = None                         # (datagram, offset, records, options) of the last batch
         cap = 16
         self.scope_exporter = np.zeros(cap, np.int32)
         self.seq_next = np.zeros(cap, np.uint32)

@@ -20,7 +20,7 @@ from .errors import reason_code
 from .packet import ETHERNET, IPV4, IPV6, parse_packet, patterns, scratch, store
 from .readers import _u32, _u64
 
-__all__ = ["SflowState", "agents", "decode_datagrams", "MIN_ROW_BYTES", "SKIPPED", "WARM_UP"]
+__all__ = ["SflowState", "agents", "decode_datagrams", "MIN_ROW_BYTES", "SKIPPED"]
 
 _MAPPED = np.uint64(0x0000FFFF_00000000)
 _TOO_SHORT = reason_code("too_short")
@@ -321,23 +321,3 @@ def _sampled_ip(buf, ip4, ip6):
                 np.uint64(0), _MAPPED | np.uint64(_u32(buf, ip4 + 12)), _u32(buf, ip4 + 16), _u32(buf, ip4 + 20))
     return (6, np.uint64(_u32(buf, ip6)), _u32(buf, ip6 + 4), _u64(buf, ip6 + 8), _u64(buf, ip6 + 16),
             _u64(buf, ip6 + 24), _u64(buf, ip6 + 32), _u32(buf, ip6 + 40), _u32(buf, ip6 + 44))
-
-
-def _warm_up() -> bytes:
-    """A datagram that takes every branch worth compiling: IPv4 agent, a flow sample with an
-    Ethernet/802.1Q/IPv4/TCP raw header carrying an HTTP request, an extended switch record."""
-    import struct
-    http = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: t\r\n\r\n"
-    tcp = struct.pack(">HHIIBBHHH", 40000, 80, 0, 0, 0x50, 0x18, 512, 0, 0)
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(http), 0, 0, 64, 6, 0,
-                     bytes([10, 0, 0, 1]), bytes([169, 254, 169, 254]))
-    frame = bytes(12) + b"\x81\x00\x00\x0a\x08\x00" + ip + tcp + http
-    pad = bytes(-len(frame) % 4)
-    raw = struct.pack(">IIII", ETHERNET, len(frame), 0, len(frame)) + frame + pad
-    recs = struct.pack(">II", 1, len(raw)) + raw + struct.pack(">IIIIII", 1001, 16, 10, 0, 10, 0)
-    body = struct.pack(">IIIIIIII", 1, 3, 100, 100, 0, 1, 2, 2) + recs
-    sample = struct.pack(">II", 1, len(body)) + body
-    return struct.pack(">IIIIIII", 5, 1, 0x0A000001, 0, 1, 0, 1) + sample
-
-
-WARM_UP = _warm_up()

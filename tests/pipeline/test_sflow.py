@@ -7,10 +7,11 @@ import ipaddress
 import msgpack
 import pytest
 
-from bench.sflow import datagram, flow_sample, frame
+from imds_flow.build import frame, packet_sample, sflow
 from imds_flow import app, config
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS
+from tests.support.alerts import AlertList
 
 T0 = 1_700_000_000.0
 IMDS = int(ipaddress.IPv4Address("169.254.169.254"))
@@ -31,22 +32,8 @@ fold_window_seconds = 0
 '''
 
 
-class Sink:
-    def __init__(self):
-        self.alerts = []
-
-    def write_alerts(self, alerts):
-        self.alerts += [msgpack.unpackb(a) for a in alerts]
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
 def run(payloads, src=("192.0.2.50", 6343), config_text=CONFIG):
-    sink = Sink()
+    sink = AlertList()
     p = app.Pipeline(config.parse(config_text), sink, clock=lambda: T0)
     for k, data in enumerate(payloads):
         p.process(DatagramBatch.from_payloads([data], src=src, ts=T0 + k))
@@ -55,7 +42,7 @@ def run(payloads, src=("192.0.2.50", 6343), config_text=CONFIG):
 
 
 def one(src, dst, payload, vlan=None, dport=80, sport=40000):
-    return datagram([flow_sample(1, frame(src, dst, sport, dport, payload, vlan))], seq=1)
+    return sflow([packet_sample(1, frame(src, dst, sport, dport, payload, vlan))], seq=1)
 
 
 # (what is sampled) -> (endpoint, signal, method, url, headers) or None
@@ -100,9 +87,9 @@ def test_exporter_identity_and_sequence_gaps():
     """(source, agent, sub-agent) is one exporter row; a datagram gap counts datagrams, a flow-sample
     gap of a source id counts records lost upstream."""
     f = frame(CLIENT, OTHER, 1, 443, b"", 5)
-    d1 = datagram([flow_sample(10, f), flow_sample(11, f)], seq=100)
-    d2 = datagram([flow_sample(15, f)], seq=103)                      # 2 datagrams, 3 samples missed
-    d3 = datagram([flow_sample(1, f)], seq=1, sub_agent=1)            # another sub-agent: its own row
+    d1 = sflow([packet_sample(10, f), packet_sample(11, f)], seq=100)
+    d2 = sflow([packet_sample(15, f)], seq=103)                      # 2 datagrams, 3 samples missed
+    d3 = sflow([packet_sample(1, f)], seq=1, sub_agent=1)            # another sub-agent: its own row
     p, _ = run([d1, d2, d3])
     rows = {(r["agent"], r["sub_agent"]): r for r in p.exporters.snapshot() if "agent" in r}
     a, b = rows[("192.0.2.7", 0)], rows[("192.0.2.7", 1)]
@@ -201,7 +188,7 @@ def test_config_header_names_are_checked():
 def test_metrics_label_agents_apart():
     from imds_flow.metrics import render_prometheus
     f = frame(CLIENT, OTHER, 1, 443, b"", 5)
-    p, _ = run([datagram([flow_sample(1, f)], seq=1), datagram([flow_sample(1, f)], seq=1, sub_agent=2)])
+    p, _ = run([sflow([packet_sample(1, f)], seq=1), sflow([packet_sample(1, f)], seq=1, sub_agent=2)])
     text = render_prometheus(p.snapshot())
     lines = [ln for ln in text.splitlines() if ln.startswith("imds_flow_records_total{")]
     assert len(lines) == len(set(ln.rsplit(" ", 1)[0] for ln in lines)) == 3     # source row + two agents

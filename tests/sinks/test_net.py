@@ -2,7 +2,6 @@
 mid-stream and come back get every alert exactly once, in order; a full spool drops the oldest and
 counts them; a spool left at shutdown is delivered at the next start; decoding never waits."""
 import json
-import logging
 import os
 import threading
 import time
@@ -15,7 +14,7 @@ from imds_flow.app import Pipeline
 from imds_flow.config import SinkSpec
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.formats import EcsJsonEncoder
-from imds_flow.sinks import Spool, SpoolError, open_sinks
+from imds_flow.sinks import Spool, open_sinks
 from imds_flow.sinks.net import ForwardProtocol, SpooledSink, StreamProtocol
 from tests.support.sink_servers import BlackholeServer, ForwardServer, MsgpackServer
 from tests.support.wait import wait_for
@@ -130,51 +129,6 @@ def test_spool_left_at_shutdown_is_delivered_at_next_start(tmp_path):
     assert [a["n"] for a in server.received] == list(range(500))
 
 
-def test_spool_resumes_after_a_partly_delivered_run(tmp_path):
-    spool = Spool(str(tmp_path), 1 << 20, segment_bytes=1024)
-    spool.append([alert(n) for n in range(100)])
-    for _ in range(3):
-        spool.commit(spool.peek(10, 1 << 20))
-    spool.close()
-    spool = Spool(str(tmp_path), 1 << 20, segment_bytes=1024)
-    assert spool.records == 70
-    chunk = spool.peek(1000, 1 << 20)
-    assert msgpack.unpackb(chunk.records[0])["n"] == 30
-    spool.close()
-
-
-def test_spool_cuts_a_torn_record(tmp_path, caplog):
-    spool = Spool(str(tmp_path), 1 << 20)
-    spool.append([alert(n) for n in range(10)])
-    spool.close()
-    seg = next(tmp_path.glob("*.seg"))
-    with open(seg, "ab") as f:
-        f.write(b"\x00\x00\x01\x00abc")             # a write cut short by a crash
-    spool = Spool(str(tmp_path), 1 << 20)
-    assert spool.records == 10 and "torn" in caplog.text
-    with pytest.raises(SpoolError):
-        Spool(str(tmp_path), 1 << 20)               # one process per spool directory
-    spool.close()
-
-
-def test_spool_full_drops_the_oldest_and_counts(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="imds_flow")
-    spool = Spool(str(tmp_path), 16 << 10, segment_bytes=2 << 10, name="full")
-    total = 1000
-    for start in range(0, total, 10):
-        spool.append([alert(n) for n in range(start, start + 10)])
-        assert spool.bytes <= 16 << 10
-    assert spool.dropped > 0 and spool.records + spool.dropped == total
-    got = []
-    while (chunk := spool.peek(64, 4096)) is not None:
-        got += [msgpack.unpackb(r)["n"] for r in chunk.records]
-        spool.commit(chunk)
-    assert got == list(range(total - len(got), total))      # the newest, in order; the oldest went
-    assert spool.delivered == len(got) and spool.bytes == 0
-    assert caplog.text.count("spool full") == 1             # rate-limited
-    spool.close()
-
-
 def test_spooled_sink_counts_drops_while_the_receiver_is_down(tmp_path):
     server = MsgpackServer().start()
     port = server.port
@@ -189,17 +143,6 @@ def test_spooled_sink_counts_drops_while_the_receiver_is_down(tmp_path):
     server.stop()
     got = [a["n"] for a in server.received]
     assert got == list(range(2000 - len(got), 2000)) and len(got) == sink.sent
-
-
-def test_an_in_flight_chunk_whose_segment_was_dropped_is_not_counted_twice(tmp_path):
-    spool = Spool(str(tmp_path), 4096, segment_bytes=1024)
-    spool.append([alert(n) for n in range(10)])
-    chunk = spool.peek(5, 1 << 20)                  # being sent ...
-    spool.append([alert(n) for n in range(10, 100)])   # ... while the spool overflows
-    dropped = spool.dropped
-    spool.commit(chunk)                             # ... and then acknowledged
-    assert spool.delivered == 5 and spool.dropped == dropped - 5
-    spool.close()
 
 
 @pytest.mark.parametrize("kind", ["tcp", "fluent"])

@@ -1,5 +1,5 @@
-"""Local sinks and the sink configuration: file rotation at alert boundaries, UDP datagrams, several
-sinks with different formats at once, [[sinks]] validation, the worker frames."""
+"""Local sinks and the sink configuration: UDP datagrams, several sinks with different formats at once,
+[[sinks]] validation (file rotation: test_stream.py)."""
 import json
 import re
 import socket
@@ -10,65 +10,9 @@ import pytest
 from imds_flow import config as config_mod
 from imds_flow.config import ConfigError, SinkSpec
 from imds_flow.formats import EcsJsonEncoder
-from imds_flow.sinks import UdpSink, open_sink, open_sinks, spool_dir_for
+from imds_flow.sinks import UdpSink, open_sinks, spool_dir_for
 from tests.conftest import ROOT
-
-
-def alert(n: int, pad: int = 0) -> dict:
-    return {"n": n, "ts": 1_760_000_000.0 + n, "src": "10.0.0.1", "dst": "169.254.169.254", "sport": 40000,
-            "dport": 80, "proto": 6, "endpoint": "aws-imds-ipv4", "direction": "request", "count": 1,
-            "pad": "x" * pad}
-
-
-def packed(n: int, pad: int = 0) -> bytes:
-    return msgpack.packb(alert(n, pad))
-
-
-def unpack_file(path) -> list[dict]:
-    with open(path, "rb") as f:
-        return list(msgpack.Unpacker(f, raw=False))
-
-
-def test_file_rotation_cuts_between_alerts_and_keeps_n(tmp_path):
-    path = tmp_path / "alerts.mp"
-    sink = open_sink(str(path), max_bytes=1000, keep=2)
-    size = len(packed(0, 60))
-    for start in range(0, 100, 7):
-        sink.write_alerts([packed(n, 60) for n in range(start, min(start + 7, 100))])
-        sink.flush()
-    sink.close()
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["alerts.mp", "alerts.mp.1", "alerts.mp.2"]
-    per_file = 1000 // size
-    got = []
-    for name in ("alerts.mp.2", "alerts.mp.1", "alerts.mp"):
-        assert (tmp_path / name).stat().st_size <= 1000
-        alerts = unpack_file(tmp_path / name)          # whole alerts only: unpacks to the end
-        assert len(alerts) == per_file or name == "alerts.mp"
-        got += [a["n"] for a in alerts]
-    assert got == list(range(100 - len(got), 100))     # the newest, in order; the oldest file went
-    assert sink.rotations > 2 and sink.sent == 100
-
-
-def test_file_rotation_keep_zero_and_an_alert_larger_than_max_bytes(tmp_path):
-    path = tmp_path / "a.json"
-    sink = open_sink(str(path), max_bytes=200, keep=0)
-    enc = EcsJsonEncoder()
-    sink.write_alerts([enc.encode(alert(1))])           # larger than 200 bytes: a file of its own
-    sink.write_alerts([enc.encode(alert(2))])
-    sink.close()
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
-    lines = path.read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["source"]["port"] == 40000
-
-
-def test_file_appends_to_what_is_there(tmp_path):
-    path = tmp_path / "a.mp"
-    path.write_bytes(packed(0))
-    sink = open_sink(str(path), max_bytes=10_000)
-    sink.write_alerts([packed(1), packed(2)])
-    sink.close()
-    assert [a["n"] for a in unpack_file(path)] == [0, 1, 2]
+from tests.support.alerts import packed, short_alert, unpack_file
 
 
 @pytest.mark.parametrize("fmt", ["msgpack", "ecs-json"])
@@ -82,7 +26,7 @@ def test_udp_sends_one_datagram_per_alert(fmt):
                                  port=port)])
     enc = msgpack.packb if fmt == "msgpack" else EcsJsonEncoder().encode
     for start in range(0, 300, 30):
-        sinks.write_alerts([enc(alert(n)) for n in range(start, start + 30)])
+        sinks.write_alerts([enc(short_alert(n)) for n in range(start, start + 30)])
     got = []
     for _ in range(300):
         d = rx.recv(65536)
@@ -137,14 +81,6 @@ def test_alerts_option_alone_and_the_stdout_default(tmp_path):
 def test_spool_dir_auto_is_under_the_state_directory(tmp_path):
     spec = SinkSpec("fluent", address="[::1]:24224", host="::1", port=24224)
     assert spool_dir_for(spec, tmp_path) == tmp_path / "spool" / "fluent-__1-24224"
-
-
-def test_worker_frames_keep_alert_boundaries():
-    from imds_flow.workers import _HEAD, FrameSink
-    a, b = socket.socketpair()
-    FrameSink(a).write_alerts([b"one", b"three"])
-    data = b.recv(100)
-    assert data == _HEAD.pack(b"A", 3) + b"one" + _HEAD.pack(b"A", 5) + b"three"
 
 
 # --- configuration -------------------------------------------------------------------------------

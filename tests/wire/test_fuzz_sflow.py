@@ -16,13 +16,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imds_flow import app, config, wire
+from imds_flow import app, config, warmup, wire
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import ExporterTable
 from imds_flow.flows import HTTP, FlowBatch
 from imds_flow.wire import DecodeError, REASONS
 from imds_flow.wire.packet import ETHERNET, IPV4, IPV6, parse_one
-from imds_flow.wire.sflow import WARM_UP
 from tests.support import corpus
 
 SCALE = int(os.environ.get("IMDS_FLOW_FUZZ_SCALE", "1"))
@@ -115,7 +114,7 @@ def test_mutants_leave_state_clean():
         p.process(DatagramBatch.from_payloads([dg_payload], src=SRC, ts=T0))
         return p
 
-    ref = fresh(WARM_UP)
+    ref = fresh(warmup.SFLOW)
     want = {name: ref.batch.view(name).copy() for name in ("src_lo", "dst_lo", "sport", "dport", "url", "headers")}
     assert ref.batch.n == 1 and ref.alerts_written == 1
     p = app.Pipeline(config.load(), app._NullSink(), clock=lambda: T0)
@@ -126,7 +125,7 @@ def test_mutants_leave_state_clean():
     for k in range(0, len(batch), 64):
         p.process(DatagramBatch.from_payloads(batch[k:k + 64], src=SRC, ts=T0))
     before = p.alerts_written
-    p.process(DatagramBatch.from_payloads([WARM_UP], src=SRC, ts=T0 + 1))
+    p.process(DatagramBatch.from_payloads([warmup.SFLOW], src=SRC, ts=T0 + 1))
     assert p.batch.n == 1 and p.alerts_written == before + 1
     for name, v in want.items():
         assert (p.batch.view(name) == v).all(), name

@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import numpy as np
 import pytest
 
 from imds_flow import wire
 from tests.support import corpus
+from tests.support.decode import file_order
 from imds_flow.addr import from_hilo
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS, ExporterTable
@@ -79,33 +79,18 @@ class Collector:
         dg = DatagramBatch.from_payloads([payload], src=src, ts=self.ts)
         ids = self.exporters.lookup(dg.src_hi[:1], dg.src_lo[:1], dg.sport[:1])
         opts_before = int(self.exporters.counters[:, OPTIONS].sum())
-        self.exporters.templates.last_sets = None
         status = wire.decode(dg, ids, self.exporters, self.out)
         options = int(self.exporters.counters[:, OPTIONS].sum()) - opts_before
-        return int(status[0]), self._records(), options
+        return int(status[0]), self._records(payload, int(ids[0])), options
 
-    def _records(self) -> list[dict | None]:
+    def _records(self, payload: bytes, exporter: int) -> list[dict | None]:
         """Records of the last datagram in file order: flow records as dicts, options records as None."""
         c = self.out.cols
         flows = [_row(c, i) for i in range(self.out.n)]
-        sets = self.exporters.templates.last_sets
-        if sets is None:
+        if int.from_bytes(payload[:2], "big") not in (9, 10):
             return flows
-        dg, off, nrec, opts = sets
-        order = []
-        row = 0
-        late = int(nrec[(dg < 0) & ~opts].sum())            # sets that waited go first; not this file's
-        row = late
-        for k in np.argsort(np.where(dg < 0, -1, off), kind="stable").tolist():
-            if dg[k] < 0:
-                continue
-            for _ in range(int(nrec[k])):
-                if opts[k]:
-                    order.append(None)
-                else:
-                    order.append(flows[row])
-                    row += 1
-        return order
+        own = [r for i, r in enumerate(flows) if c.ts[i] == self.ts]   # data that waited came first
+        return file_order(payload, own, self.exporters, exporter)
 
 
 def _row(c, i) -> dict:

@@ -1,0 +1,46 @@
+"""serve.serve: the event loop over a real loopback socket. Ticks and the stats line follow the
+injected clock (one that runs 100 s a reading: a folding window of 60 s closes and stats every 150 s
+come out within seconds of real time); SIGTERM stops the loop, which closes the socket."""
+import logging
+import os
+import signal
+import socket
+import time
+
+from imds_flow import config
+from imds_flow.app import Pipeline
+from imds_flow.build import v5
+from imds_flow.receive import Receiver
+from imds_flow.serve import serve
+from imds_flow.sockets import open_socket
+from tests.support.alerts import AlertList
+
+
+def test_ticks_and_stats_follow_the_injected_clock_until_sigterm(caplog):
+    t0 = time.time()                               # datagrams carry the kernel's arrival time
+    sink = AlertList()
+    pipeline = Pipeline(config.load(None), sink)
+    sock = open_socket("127.0.0.1", 0, 1 << 20)
+    readings: list[float] = []
+
+    def clock() -> float:
+        readings.append(t0 + 100.0 * len(readings))
+        if len(readings) == 4:                     # the third tick: the loop stops after it
+            os.kill(os.getpid(), signal.SIGTERM)
+        return readings[-1]
+
+    def ready() -> None:                           # two records of one alert key: the second folds
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(v5([("10.0.0.1", "169.254.169.254", 40000, 80)] * 2), sock.getsockname())
+
+    with caplog.at_level(logging.INFO, logger="imds_flow"):
+        serve(pipeline, [Receiver(sock, 8, 2048)], clock=clock, stats_every=150.0, ready=ready)
+    # readings: t0 at the start (stats due at t0+150), then ticks at t0+100, t0+200 (stats), t0+300
+    # (stats, and SIGTERM), and perhaps t0+400 before the loop sees the signal (no stats: due at t0+450)
+    stats = [r.getMessage() for r in caplog.records if r.getMessage() == pipeline.summary()]
+    assert len(stats) == 2
+    # the folded record left when the tick at t0+100 closed its 60 s window, not at close()
+    assert [a["count"] for a in sink.alerts] == [1, 1]
+    assert pipeline.stats()["datagrams"] == 1 and pipeline.stats()["records"] == 2
+    assert sock.fileno() == -1                     # closed by serve
+    pipeline.close()
