@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from imds_flow.sockets import (close_sockets, fmt_address, kernel_drops, open_socket, open_sockets, parse_host_port,
-                               parse_listen, udp_sockets)
+from imds_flow.sockets import (close_sockets, fmt_address, inherited_sockets, kernel_drops, open_socket, open_sockets,
+                               parse_host_port, parse_listen, set_rcvbuf, udp_sockets)
 
 
 @pytest.mark.parametrize("text,want", [
@@ -71,3 +71,32 @@ def test_proc_rows_and_kernel_drops_of_our_socket():
     finally:
         sock.close()
     assert udp_sockets(port) == []
+
+
+def _rcvbuf(sock) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+
+def test_the_buffer_grows_after_the_bind_and_never_shrinks():
+    """listen binds first with the kernel's default buffer and sets listen.rcvbuf_bytes once the config
+    is read; a buffer already larger (systemd's ReceiveBuffer=) stays as it is."""
+    groups = open_sockets([("127.0.0.1", 0)], None)
+    sock = groups[0][0]
+    default = _rcvbuf(sock)
+    try:
+        set_rcvbuf(groups, default + 65536)         # within rmem_max, or forced as root
+        grown = _rcvbuf(sock)
+        assert grown >= default + 65536
+        set_rcvbuf(groups, 4096)
+        assert _rcvbuf(sock) == grown
+    finally:
+        close_sockets(groups)
+
+
+def test_no_socket_activation_without_listen_pid_of_this_process(monkeypatch):
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    monkeypatch.delenv("LISTEN_PID", raising=False)
+    assert inherited_sockets([("127.0.0.1", 2055)]) is None
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))      # meant for another process
+    assert inherited_sockets([("127.0.0.1", 2055)]) is None
+    assert os.environ["LISTEN_FDS"] == "1"
