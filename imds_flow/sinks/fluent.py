@@ -19,7 +19,7 @@ from datetime import datetime
 
 import msgpack
 
-__all__ = ["event_time", "entry", "message", "handshake", "digest", "HandshakeError", "EVENT_TIME_EXT"]
+__all__ = ["event_time", "entry", "message", "handshake", "next_message", "digest", "HandshakeError", "EVENT_TIME_EXT"]
 
 EVENT_TIME_EXT = 0
 _PACK = msgpack.Packer(use_bin_type=True)
@@ -81,7 +81,9 @@ def digest(*parts: str | bytes) -> str:
     return h.hexdigest()
 
 
-def _next(sock, unpacker: msgpack.Unpacker, deadline: float, what: str):
+def next_message(sock, unpacker: msgpack.Unpacker, deadline: float, what: str):
+    """The next msgpack message from the server (the handshake's HELO / PONG, an ack): TimeoutError
+    past `deadline`, ConnectionResetError if the server hangs up first; both name `what`."""
     from .tls import readable, recv_now
     while True:
         for msg in unpacker:
@@ -101,7 +103,7 @@ def _next(sock, unpacker: msgpack.Unpacker, deadline: float, what: str):
 def handshake(sock, shared_key: str, hostname: str, deadline: float) -> None:
     """The forward protocol's shared-key handshake (no user authentication)."""
     unpacker = msgpack.Unpacker(raw=False)
-    helo = _next(sock, unpacker, deadline, "HELO")
+    helo = next_message(sock, unpacker, deadline, "HELO")
     if not (isinstance(helo, list) and len(helo) == 2 and helo[0] == "HELO" and isinstance(helo[1], dict)):
         raise HandshakeError(f"expected HELO, got {helo!r:.80}")
     nonce = helo[1].get("nonce", b"")
@@ -109,7 +111,7 @@ def handshake(sock, shared_key: str, hostname: str, deadline: float) -> None:
         raise HandshakeError("the server asks for a user name and password, which imds-flow does not send")
     salt = os.urandom(16).hex()
     sock.sendall(_PACK.pack(["PING", hostname, salt, digest(salt, hostname, nonce, shared_key), "", ""]))
-    pong = _next(sock, unpacker, deadline, "PONG")
+    pong = next_message(sock, unpacker, deadline, "PONG")
     if not (isinstance(pong, list) and len(pong) == 5 and pong[0] == "PONG"):
         raise HandshakeError(f"expected PONG, got {pong!r:.80}")
     _, ok, reason, server_hostname, server_digest = pong

@@ -153,20 +153,9 @@ class ForwardProtocol:
             return wait_acknowledged(sock, deadline)
         unpacker = msgpack.Unpacker(raw=False)
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no ack for chunk {chunk}")
-            if not readable(sock, min(left, 0.5)):
-                continue
-            data = recv_now(sock)
-            if data is None:
-                continue
-            if not data:
-                raise ConnectionResetError(f"closed by the receiver before it acknowledged chunk {chunk}")
-            unpacker.feed(data)
-            for reply in unpacker:
-                if isinstance(reply, dict) and reply.get("ack") == chunk:
-                    return False
+            reply = fluent.next_message(sock, unpacker, deadline, f"ack for chunk {chunk}")
+            if isinstance(reply, dict) and reply.get("ack") == chunk:
+                return False
 
 
 def _close_in_child(ref) -> None:
