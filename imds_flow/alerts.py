@@ -15,6 +15,7 @@ import msgpack
 import numpy as np
 
 from . import kernels
+from .grow import grow
 from .addr import from_hilo
 from .detect import DIRECTIONS, REQUEST, Hits
 from .flows import HTTP, LATE, SFLOW, VLAN_COLUMNS, FlowBatch
@@ -34,16 +35,20 @@ def _time(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _vlans(c, idx: np.ndarray) -> list[int | None]:
+def _vlan_codes(c, idx: np.ndarray) -> np.ndarray:
     """The VLAN each record idx carries: the first non-zero id of VLAN_COLUMNS, else 0 if one
-    says 0, else None (-1 everywhere: absent)."""
-    v = np.stack([getattr(c, name)[idx] for name in VLAN_COLUMNS], axis=1).astype(np.int32)
+    says 0, else -1 (none: -1 everywhere)."""
+    v = np.stack([getattr(c, name)[idx] for name in VLAN_COLUMNS], axis=1).astype(np.int64)
     if not len(v):
-        return []
+        return np.zeros(0, np.int64)
     nonzero = v > 0
-    out = np.where(nonzero.any(axis=1), v[np.arange(len(v)), nonzero.argmax(axis=1)],
-                   np.where((v == 0).any(axis=1), 0, -1))
-    return [None if x < 0 else x for x in out.tolist()]
+    return np.where(nonzero.any(axis=1), v[np.arange(len(v)), nonzero.argmax(axis=1)],
+                    np.where((v == 0).any(axis=1), 0, -1))
+
+
+def _vlans(c, idx: np.ndarray) -> list[int | None]:
+    """_vlan_codes as alert values: None for none."""
+    return [None if x < 0 else x for x in _vlan_codes(c, idx).tolist()]
 
 
 def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> list[tuple[tuple, dict]]:
@@ -98,43 +103,13 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     return out
 
 
-def _merge(into: dict, a: dict) -> None:
-    into["count"] += a["count"]
-    into["bytes"] += a["bytes"]
-    into["packets"] += a["packets"]
-    for key in ("bytes_estimate", "packets_estimate"):
-        if key in a:
-            into[key] = into.get(key, 0) + a[key]
-    for key, pick in (("first_seen", min), ("last_seen", max)):
-        if a[key] is not None:
-            into[key] = a[key] if into[key] is None else pick(into[key], a[key])
-    into["ts"] = max(into["ts"], a["ts"])
-    into["sport"], into["dport"], into["vlan"] = a["sport"], a["dport"], a["vlan"]
-
-
-def _overwrite(into: dict, count: int, sums, times, ports_vlan) -> None:
-    """Set the folded fields of `into` to a group's aggregate (what merging one by one gives)."""
-    into["count"] = count
-    into["bytes"], into["packets"], into["bytes_estimate"], into["packets_estimate"] = sums
-    into["first_seen"], into["last_seen"], into["ts"] = _time(times[0]), _time(times[1]), times[2]
-    into["sport"], into["dport"], into["vlan"] = ports_vlan
-
-
-def _merge_group(into: dict, count: int, sums, times, ports_vlan) -> None:
-    """_merge of a group's aggregate, without building it as an alert first."""
-    into["count"] += count
-    into["bytes"] += sums[0]
-    into["packets"] += sums[1]
-    into["bytes_estimate"] = into.get("bytes_estimate", 0) + sums[2]
-    into["packets_estimate"] = into.get("packets_estimate", 0) + sums[3]
-    first, last = times[0], times[1]
-    if first == first:                         # not NaN
-        into["first_seen"] = first if into["first_seen"] is None else min(into["first_seen"], first)
-    if last == last:
-        into["last_seen"] = last if into["last_seen"] is None else max(into["last_seen"], last)
-    if times[2] > into["ts"]:
-        into["ts"] = times[2]
-    into["sport"], into["dport"], into["vlan"] = ports_vlan
+# The folded numbers of every pending alert, one row each (Folder._agg): a batch's merges into
+# pending alerts are then a few numpy operations, not Python per group. The alert dict holds the rest
+# and gets these numbers when it leaves (Folder._release).
+_AGG = np.dtype([("count", np.int64), ("bytes", np.uint64), ("packets", np.uint64), ("bytes_estimate", np.uint64),
+                 ("packets_estimate", np.uint64), ("first_seen", np.float64), ("last_seen", np.float64),
+                 ("ts", np.float64), ("sport", np.int64), ("dport", np.int64), ("vlan", np.int64)])
+_SUMS = ("bytes", "packets", "bytes_estimate", "packets_estimate")
 
 
 class Folder:
@@ -143,15 +118,77 @@ class Folder:
         self.emit = emit
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
-        self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None]
+        self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None, its _agg row]
+        self._agg = np.zeros(64, _AGG)       # folded numbers of the pending alerts
+        self._free = list(range(63, -1, -1))  # _agg rows not in use
         self._table = np.empty(0, np.int64)   # group_hits scratch, reused
+
+    # --- pending alerts: the dict, and its folded numbers in an _agg row --------------------------
+
+    def _hold(self, state: list, alert: dict, count: int, sums, times, tail) -> None:
+        """`alert` becomes the key's pending alert with these folded numbers (sums: bytes, packets
+        and their estimates; times: first, last, ts; tail: sport, dport, vlan of the last record)."""
+        if not self._free:
+            have = len(self._agg)
+            self._agg = grow(self._agg, 2 * have)
+            self._free = list(range(len(self._agg) - 1, have - 1, -1))
+        row = self._free.pop()
+        a = self._agg[row]
+        a["count"] = count
+        for name, v in zip(_SUMS, sums):
+            a[name] = v
+        a["first_seen"], a["last_seen"], a["ts"] = times
+        a["sport"], a["dport"] = tail[0], tail[1]
+        a["vlan"] = -1 if tail[2] is None else tail[2]
+        state[1], state[2] = alert, row
+
+    def _release(self, state: list) -> None:
+        """Emit the key's pending alert, with its folded numbers, if it has one."""
+        alert = state[1]
+        if alert is None:
+            return
+        a = self._agg[state[2]].item()
+        count, b, p, be, pe, first, last, ts, sport, dport, vlan = a
+        alert.update(count=count, bytes=b, packets=p, first_seen=_time(first), last_seen=_time(last), ts=ts,
+                     sport=sport, dport=dport, vlan=None if vlan < 0 else vlan)
+        if "bytes_estimate" in alert:        # every alert of ours has them; a caller's own may not
+            alert.update(bytes_estimate=be, packets_estimate=pe)
+        self._free.append(state[2])
+        state[1] = None
+        self.emit(alert)
+
+    def _merge_one(self, state: list, alert: dict) -> None:
+        """One more record's alert into the key's pending one."""
+        a = self._agg[state[2]]
+        a["count"] += alert["count"]
+        for name in _SUMS:
+            a[name] += alert.get(name, 0)
+        for name, pick in (("first_seen", min), ("last_seen", max)):
+            if alert[name] is not None:
+                a[name] = alert[name] if math.isnan(a[name]) else pick(a[name], alert[name])
+        a["ts"] = max(a["ts"], alert["ts"])
+        a["sport"], a["dport"] = alert["sport"], alert["dport"]
+        a["vlan"] = -1 if alert["vlan"] is None else alert["vlan"]
+
+    def _merge_groups(self, rows: np.ndarray, groups: np.ndarray, count, sums, times, last) -> None:
+        """Whole groups into their keys' pending alerts (rows of _agg, one per group): numpy, no loop."""
+        a = self._agg
+        a["count"][rows] += count[groups]
+        for k, name in enumerate(_SUMS):
+            a[name][rows] += sums[groups, k]
+        a["first_seen"][rows] = np.fmin(a["first_seen"][rows], times[groups, 0])
+        a["last_seen"][rows] = np.fmax(a["last_seen"][rows], times[groups, 1])
+        a["ts"][rows] = np.maximum(a["ts"][rows], times[groups, 2])
+        a["sport"][rows], a["dport"][rows], a["vlan"][rows] = last
+
+    # --- folding ---------------------------------------------------------------------------------
 
     def add_hits(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> None:
         """Fold a batch's hits; the same alerts as add(hit_alerts(...)), built per group instead of
         per hit. Hits are grouped by fold key in one kernel call with their sums, and Python runs
-        per group: a group that stays inside one window folds as one aggregate, and an alert dict
-        is built only for an alert that leaves at once or opens a pending one. A group that
-        straddles a window boundary takes the per-hit path."""
+        per group only to find its key: groups that fold into a pending alert are merged in numpy
+        together, and an alert dict is built only for an alert that leaves at once or opens a
+        pending one. A group that straddles a window boundary takes the per-hit path."""
         m = len(hits)
         if self.window <= 0 or m < 2:
             self.add(hit_alerts(batch, hits, names, exporters))
@@ -174,24 +211,34 @@ class Folder:
                         zip(c.dst_hi[f_idx].tolist(), c.dst_lo[f_idx].tolist()), c.proto[f_idx].tolist(),
                         side.tolist(), hits.endpoint[first[:g]].tolist(), direction.tolist()))
         l_idx = hits.idx[last[:g]]
-        tail = list(zip(c.sport[l_idx].tolist(), c.dport[l_idx].tolist(), _vlans(c, l_idx)))
-        count_l, sums_l, times_l = count[:g].tolist(), sums[:g].tolist(), times[:g].tolist()
+        t_first, t_max = times[:g, 6].tolist(), times[:g, 2].tolist()
         window = self.window
-        steps = []                 # (group, kind): 0 merge into pending, 1 new pending, 2 new window, 3 per hit
+        steps = []                 # (group, kind) but merges: 1 new pending, 2 new window, 3 per hit
+        merged_rows, merged = [], []   # merges into a pending alert: its _agg row, the group
         opening = len(self._open)  # keys open once the groups so far are applied (limits.max_fold_keys)
         for j in range(g):
             state = self._open.get(keys[j])
-            t_first, t_max = times_l[j][6], times_l[j][2]
             if state is None and opening >= self.max_keys:
                 steps.append((j, 3))           # add() writes these unfolded and counts them
                 continue
             opening += state is None
-            if state is not None and t_max - state[0] < window:
-                steps.append((j, 0 if state[1] is not None else 1))
-            elif (state is None or t_first - state[0] >= window) and t_max - t_first < window:
+            if state is not None and t_max[j] - state[0] < window:
+                if state[1] is not None:
+                    merged_rows.append(state[2])
+                    merged.append(j)
+                else:
+                    steps.append((j, 1))
+            elif (state is None or t_first[j] - state[0] >= window) and t_max[j] - t_first[j] < window:
                 steps.append((j, 2))
             else:
                 steps.append((j, 3))
+        if merged:
+            at = np.array(merged, np.int64)
+            self._merge_groups(np.array(merged_rows, np.int64), at, count, sums, times,
+                               (c.sport[l_idx[at]], c.dport[l_idx[at]], _vlan_codes(c, l_idx[at])))
+        if not steps:
+            return
+        count_l = count[:g].tolist()
         # alert dicts only where one is needed: the first hit of a group opening a pending alert or
         # a window, the second hit of a group opening a window with more to fold
         want = [first[j] for j, kind in steps if kind in (1, 2)] + \
@@ -204,29 +251,27 @@ class Folder:
         # the per-hit groups' alerts in one call too (past limits.max_fold_keys, in a flood of new keys,
         # that is every group): their hits in batch order, handed to add() group by group
         per_hit: dict[int, list] = {}
-        if any(kind == 3 for _, kind in steps):
-            pos = np.flatnonzero(np.isin(group[:m], [j for j, kind in steps if kind == 3]))
+        three = [j for j, kind in steps if kind == 3]
+        if three:
+            pos = np.flatnonzero(np.isin(group[:m], three))
             for j, item in zip(group[pos].tolist(), hit_alerts(batch, hits.subset(pos), names, exporters)):
                 per_hit.setdefault(j, []).append(item)
+        opened = [j for j, kind in steps if kind in (1, 2)]
+        tails = dict(zip(opened, zip(c.sport[l_idx[opened]].tolist(), c.dport[l_idx[opened]].tolist(),
+                                     _vlans(c, l_idx[opened]))))
         for j, kind in steps:
             key, n = keys[j], count_l[j]
-            if kind == 0:
-                _merge_group(self._open[key][1], n, sums_l[j][:4], times_l[j][:3], tail[j])
-            elif kind == 1:
-                alert = built[first[j]]
-                _overwrite(alert, n, sums_l[j][:4], times_l[j][:3], tail[j])
-                self._open[key][1] = alert
+            if kind == 1:
+                self._hold(self._open[key], built[first[j]], n, sums[j, :4].tolist(), times[j, :3].tolist(), tails[j])
             elif kind == 2:
                 state = self._open.get(key)
-                if state is not None and state[1] is not None:
-                    self.emit(state[1])
+                if state is not None:
+                    self._release(state)
                 alert = built[first[j]]
-                self._open[key] = [alert["ts"], None]
+                state = self._open[key] = [alert["ts"], None, -1]
                 self.emit(alert)
                 if n > 1:
-                    pending = built[second[j]]
-                    _overwrite(pending, n - 1, sums_l[j][4:], times_l[j][3:6], tail[j])
-                    self._open[key][1] = pending
+                    self._hold(state, built[second[j]], n - 1, sums[j, 4:].tolist(), times[j, 3:6].tolist(), tails[j])
             else:
                 self.add(per_hit[j])
 
@@ -243,32 +288,35 @@ class Folder:
                 self.emit(alert)
                 continue
             if state is None or t - state[0] >= self.window:
-                if state is not None and state[1] is not None:
-                    self.emit(state[1])
-                self._open[key] = [t, None]
+                if state is not None:
+                    self._release(state)
+                self._open[key] = [t, None, -1]
                 self.emit(alert)
             elif state[1] is None:
-                state[1] = alert
+                self._hold(state, alert, alert["count"], [alert.get(name, 0) for name in _SUMS],
+                           [_nan(alert["first_seen"]), _nan(alert["last_seen"]), t],
+                           (alert["sport"], alert["dport"], alert["vlan"]))
             else:
-                _merge(state[1], alert)
+                self._merge_one(state, alert)
 
     def tick(self, now: float) -> None:
         """Close every window older than `window` at time `now`."""
-        done = [k for k, (start, _) in self._open.items() if now - start >= self.window]
+        done = [k for k, (start, _, _) in self._open.items() if now - start >= self.window]
         for key in done:
-            pending = self._open.pop(key)[1]
-            if pending is not None:
-                self.emit(pending)
+            self._release(self._open.pop(key))
 
     def close(self) -> None:
-        for _, pending in self._open.values():
-            if pending is not None:
-                self.emit(pending)
+        for state in self._open.values():
+            self._release(state)
         self._open.clear()
 
     @property
     def pending(self) -> int:
-        return sum(1 for _, p in self._open.values() if p is not None)
+        return sum(1 for _, p, _ in self._open.values() if p is not None)
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else v
 
 
 class Encoder:
