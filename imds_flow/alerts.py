@@ -211,13 +211,23 @@ class Folder:
                         zip(c.dst_hi[f_idx].tolist(), c.dst_lo[f_idx].tolist()), c.proto[f_idx].tolist(),
                         side.tolist(), hits.endpoint[first[:g]].tolist(), direction.tolist()))
         l_idx = hits.idx[last[:g]]
-        t_first, t_max = times[:g, 6].tolist(), times[:g, 2].tolist()
+        steps, merged_rows, merged = self._classify(keys, times[:g, 6].tolist(), times[:g, 2].tolist())
+        if merged:
+            at = np.array(merged, np.int64)
+            self._merge_groups(np.array(merged_rows, np.int64), at, count, sums, times,
+                               (c.sport[l_idx[at]], c.dport[l_idx[at]], _vlan_codes(c, l_idx[at])))
+        if steps:
+            self._open_groups(steps, keys, batch, hits, names, exporters, l_idx)
+
+    def _classify(self, keys: list[tuple], t_first: list[float], t_max: list[float]):
+        """What each group (key; time of its first hit, its latest time) does: merges into a pending
+        alert (their _agg rows and groups), or a step (group, kind): 1 opens a pending alert, 2 opens
+        a window, 3 goes hit by hit (it straddles a window boundary, or is past max_keys)."""
         window = self.window
-        steps = []                 # (group, kind) but merges: 1 new pending, 2 new window, 3 per hit
-        merged_rows, merged = [], []   # merges into a pending alert: its _agg row, the group
+        steps, merged_rows, merged = [], [], []
         opening = len(self._open)  # keys open once the groups so far are applied (limits.max_fold_keys)
-        for j in range(g):
-            state = self._open.get(keys[j])
+        for j, key in enumerate(keys):
+            state = self._open.get(key)
             if state is None and opening >= self.max_keys:
                 steps.append((j, 3))           # add() writes these unfolded and counts them
                 continue
@@ -232,13 +242,13 @@ class Folder:
                 steps.append((j, 2))
             else:
                 steps.append((j, 3))
-        if merged:
-            at = np.array(merged, np.int64)
-            self._merge_groups(np.array(merged_rows, np.int64), at, count, sums, times,
-                               (c.sport[l_idx[at]], c.dport[l_idx[at]], _vlan_codes(c, l_idx[at])))
-        if not steps:
-            return
-        count_l = count[:g].tolist()
+        return steps, merged_rows, merged
+
+    def _open_groups(self, steps, keys, batch: FlowBatch, hits: Hits, names, exporters, l_idx) -> None:
+        """The groups that open a pending alert or a window, or go hit by hit, in group order."""
+        group, first, second, _, count = self._ints
+        sums, times, c, m = self._sums, self._times, batch.cols, len(hits)
+        count_l = count[:len(keys)].tolist()
         # alert dicts only where one is needed: the first hit of a group opening a pending alert or
         # a window, the second hit of a group opening a window with more to fold
         want = [first[j] for j, kind in steps if kind in (1, 2)] + \
