@@ -44,10 +44,10 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     the number of flow records decoded per exporter added. `keep`, an endpoint table (net_hi,
     net_lo, mask_hi, mask_lo, is_v4; Detector.endpoints), keeps only the NetFlow / IPFIX rows that
     may alert (kernels.compact), dropped inside the decode kernels: `out` then holds those rows
-    alone. Every sFlow row is kept (its packet may alert on a URL or a header name). An sFlow
-    datagram's entry of exp_ids is replaced in place by its agent's row (state.agents), so it is
-    counted there; the agent rows it registers may grow the table, so sFlow rows are counted
-    through state.add_counts, never through `records`.
+    alone; an sFlow row is kept also when its packet names a URL substring or a header name. An
+    sFlow datagram's entry of exp_ids is replaced in place by its agent's row (state.agents), so it
+    is counted there; the agent rows it registers may grow the table, so the sFlow kernel counts
+    into the table's own columns (state.column), fetched after that, never into `records`.
     """
     n = dg.n
     compacting = keep is not None
@@ -72,15 +72,13 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     if prep is not None:
         out.n = resolve.finish(prep, state, out, status, compacting, ep, counts)
     if len(sel_s):
-        fused = out.n
-        _decode_sflow(dg, sel_s, exp_ids, state, out, status)
-        state.add_counts("records", out.cols.exporter[fused:out.n])
+        _decode_sflow(dg, sel_s, exp_ids, state, out, status, compacting, ep)
     status[(version > 0) & (version != 5) & (version != 9) & (version != 10)] = _UNKNOWN
     return status
 
 
 def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state, out: FlowBatch,
-                  status: np.ndarray) -> None:
+                  status: np.ndarray, compacting: bool, ep) -> None:
     k = len(sel)
     hi, lo = np.empty(k, np.uint64), np.empty(k, np.uint64)
     sub, ok = np.empty(k, np.uint32), np.empty(k, np.bool_)
@@ -90,14 +88,11 @@ def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state
     elif found:
         has = sel[ok]
         exp_ids[has] = state.agents(exp_ids[has], hi[ok], lo[ok], sub[ok])
-    counts = np.zeros((dg.n, len(sflow.SKIPPED)), np.int64)     # indexed by datagram
-    s = state.sflow
-    out.n = sflow.decode_datagrams((dg.buf, dg.offs, dg.lens, dg.ts), sel, exp_ids, out.rows, out.n, status, counts,
-                                   (state.seq_next, state.seq_seen, state.seq_lost), s.sources, s.http)
-    total = counts.sum(axis=0)
-    for j, name in enumerate(sflow.SKIPPED):
-        if total[j]:
-            state.add_weighted(name, exp_ids[sel], counts[sel, j])
+    s = state.sflow                                  # the table is grown: its columns are final
+    tally = tuple(state.column(name) for name in sflow.TALLY)
+    out.n = sflow.decode_datagrams((dg.buf, dg.offs, dg.lens, dg.ts), sel, exp_ids, out.rows, out.n, status, tally,
+                                   (state.seq_next, state.seq_seen, state.seq_lost), s.sources, s.http,
+                                   compacting, ep)
 
 
 class _OneExporter:
@@ -111,6 +106,12 @@ class _OneExporter:
         self.templates = ScopeTable()
         self.sflow = sflow.SflowState()
         self.counters = {}
+        self._columns = {}                           # strided, as the exporter table's columns are
+
+    def column(self, counter: str) -> np.ndarray:
+        if counter not in self._columns:
+            self._columns[counter] = np.zeros((1, 2), np.int64)[:, 0]
+        return self._columns[counter]
 
     def agents(self, exp_ids, agent_hi, agent_lo, sub) -> np.ndarray:
         return exp_ids.copy()

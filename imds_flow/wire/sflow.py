@@ -17,18 +17,21 @@ import numpy as np
 from ..flows import SFLOW
 from ..jit import kernel, njit
 from .errors import reason_code
-from .packet import ETHERNET, IPV4, IPV6, parse_packet, patterns, scratch, store
+from ..kernels import match_net
+from .packet import (ETHERNET, IPV4, IPV6, NONE, S_DPORT, S_DST_HI, S_DST_LO, S_HEADERS, S_METHOD, S_PROTO,
+                     S_SPORT, S_SRC_HI, S_SRC_LO, S_URL, S_VLAN1, S_VLAN2, parse_packet, patterns, scratch, store)
 from .readers import _u32, _u64
 
-__all__ = ["SflowState", "agents", "decode_datagrams", "MIN_ROW_BYTES", "SKIPPED"]
+__all__ = ["SflowState", "agents", "decode_datagrams", "MIN_ROW_BYTES", "SKIPPED", "TALLY"]
 
 _MAPPED = np.uint64(0x0000FFFF_00000000)
 _TOO_SHORT = reason_code("too_short")
 _UNKNOWN = reason_code("unknown_version")
 _BAD = reason_code("bad_sample")
 MIN_ROW_BYTES = 48           # a flow sample with one record takes at least this many bytes
-# per-datagram counts the kernel returns, in the order of these exporter counters
+# the exporter counters the kernel adds to (tally), in this order
 SKIPPED = ("sflow_samples_skipped", "sflow_records_skipped", "sflow_datagrams_lost")
+TALLY = ("records", *SKIPPED)
 _TABLE_BITS = 16             # per source id sequence tracking: open addressing, 65 536 slots
 _PROBES = 32
 
@@ -148,20 +151,25 @@ def _track(key, seq, src_key, src_next):
 
 
 @kernel
-def decode_datagrams(dgs, sel, exp_ids, c, n, status, counts, seq, sources, http):
+def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http, keep, ep):
     """Decode sFlow datagrams `sel` into rows `c` from row n; returns the new n.
 
-    dgs = (buf, offs, lens, ts): the datagram batch's arrays. status[d] gets 0 or a reason code;
-    counts[d, :] the datagram's SKIPPED counts. seq = (seq_next, seq_seen, seq_lost): per-exporter
-    arrays (datagram sequence, flow samples missed); sources = (src_key, src_next) and http = (pat,
-    pat_off, hdr, hdr_off, scratch: the packet kernel's tables) as SflowState holds them.
+    dgs = (buf, offs, lens, ts): the datagram batch's arrays. status[d] gets 0 or a reason code.
+    tally = per-exporter counter columns (TALLY: records decoded, then the SKIPPED counts), added
+    to in place; seq = (seq_next, seq_seen, seq_lost): per-exporter arrays (datagram sequence,
+    flow samples missed); sources = (src_key, src_next) and http = (pat, pat_off, hdr, hdr_off,
+    scratch: the packet kernel's tables) as SflowState holds them. With `keep`, only samples that
+    may alert get a row (an address in an endpoint of `ep`, a URL substring or a configured header
+    name: a superset of detect_batch's hits); every decoded sample is counted all the same.
     Compiled without reference counting (jit.kernel), and so are the functions it calls, the packet
     kernel included (numba compiles a callee with its caller's setting).
     """
     buf, offs, lens, ts = dgs
+    records, samples_skipped, records_skipped, datagrams_lost = tally
     seq_next, seq_seen, seq_lost = seq
     src_key, src_next = sources
     pat, pat_off, hdr, hdr_off, scr = http
+    ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = ep
     cap = c.ts.shape[0]
     for k in range(sel.shape[0]):
         d = sel[k]
@@ -179,46 +187,42 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, counts, seq, sources, http
             break
         status[d] = 0
         e = exp_ids[d]
-        counts[d, 2] += _datagrams_lost(_u32(buf, p + 4), e, seq_next, seq_seen)
+        datagrams_lost[e] += _datagrams_lost(_u32(buf, p + 4), e, seq_next, seq_seen)
         p += 16
         for _ in range(nsamp):
             fmt = _u32(buf, p)
             body = p + 8
             p = body + _u32(buf, p + 4)
             if fmt != 1 and fmt != 3:
-                counts[d, 0] += 1
+                samples_skipped[e] += 1
                 continue
             sseq, source, rate, in_if, out_if, nrec, r = _flow_sample(buf, fmt, body)
             raw, raw_end, ip4, ip6, sw, skipped = _records(buf, r, nrec)
-            counts[d, 1] += skipped
-            c.row_flags[n] = SFLOW
             version = 0
             size = np.uint64(0)
             if raw >= 0:                   # the raw packet header, walked by the packet kernel
                 kind = _u32(buf, raw)
-                size = np.uint64(_u32(buf, raw + 4))
                 hstart = raw + 16
                 hend = min(hstart + _u32(buf, raw + 12), raw_end)
                 if kind == ETHERNET or kind == IPV4 or kind == IPV6:
                     version = parse_packet(buf, hstart, hend, kind, scr, pat, pat_off, hdr, hdr_off)
-                    if version != 0:
-                        store(scr, c, n)           # row_flags is SFLOW already; store adds HTTP
-            if version == 0 and (ip4 >= 0 or ip6 >= 0):
-                version, size, c.proto[n], c.src_hi[n], c.src_lo[n], c.dst_hi[n], c.dst_lo[n], c.sport[n], \
-                    c.dport[n] = _sampled_ip(buf, ip4, ip6)
-                c.row_flags[n] = SFLOW
-                c.vlan_dot1q[n] = -1
-                c.vlan_cust[n] = -1
-                c.url[n] = -1
-            elif version != 0:                 # sampled IP records the header made unneeded
-                if ip4 >= 0:
-                    counts[d, 1] += 1
-                if ip6 >= 0:
-                    counts[d, 1] += 1
+                    size = np.uint64(_u32(buf, raw + 4))
+            if version != 0:               # sampled IP records the header made unneeded
+                skipped += (ip4 >= 0) + (ip6 >= 0)
+            elif ip4 >= 0 or ip6 >= 0:
+                version, size = _sampled_ip(buf, ip4, ip6, scr)
+            records_skipped[e] += skipped
             if version == 0:
-                counts[d, 0] += 1
+                samples_skipped[e] += 1
                 continue
             seq_lost[e] += _track((np.int64(e) << 40) | source, sseq, src_key, src_next)
+            records[e] += 1
+            if keep and not (scr[S_URL] != 0 or (scr[S_METHOD] != 0 and scr[S_HEADERS] != 0)
+                             or match_net(scr[S_DST_HI], scr[S_DST_LO], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0
+                             or match_net(scr[S_SRC_HI], scr[S_SRC_LO], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0):
+                continue
+            c.row_flags[n] = SFLOW
+            store(scr, c, n)               # addresses, ports, VLAN tags, url, HTTP
             c.exporter[n] = e
             c.version[n] = 5
             c.ts[n] = ts[d]
@@ -313,11 +317,29 @@ def _records(buf, r, nrec):
 
 
 @njit
-def _sampled_ip(buf, ip4, ip6):
-    """(IP version, frame length, protocol, source hi / lo, destination hi / lo, source and
-    destination port) of the sampled IPv4 record at ip4, else of the sampled IPv6 record at ip6."""
+def _sampled_ip(buf, ip4, ip6, r):
+    """The sampled IPv4 record at ip4, else the sampled IPv6 record at ip6, into the packet
+    kernel's scratch r (no VLAN tag, no HTTP): returns (IP version, frame length)."""
+    r[S_VLAN1] = NONE
+    r[S_VLAN2] = NONE
+    r[S_URL] = 0
+    r[S_METHOD] = 0
+    r[S_HEADERS] = 0
     if ip4 >= 0:
-        return (4, np.uint64(_u32(buf, ip4)), _u32(buf, ip4 + 4), np.uint64(0), _MAPPED | np.uint64(_u32(buf, ip4 + 8)),
-                np.uint64(0), _MAPPED | np.uint64(_u32(buf, ip4 + 12)), _u32(buf, ip4 + 16), _u32(buf, ip4 + 20))
-    return (6, np.uint64(_u32(buf, ip6)), _u32(buf, ip6 + 4), _u64(buf, ip6 + 8), _u64(buf, ip6 + 16),
-            _u64(buf, ip6 + 24), _u64(buf, ip6 + 32), _u32(buf, ip6 + 40), _u32(buf, ip6 + 44))
+        r[S_PROTO] = _u32(buf, ip4 + 4)
+        r[S_SRC_HI] = 0
+        r[S_SRC_LO] = _MAPPED | np.uint64(_u32(buf, ip4 + 8))
+        r[S_DST_HI] = 0
+        r[S_DST_LO] = _MAPPED | np.uint64(_u32(buf, ip4 + 12))
+        r[S_SPORT] = _u32(buf, ip4 + 16)
+        r[S_DPORT] = _u32(buf, ip4 + 20)
+        return 4, np.uint64(_u32(buf, ip4))
+    r[S_PROTO] = _u32(buf, ip6 + 4)
+    r[S_SRC_HI] = _u64(buf, ip6 + 8)
+    r[S_SRC_LO] = _u64(buf, ip6 + 16)
+    r[S_DST_HI] = _u64(buf, ip6 + 24)
+    r[S_DST_LO] = _u64(buf, ip6 + 32)
+    r[S_SPORT] = _u32(buf, ip6 + 40)
+    r[S_DPORT] = _u32(buf, ip6 + 44)
+    return 6, np.uint64(_u32(buf, ip6))
+

@@ -99,6 +99,27 @@ def test_exporter_identity_and_sequence_gaps():
     assert COUNTERS.index("sflow_datagrams_lost") >= 0
 
 
+
+def test_compacted_rows_change_no_alert_or_counter():
+    """The sFlow kernel writes a row only for a sample that may alert (compact, as listen runs):
+    the same alerts and counters as with every row kept, and only rows detection can hit."""
+    from bench.sflow import sflow_datagrams
+    payloads = [one(*sample) for sample, _ in CASES] + sflow_datagrams(40, 8, http_fraction=0.5, imds_fraction=0.05)
+    payloads.append(one(CLIENT, OTHER, b"GET /x HTTP/1.1\r\nAccept: */*\r\n\r\n"))    # HTTP, nothing to alert on
+    got = {}
+    for compact in (True, False):
+        sink = AlertList()
+        p = app.Pipeline(config.parse(CONFIG), sink, clock=lambda: T0, compact=compact)
+        rows = 0
+        for k in range(0, len(payloads), 16):
+            p.process(DatagramBatch.from_payloads(payloads[k:k + 16], src=("192.0.2.50", 6343), ts=T0 + k))
+            rows += p.batch.n
+        p.close()
+        got[compact] = (sink.alerts, p.exporters.snapshot(), rows)
+    assert got[True][:2] == got[False][:2] and len(got[True][0]) > 20
+    hits_or_suppressed = len(got[True][0]) + sum(r["suppressed"] for r in got[True][1])
+    assert got[True][2] == hits_or_suppressed < got[False][2]
+
 # --- IPFIX: httpRequestMethod (459) with httpRequestTarget (461); RFC 7133 packet sections ----------
 
 from imds_flow import build  # noqa: E402
