@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numba
 
-__all__ = ["njit", "kernel", "cache_dir"]
+__all__ = ["njit", "kernel", "step", "cache_dir"]
 
 
 def cache_dir() -> Path:
@@ -61,3 +61,12 @@ def kernel(fn):
     12 M records/s in process). A kernel that tries to allocate fails to compile: scratch arrays
     come from the caller."""
     return njit(fn, _nrt=False)
+
+
+def step(fn):
+    """A small helper of a hot kernel, compiled into each caller (LLVM's alwaysinline, numba's
+    `forceinline`): a call that stays a call costs a tuple of results through memory and an
+    exception-status check per packet. Not numba's inline="always", which inlines numba IR and
+    types the body again at every call site (it blew the first start's compile time up); keep it
+    to functions of a few lines. Its callees inherit the setting."""
+    return njit(fn, forceinline=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..flows import HTTP
-from ..jit import njit
+from ..jit import njit, step
 from .readers import _u16, _u32
 
 __all__ = ["ETHERNET", "IPV4", "IPV6", "METHODS", "parse_packet", "store", "scratch", "patterns", "parse_one"]
@@ -28,6 +28,8 @@ _M = [m.encode() for m in METHODS]
 _METHOD_BUF = np.frombuffer(b"".join(_M), np.uint8).copy()
 _METHOD_OFF = np.zeros(len(_M) + 1, np.int64)
 _METHOD_OFF[1:] = np.cumsum([len(m) for m in _M])
+_METHOD_FIRST = np.zeros(256, np.bool_)           # the bytes a method starts with
+_METHOD_FIRST[[m[0] for m in _M]] = True
 
 _TAGS = (0x8100, 0x88A8, 0x9100, 0x9200)      # 802.1Q, 802.1ad and the pre-standard QinQ TPIDs
 _MAPPED = np.uint64(0x0000FFFF_00000000)
@@ -57,9 +59,75 @@ def patterns(strings) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(enc) or b"\0", np.uint8).copy(), off
 
 
-@njit
+@step
 def _lower(x):
     return x + 32 if 65 <= x <= 90 else x
+
+
+@step
+def _at(b, q):
+    """b[q] for q >= 0: an unsigned index spares numba's negative-index wraparound on every byte."""
+    return b[np.uint64(q)]
+
+
+_ONES = np.uint64(0x0101010101010101)
+_HIGHS = np.uint64(0x8080808080808080)
+_LFS = np.uint64(0x0A0A0A0A0A0A0A0A)
+_SPACES = np.uint64(0x2020202020202020)
+_CRS = np.uint64(0x0D0D0D0D0D0D0D0D)
+_BYTE_INDEX = np.uint64(0x0001020304050607)
+
+
+@step
+def _word(b, q):
+    """b[q:q+8] as a little-endian uint64 (one load; the caller has checked q + 8 <= end)."""
+    u = np.uint64(q)
+    return (np.uint64(b[u]) | (np.uint64(b[u + np.uint64(1)]) << np.uint64(8))
+            | (np.uint64(b[u + np.uint64(2)]) << np.uint64(16)) | (np.uint64(b[u + np.uint64(3)]) << np.uint64(24))
+            | (np.uint64(b[u + np.uint64(4)]) << np.uint64(32)) | (np.uint64(b[u + np.uint64(5)]) << np.uint64(40))
+            | (np.uint64(b[u + np.uint64(6)]) << np.uint64(48)) | (np.uint64(b[u + np.uint64(7)]) << np.uint64(56)))
+
+
+@step
+def _zero_bytes(x):
+    """High bit set in the lowest zero byte of x (and maybe in bytes above it): 0 when none is zero."""
+    return (x - _ONES) & ~x & _HIGHS
+
+
+@step
+def _first_flagged(t):
+    """Index (0..7) of the lowest byte of t with its high bit set (t != 0)."""
+    return np.int64(((t & (~t + np.uint64(1))) >> np.uint64(7)) * _BYTE_INDEX >> np.uint64(56))
+
+
+@step
+def _line_end(b, q, end):
+    """The first LF in b[q:end], or end: eight bytes a step."""
+    while q + 8 <= end:
+        t = _zero_bytes(_word(b, q) ^ _LFS)
+        if t != 0:
+            return q + _first_flagged(t)
+        q += 8
+    while q < end and _at(b, q) != 10:
+        q += 1
+    return q
+
+
+@step
+def _target_end(b, q, end):
+    """The first SP, CR or LF in b[q:end] (the end of a request-target), or end: eight bytes a step."""
+    while q + 8 <= end:
+        w = _word(b, q)
+        t = _zero_bytes(w ^ _SPACES) | _zero_bytes(w ^ _CRS) | _zero_bytes(w ^ _LFS)
+        if t != 0:
+            return q + _first_flagged(t)
+        q += 8
+    while q < end:
+        x = _at(b, q)
+        if x == 32 or x == 13 or x == 10:
+            break
+        q += 1
+    return q
 
 
 @njit
@@ -68,41 +136,46 @@ def _find(b, o, ln, pat, p0, p1):
     m = p1 - p0
     if m == 0:
         return True
-    for s in range(ln - m + 1):
-        k = 0
-        while k < m and _lower(b[o + s + k]) == pat[p0 + k]:
+    first = pat[p0]
+    for s in range(o, o + ln - m + 1):
+        if _lower(_at(b, s)) != first:
+            continue
+        k = 1
+        while k < m and _lower(_at(b, s + k)) == pat[p0 + k]:
             k += 1
         if k == m:
             return True
     return False
 
 
-@njit
+@step
 def _equal(b, o, ln, pat, p0, p1):
     if ln != p1 - p0:
         return False
     for k in range(ln):
-        if _lower(b[o + k]) != pat[p0 + k]:
+        if _lower(_at(b, o + k)) != pat[p0 + k]:
             return False
     return True
 
 
-@njit
+@step
 def _spells(b, o, m):
     """Whether b[o:] starts with METHODS[m] (the caller has checked there is room)."""
     m0 = _METHOD_OFF[m]
     for k in range(_METHOD_OFF[m + 1] - m0):
-        if b[o + k] != _METHOD_BUF[m0 + k]:
+        if _at(b, o + k) != _METHOD_BUF[m0 + k]:
             return False
     return True
 
 
-@njit
+@step
 def _method(b, p, end):
     """Index into METHODS of the request method at p (followed by one space), or -1."""
+    if p >= end or not _METHOD_FIRST[_at(b, p)]:     # most payloads: one byte read, no method tried
+        return -1
     for m in range(_METHOD_OFF.shape[0] - 1):
         ln = _METHOD_OFF[m + 1] - _METHOD_OFF[m]
-        if p + ln < end and b[p + ln] == 32 and _spells(b, p, m):
+        if p + ln < end and _at(b, p + ln) == 32 and _spells(b, p, m):
             return m
     return -1
 
@@ -116,6 +189,29 @@ def method_index(b, o, ln):
     return -1
 
 
+@step
+def _field_name(b, q, end, hdr, hdr_off):
+    """Bit of the configured name (hdr, lower case) that the field line at q names, or 0. A name is
+    seen whole: it runs from q to the line's first ':', with no SP, HT or LF in it; only the
+    configured lengths are looked at."""
+    for k in range(min(hdr_off.shape[0] - 1, 32)):
+        c = q + hdr_off[k + 1] - hdr_off[k]
+        if c < end and _at(b, c) == 58 and _equal(b, q, c - q, hdr, hdr_off[k], hdr_off[k + 1]) \
+                and _token(b, q, c):
+            return np.uint32(1) << np.uint32(k)
+    return np.uint32(0)
+
+
+@step
+def _token(b, q, c):
+    """Whether b[q:c] holds no ':', SP, HT or LF (a configured name is a token; a caller's may not be)."""
+    for i in range(q, c):
+        x = _at(b, i)
+        if x == 58 or x == 32 or x == 9 or x == 10:
+            return False
+    return True
+
+
 @njit
 def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
     """Parse an HTTP request line (and header names) at b[p:end] into the scratch r."""
@@ -123,9 +219,7 @@ def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
     if m < 0:
         return
     t = p + _METHOD_OFF[m + 1] - _METHOD_OFF[m] + 1
-    te = t
-    while te < end and b[te] != 32 and b[te] != 13 and b[te] != 10:
-        te += 1
+    te = _target_end(b, t, end)
     if te == t:
         return
     r[S_METHOD] = m + 1
@@ -135,30 +229,20 @@ def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
         if _find(b, t, te - t, pat, pat_off[k], pat_off[k + 1]):
             r[S_URL] = k + 1
             break
-    if te >= end or b[te] != 32:
+    if te >= end or _at(b, te) != 32:
         return                       # cut in the target, or an HTTP/0.9 line: no header fields
-    q = te
-    while q < end and b[q] != 10:    # the rest of the request line
-        q += 1
+    q = _line_end(b, te, end)        # the rest of the request line
     found = np.uint32(0)
     while q < end:
         q += 1                       # past LF: the start of a field line
-        if q >= end or b[q] == 13 or b[q] == 10:
+        if q >= end or _at(b, q) == 13 or _at(b, q) == 10:
             break                    # the empty line: the body follows and is never read
-        colon = q
-        while colon < end and b[colon] != 58 and b[colon] != 10 and b[colon] != 32 and b[colon] != 9:
-            colon += 1
-        if colon < end and b[colon] == 58 and colon > q:       # a name seen whole
-            for k in range(min(hdr_off.shape[0] - 1, 32)):
-                if _equal(b, q, colon - q, hdr, hdr_off[k], hdr_off[k + 1]):
-                    found |= np.uint32(1) << np.uint32(k)
-                    break
-        while q < end and b[q] != 10:
-            q += 1
+        found |= _field_name(b, q, end, hdr, hdr_off)
+        q = _line_end(b, q, end)
     r[S_HEADERS] = found
 
 
-@njit
+@step
 def _ethernet(b, p, end, r):
     """The Ethernet header at p and its 802.1Q / QinQ tags (the first two VLAN ids into r): returns
     (the network layer: IPV4, IPV6 or -1, offset after the headers)."""

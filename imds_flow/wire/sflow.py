@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..flows import SFLOW
-from ..jit import kernel, njit
+from ..jit import kernel, njit, step
 from .errors import reason_code
 from ..kernels import match_net
 from .packet import (ETHERNET, IPV4, IPV6, NONE, S_DPORT, S_DST_HI, S_DST_LO, S_HEADERS, S_METHOD, S_PROTO,
@@ -132,7 +132,7 @@ def _check(buf, p, end, nsamp):
     return flows
 
 
-@njit
+@step
 def _track(key, seq, src_key, src_next):
     """Flow samples missed before `seq` for (exporter, source id) `key`; 0 when first seen or untracked."""
     mask = np.uint64((1 << _TABLE_BITS) - 1)
@@ -239,7 +239,7 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
     return n
 
 
-@njit
+@step
 def _datagram_header(buf, o, ln):
     """(0 or a reason code, where the sub-agent id, sequence number, uptime and sample count are)
     of the datagram buf[o:o+ln]."""
@@ -259,7 +259,7 @@ def _datagram_header(buf, o, ln):
     return 0, p
 
 
-@njit
+@step
 def _datagrams_lost(seq, e, seq_next, seq_seen):
     """Datagrams missed from exporter e before sequence number seq (0 when first seen, or when seq
     went back); seq is then the last seen."""
@@ -273,7 +273,7 @@ def _datagrams_lost(seq, e, seq_next, seq_seen):
     return gap
 
 
-@njit
+@step
 def _flow_sample(buf, fmt, body):
     """(sequence number, source id key, sampling rate, input and output interface, record count,
     first record) of a compact (fmt 1) or expanded (fmt 3) flow sample."""
@@ -287,7 +287,7 @@ def _flow_sample(buf, fmt, body):
             _u32(buf, body + 40), body + 44)
 
 
-@njit
+@step
 def _records(buf, r, nrec):
     """Where the first raw header record (and its end), sampled IPv4, sampled IPv6 and extended
     switch record of a flow sample start (-1: none), and how many other records it holds."""
@@ -316,7 +316,7 @@ def _records(buf, r, nrec):
     return raw, raw_end, ip4, ip6, sw, skipped
 
 
-@njit
+@step
 def _sampled_ip(buf, ip4, ip6, r):
     """The sampled IPv4 record at ip4, else the sampled IPv6 record at ip6, into the packet
     kernel's scratch r (no VLAN tag, no HTTP): returns (IP version, frame length)."""
