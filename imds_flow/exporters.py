@@ -142,11 +142,7 @@ class ExporterTable:
             return out
         if (exp_ids == exp_ids[0]).all() and (agent_hi == agent_hi[0]).all() and (agent_lo == agent_lo[0]).all() \
                 and (sub == sub[0]).all():             # one agent behind one source: the usual batch
-            src = self._row_keys[int(exp_ids[0])]
-            key = (src[0], src[1], src[2], int(agent_hi[0]), int(agent_lo[0]), int(sub[0]))
-            i = self._index.get(key)
-            i = i if i is not None else self._add(key)
-            out[:] = i if i >= 0 else exp_ids[0]
+            out[:] = self.agent_row(int(exp_ids[0]), int(agent_hi[0]), int(agent_lo[0]), int(sub[0]))
             return out
         keys = np.empty(n, dtype=[("e", "i4"), ("hi", "u8"), ("lo", "u8"), ("sub", "u4")])
         keys["e"], keys["hi"], keys["lo"], keys["sub"] = exp_ids, agent_hi, agent_lo, sub
@@ -161,6 +157,15 @@ class ExporterTable:
                 ids[j] = e
         out[:] = ids[inverse.ravel()]
         return out
+
+    def agent_row(self, exporter: int, agent_hi: int, agent_lo: int, sub: int) -> int:
+        """The sFlow row of (source row `exporter`, agent, sub-agent id), registered when new; the
+        source row itself where max_exporters is reached."""
+        src = self._row_keys[exporter]
+        key = (src[0], src[1], src[2], agent_hi, agent_lo, sub)
+        i = self._index.get(key)
+        i = i if i is not None else self._add(key)
+        return i if i >= 0 else exporter
 
     def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray | None, now: float) -> None:
         """Account one decoded batch: datagrams per exporter, errors per reason, and records per

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..datagrams import DatagramBatch
 from ..flows import FlowBatch
+from ..jit import kernel
 from .errors import OK, REASONS, DecodeError, error_for, reason_code
 from . import resolve, sflow
 from .scopes import ScopeTable
@@ -24,12 +25,43 @@ _UNKNOWN = reason_code("unknown_version")
 
 def versions(dg: DatagramBatch) -> np.ndarray:
     """The version word of every datagram; -1 where there are fewer than 2 bytes."""
-    offs, lens, buf = dg.offs[: dg.n], dg.lens[: dg.n], dg.buf
-    ok = lens >= 2
-    o = offs[ok]
-    v = np.full(dg.n, -1, np.int32)
-    v[ok] = (buf[o].astype(np.int32) << 8) | buf[o + 1]
-    return v
+    version = np.empty(dg.n, np.int32)
+    _classify(dg.buf, dg.offs, dg.lens, dg.n, version, np.zeros(dg.n, np.int16), np.empty((3, dg.n), np.int64),
+              np.zeros(3, np.int64))
+    return version
+
+
+@kernel
+def _classify(buf, offs, lens, n, version, status, sel, size):
+    """The one dispatch on the version word: version[d] of datagrams 0..n-1 (-1: fewer than 2
+    bytes, status too_short; not 0, 5, 9 or 10: status unknown_version), and their indexes by
+    decoder in sel[0] (v5), sel[1] (v9 / IPFIX) and sel[2] (sFlow), size[j] their bytes. Returns
+    how many each decoder has."""
+    k5 = 0
+    kt = 0
+    ks = 0
+    for d in range(n):
+        if lens[d] < 2:
+            version[d] = -1
+            status[d] = _TOO_SHORT
+            continue
+        v = (np.int32(buf[offs[d]]) << 8) | np.int32(buf[offs[d] + 1])
+        version[d] = v
+        if v == 5:
+            sel[0, k5] = d
+            k5 += 1
+            size[0] += lens[d]
+        elif v == 9 or v == 10:
+            sel[1, kt] = d
+            kt += 1
+            size[1] += lens[d]
+        elif v == 0:
+            sel[2, ks] = d
+            ks += 1
+            size[2] += lens[d]
+        else:
+            status[d] = _UNKNOWN
+    return k5, kt, ks
 
 
 _NO_ENDPOINTS = (np.zeros(0, np.uint64),) * 4 + (np.zeros(0, np.bool_),)
@@ -54,26 +86,23 @@ def decode(dg: DatagramBatch, exp_ids: np.ndarray, state, out: FlowBatch, keep=N
     ep = keep if compacting else _NO_ENDPOINTS
     counts = records if records is not None else np.zeros(max(int(exp_ids.max(initial=0)) + 1, 1), np.int64)
     status = np.zeros(n, np.int16)
-    version = versions(dg)
-    status[version < 0] = _TOO_SHORT
-    sel5 = np.flatnonzero(version == 5)
-    sel_t = np.flatnonzero((version == 9) | (version == 10))
-    sel_s = np.flatnonzero(version == 0)
-    if len(sel_t):
+    version = np.empty(n, np.int32)
+    sel, size = np.empty((3, n), np.int64), np.zeros(3, np.int64)
+    k5, kt, ks = _classify(dg.buf, dg.offs, dg.lens, n, version, status, sel, size)
+    if kt:
         state.templates.begin_batch()                # compacts plans between batches only
-    prep = resolve.prepare(dg, sel_t, version, exp_ids, state, status) if len(sel_t) else None
-    need_s = int(dg.lens[sel_s].sum()) // sflow.MIN_ROW_BYTES + 1 if len(sel_s) else 0
-    out.reset(int(dg.lens[sel5].sum()) // V5_RECORD + 1 + (prep.need if prep is not None else 0) + need_s)
+    prep = resolve.prepare(dg, sel[1, :kt], version, exp_ids, state, status) if kt else None
+    need_s = int(size[2]) // sflow.MIN_ROW_BYTES + 1 if ks else 0
+    out.reset(int(size[0]) // V5_RECORD + 1 + (prep.need if prep is not None else 0) + need_s)
     out.buf = dg.buf
     out.late_buf = prep.pbuf if prep is not None else dg.buf
-    if len(sel5):
-        out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel5, exp_ids, dg.ts, out.rows, out.n, status,
+    if k5:
+        out.n = decode_v5(dg.buf, dg.offs, dg.lens, sel[0, :k5], exp_ids, dg.ts, out.rows, out.n, status,
                           state.seq_next, state.seq_seen, state.seq_lost, counts, compacting, ep)
     if prep is not None:
         out.n = resolve.finish(prep, state, out, status, compacting, ep, counts)
-    if len(sel_s):
-        _decode_sflow(dg, sel_s, exp_ids, state, out, status, compacting, ep)
-    status[(version > 0) & (version != 5) & (version != 9) & (version != 10)] = _UNKNOWN
+    if ks:
+        _decode_sflow(dg, sel[2, :ks], exp_ids, state, out, status, compacting, ep)
     return status
 
 
@@ -84,7 +113,7 @@ def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state
     sub, ok = np.empty(k, np.uint32), np.empty(k, np.bool_)
     found = sflow.agents(dg.buf, dg.offs, dg.lens, sel, exp_ids, hi, lo, sub, ok)
     if found == -1:                                  # every one from one source and one agent
-        exp_ids[sel] = state.agents(exp_ids[sel[:1]], hi[:1], lo[:1], sub[:1])[0]
+        exp_ids[sel] = state.agent_row(int(exp_ids[sel[0]]), int(hi[0]), int(lo[0]), int(sub[0]))
     elif found:
         has = sel[ok]
         exp_ids[has] = state.agents(exp_ids[has], hi[ok], lo[ok], sub[ok])
@@ -115,6 +144,9 @@ class _OneExporter:
 
     def agents(self, exp_ids, agent_hi, agent_lo, sub) -> np.ndarray:
         return exp_ids.copy()
+
+    def agent_row(self, exporter: int, agent_hi: int, agent_lo: int, sub: int) -> int:
+        return exporter
 
     def add_weighted(self, counter: str, exp_ids: np.ndarray, k: np.ndarray) -> None:
         self.add_count(counter, 0, int(k.sum()))
