@@ -212,7 +212,7 @@ def _token(b, q, c):
     return True
 
 
-@njit
+@step
 def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
     """Parse an HTTP request line (and header names) at b[p:end] into the scratch r."""
     m = _method(b, p, end)
@@ -298,7 +298,7 @@ def _extensions(b, p, end, proto):
     return proto, p, frag
 
 
-@njit
+@step
 def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     """Walk the sampled packet b[o:end] of type `kind` (ETHERNET, IPV4, IPV6) into the scratch r
     (S_* slots; `store` writes it to a row). Returns the IP version found (4, 6) or 0 (no IP header)."""
