@@ -1,5 +1,6 @@
 """jit: where the cache goes (NUMBA_CACHE_DIR, else XDG_CACHE_HOME, in a folder per version of the
-sources), the options every kernel is compiled with, and a kernel that would allocate failing to compile."""
+sources), the options every kernel is compiled with, a kernel that would allocate failing to compile, and a
+step compiled into its caller."""
 import math
 import re
 from pathlib import Path
@@ -24,6 +25,13 @@ def _total(a):
 
 def _allocates(n):
     return np.zeros(n).sum()
+
+
+_divide_step = jit.step(_divide)
+
+
+def _quarter_plus_one(a, b):
+    return _divide_step(a, b) + 1.0
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -53,3 +61,10 @@ def test_a_kernel_runs_without_reference_counting_and_cannot_allocate():
     assert jit.kernel(_total)(np.arange(5.0)) == 10.0
     with pytest.raises(numba.core.errors.NumbaError):
         jit.kernel(_allocates)(3)
+
+
+def test_a_step_is_compiled_into_its_caller_with_the_kernel_options():
+    f = _divide_step
+    assert f.targetoptions["forceinline"] and f.targetoptions["nogil"] and f.targetoptions["error_model"] == "numpy"
+    caller = jit.kernel(_quarter_plus_one)
+    assert caller(1.0, 4.0) == 1.25 and math.isinf(caller(1.0, 0.0))
