@@ -147,3 +147,17 @@ def test_vlans_and_addresses():
     got = parse_one(_frame(b"", vlans=(100, 0x2000 | 200, 300)), ETHERNET)
     assert got["vlans"] == [100, 200] and got["dst"] == "169.254.169.254" and got["src"] == "10.0.0.5"
     assert (got["sport"], got["dport"], got["proto"]) == (40000, 80, 6)
+
+
+# the kernel compares a field name only where a configured name's length ends in ':'; a name that is
+# no token (a caller's, not the config's) must still match only a name seen whole, as the oracle says
+ODD_NAMES = ("a b", "x:y", "host", "ho", "x-aws-ec2-metadata-token", "user-agent\t")
+
+
+@pytest.mark.parametrize("fields", [
+    b"a b: 1\r\nx:y: 2\r\nHost: 3\r\n", b"host:x\r\nho:st\r\n", b"Ho: 1\r\nHOST : 2\r\nuser-agent\t: 3\r\n",
+    b"X-aws-ec2-metadata-token:x-aws-ec2-metadata-token:\r\n", b"x:y\r\n",
+])
+def test_header_names_that_are_no_token(fields):
+    data = _frame(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
+    assert parse_one(data, ETHERNET, URLS, ODD_NAMES) == packet_one(data, ETHERNET, URLS, ODD_NAMES)
