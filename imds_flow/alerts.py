@@ -103,12 +103,11 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     return out
 
 
-# The folded numbers of every pending alert, one row each (Folder._agg): a batch's merges into
-# pending alerts are then a few numpy operations, not Python per group. The alert dict holds the rest
-# and gets these numbers when it leaves (Folder._release).
-_AGG = np.dtype([("count", np.int64), ("bytes", np.uint64), ("packets", np.uint64), ("bytes_estimate", np.uint64),
-                 ("packets_estimate", np.uint64), ("first_seen", np.float64), ("last_seen", np.float64),
-                 ("ts", np.float64), ("sport", np.int64), ("dport", np.int64), ("vlan", np.int64)])
+# The folded numbers of every pending alert, one row each in Folder's arrays (_count; _sums: bytes,
+# packets and their estimates; _times: first / last seen, NaN none, and ts; _tail: sport, dport and
+# VLAN code, -1 none, of the latest record): a batch's merges into pending alerts are one kernel
+# call (kernels.merge_groups), not Python per group. The alert dict holds the rest and gets these
+# numbers when it leaves (Folder._release).
 _SUMS = ("bytes", "packets", "bytes_estimate", "packets_estimate")
 
 
@@ -118,28 +117,29 @@ class Folder:
         self.emit = emit
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
-        self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None, its _agg row]
-        self._agg = np.zeros(64, _AGG)       # folded numbers of the pending alerts
-        self._free = list(range(63, -1, -1))  # _agg rows not in use
+        self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None, its row]
+        self._count = np.zeros(64, np.int64)          # folded numbers of the pending alerts, a row each
+        self._sums = np.zeros((64, 4), np.uint64)
+        self._times = np.zeros((64, 3), np.float64)
+        self._tail = np.zeros((64, 3), np.int64)
+        self._free = list(range(63, -1, -1))  # rows not in use
         self._table = np.empty(0, np.int64)   # group_hits scratch, reused
 
-    # --- pending alerts: the dict, and its folded numbers in an _agg row --------------------------
+    # --- pending alerts: the dict, and its folded numbers in a row of the arrays -------------------
 
     def _hold(self, state: list, alert: dict, count: int, sums, times, tail) -> None:
         """`alert` becomes the key's pending alert with these folded numbers (sums: bytes, packets
         and their estimates; times: first, last, ts; tail: sport, dport, vlan of the last record)."""
         if not self._free:
-            have = len(self._agg)
-            self._agg = grow(self._agg, 2 * have)
-            self._free = list(range(len(self._agg) - 1, have - 1, -1))
+            have = len(self._count)
+            self._count, self._sums, self._times, self._tail = (
+                grow(a, 2 * have) for a in (self._count, self._sums, self._times, self._tail))
+            self._free = list(range(2 * have - 1, have - 1, -1))
         row = self._free.pop()
-        a = self._agg[row]
-        a["count"] = count
-        for name, v in zip(_SUMS, sums):
-            a[name] = v
-        a["first_seen"], a["last_seen"], a["ts"] = times
-        a["sport"], a["dport"] = tail[0], tail[1]
-        a["vlan"] = -1 if tail[2] is None else tail[2]
+        self._count[row] = count
+        self._sums[row] = sums
+        self._times[row] = times
+        self._tail[row] = (tail[0], tail[1], -1 if tail[2] is None else tail[2])
         state[1], state[2] = alert, row
 
     def _release(self, state: list) -> None:
@@ -147,39 +147,30 @@ class Folder:
         alert = state[1]
         if alert is None:
             return
-        a = self._agg[state[2]].item()
-        count, b, p, be, pe, first, last, ts, sport, dport, vlan = a
-        alert.update(count=count, bytes=b, packets=p, first_seen=_time(first), last_seen=_time(last), ts=ts,
-                     sport=sport, dport=dport, vlan=None if vlan < 0 else vlan)
+        row = state[2]
+        b, p, be, pe = self._sums[row].tolist()
+        first, last, ts = self._times[row].tolist()
+        sport, dport, vlan = self._tail[row].tolist()
+        alert.update(count=int(self._count[row]), bytes=b, packets=p, first_seen=_time(first), last_seen=_time(last),
+                     ts=ts, sport=sport, dport=dport, vlan=None if vlan < 0 else vlan)
         if "bytes_estimate" in alert:        # every alert of ours has them; a caller's own may not
             alert.update(bytes_estimate=be, packets_estimate=pe)
-        self._free.append(state[2])
+        self._free.append(row)
         state[1] = None
         self.emit(alert)
 
     def _merge_one(self, state: list, alert: dict) -> None:
         """One more record's alert into the key's pending one."""
-        a = self._agg[state[2]]
-        a["count"] += alert["count"]
-        for name in _SUMS:
-            a[name] += alert.get(name, 0)
-        for name, pick in (("first_seen", min), ("last_seen", max)):
+        row = state[2]
+        self._count[row] += alert["count"]
+        for q, name in enumerate(_SUMS):
+            self._sums[row, q] += alert.get(name, 0)
+        t = self._times[row]
+        for q, name, pick in ((0, "first_seen", min), (1, "last_seen", max)):
             if alert[name] is not None:
-                a[name] = alert[name] if math.isnan(a[name]) else pick(a[name], alert[name])
-        a["ts"] = max(a["ts"], alert["ts"])
-        a["sport"], a["dport"] = alert["sport"], alert["dport"]
-        a["vlan"] = -1 if alert["vlan"] is None else alert["vlan"]
-
-    def _merge_groups(self, rows: np.ndarray, groups: np.ndarray, count, sums, times, last) -> None:
-        """Whole groups into their keys' pending alerts (rows of _agg, one per group): numpy, no loop."""
-        a = self._agg
-        a["count"][rows] += count[groups]
-        for k, name in enumerate(_SUMS):
-            a[name][rows] += sums[groups, k]
-        a["first_seen"][rows] = np.fmin(a["first_seen"][rows], times[groups, 0])
-        a["last_seen"][rows] = np.fmax(a["last_seen"][rows], times[groups, 1])
-        a["ts"][rows] = np.maximum(a["ts"][rows], times[groups, 2])
-        a["sport"][rows], a["dport"][rows], a["vlan"][rows] = last
+                t[q] = alert[name] if math.isnan(t[q]) else pick(t[q], alert[name])
+        t[2] = max(t[2], alert["ts"])
+        self._tail[row] = (alert["sport"], alert["dport"], -1 if alert["vlan"] is None else alert["vlan"])
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -197,10 +188,10 @@ class Folder:
         if len(self._table) < size:              # scratch, grown as needed and reused
             self._table = np.empty(size, np.int64)
             self._ints = np.empty((5, size), np.int64)
-            self._sums = np.empty((size, 8), np.uint64)
-            self._times = np.empty((size, 7), np.float64)
+            self._g_sums = np.empty((size, 8), np.uint64)
+            self._g_times = np.empty((size, 7), np.float64)
         group, first, second, last, count = self._ints
-        sums, times = self._sums, self._times
+        sums, times = self._g_sums, self._g_times
         g = kernels.group_hits(batch.rows, hits.idx, hits.endpoint, hits.direction, self._table[:size],
                                group, first, second, last, count, sums, times)
         c = batch.cols
@@ -213,15 +204,14 @@ class Folder:
         l_idx = hits.idx[last[:g]]
         steps, merged_rows, merged = self._classify(keys, times[:g, 6].tolist(), times[:g, 2].tolist())
         if merged:
-            at = np.array(merged, np.int64)
-            self._merge_groups(np.array(merged_rows, np.int64), at, count, sums, times,
-                               (c.sport[l_idx[at]], c.dport[l_idx[at]], _vlan_codes(c, l_idx[at])))
+            kernels.merge_groups(batch.rows, l_idx, np.array(merged_rows, np.int64), np.array(merged, np.int64),
+                                 count, sums, times, self._count, self._sums, self._times, self._tail)
         if steps:
             self._open_groups(steps, keys, batch, hits, names, exporters, l_idx)
 
     def _classify(self, keys: list[tuple], t_first: list[float], t_max: list[float]):
         """What each group (key; time of its first hit, its latest time) does: merges into a pending
-        alert (their _agg rows and groups), or a step (group, kind): 1 opens a pending alert, 2 opens
+        alert (their rows and groups), or a step (group, kind): 1 opens a pending alert, 2 opens
         a window, 3 goes hit by hit (it straddles a window boundary, or is past max_keys)."""
         window = self.window
         steps, merged_rows, merged = [], [], []
@@ -247,7 +237,7 @@ class Folder:
     def _open_groups(self, steps, keys, batch: FlowBatch, hits: Hits, names, exporters, l_idx) -> None:
         """The groups that open a pending alert or a window, or go hit by hit, in group order."""
         group, first, second, _, count = self._ints
-        sums, times, c, m = self._sums, self._times, batch.cols, len(hits)
+        sums, times, c, m = self._g_sums, self._g_times, batch.cols, len(hits)
         count_l = count[:len(keys)].tolist()
         # alert dicts only where one is needed: the first hit of a group opening a pending alert or
         # a window, the second hit of a group opening a window with more to fold

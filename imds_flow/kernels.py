@@ -11,7 +11,7 @@ import numpy as np
 from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import kernel, njit
 
-__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "count_batch", "key_lookup",
+__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "merge_groups", "vlan_code", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -169,6 +169,42 @@ def _same_key(c, i, j, ep_i, ep_j, dir_i, dir_j):
     return (ep_i == ep_j and dir_i == dir_j and c.exporter[i] == c.exporter[j] and c.src_hi[i] == c.src_hi[j]
             and c.src_lo[i] == c.src_lo[j] and c.dst_hi[i] == c.dst_hi[j] and c.dst_lo[i] == c.dst_lo[j]
             and c.proto[i] == c.proto[j] and _side_port(c, i, dir_i) == _side_port(c, j, dir_j))
+
+
+@njit
+def vlan_code(c, i):
+    """The VLAN row i carries: the first non-zero of vlan_src, vlan_dst, vlan_dot1q, vlan_cust, else 0
+    if one says 0, else -1 (none)."""
+    zero = False
+    for v in (c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i]):
+        if v > 0:
+            return np.int64(v)
+        zero = zero or v == 0
+    return np.int64(0) if zero else np.int64(-1)
+
+
+@kernel
+def merge_groups(c, last_hit, rows, groups, g_count, g_sums, g_times, a_count, a_sums, a_times, a_tail):
+    """Fold whole groups (group_hits) into pending alerts: group groups[k] into row rows[k] of the
+    pending numbers (a_count; a_sums: bytes, packets and their estimates; a_times: first / last
+    seen, NaN none, and ts; a_tail: sport, dport, VLAN code of the latest record). last_hit[g]: the
+    batch row of group g's last hit."""
+    for k in range(rows.shape[0]):
+        r, g = rows[k], groups[k]
+        a_count[r] += g_count[g]
+        for q in range(4):
+            a_sums[r, q] += g_sums[g, q]
+        first, last = g_times[g, 0], g_times[g, 1]
+        if first == first and not (a_times[r, 0] <= first):      # NaN never wins, a number beats NaN
+            a_times[r, 0] = first
+        if last == last and not (a_times[r, 1] >= last):
+            a_times[r, 1] = last
+        if g_times[g, 2] > a_times[r, 2]:
+            a_times[r, 2] = g_times[g, 2]
+        i = last_hit[g]
+        a_tail[r, 0] = c.sport[i]
+        a_tail[r, 1] = c.dport[i]
+        a_tail[r, 2] = vlan_code(c, i)
 
 
 @kernel

@@ -48,8 +48,9 @@ def warm_up(pipeline) -> None:
         pipeline.detector.run(batch, scratch.column("suppressed"))
         folder = Folder(60.0, lambda alert: None)
         kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
-        folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
-                        pipeline.detector.names + ("x",), scratch)
+        for _ in range(2):                   # the second time, the hits merge into the pending alert
+            folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
+                            pipeline.detector.names + ("x",), scratch)
         receive.warm_up()
         if helper is not None:
             try:

@@ -8,7 +8,7 @@ from imds_flow.addr import network_hilo, to_hilo, from_hilo
 from imds_flow.config import parse
 from imds_flow.detect import DIRECTIONS, Detector
 from imds_flow.flows import NAT_DST, NAT_SRC, FlowBatch
-from imds_flow.kernels import match_net
+from imds_flow.kernels import match_net, vlan_code
 
 from tests.support.oracle import detect_one
 
@@ -115,3 +115,16 @@ def test_hilo_roundtrip(a):
     ip = ipaddress.ip_address(a)
     want = ip.ipv4_mapped or ip if ip.version == 6 else ip   # IPv4-mapped renders as IPv4
     assert from_hilo(*to_hilo(a)) == str(want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(vlans=st.lists(st.tuples(*[st.sampled_from([-1, 0, 1, 30, 4095])] * 4), min_size=1, max_size=20))
+def test_vlan_code_is_the_alert_vlan(vlans):
+    """kernels.vlan_code (folding in merge_groups) picks the VLAN alerts.hit_alerts picks."""
+    from imds_flow.alerts import _vlan_codes
+    from imds_flow.flows import VLAN_COLUMNS, FlowBatch
+    fb = FlowBatch(len(vlans))
+    for name, column in zip(VLAN_COLUMNS, zip(*vlans)):
+        getattr(fb.cols, name)[: len(vlans)] = column
+    want = _vlan_codes(fb.cols, np.arange(len(vlans))).tolist()
+    assert [vlan_code(fb.rows, i) for i in range(len(vlans))] == want
