@@ -28,7 +28,7 @@ _SLOT_KINDS = (
     ("packet_interval", "u"), ("packet_space", "u"), ("sampling_size", "u"), ("sampling_population", "u"),
     ("url0", "s"), ("url1", "s"), ("url2", "s"), ("url3", "s"), ("url4", "s"), ("url5", "s"),
     # sampled packet content: HTTP method, RFC 7133 packet sections (wire/packet.py walks them)
-    ("http_method", "s"), ("section_ip", "s"), ("section_l2", "s"),
+    ("http_method", "s"), ("section_ip", "s"), ("section_l2", "s"), ("section_payload", "s"),
 )
 SLOTS = tuple(name for name, _ in _SLOT_KINDS)
 SLOT = {name: i for i, name in enumerate(SLOTS)}
@@ -80,6 +80,7 @@ ELEMENTS: dict[tuple[int, int], str] = {
     (IANA, 57832): "http_method", # nProbe HTTP_METHOD in NetFlow v9 (57472 + 360, a plain id)
     (IANA, 313): "section_ip",    # ipHeaderPacketSection (RFC 7133): from the IP header on
     (IANA, 315): "section_l2",    # dataLinkFrameSection (RFC 7133): from the Ethernet header on
+    (IANA, 314): "section_payload",  # ipPayloadPacketSection (RFC 7133): from the transport header on
 }
 
 

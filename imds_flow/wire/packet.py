@@ -16,7 +16,7 @@ from ..flows import HTTP
 from ..jit import njit, step
 from .readers import _u16, _u32
 
-__all__ = ["ETHERNET", "IPV4", "IPV6", "METHODS", "parse_packet", "store", "scratch", "patterns", "parse_one"]
+__all__ = ["ETHERNET", "IPV4", "IPV6", "METHODS", "parse_packet", "parse_segment", "store", "scratch", "patterns", "parse_one"]
 
 # sFlow header_protocol values (sFlow v5 "header_protocol"); RFC 7133 sections map onto them
 ETHERNET = 1
@@ -302,14 +302,7 @@ def _extensions(b, p, end, proto):
 def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     """Walk the sampled packet b[o:end] of type `kind` (ETHERNET, IPV4, IPV6) into the scratch r
     (S_* slots; `store` writes it to a row). Returns the IP version found (4, 6) or 0 (no IP header)."""
-    r[S_SPORT] = 0
-    r[S_DPORT] = 0
-    r[S_PROTO] = 0
-    r[S_VLAN1] = NONE
-    r[S_VLAN2] = NONE
-    r[S_URL] = 0
-    r[S_METHOD] = 0
-    r[S_HEADERS] = 0
+    _reset(r, 0)
     p = o
     net = np.int64(kind)                 # the network layer to walk; an int, never unified with a float
     if net == ETHERNET:
@@ -346,21 +339,48 @@ def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     r[S_PROTO] = proto
     if frag or p > end:
         return version
+    _transport(b, p, end, min(end, ip_end), proto, r, pat, pat_off, hdr, hdr_off)
+    return version
+
+
+@step
+def parse_segment(b, o, end, proto, r, pat, pat_off, hdr, hdr_off):
+    """The IP payload b[o:end] of protocol `proto` (RFC 7133 ipPayloadPacketSection, IE 314: from the
+    transport header on; addresses and protocol are the record's) into the scratch r, as
+    parse_packet reads the transport header and what follows it."""
+    _reset(r, proto)
+    _transport(b, o, end, end, proto, r, pat, pat_off, hdr, hdr_off)
+
+
+@step
+def _reset(r, proto):
+    r[S_SPORT] = 0
+    r[S_DPORT] = 0
+    r[S_PROTO] = proto
+    r[S_VLAN1] = NONE
+    r[S_VLAN2] = NONE
+    r[S_URL] = 0
+    r[S_METHOD] = 0
+    r[S_HEADERS] = 0
+
+
+@step
+def _transport(b, p, end, stop, proto, r, pat, pat_off, hdr, hdr_off):
+    """TCP / UDP / SCTP ports or ICMP type * 256 + code at p (reads bounded by `end`), and in a TCP
+    payload the HTTP request, as far as `stop` (the sample's end or the IP length)."""
     if proto == 6 or proto == 17 or proto == 132:
         if p + 4 > end:
-            return version
+            return
         r[S_SPORT] = _u16(b, p)
         r[S_DPORT] = _u16(b, p + 2)
         if proto == 6 and p + 20 <= end:
             off = (b[p + 12] >> 4) * 4
-            stop = min(end, ip_end)
             if off >= 20 and p + off < stop:
                 _http(b, p + off, stop, r, pat, pat_off, hdr, hdr_off)
     elif proto == 1 or proto == 58:
         if p + 2 > end:
-            return version
+            return
         r[S_DPORT] = _u16(b, p)
-    return version
 
 
 @njit

@@ -46,7 +46,7 @@ S_SAMPLER, S_INTERVAL, S_RANDOM = SLOT["sampler_id"], SLOT["sampling_interval"],
 S_PINT, S_PSPACE, S_SIZE, S_POP = SLOT["packet_interval"], SLOT["packet_space"], SLOT["sampling_size"], SLOT["sampling_population"]
 S_URL0 = SLOT["url0"]
 N_URL = 6
-S_METHOD, S_SEC_IP, S_SEC_L2 = SLOT["http_method"], SLOT["section_ip"], SLOT["section_l2"]
+S_METHOD, S_SEC_IP, S_SEC_L2, S_SEC_PAY = SLOT["http_method"], SLOT["section_ip"], SLOT["section_l2"], SLOT["section_payload"]
 
 
 @njit
@@ -246,20 +246,23 @@ def emit(b, base, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, ma
     r.sampling_rate = rate32(_sampling(b, base, so, sl, s.scope, samp_keys, samp_rates))
     r.url = url_index(b, base, so, sl, pat, pat_off) if _first_url(so) >= 0 else -1
     r.row_flags = flags
-    if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0:
+    if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0 or so[S_SEC_PAY] >= 0:
         sampled(b, base, so, sl, c, n, http, main)
 
 
 @njit
 def sampled(b, base, so, sl, c, n, http, main):
-    """RFC 7133 packet sections (IE 315 from the Ethernet header, 313 from the IP header) through the
-    packet kernel, else IE 459 httpRequestMethod with IE 461 httpRequestTarget. Addresses, ports and
-    protocol come from a section only when the template carries no address; its VLAN tags fill
-    vlan_dot1q / vlan_cust where absent. The HTTP columns (flag HTTP) point into `b`: the batch's
-    buffer, or (not `main`: data that waited for its template) the pending buffer (flag LATE)."""
+    """RFC 7133 packet sections (IE 315 from the Ethernet header, 313 from the IP header, 314 from the
+    transport header of the record's protocol) through the packet kernel, else IE 459
+    httpRequestMethod with IE 461 httpRequestTarget. Addresses, ports and protocol come from a
+    section only when the template carries no address (ports from IE 314 when it carries no port);
+    its VLAN tags fill vlan_dot1q / vlan_cust where absent. The HTTP columns (flag HTTP) point into
+    `b`: the batch's buffer, or (not `main`: data that waited for its template) the pending buffer
+    (flag LATE)."""
     pat, pat_off, hdr, hdr_off, scr = http
     r = c[n]
     version = 0
+    payload = False
     if so[S_SEC_L2] >= 0:
         version = pk.parse_packet(b, base + so[S_SEC_L2], base + so[S_SEC_L2] + sl[S_SEC_L2], pk.ETHERNET, scr,
                                   pat, pat_off, hdr, hdr_off)
@@ -267,8 +270,15 @@ def sampled(b, base, so, sl, c, n, http, main):
         q = base + so[S_SEC_IP]
         kind = pk.IPV6 if (b[q] >> 4) == 6 else pk.IPV4
         version = pk.parse_packet(b, q, q + sl[S_SEC_IP], kind, scr, pat, pat_off, hdr, hdr_off)
-    if version != 0:
-        if so[S_SRC4] < 0 and so[S_SRC6] < 0 and so[S_DST4] < 0 and so[S_DST6] < 0:
+    elif so[S_SEC_PAY] >= 0 and r.proto != 0:
+        q = base + so[S_SEC_PAY]
+        pk.parse_segment(b, q, q + sl[S_SEC_PAY], np.uint64(r.proto), scr, pat, pat_off, hdr, hdr_off)
+        payload = True
+        if so[S_SPORT] < 0 and so[S_SPORT_L4] < 0 and so[S_DPORT] < 0 and so[S_DPORT_L4] < 0 and so[S_ICMP] < 0:
+            r.sport = scr[pk.S_SPORT]
+            r.dport = scr[pk.S_DPORT]
+    if version != 0 or payload:
+        if version != 0 and so[S_SRC4] < 0 and so[S_SRC6] < 0 and so[S_DST4] < 0 and so[S_DST6] < 0:
             r.src_hi = scr[pk.S_SRC_HI]
             r.src_lo = scr[pk.S_SRC_LO]
             r.dst_hi = scr[pk.S_DST_HI]

@@ -177,6 +177,23 @@ def test_ipfix_packet_sections(ie, section):
         assert (a["signal"], a["endpoint"], a["url"]) == ("url", "url:/latest/meta-data", "/latest/meta-data/")
 
 
+def test_ipfix_ip_payload_section():
+    """IE 314 ipPayloadPacketSection starts at the transport header: the record gives the addresses and
+    the protocol, the section the ports (the template has none) and the HTTP request."""
+    import struct
+    tcp = struct.pack(">HHIIBBHHH", 40000, 8080, 1, 0, 5 << 4, 0x18, 65535, 0, 0)
+    section = tcp + b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"
+    fields = [(8, 4), (12, 4), (4, 1), (314, build.VAR), (1, 8), (2, 8)]
+    p, alerts = run([_ipfix(fields, ["10.1.2.3", "10.9.9.9", 6, section, 100, 1])], src=("192.0.2.65", 4739))
+    (a,) = alerts
+    assert (a["src"], a["dst"], a["sport"], a["dport"], a["proto"]) == ("10.1.2.3", "10.9.9.9", 40000, 8080, 6)
+    assert (a["signal"], a["endpoint"], a["http_method"], a["url"]) == \
+        ("url", "url:/latest/api/token", "PUT", "/latest/api/token")
+    udp = struct.pack(">HHHH", 40000, 8080, 8, 0) + b"PUT /latest/api/token HTTP/1.1\r\n"
+    p, alerts = run([_ipfix(fields, ["10.1.2.3", "10.9.9.9", 17, udp, 100, 1])], src=("192.0.2.66", 4739))
+    assert alerts == []                               # an HTTP request line is read from TCP only
+
+
 def _late(fields, values):
     """The data datagram first, its template in the next one: the data waits in the pending buffer."""
     return [build.ipfix([build.data_set(400, [build.record(fields, values)])], seq=0),
