@@ -4,7 +4,7 @@
     python -m bench.sflow --compare sfcapd,sfacctd [--datagrams 50000] [--rate 200000]
     imds-flow bench --export sflow --compare sfcapd,sfacctd       # the same, through the CLI
 
-In process: flow samples per second through Pipeline.process (decode of the datagram, the packet
+In process: flow samples per CPU second through Pipeline.process (decode of the datagram, the packet
 kernel on every sampled header, detection, alerts), one core, median of runs.
 End to end: each collector (`imds-flow listen`, nfdump's sfcapd, pmacct's sfacctd) in turn gets the
 same datagrams over loopback at a pace none of them drops at; the CPU time of its process tree from
@@ -62,18 +62,12 @@ def inprocess(samples: int = 8, batch: int = 512, seconds: float = 1.0, repeats:
     from imds_flow.app import Pipeline, _NullSink
     from imds_flow.datagrams import DatagramBatch
 
+    from .flowbench import per_cpu_second
     payloads = sflow_datagrams(batch, samples, header_bytes, http_fraction)
     dg = DatagramBatch.from_payloads(payloads, src=("192.0.2.7", 6343), ts=time.time())
     pipe = Pipeline(config.load(None), _NullSink())
     pipe.process(dg)                                   # JIT warm-up, exporter rows registered
-    rates = []
-    for _ in range(repeats):
-        n = 0
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            pipe.process(dg)
-            n += batch * samples
-        rates.append(n / (time.perf_counter() - t0))
+    rates = per_cpu_second(pipe, dg, batch * samples, seconds, repeats)
     stats = pipe.stats()
     pipe.close()
     if stats["records"] == 0:
