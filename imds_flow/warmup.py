@@ -72,7 +72,8 @@ def _decode(pipeline, payloads: list[bytes]) -> tuple[FlowBatch, ExporterTable]:
     ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
     batch = FlowBatch(64)
     for keep in (None, pipeline.detector.endpoints):
-        wire.decode(dg, ids, scratch, batch, keep=keep, records=scratch.records_column())
+        status = wire.decode(dg, ids, scratch, batch, keep=keep, records=scratch.records_column())
+    scratch.count(ids, status, None, 0.0)    # the per-exporter counting kernel, as Pipeline.process does
     return batch, scratch
 
 

@@ -1,0 +1,45 @@
+"""warmup: after Pipeline.warm_up, the live path loads no kernel. A kernel first loaded by a live batch
+costs tens of milliseconds (read from numba's cache, or compiled): at 3 M records/s a 4 MiB socket
+buffer holds about 35 ms, so that first batch could cost exports."""
+import numba
+
+from bench.sflow import sflow_datagrams
+from bench.synth import flow_datagrams
+from imds_flow import config, receive
+from imds_flow.app import Pipeline, _NullSink
+from imds_flow.datagrams import DatagramBatch
+
+
+def _overloads() -> dict[str, int]:
+    """Signatures each of the package's numba dispatchers holds (compiled or loaded so far)."""
+    import sys
+    out = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("imds_flow"):
+            for attr, value in vars(module).items():
+                if isinstance(value, numba.core.dispatcher.Dispatcher):
+                    out[f"{name}.{attr}"] = len(value.overloads)
+    return out
+
+
+def test_live_batches_load_no_kernel_after_the_warm_up():
+    cfg = config.parse('[[endpoints]]\nname = "imds"\naddress = "169.254.169.254"\n'
+                       '[alerts]\nfold_window_seconds = 60\n')
+    p = Pipeline(cfg, _NullSink(), clock=lambda: 1.7e9)
+    p.warm_up()
+    receive.warm_up()
+    before = _overloads()
+    for version in (5, 9, 10):
+        ex = flow_datagrams(version, 32, 30, imds_fraction=0.05)
+        ex.set_sequence(ex.data, 0)
+        payloads = ([ex.template] if ex.template is not None else []) + [r.tobytes() for r in ex.data]
+        for k in range(2):                           # the second time, hits fold into pending alerts
+            p.process(DatagramBatch.from_payloads(payloads, src=("192.0.2.1", 2055), ts=1.7e9 + k))
+    for k in range(2):
+        p.process(DatagramBatch.from_payloads(sflow_datagrams(16, 8, 128, 0.3), src=("192.0.2.2", 6343),
+                                              ts=1.7e9 + k))
+    p.tick(1.7e9 + 100)
+    p.close()
+    assert p.stats()["alerts"] > 0
+    after = _overloads()
+    assert {k: v for k, v in after.items() if v != before.get(k)} == {}
