@@ -343,7 +343,7 @@ def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     return version
 
 
-@step
+@njit                                        # a call, not compiled into its caller: the one HTTP walk
 def parse_segment(b, o, end, proto, r, pat, pat_off, hdr, hdr_off):
     """The IP payload b[o:end] of protocol `proto` (RFC 7133 ipPayloadPacketSection, IE 314: from the
     transport header on; addresses and protocol are the record's) into the scratch r, as

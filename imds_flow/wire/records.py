@@ -263,13 +263,15 @@ def sampled(b, base, so, sl, c, n, http, main):
     r = c[n]
     version = 0
     payload = False
+    kind = 0                                 # one call site: parse_packet is compiled into its caller
+    q = e = base
     if so[S_SEC_L2] >= 0:
-        version = pk.parse_packet(b, base + so[S_SEC_L2], base + so[S_SEC_L2] + sl[S_SEC_L2], pk.ETHERNET, scr,
-                                  pat, pat_off, hdr, hdr_off)
+        q, e, kind = base + so[S_SEC_L2], base + so[S_SEC_L2] + sl[S_SEC_L2], pk.ETHERNET
     elif so[S_SEC_IP] >= 0 and sl[S_SEC_IP] > 0:
-        q = base + so[S_SEC_IP]
+        q, e = base + so[S_SEC_IP], base + so[S_SEC_IP] + sl[S_SEC_IP]
         kind = pk.IPV6 if (b[q] >> 4) == 6 else pk.IPV4
-        version = pk.parse_packet(b, q, q + sl[S_SEC_IP], kind, scr, pat, pat_off, hdr, hdr_off)
+    if kind != 0:
+        version = pk.parse_packet(b, q, e, kind, scr, pat, pat_off, hdr, hdr_off)
     elif so[S_SEC_PAY] >= 0 and r.proto != 0:
         q = base + so[S_SEC_PAY]
         pk.parse_segment(b, q, q + sl[S_SEC_PAY], np.uint64(r.proto), scr, pat, pat_off, hdr, hdr_off)
