@@ -119,15 +119,14 @@ def _data_sets(w: _Walked, ver, scope, dg, exp_ids, defs: dict, before: dict, ca
     keys = (scope[data] << 16) | w.id[data]
     plan = np.full(len(data), -1, np.int32)
     if len(data):
-        order = np.argsort(keys, kind="stable")
-        uniq, starts = np.unique(keys[order], return_index=True)
-        bounds = np.append(starts, len(order))
-        for j, key in enumerate(uniq.tolist()):
-            idx = order[bounds[j]:bounds[j + 1]]
-            dd = defs.get(key)
-            if dd is None:
-                plan[idx] = cache.lookup(key, now)
-                continue
+        # the plan each distinct key has now (a dict lookup per key: thousands of exporters put
+        # hundreds of keys in a batch), then the keys this batch defines, set by set
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        lookup = cache.lookup
+        plan = np.fromiter((lookup(k, now) for k in uniq.tolist()), np.int32, len(uniq))[inverse]
+        for key in defs.keys() & set(uniq.tolist()):
+            idx = np.flatnonzero(keys == key)
+            dd = defs[key]
             pos = np.array([r for r, _ in dd], np.int64)
             pids = np.array([p for _, p in dd], np.int32)
             at = np.searchsorted(pos, data[idx], side="right") - 1
