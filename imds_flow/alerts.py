@@ -15,10 +15,10 @@ import msgpack
 import numpy as np
 
 from . import kernels
-from .grow import grow
 from .addr import from_hilo
 from .detect import DIRECTIONS, REQUEST, Hits
-from .flows import HTTP, LATE, SFLOW, VLAN_COLUMNS, FlowBatch
+from .flows import HTTP, LATE, SFLOW, FlowBatch
+from .grow import grow
 from .wire.packet import METHODS
 
 __all__ = ["Folder", "ALERT_FIELDS", "hit_alerts", "Encoder"]
@@ -35,20 +35,12 @@ def _time(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _vlan_codes(c, idx: np.ndarray) -> np.ndarray:
-    """The VLAN each record idx carries: the first non-zero id of VLAN_COLUMNS, else 0 if one
-    says 0, else -1 (none: -1 everywhere)."""
-    v = np.stack([getattr(c, name)[idx] for name in VLAN_COLUMNS], axis=1).astype(np.int64)
-    if not len(v):
-        return np.zeros(0, np.int64)
-    nonzero = v > 0
-    return np.where(nonzero.any(axis=1), v[np.arange(len(v)), nonzero.argmax(axis=1)],
-                    np.where((v == 0).any(axis=1), 0, -1))
-
-
-def _vlans(c, idx: np.ndarray) -> list[int | None]:
-    """_vlan_codes as alert values: None for none."""
-    return [None if x < 0 else x for x in _vlan_codes(c, idx).tolist()]
+def _vlans(batch: FlowBatch, idx: np.ndarray) -> list[int | None]:
+    """The VLAN each record idx carries (kernels.vlan_code; the one rule folding uses too) as
+    alert values: None for none."""
+    out = np.empty(len(idx), np.int64)
+    kernels.vlan_codes(batch.rows, np.ascontiguousarray(idx, np.int64), out)
+    return [None if x < 0 else x for x in out.tolist()]
 
 
 def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> list[tuple[tuple, dict]]:
@@ -60,7 +52,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     cols = {name: getattr(c, name)[idx].tolist() for name in (
         "exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
         "bytes", "packets", "first_seen", "last_seen", "sampling_rate", "row_flags", "http_method", "url_off", "url_len", "headers")}
-    vlans = _vlans(c, idx)
+    vlans = _vlans(batch, idx)
     in_ifs, out_ifs = c.in_if[idx].tolist(), c.out_if[idx].tolist()
     out = []
     for j, (ep, direction) in enumerate(zip(hits.endpoint.tolist(), hits.direction.tolist())):
@@ -258,7 +250,7 @@ class Folder:
                 per_hit.setdefault(j, []).append(item)
         opened = [j for j, kind in steps if kind in (1, 2)]
         tails = dict(zip(opened, zip(c.sport[l_idx[opened]].tolist(), c.dport[l_idx[opened]].tolist(),
-                                     _vlans(c, l_idx[opened]))))
+                                     _vlans(batch, l_idx[opened]))))
         for j, kind in steps:
             key, n = keys[j], count_l[j]
             if kind == 1:

@@ -115,7 +115,7 @@ class Pipeline:
         self.limit_log.report(now)
         hits = self.detector.run(self.batch, self.exporters.column("suppressed"))
         if len(hits):
-            self.exporters.add("alert_records", self.batch.view("exporter")[hits.idx])
+            self.exporters.add_counts("alert_records", self.batch.view("exporter")[hits.idx])
             self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
         self.flush()
 

@@ -193,13 +193,6 @@ class ExporterTable:
         if len(exp_ids):
             np.add.at(self.counters[:, _C[counter]], exp_ids, 1)
 
-    def add_weighted(self, counter: str, exp_ids: np.ndarray, k: np.ndarray) -> None:
-        """k[i] counts for exporter exp_ids[i] (an exporter index may repeat)."""
-        np.add.at(self.counters[:, _C[counter]], exp_ids, k)
-
-    def add(self, counter: str, exp_ids: np.ndarray) -> None:
-        np.add.at(self.counters[:, _C[counter]], exp_ids, 1)
-
     def total(self, counter: str) -> int:
         return int(self.counters[: len(self.address), _C[counter]].sum())
 

@@ -11,7 +11,7 @@ import numpy as np
 from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import kernel, njit
 
-__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "merge_groups", "vlan_code", "count_batch", "key_lookup",
+__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "merge_groups", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -181,6 +181,13 @@ def vlan_code(c, i):
             return np.int64(v)
         zero = zero or v == 0
     return np.int64(0) if zero else np.int64(-1)
+
+
+@kernel
+def vlan_codes(c, idx, out):
+    """out[k] = vlan_code of row idx[k]."""
+    for k in range(idx.shape[0]):
+        out[k] = vlan_code(c, idx[k])
 
 
 @kernel

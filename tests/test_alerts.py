@@ -72,7 +72,7 @@ def _vlan(values: list[int]):
     b = FlowBatch(4)
     for name, v in zip(VLAN_COLUMNS, values):
         getattr(b.cols, name)[2] = v
-    return _vlans(b.cols, np.array([2]))[0]
+    return _vlans(b, np.array([2]))[0]
 
 
 def test_vlan_choice():

@@ -8,7 +8,7 @@ from imds_flow.addr import network_hilo, to_hilo, from_hilo
 from imds_flow.config import parse
 from imds_flow.detect import DIRECTIONS, Detector
 from imds_flow.flows import NAT_DST, NAT_SRC, FlowBatch
-from imds_flow.kernels import match_net, vlan_code
+from imds_flow.kernels import match_net, vlan_code, vlan_codes
 
 from tests.support.oracle import detect_one
 
@@ -120,11 +120,13 @@ def test_hilo_roundtrip(a):
 @settings(max_examples=200, deadline=None)
 @given(vlans=st.lists(st.tuples(*[st.sampled_from([-1, 0, 1, 30, 4095])] * 4), min_size=1, max_size=20))
 def test_vlan_code_is_the_alert_vlan(vlans):
-    """kernels.vlan_code (folding in merge_groups) picks the VLAN alerts.hit_alerts picks."""
-    from imds_flow.alerts import _vlan_codes
+    """kernels.vlan_code / vlan_codes (alerts and folding) against the rule in plain Python: the
+    first VLAN id above 0 of vlan_src, vlan_dst, vlan_dot1q, vlan_cust, else 0 if one is 0, else -1."""
     from imds_flow.flows import VLAN_COLUMNS, FlowBatch
     fb = FlowBatch(len(vlans))
     for name, column in zip(VLAN_COLUMNS, zip(*vlans)):
         getattr(fb.cols, name)[: len(vlans)] = column
-    want = _vlan_codes(fb.cols, np.arange(len(vlans))).tolist()
-    assert [vlan_code(fb.rows, i) for i in range(len(vlans))] == want
+    want = [next((v for v in row if v > 0), 0 if 0 in row else -1) for row in vlans]
+    out = np.empty(len(vlans), np.int64)
+    vlan_codes(fb.rows, np.arange(len(vlans), dtype=np.int64), out)
+    assert [vlan_code(fb.rows, i) for i in range(len(vlans))] == out.tolist() == want

@@ -17,18 +17,10 @@ from . import resolve, sflow
 from .scopes import ScopeTable
 from .v5 import RECORD as V5_RECORD, decode_v5
 
-__all__ = ["decode", "decode_one", "DecodeError", "REASONS", "versions"]
+__all__ = ["decode", "decode_one", "DecodeError", "REASONS"]
 
 _TOO_SHORT = reason_code("too_short")
 _UNKNOWN = reason_code("unknown_version")
-
-
-def versions(dg: DatagramBatch) -> np.ndarray:
-    """The version word of every datagram; -1 where there are fewer than 2 bytes."""
-    version = np.empty(dg.n, np.int32)
-    _classify(dg.buf, dg.offs, dg.lens, dg.n, version, np.zeros(dg.n, np.int16), np.empty((3, dg.n), np.int64),
-              np.zeros(3, np.int64))
-    return version
 
 
 @kernel
@@ -147,9 +139,6 @@ class _OneExporter:
 
     def agent_row(self, exporter: int, agent_hi: int, agent_lo: int, sub: int) -> int:
         return exporter
-
-    def add_weighted(self, counter: str, exp_ids: np.ndarray, k: np.ndarray) -> None:
-        self.add_count(counter, 0, int(k.sum()))
 
     def add_count(self, counter: str, exporter: int, k: int = 1) -> None:
         self.counters[counter] = self.counters.get(counter, 0) + k

@@ -31,11 +31,7 @@ _METHOD_OFF[1:] = np.cumsum([len(m) for m in _M])
 _METHOD_FIRST = np.zeros(256, np.bool_)           # the bytes a method starts with
 _METHOD_FIRST[[m[0] for m in _M]] = True
 
-_TAGS = (0x8100, 0x88A8, 0x9100, 0x9200)      # 802.1Q, 802.1ad and the pre-standard QinQ TPIDs
 _MAPPED = np.uint64(0x0000FFFF_00000000)
-# IPv6 extension headers walked by their length: hop-by-hop, routing, destination options,
-# mobility, HIP, shim6 ((len + 1) * 8 bytes); AH ((len + 2) * 4); fragment (8, handled apart)
-_EXT8 = (0, 43, 60, 135, 139, 140)
 
 
 # the kernel's results, in a uint64 scratch array (a column set passed per call would cost reference
@@ -251,6 +247,7 @@ def _ethernet(b, p, end, r):
     et = _u16(b, p + 12)
     p += 14
     tags = 0
+    # 802.1Q, 802.1ad and the pre-standard QinQ TPIDs
     while et == 0x8100 or et == 0x88A8 or et == 0x9100 or et == 0x9200:
         if p + 4 > end:
             return np.int64(-1), p
@@ -287,6 +284,8 @@ def _extensions(b, p, end, proto):
             ln = (b[p + 1] + 2) * 4
             proto = b[p]
             p += ln
+        # walked by their length, (len + 1) * 8 bytes: hop-by-hop, routing, destination options,
+        # mobility, HIP, shim6 (AH above: (len + 2) * 4; the fragment header: 8, apart)
         elif proto == 0 or proto == 43 or proto == 60 or proto == 135 or proto == 139 or proto == 140:
             if p + 2 > end:
                 break
