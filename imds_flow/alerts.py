@@ -97,10 +97,72 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
 
 # The folded numbers of every pending alert, one row each in Folder's arrays (_count; _sums: bytes,
 # packets and their estimates; _times: first / last seen, NaN none, and ts; _tail: sport, dport and
-# VLAN code, -1 none, of the latest record): a batch's merges into pending alerts are one kernel
-# call (kernels.merge_groups), not Python per group. The alert dict holds the rest and gets these
-# numbers when it leaves (Folder._release).
+# VLAN code, -1 none, of the latest record), and every fold key's window in _FoldKeys: a batch's
+# groups are looked up and merged into pending alerts in one kernel call (kernels.fold_groups), and
+# Python runs only for a group that opens a window or a pending alert. The alert dict holds the rest
+# and gets these numbers when it leaves (Folder._release).
 _SUMS = ("bytes", "packets", "bytes_estimate", "packets_estimate")
+_KEY_SLACK = 4096                      # ids of closed windows kept before _FoldKeys.rebuild
+
+
+def _words(key) -> np.ndarray | None:
+    """A fold key tuple (hit_alerts) as the six words kernels.fold_words makes of its row; None for
+    a key of another shape (Folder.add takes any key, and only hit_alerts' meet a batch's groups)."""
+    try:
+        e, (sh, sl), (dh, dl), proto, side, ep, direction = key
+    except (TypeError, ValueError):
+        return None
+    return np.array([e << 32 | ep, proto << 17 | side << 1 | direction, sh, sl, dh, dl], np.uint64)
+
+
+class _FoldKeys:
+    """Fold keys -> ids, in an open-addressing table kernels.fold_groups reads, and per id the key's
+    window: its start, whether it is open (the key is in Folder._open) and its pending alert's row
+    (-1: none). Ids of closed windows are dropped by rebuild()."""
+
+    def __init__(self):
+        self.ids: dict[tuple, int] = {}
+        self._table(64)
+        self.start = np.zeros(32, np.float64)
+        self.open = np.zeros(32, np.bool_)
+        self.row = np.full(32, -1, np.int64)
+
+    def _table(self, size: int) -> None:
+        self.t_keys = np.zeros((size, 6), np.uint64)
+        self.t_val = np.full(size, -1, np.int64)
+
+    def arrays(self) -> tuple:
+        return self.t_keys, self.t_val, self.start, self.open, self.row
+
+    def id(self, key: tuple) -> int:
+        kid = self.ids.get(key)
+        if kid is None:
+            kid = self.ids[key] = len(self.ids)
+            if kid >= len(self.start):
+                self.start, self.open = grow(self.start, kid + 1), grow(self.open, kid + 1)
+                self.row = grow(self.row, kid + 1, fill=-1)
+            if 2 * len(self.ids) > len(self.t_val):
+                self._table(2 * len(self.t_val))
+                for k, v in self.ids.items():
+                    self._insert(k, v)
+            else:
+                self._insert(key, kid)
+        return kid
+
+    def _insert(self, key, kid: int) -> None:
+        words = _words(key)
+        if words is not None:
+            kernels.fold_insert(words, kid, self.t_keys, self.t_val)
+
+    def rebuild(self, states: dict[tuple, list]) -> None:
+        """Keep only the keys in `states` (Folder._open), numbered afresh (state[3])."""
+        self.ids = {}
+        self._table(64)
+        self.open[:] = False
+        for key, state in states.items():
+            kid = state[3] = self.id(key)
+            self.start[kid], self.open[kid] = state[0], True
+            self.row[kid] = state[2] if state[1] is not None else -1
 
 
 class Folder:
@@ -109,7 +171,8 @@ class Folder:
         self.emit = emit
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
-        self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None, its row]
+        self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None, its row, key id]
+        self._keys = _FoldKeys()
         self._count = np.zeros(64, np.int64)          # folded numbers of the pending alerts, a row each
         self._sums = np.zeros((64, 4), np.uint64)
         self._times = np.zeros((64, 3), np.float64)
@@ -128,6 +191,7 @@ class Folder:
                 grow(a, 2 * have) for a in (self._count, self._sums, self._times, self._tail))
             self._free = list(range(2 * have - 1, have - 1, -1))
         row = self._free.pop()
+        self._keys.row[state[3]] = row
         self._count[row] = count
         self._sums[row] = sums
         self._times[row] = times
@@ -148,7 +212,7 @@ class Folder:
         if "bytes_estimate" in alert:        # every alert of ours has them; a caller's own may not
             alert.update(bytes_estimate=be, packets_estimate=pe)
         self._free.append(row)
-        state[1] = None
+        state[1] = None                      # its key's window closes or opens anew next: _FoldKeys follows
         self.emit(alert)
 
     def _merge_one(self, state: list, alert: dict) -> None:
@@ -163,6 +227,13 @@ class Folder:
                 t[q] = alert[name] if math.isnan(t[q]) else pick(t[q], alert[name])
         t[2] = max(t[2], alert["ts"])
         self._tail[row] = (alert["sport"], alert["dport"], -1 if alert["vlan"] is None else alert["vlan"])
+
+    def _window(self, key: tuple, t: float) -> list:
+        """Open a new window for `key` at time t (its pending alert, if any, was released)."""
+        kid = self._keys.id(key)
+        self._keys.start[kid], self._keys.open[kid], self._keys.row[kid] = t, True, -1
+        state = self._open[key] = [t, None, -1, kid]
+        return state
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -182,59 +253,37 @@ class Folder:
             self._ints = np.empty((5, size), np.int64)
             self._g_sums = np.empty((size, 8), np.uint64)
             self._g_times = np.empty((size, 7), np.float64)
+            self._kind = np.empty(size, np.int8)
         group, first, second, last, count = self._ints
         sums, times = self._g_sums, self._g_times
         g = kernels.group_hits(batch.rows, hits.idx, hits.endpoint, hits.direction, self._table[:size],
                                group, first, second, last, count, sums, times)
-        c = batch.cols
-        f_idx = hits.idx[first[:g]]
-        direction = hits.direction[first[:g]]
-        side = np.where(direction == REQUEST, c.dport[f_idx], c.sport[f_idx])
-        keys = list(zip(c.exporter[f_idx].tolist(), zip(c.src_hi[f_idx].tolist(), c.src_lo[f_idx].tolist()),
-                        zip(c.dst_hi[f_idx].tolist(), c.dst_lo[f_idx].tolist()), c.proto[f_idx].tolist(),
-                        side.tolist(), hits.endpoint[first[:g]].tolist(), direction.tolist()))
-        l_idx = hits.idx[last[:g]]
-        steps, merged_rows, merged = self._classify(keys, times[:g, 6].tolist(), times[:g, 2].tolist())
-        if merged:
-            kernels.merge_groups(batch.rows, l_idx, np.array(merged_rows, np.int64), np.array(merged, np.int64),
-                                 count, sums, times, self._count, self._sums, self._times, self._tail)
-        if steps:
-            self._open_groups(steps, keys, batch, hits, names, exporters, l_idx)
+        kind = self._kind[:g]
+        rest = kernels.fold_groups(batch.rows, hits.idx, hits.endpoint, hits.direction,
+                                   (first, last, count, sums, times), g, self._keys.arrays(),
+                                   (self._count, self._sums, self._times, self._tail), self.window,
+                                   max(self.max_keys - len(self._open), 0), kind)
+        if rest:
+            self._open_groups(np.flatnonzero(kind), kind, batch, hits, names, exporters)
 
-    def _classify(self, keys: list[tuple], t_first: list[float], t_max: list[float]):
-        """What each group (key; time of its first hit, its latest time) does: merges into a pending
-        alert (their rows and groups), or a step (group, kind): 1 opens a pending alert, 2 opens
-        a window, 3 goes hit by hit (it straddles a window boundary, or is past max_keys)."""
-        window = self.window
-        steps, merged_rows, merged = [], [], []
-        opening = len(self._open)  # keys open once the groups so far are applied (limits.max_fold_keys)
-        for j, key in enumerate(keys):
-            state = self._open.get(key)
-            if state is None and opening >= self.max_keys:
-                steps.append((j, 3))           # add() writes these unfolded and counts them
-                continue
-            opening += state is None
-            if state is not None and t_max[j] - state[0] < window:
-                if state[1] is not None:
-                    merged_rows.append(state[2])
-                    merged.append(j)
-                else:
-                    steps.append((j, 1))
-            elif (state is None or t_first[j] - state[0] >= window) and t_max[j] - t_first[j] < window:
-                steps.append((j, 2))
-            else:
-                steps.append((j, 3))
-        return steps, merged_rows, merged
-
-    def _open_groups(self, steps, keys, batch: FlowBatch, hits: Hits, names, exporters, l_idx) -> None:
-        """The groups that open a pending alert or a window, or go hit by hit, in group order."""
-        group, first, second, _, count = self._ints
+    def _open_groups(self, at: np.ndarray, kind: np.ndarray, batch: FlowBatch, hits: Hits, names, exporters) -> None:
+        """The groups `at` (kernels.fold_groups did not merge them) that open a pending alert
+        (kind 1) or a window (2), or go hit by hit (3), in group order."""
+        group, first, second, last, count = self._ints
         sums, times, c, m = self._g_sums, self._g_times, batch.cols, len(hits)
-        count_l = count[:len(keys)].tolist()
+        f_idx, at_l = hits.idx[first[at]], at.tolist()
+        direction = hits.direction[first[at]]
+        side = np.where(direction == REQUEST, c.dport[f_idx], c.sport[f_idx])
+        keys = dict(zip(at_l, zip(c.exporter[f_idx].tolist(), zip(c.src_hi[f_idx].tolist(), c.src_lo[f_idx].tolist()),
+                                  zip(c.dst_hi[f_idx].tolist(), c.dst_lo[f_idx].tolist()), c.proto[f_idx].tolist(),
+                                  side.tolist(), hits.endpoint[first[at]].tolist(), direction.tolist())))
+        steps = list(zip(at_l, kind[at].tolist()))
+        count_l = dict(zip(at_l, count[at].tolist()))
+        l_idx = hits.idx[last[: len(kind)]]
         # alert dicts only where one is needed: the first hit of a group opening a pending alert or
         # a window, the second hit of a group opening a window with more to fold
-        want = [first[j] for j, kind in steps if kind in (1, 2)] + \
-               [second[j] for j, kind in steps if kind == 2 and count_l[j] > 1]
+        want = [first[j] for j, k in steps if k in (1, 2)] + \
+               [second[j] for j, k in steps if k == 2 and count_l[j] > 1]
         built = {}
         if want:
             sel = np.array(want, np.int64)
@@ -243,24 +292,24 @@ class Folder:
         # the per-hit groups' alerts in one call too (past limits.max_fold_keys, in a flood of new keys,
         # that is every group): their hits in batch order, handed to add() group by group
         per_hit: dict[int, list] = {}
-        three = [j for j, kind in steps if kind == 3]
+        three = [j for j, k in steps if k == 3]
         if three:
             pos = np.flatnonzero(np.isin(group[:m], three))
             for j, item in zip(group[pos].tolist(), hit_alerts(batch, hits.subset(pos), names, exporters)):
                 per_hit.setdefault(j, []).append(item)
-        opened = [j for j, kind in steps if kind in (1, 2)]
+        opened = [j for j, k in steps if k in (1, 2)]
         tails = dict(zip(opened, zip(c.sport[l_idx[opened]].tolist(), c.dport[l_idx[opened]].tolist(),
                                      _vlans(batch, l_idx[opened]))))
-        for j, kind in steps:
+        for j, k in steps:
             key, n = keys[j], count_l[j]
-            if kind == 1:
+            if k == 1:
                 self._hold(self._open[key], built[first[j]], n, sums[j, :4].tolist(), times[j, :3].tolist(), tails[j])
-            elif kind == 2:
+            elif k == 2:
                 state = self._open.get(key)
                 if state is not None:
                     self._release(state)
                 alert = built[first[j]]
-                state = self._open[key] = [alert["ts"], None, -1]
+                state = self._window(key, alert["ts"])
                 self.emit(alert)
                 if n > 1:
                     self._hold(state, built[second[j]], n - 1, sums[j, 4:].tolist(), times[j, 3:6].tolist(), tails[j])
@@ -282,7 +331,7 @@ class Folder:
             if state is None or t - state[0] >= self.window:
                 if state is not None:
                     self._release(state)
-                self._open[key] = [t, None, -1]
+                self._window(key, t)
                 self.emit(alert)
             elif state[1] is None:
                 self._hold(state, alert, alert["count"], [alert.get(name, 0) for name in _SUMS],
@@ -293,18 +342,23 @@ class Folder:
 
     def tick(self, now: float) -> None:
         """Close every window older than `window` at time `now`."""
-        done = [k for k, (start, _, _) in self._open.items() if now - start >= self.window]
+        done = [k for k, state in self._open.items() if now - state[0] >= self.window]
         for key in done:
-            self._release(self._open.pop(key))
+            state = self._open.pop(key)
+            self._release(state)
+            self._keys.open[state[3]] = False
+        if len(self._keys.ids) > 2 * len(self._open) + _KEY_SLACK:     # ids of closed windows pile up
+            self._keys.rebuild(self._open)
 
     def close(self) -> None:
         for state in self._open.values():
             self._release(state)
         self._open.clear()
+        self._keys = _FoldKeys()
 
     @property
     def pending(self) -> int:
-        return sum(1 for _, p, _ in self._open.values() if p is not None)
+        return sum(1 for state in self._open.values() if state[1] is not None)
 
 
 def _nan(v: float | None) -> float:

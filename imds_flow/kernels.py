@@ -11,7 +11,7 @@ import numpy as np
 from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import kernel, njit
 
-__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "merge_groups", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
+__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "fold_groups", "fold_insert", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -190,28 +190,25 @@ def vlan_codes(c, idx, out):
         out[k] = vlan_code(c, idx[k])
 
 
-@kernel
-def merge_groups(c, last_hit, rows, groups, g_count, g_sums, g_times, a_count, a_sums, a_times, a_tail):
-    """Fold whole groups (group_hits) into pending alerts: group groups[k] into row rows[k] of the
-    pending numbers (a_count; a_sums: bytes, packets and their estimates; a_times: first / last
-    seen, NaN none, and ts; a_tail: sport, dport, VLAN code of the latest record). last_hit[g]: the
-    batch row of group g's last hit."""
-    for k in range(rows.shape[0]):
-        r, g = rows[k], groups[k]
-        a_count[r] += g_count[g]
-        for q in range(4):
-            a_sums[r, q] += g_sums[g, q]
-        first, last = g_times[g, 0], g_times[g, 1]
-        if first == first and not (a_times[r, 0] <= first):      # NaN never wins, a number beats NaN
-            a_times[r, 0] = first
-        if last == last and not (a_times[r, 1] >= last):
-            a_times[r, 1] = last
-        if g_times[g, 2] > a_times[r, 2]:
-            a_times[r, 2] = g_times[g, 2]
-        i = last_hit[g]
-        a_tail[r, 0] = c.sport[i]
-        a_tail[r, 1] = c.dport[i]
-        a_tail[r, 2] = vlan_code(c, i)
+@njit
+def _merge(c, i, r, g, g_count, g_sums, g_times, pending):
+    """Fold group g (group_hits; i: the batch row of its last hit) into row r of the pending
+    alerts' numbers: a_count; a_sums: bytes, packets and their estimates; a_times: first / last
+    seen, NaN none, and ts; a_tail: sport, dport, VLAN code of the latest record."""
+    a_count, a_sums, a_times, a_tail = pending
+    a_count[r] += g_count[g]
+    for q in range(4):
+        a_sums[r, q] += g_sums[g, q]
+    first, last = g_times[g, 0], g_times[g, 1]
+    if first == first and not (a_times[r, 0] <= first):      # NaN never wins, a number beats NaN
+        a_times[r, 0] = first
+    if last == last and not (a_times[r, 1] >= last):
+        a_times[r, 1] = last
+    if g_times[g, 2] > a_times[r, 2]:
+        a_times[r, 2] = g_times[g, 2]
+    a_tail[r, 0] = c.sport[i]
+    a_tail[r, 1] = c.dport[i]
+    a_tail[r, 2] = vlan_code(c, i)
 
 
 @kernel
@@ -280,6 +277,86 @@ def group_hits(c, idx, ep, direction, table, hit_group, g_first, g_second, g_las
             if np.isnan(g_times[g, at + 2]) or v > g_times[g, at + 2]:
                 g_times[g, at + 2] = v
     return groups
+
+
+@njit
+def fold_words(c, i, ep, direction):
+    """The fold key of row i (hit of endpoint `ep`, `direction`) as six words: exporter and
+    endpoint, protocol / endpoint-side port / direction, source and destination (hi, lo); the
+    same words Folder computes from a key tuple (alerts._words)."""
+    return ((np.uint64(c.exporter[i]) << np.uint64(32)) | np.uint64(ep),
+            (np.uint64(c.proto[i]) << np.uint64(17)) | (np.uint64(_side_port(c, i, direction)) << np.uint64(1))
+            | np.uint64(direction),
+            np.uint64(c.src_hi[i]), np.uint64(c.src_lo[i]), np.uint64(c.dst_hi[i]), np.uint64(c.dst_lo[i]))
+
+
+@njit
+def _find_words(words, t_keys, t_val):
+    """Slot of `words` in the open-addressing table (t_val -1 = empty): where it is, or the empty
+    slot where it would go."""
+    mask = t_val.shape[0] - 1
+    h = _PRIME
+    for q in range(6):
+        h = _mix(h, words[q])
+    s = np.int64(h & np.uint64(mask))
+    while t_val[s] != -1:
+        same = True
+        for q in range(6):
+            if t_keys[s, q] != words[q]:
+                same = False
+                break
+        if same:
+            break
+        s = (s + 1) & mask
+    return s
+
+
+@kernel
+def fold_insert(words, value, t_keys, t_val):
+    """Store six-word key `words` -> value (>= 0) in the table fold_groups reads; the caller keeps
+    it at most half full."""
+    s = _find_words(words, t_keys, t_val)
+    for q in range(6):
+        t_keys[s, q] = words[q]
+    t_val[s] = value
+
+
+@kernel
+def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, kind):
+    """What each of a batch's n hit groups (group_hits) does, and the merges done here: Python runs
+    only for the rest. `keys`: the fold keys seen (table t_keys / t_val: key -> id) and per id the
+    open window's start, whether a window is open, its pending alert's row (-1: none); `pending`:
+    the pending alerts' numbers (see _merge); `room`: keys that may still open
+    (limits.max_fold_keys). kind[g]: 0 merged into its pending alert here, 1 opens a pending
+    alert in its window, 2 opens a window, 3 goes hit by hit (straddles a window boundary, or
+    past the limit). Returns how many groups are not merged."""
+    g_first, g_last, g_count, g_sums, g_times = groups
+    t_keys, t_val, k_start, k_open, k_row = keys
+    rest = 0
+    for g in range(n):
+        f = g_first[g]
+        s = _find_words(fold_words(c, idx[f], ep[f], direction[f]), t_keys, t_val)
+        key = t_val[s]
+        is_open = key >= 0 and k_open[key]
+        t_first, t_max = g_times[g, 6], g_times[g, 2]
+        if not is_open:
+            if room <= 0:
+                kind[g] = 3
+                rest += 1
+                continue
+            room -= 1
+        if is_open and t_max - k_start[key] < window:
+            if k_row[key] >= 0:
+                _merge(c, idx[g_last[g]], k_row[key], g, g_count, g_sums, g_times, pending)
+                kind[g] = 0
+                continue
+            kind[g] = 1
+        elif (not is_open or t_first - k_start[key] >= window) and t_max - t_first < window:
+            kind[g] = 2
+        else:
+            kind[g] = 3
+        rest += 1
+    return rest
 
 
 @kernel

@@ -6,7 +6,7 @@ import math
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from imds_flow import app, config
+from imds_flow import alerts, app, config
 from imds_flow.alerts import Folder, hit_alerts
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.detect import Detector, Hits
@@ -65,26 +65,33 @@ row = st.tuples(st.integers(0, 4), st.floats(0, 3), st.integers(0, 10_000),
 
 @settings(max_examples=300, deadline=None)
 @given(batches=st.lists(st.lists(row, max_size=30), max_size=4), window=st.sampled_from([0.0, 0.5, 2.0, 60.0]),
-       gaps=st.lists(st.floats(0, 3), min_size=4, max_size=4), ticks=st.lists(st.booleans(), min_size=4, max_size=4))
-def test_add_hits_is_add_of_hit_alerts(batches, window, gaps, ticks):
-    """Same alerts, same order of emission per key, same pending state: batch by batch."""
+       gaps=st.lists(st.floats(0, 3), min_size=4, max_size=4), ticks=st.lists(st.booleans(), min_size=4, max_size=4),
+       max_keys=st.sampled_from([1 << 62, 1, 3]), slack=st.sampled_from([4096, 0]))
+def test_add_hits_is_add_of_hit_alerts(batches, window, gaps, ticks, max_keys, slack):
+    """Same alerts, same order of emission per key, same pending state: batch by batch; also past
+    limits.max_fold_keys, and with the fold key table rebuilt at every tick (slack 0)."""
     fast, slow = [], []
-    f_fast, f_slow = Folder(window, fast.append), Folder(window, slow.append)
+    f_fast, f_slow = Folder(window, fast.append, max_keys), Folder(window, slow.append, max_keys)
     names = ("imds", "other")
     t = 0.0
-    for rows, gap, tick in zip(batches, gaps, ticks):
-        t += gap
-        rows = sorted(((k, t + dt, *rest) for k, dt, *rest in rows), key=lambda r: r[1]) if tick else \
-            [(k, t + dt, *rest) for k, dt, *rest in rows]      # arrival order is not always time order
-        fb = _batch_of_hits(rows)
-        m = len(rows)
-        hits = Hits(np.arange(m, dtype=np.int64), np.array([k % 2 for k, *_ in rows], np.int32),
-                    np.zeros(m, np.uint8), 0)
-        f_fast.add_hits(fb, hits, names, _Exporters)
-        f_slow.add(hit_alerts(fb, hits, names, _Exporters))
-        if tick:
-            f_fast.tick(t + 1.0)
-            f_slow.tick(t + 1.0)
+    saved, alerts._KEY_SLACK = alerts._KEY_SLACK, slack
+    try:
+        for rows, gap, tick in zip(batches, gaps, ticks):
+            t += gap
+            rows = sorted(((k, t + dt, *rest) for k, dt, *rest in rows), key=lambda r: r[1]) if tick else \
+                [(k, t + dt, *rest) for k, dt, *rest in rows]      # arrival order is not always time order
+            fb = _batch_of_hits(rows)
+            m = len(rows)
+            hits = Hits(np.arange(m, dtype=np.int64), np.array([k % 2 for k, *_ in rows], np.int32),
+                        np.zeros(m, np.uint8), 0)
+            f_fast.add_hits(fb, hits, names, _Exporters)
+            f_slow.add(hit_alerts(fb, hits, names, _Exporters))
+            assert f_fast.pending == f_slow.pending and f_fast.over_limit == f_slow.over_limit
+            if tick:
+                f_fast.tick(t + 1.0)
+                f_slow.tick(t + 1.0)
+    finally:
+        alerts._KEY_SLACK = saved
     f_fast.close()
     f_slow.close()
     key = lambda a: (a["src"], a["exporter"], a["endpoint"], a["ts"], a["count"])  # noqa: E731
