@@ -110,12 +110,11 @@ class Pipeline:
         if truncated is not None:
             status[truncated] = _TRUNCATED
         now = float(dg.ts[dg.n - 1])
-        self.exporters.count(exp_ids, status, None, now)
-        self.errors.report(exp_ids, status, now)
+        if self.exporters.count(exp_ids, status, None, now):
+            self.errors.report(exp_ids, status, now)
         self.limit_log.report(now)
-        hits = self.detector.run(self.batch, self.exporters.column("suppressed"))
+        hits = self.detector.run(self.batch, self.exporters.column("suppressed"), self.exporters.column("alert_records"))
         if len(hits):
-            self.exporters.add_counts("alert_records", self.batch.view("exporter")[hits.idx])
             self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
         self.flush()
 

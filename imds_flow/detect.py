@@ -72,15 +72,19 @@ class Detector:
         top = int(batch.view("exporter").max()) + 1 if batch.n else 1
         return np.zeros((top, 2), np.int64)[:, 0]
 
-    def run(self, batch: FlowBatch, suppressed_by_exporter: np.ndarray | None = None) -> Hits:
+    def run(self, batch: FlowBatch, suppressed_by_exporter: np.ndarray | None = None,
+            alerted_by_exporter: np.ndarray | None = None) -> Hits:
         """Hits of `batch`; each suppressed record also counts in suppressed_by_exporter[exporter]
-        (a column of the exporter table: the per-exporter `suppressed` counter)."""
+        and each hit in alerted_by_exporter[exporter] (columns of the exporter table: the
+        per-exporter `suppressed` and `alert_records` counters)."""
         if batch.n > len(self._idx):
             self._idx, self._epi, self._dir = (grow(a, batch.n, keep=False) for a in (self._idx, self._epi, self._dir))
         if suppressed_by_exporter is None:
             suppressed_by_exporter = self._scratch_counts(batch)
+        if alerted_by_exporter is None:
+            alerted_by_exporter = self._scratch_counts(batch)
         hits, suppressed = kernels.detect_batch(
             batch.rows, batch.n, self._ep, self._sup, self._vlans, self.n_endpoints, self.n_urls,
-            self._idx, self._epi, self._dir, suppressed_by_exporter)
+            self._idx, self._epi, self._dir, suppressed_by_exporter, alerted_by_exporter)
         return Hits(self._idx[:hits], self._epi[:hits], self._dir[:hits], int(suppressed), self.signals,
                     self.header_names)

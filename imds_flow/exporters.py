@@ -167,14 +167,15 @@ class ExporterTable:
         i = i if i is not None else self._add(key)
         return i if i >= 0 else exporter
 
-    def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray | None, now: float) -> None:
+    def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray | None, now: float) -> int:
         """Account one decoded batch: datagrams per exporter, errors per reason, and records per
-        exporter from the rows' exporter column (None: wire.decode counted them already)."""
+        exporter from the rows' exporter column (None: wire.decode counted them already). Returns
+        how many datagrams were rejected."""
         m = len(self.address)
         c = self.counters
         if rec_exporter is not None and len(rec_exporter):
             c[:m, _C["records"]] += np.bincount(rec_exporter, minlength=m)
-        kernels.count_batch(c, exp_ids, status, _REASON_COL, _C["datagrams"], self.last_seen, now)
+        return kernels.count_batch(c, exp_ids, status, _REASON_COL, _C["datagrams"], self.last_seen, now)
 
     def records_column(self) -> np.ndarray:
         """The per-exporter records counter, for wire.decode(records=...) (a view: valid until the

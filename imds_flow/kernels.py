@@ -37,7 +37,7 @@ def match_nets(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4, out):
 
 @kernel
 def detect_batch(c, n, endpoints, suppress, vlan_suppressed, n_endpoints, n_urls, out_idx, out_ep, out_dir,
-                 suppressed_by_exporter):
+                 suppressed_by_exporter, alerted_by_exporter):
     """Find records that touch an endpoint and are not suppressed.
 
     A destination (or post-NAT destination) in an endpoint is a request; otherwise a source in one
@@ -47,7 +47,8 @@ def detect_batch(c, n, endpoints, suppress, vlan_suppressed, n_endpoints, n_urls
     pseudo-endpoint n_endpoints + n_urls + k (the lowest such k). Suppressed when the local
     side (the one that is not the endpoint) is in a suppressed subnet or any VLAN it carries is
     flagged in vlan_suppressed (bool[4096]); each suppressed record adds one to
-    suppressed_by_exporter[c.exporter[i]]. Writes hits to out_*; returns (hits, suppressed).
+    suppressed_by_exporter[c.exporter[i]], each hit to alerted_by_exporter[...]. Writes hits to
+    out_*; returns (hits, suppressed).
     `endpoints` and `suppress` (the suppressed subnets) are network tables (net_hi, net_lo,
     mask_hi, mask_lo, is_v4), as compact takes them.
     """
@@ -94,6 +95,9 @@ def detect_batch(c, n, endpoints, suppress, vlan_suppressed, n_endpoints, n_urls
         out_ep[hits] = ep
         out_dir[hits] = direction
         hits += 1
+        e = c.exporter[i]
+        if 0 <= e < alerted_by_exporter.shape[0]:
+            alerted_by_exporter[e] += 1
     return hits, suppressed
 
 
@@ -141,13 +145,17 @@ def compact(c, start, end, ep):
 
 @kernel
 def count_batch(counters, exp_ids, status, reason_col, col_datagrams, last_seen, now):
-    """Per exporter: one datagram each, one error in the column of its reason code; last_seen = now."""
+    """Per exporter: one datagram each, one error in the column of its reason code; last_seen = now.
+    Returns how many datagrams were rejected."""
+    bad = 0
     for d in range(exp_ids.shape[0]):
         e = exp_ids[d]
         counters[e, col_datagrams] += 1
         if status[d] != 0:
             counters[e, reason_col[status[d]]] += 1
+            bad += 1
         last_seen[e] = now
+    return bad
 
 
 _PRIME = np.uint64(0x9E3779B97F4A7C15)

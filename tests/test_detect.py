@@ -61,10 +61,11 @@ def test_hits_in_row_order_with_direction_and_suppression_per_exporter():
     assert list(zip(hits.idx.tolist(), hits.endpoint.tolist(), hits.direction.tolist())) == want
     suppressed = [i for i in range(5000) if i % 13 == 0 and i % 7 and i % 11]
     assert hits.suppressed == len(suppressed) and len(hits) == len(want)
-    per_exporter = np.zeros((2, 2), np.int64)[:, 0]
-    det.run(batch, per_exporter)
+    per_exporter, alerted = np.zeros((2, 2), np.int64)[:, 0], np.zeros((2, 2), np.int64)[:, 0]
+    det.run(batch, per_exporter, alerted)
     exporter = batch.view("exporter")
     assert per_exporter.tolist() == [int((exporter[suppressed] == e).sum()) for e in (0, 1)]
+    assert alerted.tolist() == [int((exporter[[i for i, _, _ in want]] == e).sum()) for e in (0, 1)]
     assert hits.signals == det.signals
 
 
