@@ -137,22 +137,32 @@ class _FoldKeys:
     def id(self, key: tuple) -> int:
         kid = self.ids.get(key)
         if kid is None:
-            kid = self.ids[key] = len(self.ids)
-            if kid >= len(self.start):
-                self.start, self.open = grow(self.start, kid + 1), grow(self.open, kid + 1)
-                self.row = grow(self.row, kid + 1, fill=-1)
-            if 2 * len(self.ids) > len(self.t_val):
-                self._table(2 * len(self.t_val))
-                for k, v in self.ids.items():
-                    self._insert(k, v)
-            else:
-                self._insert(key, kid)
+            kid = self._new(key)
+            words = _words(key)
+            if words is not None:
+                kernels.fold_insert(words, kid, self.t_keys, self.t_val)
         return kid
 
-    def _insert(self, key, kid: int) -> None:
-        words = _words(key)
-        if words is not None:
-            kernels.fold_insert(words, kid, self.t_keys, self.t_val)
+    def add_rows(self, keys: dict[int, tuple], batch: FlowBatch, hits: Hits, first: np.ndarray) -> None:
+        """Ids for the groups' keys not seen yet ({group: key}; `first[group]`: its first hit), put
+        into the table in one kernel call that takes their words from the batch rows."""
+        new = [j for j, key in keys.items() if key not in self.ids]
+        if new:
+            kids = np.array([self._new(keys[j]) for j in new], np.int64)
+            kernels.fold_insert_rows(batch.rows, hits.idx, hits.endpoint, hits.direction, first[new], kids,
+                                     self.t_keys, self.t_val)
+
+    def _new(self, key) -> int:
+        """The next id for `key`, with room for it in the arrays and the table (not inserted)."""
+        kid = self.ids[key] = len(self.ids)
+        if kid >= len(self.start):
+            self.start, self.open = grow(self.start, kid + 1), grow(self.open, kid + 1)
+            self.row = grow(self.row, kid + 1, fill=-1)
+        if 2 * len(self.ids) > len(self.t_val):
+            old_keys, old_val = self.t_keys, self.t_val
+            self._table(2 * len(self.t_val))
+            kernels.fold_rehash(old_keys, old_val, self.t_keys, self.t_val)
+        return kid
 
     def rebuild(self, states: dict[tuple, list]) -> None:
         """Keep only the keys in `states` (Folder._open), numbered afresh (state[3])."""
@@ -300,6 +310,7 @@ class Folder:
         opened = [j for j, k in steps if k in (1, 2)]
         tails = dict(zip(opened, zip(c.sport[l_idx[opened]].tolist(), c.dport[l_idx[opened]].tolist(),
                                      _vlans(batch, l_idx[opened]))))
+        self._keys.add_rows({j: keys[j] for j, k in steps if k == 2}, batch, hits, first)
         for j, k in steps:
             key, n = keys[j], count_l[j]
             if k == 1:

@@ -11,7 +11,7 @@ import numpy as np
 from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import kernel, njit
 
-__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "fold_groups", "fold_insert", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
+__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "fold_groups", "fold_insert", "fold_insert_rows", "fold_rehash", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -319,7 +319,7 @@ def _find_words(words, t_keys, t_val):
     return s
 
 
-@kernel
+@njit
 def fold_insert(words, value, t_keys, t_val):
     """Store six-word key `words` -> value (>= 0) in the table fold_groups reads; the caller keeps
     it at most half full."""
@@ -327,6 +327,26 @@ def fold_insert(words, value, t_keys, t_val):
     for q in range(6):
         t_keys[s, q] = words[q]
     t_val[s] = value
+
+
+@kernel
+def fold_insert_rows(c, idx, ep, direction, at, values, t_keys, t_val):
+    """fold_insert of the fold key of each hit at[k] (a position in idx / ep / direction) -> values[k]."""
+    for k in range(at.shape[0]):
+        f = at[k]
+        words = fold_words(c, idx[f], ep[f], direction[f])
+        s = _find_words(words, t_keys, t_val)
+        for q in range(6):
+            t_keys[s, q] = words[q]
+        t_val[s] = values[k]
+
+
+@kernel
+def fold_rehash(old_keys, old_val, t_keys, t_val):
+    """Every key of a fold key table into a new, larger one."""
+    for s in range(old_val.shape[0]):
+        if old_val[s] != -1:
+            fold_insert(old_keys[s], old_val[s], t_keys, t_val)
 
 
 @kernel

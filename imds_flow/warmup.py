@@ -17,7 +17,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import build, receive, wire
+from . import build, kernels, receive, wire
 from .alerts import Folder
 from .datagrams import DatagramBatch
 from .detect import Hits
@@ -51,6 +51,8 @@ def warm_up(pipeline) -> None:
         for _ in range(2):                   # the second time, the hits merge into the pending alert
             folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
                             pipeline.detector.names + ("x",), scratch)
+        empty = (np.zeros((2, 6), np.uint64), np.full(2, -1, np.int64))
+        kernels.fold_rehash(*empty, np.zeros((4, 6), np.uint64), np.full(4, -1, np.int64))   # a fold key table grows
         receive.warm_up()
         if helper is not None:
             try:
