@@ -50,6 +50,8 @@ rcvbuf_bytes = {rcvbuf}
 batch_datagrams = {batch}
 [logging]
 stats_interval_seconds = 0
+[limits]
+max_exporters = {max_exporters}
 """
 VERSION_NAME = {5: "NetFlow v5", 9: "NetFlow v9", 10: "IPFIX"}
 EXPORTS = {"v5": 5, "v9": 9, "ipfix": 10, "sflow": None}      # --export: sflow has its own bench (bench/sflow.py)
@@ -149,9 +151,11 @@ class Ours:
 
     name = "imds-flow"
 
-    def __init__(self, workdir: Path, workers: int = 1, batch: int = 512, rcvbuf: int = 64 << 20):
+    def __init__(self, workdir: Path, workers: int = 1, batch: int = 512, rcvbuf: int = 64 << 20, exporters: int = 4):
         self.workdir = workdir
-        (workdir / "cfg.toml").write_text(CONFIG.format(rcvbuf=rcvbuf, batch=batch))
+        # limits.max_exporters (default 4096) raised to the run's exporters: a bench of 5,000 measures
+        # 5,000 exporters decoded, as an operator with that many sets it, not 904 refused
+        (workdir / "cfg.toml").write_text(CONFIG.format(rcvbuf=rcvbuf, batch=batch, max_exporters=max(4096, exporters)))
         self._log = open(workdir / "log", "w")
         cmd = [sys.executable, "-m", "imds_flow.cli", "listen", "127.0.0.1:0", "--config", str(workdir / "cfg.toml"),
                "--alerts", str(workdir / "alerts.mp"), "--workers", str(workers)]
@@ -212,9 +216,9 @@ def fair_rcvbuf() -> int:
 RCVBUF = {"bytes": 64 << 20}
 
 
-def start_collector(name: str, workdir: Path, workers: int):
+def start_collector(name: str, workdir: Path, workers: int, exporters: int = 4):
     if name == "imds-flow":
-        return Ours(workdir, workers, rcvbuf=RCVBUF["bytes"])
+        return Ours(workdir, workers, rcvbuf=RCVBUF["bytes"], exporters=exporters)
     from . import compare
     return compare.start(name, workdir)
 
@@ -223,7 +227,7 @@ def measure(name: str, st: Settings, rate: float) -> dict:
     """One point: a fresh collector, `duration` s of offered load, then drain, stop and count."""
     version, duration, exporters, records = st.version, st.duration, st.exporters, st.records
     with tempfile.TemporaryDirectory(prefix="imds-flow-bench-") as tmp:
-        col = start_collector(name, Path(tmp), st.workers)
+        col = start_collector(name, Path(tmp), st.workers, exporters)
         try:
             cpu0, t0 = col.cpu_seconds(), time.monotonic()
             sent = subprocess.run(

@@ -74,13 +74,22 @@ class Export:
     hits: np.ndarray          # metadata records per datagram
     records: int              # records per datagram
 
+    def set_sequences(self, rows: np.ndarray, numbers: np.ndarray) -> None:
+        """Give row i sequence number numbers[i] (each from its own exporter)."""
+        at = {5: 16, 9: 12, 10: 8}[self.version]
+        seq = np.asarray(numbers, np.uint64) & np.uint64(0xFFFFFFFF)
+        rows[:, at:at + 4] = seq.astype(">u4").view(np.uint8).reshape(-1, 4)
+
+    @property
+    def sequence_step(self) -> int:
+        """What one datagram adds to its exporter's sequence number: its records (v5, IPFIX) or 1 (v9)."""
+        return 1 if self.version == 9 else self.records
+
     def set_sequence(self, rows: np.ndarray, first: int) -> int:
         """Number the datagrams in `rows` from `first`; returns the next number. v5 and IPFIX count
         records, v9 counts datagrams (RFC 3954 / RFC 7011)."""
-        step = 1 if self.version == 9 else self.records
-        at = {5: 16, 9: 12, 10: 8}[self.version]
-        seq = (first + step * np.arange(len(rows), dtype=np.uint64)) & 0xFFFFFFFF
-        rows[:, at:at + 4] = seq.astype(">u4").view(np.uint8).reshape(-1, 4)
+        step = self.sequence_step
+        self.set_sequences(rows, first + step * np.arange(len(rows), dtype=np.uint64))
         return first + step * len(rows)
 
 

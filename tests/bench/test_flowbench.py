@@ -99,3 +99,41 @@ def test_metadata_requests_come_from_the_given_sources():
     src = rec[:, 0:4].copy().view(">u4").ravel()
     dst = rec[:, 4:8].copy().view(">u4").ravel()
     assert len(set(src[dst == (169 << 24 | 254 << 16 | 169 << 8 | 254)].tolist())) <= 3
+
+
+def test_many_exporters_each_send_in_turn_with_their_own_sequence_and_template():
+    """With more exporters than a burst holds, every burst comes from that many different exporters
+    (one datagram each), each numbered in its own sequence and preceded by its template when due."""
+    import socket
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)     # ~350 datagrams queue before we read
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(2)
+    socks = []
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(rx.getsockname())
+        socks.append(s)
+    try:
+        ex = flow_datagrams(10, 64, 30)
+        tmpl = np.frombuffer(ex.template, np.uint8).copy()
+        spread = sender._Spread(socks, 64, tmpl, 3)
+        sent = [spread.send(sender.Burst(ex.data[:64].copy()), ex) for _ in range(6)]   # 384 datagrams
+        assert [d for d, _ in sent] == [64] * 6
+        got = [rx.recvfrom(65535) for _ in range(384 + sum(t for _, t in sent))]
+    finally:
+        rx.close()
+        for s in socks:
+            s.close()
+    by_port: dict[int, list] = {}
+    for data, (_, port) in got:
+        by_port.setdefault(port, []).append(data)
+    assert len(by_port) == 100                             # every exporter sent, 3 or 4 datagrams each
+    for port, seen in by_port.items():
+        kinds = ["t" if d == ex.template else "d" for d in seen]
+        data = [int.from_bytes(d[8:12], "big") for d in seen if d != ex.template]
+        assert data == [30 * k for k in range(len(data))]  # its own sequence, from 0, step 30 records
+        want = []
+        for k in range(len(data)):                         # its template first, then before every 3rd
+            want += (["t"] if k % 3 == 0 else []) + ["d"]
+        assert kinds == want, port
