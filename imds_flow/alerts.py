@@ -49,50 +49,47 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
         return []
     idx = hits.idx
     c = batch.cols
-    cols = {name: getattr(c, name)[idx].tolist() for name in (
-        "exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
-        "bytes", "packets", "first_seen", "last_seen", "sampling_rate", "row_flags", "http_method", "url_off", "url_len", "headers")}
-    vlans = _vlans(batch, idx)
-    in_ifs, out_ifs = c.in_if[idx].tolist(), c.out_if[idx].tolist()
+    cols = [getattr(c, name)[idx].tolist() for name in _HIT_COLUMNS]
+    signals = hits.signals + ("address",) * max(0, len(names) - len(hits.signals))
+    address, port = exporters.address, exporters.port
     out = []
-    for j, (ep, direction) in enumerate(zip(hits.endpoint.tolist(), hits.direction.tolist())):
-        e = cols["exporter"][j]
-        src = (cols["src_hi"][j], cols["src_lo"][j])
-        dst = (cols["dst_hi"][j], cols["dst_lo"][j])
-        sport, dport, proto = cols["sport"][j], cols["dport"][j], cols["proto"][j]
-        sampling = cols["sampling_rate"][j] or 1
+    for (e, version, ts, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, b, p, first, last, sampling, flags,
+         method, url_off, url_len, h, in_if, out_if), vlan, ep, direction in zip(
+            zip(*cols), _vlans(batch, idx), hits.endpoint.tolist(), hits.direction.tolist()):
+        src, dst = (src_hi, src_lo), (dst_hi, dst_lo)
+        sampling = sampling or 1
         alert = {
-            "ts": cols["ts"][j], "exporter": exporters.address[e], "exporter_port": exporters.port[e],
-            "version": cols["version"][j], "src": from_hilo(*src), "dst": from_hilo(*dst),
-            "sport": sport, "dport": dport, "proto": proto, "vlan": vlans[j],
+            "ts": ts, "exporter": address[e], "exporter_port": port[e],
+            "version": version, "src": from_hilo(src_hi, src_lo), "dst": from_hilo(dst_hi, dst_lo),
+            "sport": sport, "dport": dport, "proto": proto, "vlan": vlan,
             "endpoint": names[ep], "direction": DIRECTIONS[direction],
-            "bytes": cols["bytes"][j], "packets": cols["packets"][j],
-            "first_seen": _time(cols["first_seen"][j]), "last_seen": _time(cols["last_seen"][j]),
-            "count": 1, "sampling_rate": sampling,
+            "bytes": b, "packets": p, "first_seen": None if first != first else first,
+            "last_seen": None if last != last else last, "count": 1, "sampling_rate": sampling,
             # bytes / packets as the exporter reported them; estimates scaled by its sampling rate
-            "bytes_estimate": cols["bytes"][j] * sampling, "packets_estimate": cols["packets"][j] * sampling,
+            "bytes_estimate": b * sampling, "packets_estimate": p * sampling,
         }
-        for key, value in (("in_if", in_ifs[j]), ("out_if", out_ifs[j])):
-            if value:                         # interface index 0: the exporter did not say
-                alert[key] = value
-        flags = cols["row_flags"][j]
-        alert["format"] = "sflow" if flags & SFLOW else ("ipfix" if alert["version"] == 10 else "netflow")
-        alert["signal"] = hits.signals[ep] if ep < len(hits.signals) else "address"
+        if in_if:                             # interface index 0: the exporter did not say
+            alert["in_if"] = in_if
+        if out_if:
+            alert["out_if"] = out_if
+        alert["format"] = "sflow" if flags & SFLOW else ("ipfix" if version == 10 else "netflow")
+        alert["signal"] = signals[ep]
         alert["http_method"] = alert["url"] = None
         alert["headers"] = []
         if flags & HTTP:
             # the request-target as sampled and the NAMES of configured header fields, nothing else:
             # header values and payload bytes are secrets (tokens, credentials) and never leave
-            off = cols["url_off"][j]
-            alert["http_method"] = METHODS[cols["http_method"][j]]
-            size = cols["url_len"][j]
+            alert["http_method"] = METHODS[method]
             text = batch.late_buf if flags & LATE else batch.buf
-            alert["url"] = text[off: off + size].tobytes().decode("ascii", "backslashreplace") if size else None
-            h = cols["headers"][j]
+            alert["url"] = text[url_off: url_off + url_len].tobytes().decode("ascii", "backslashreplace") if url_len else None
             alert["headers"] = [name for k, name in enumerate(hits.header_names) if h >> k & 1]
-        side_port = dport if direction == REQUEST else sport
-        out.append(((e, src, dst, proto, side_port, ep, direction), alert))
+        out.append(((e, src, dst, proto, dport if direction == REQUEST else sport, ep, direction), alert))
     return out
+
+
+_HIT_COLUMNS = ("exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
+                "bytes", "packets", "first_seen", "last_seen", "sampling_rate", "row_flags", "http_method", "url_off",
+                "url_len", "headers", "in_if", "out_if")
 
 
 # The folded numbers of every pending alert, one row each in Folder's arrays (_count; _sums: bytes,
