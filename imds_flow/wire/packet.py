@@ -126,20 +126,48 @@ def _target_end(b, q, end):
     return q
 
 
-@njit
+@step
+def _bytes_like(w, x):
+    """High bit set in every byte of the word w that may be ASCII-case-insensitively the lower-case
+    byte x (and maybe in a few more: a superset, for _find to verify). A letter matches either case
+    (w | 0x20 per byte folds A-Z onto a-z), anything else only itself."""
+    if 97 <= x <= 122:
+        w = w | _SPACES
+    return _zero_bytes(w ^ (np.uint64(x) * _ONES))
+
+
+@step
+def _matches(b, s, pat, p0, m):
+    k = 0
+    while k < m and _lower(_at(b, s + k)) == pat[p0 + k]:
+        k += 1
+    return k == m
+
+
+@step
 def _find(b, o, ln, pat, p0, p1):
-    """Whether pat[p0:p1] occurs in b[o:o+ln], ASCII case-insensitively (pat is lower case)."""
+    """Whether pat[p0:p1] occurs in b[o:o+ln], ASCII case-insensitively (pat is lower case). Eight
+    positions a step: the words at q and q + 1 flag where the pattern's first two bytes may be,
+    and only those are compared whole; a target with no candidate costs a few operations a word."""
     m = p1 - p0
     if m == 0:
         return True
-    first = pat[p0]
-    for s in range(o, o + ln - m + 1):
-        if _lower(_at(b, s)) != first:
-            continue
-        k = 1
-        while k < m and _lower(_at(b, s + k)) == pat[p0 + k]:
-            k += 1
-        if k == m:
+    last = o + ln - m                    # the last position the pattern fits at
+    x0 = pat[p0]
+    x1 = pat[p0 + 1] if m > 1 else x0
+    q = o
+    while q + 9 <= o + ln and q <= last:
+        t = _bytes_like(_word(b, q), x0)
+        if m > 1:
+            t &= _bytes_like(_word(b, q + 1), x1)
+        while t != 0:
+            s = q + _first_flagged(t)
+            if s <= last and _matches(b, s, pat, p0, m):
+                return True
+            t &= t - np.uint64(1)
+        q += 8
+    for s in range(q, last + 1):
+        if _matches(b, s, pat, p0, m):
             return True
     return False
 

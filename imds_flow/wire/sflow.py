@@ -218,8 +218,7 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
             seq_lost[e] += _track((np.int64(e) << 40) | source, sseq, src_key, src_next)
             records[e] += 1
             if keep and not (scr[S_URL] != 0 or (scr[S_METHOD] != 0 and scr[S_HEADERS] != 0)
-                             or match_net(scr[S_DST_HI], scr[S_DST_LO], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0
-                             or match_net(scr[S_SRC_HI], scr[S_SRC_LO], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0):
+                             or _in_endpoint(version, scr, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)):
                 continue
             c.row_flags[n] = SFLOW
             store(scr, c, n)               # addresses, ports, VLAN tags, url, HTTP
@@ -237,6 +236,22 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
             c.vlan_dst[n] = np.int16(_u32(buf, sw + 8) & 0xFFF) if sw >= 0 else np.int16(-1)
             n += 1
     return n
+
+
+@step
+def _in_endpoint(version, r, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4):
+    """Whether the source or destination address in the scratch r lies in an endpoint (kernels.match_net
+    on both). An IPv4 packet's addresses are IPv4-mapped: only the IPv4 endpoints' low words can match
+    them, compared for both addresses in one pass."""
+    if version == 4:
+        src = r[S_SRC_LO]
+        dst = r[S_DST_LO]
+        for e in range(ep_lo.shape[0]):
+            if ep_v4[e] and ((dst & ep_mlo[e]) == ep_lo[e] or (src & ep_mlo[e]) == ep_lo[e]):
+                return True
+        return False
+    return (match_net(r[S_DST_HI], r[S_DST_LO], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0
+            or match_net(r[S_SRC_HI], r[S_SRC_LO], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0)
 
 
 @step

@@ -161,3 +161,20 @@ ODD_NAMES = ("a b", "x:y", "host", "ho", "x-aws-ec2-metadata-token", "user-agent
 def test_header_names_that_are_no_token(fields):
     data = _frame(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
     assert parse_one(data, ETHERNET, URLS, ODD_NAMES) == packet_one(data, ETHERNET, URLS, ODD_NAMES)
+
+
+# the URL search tries eight positions a step and compares only where a pattern's first two bytes
+# may be (a letter in either case, anything else exactly): targets of pattern pieces in mixed case,
+# with bytes one case bit away from non-letters ('@' / '`', '[' / '{'), against the oracle
+_PIECES = ["/latest", "/LATEST", "/meta-data", "-data", "api/token", "/l", "/L", "l", "a", "@", "`", "[", "{",
+           "/", "x", "%2F", "?q=", "0123456789"]
+_PATTERNS = ["/latest/meta-data", "/latest/api/token", "/l", "l", "@", "[", "`a", "-data", "a", "token"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=14), st.lists(st.sampled_from(_PATTERNS), max_size=4),
+       st.sampled_from([b" HTTP/1.1\r\n", b""]))
+def test_url_search(pieces, urls, tail):
+    data = _frame(b"GET " + "".join(pieces).encode() + tail, dst=b"\x0a\x00\x00\x09")
+    got = parse_one(data, ETHERNET, tuple(urls), NAMES)
+    assert got == packet_one(data, ETHERNET, tuple(urls), NAMES)

@@ -229,3 +229,37 @@ def test_corpus_as_one_batch():
             if e.get("header") and "agent_address" in e["header"] and "not_sflow" not in e["caveats"]
             and not any("runs past sample" in m for m in e.get("decode_errors") or [])} - {(None, None)}
     assert agents >= {a for a in want if a[0] is not None}
+
+
+# the keep test: an IPv4 packet's addresses against the IPv4 endpoints' low words only, in one pass;
+# the same answer as kernels.match_net on both addresses, for any endpoint table and address
+import numpy as np  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from imds_flow.addr import network_hilo, to_hilo  # noqa: E402
+from imds_flow.kernels import match_net  # noqa: E402
+from imds_flow.wire import packet, sflow  # noqa: E402
+
+_NETS = ["169.254.169.254", "169.254.0.0/16", "10.0.0.0/8", "0.0.0.0/0", "fd00:ec2::254", "::/0",
+         "::ffff:169.254.169.254", "::ffff:0:0/96", "::a9fe:a9fe", "100.100.100.200/31"]
+_ADDRS = ["169.254.169.254", "169.254.1.1", "10.1.2.3", "100.100.100.201", "192.0.2.1", "0.0.0.0",
+          "255.255.255.255"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_NETS), max_size=5), st.sampled_from(_ADDRS), st.sampled_from(_ADDRS),
+       st.sampled_from(["4", "6", "mapped6"]))
+def test_in_endpoint_is_match_net(nets, src, dst, family):
+    import ipaddress
+    table = [network_hilo(n) for n in nets]
+    cols = [np.array(col, np.uint64) for col in zip(*table)] if table else [np.zeros(0, np.uint64)] * 4
+    v4 = np.array([ipaddress.ip_network(n, strict=False).version == 4 for n in nets], np.bool_)
+    r = packet.scratch()
+    for slot, text in ((packet.S_SRC_HI, src), (packet.S_DST_HI, dst)):
+        a = ipaddress.ip_address(text)
+        if family == "6":       # an IPv6 packet: the IPv4 text as the low 32 bits of an IPv6 address
+            a = ipaddress.IPv6Address(int(a))
+        r[slot], r[slot + 1] = to_hilo(a)
+    want = any(match_net(np.uint64(r[s]), np.uint64(r[s + 1]), *cols, v4) >= 0
+               for s in (packet.S_SRC_HI, packet.S_DST_HI))
+    assert sflow._in_endpoint(4 if family == "4" else 6, r, *cols, v4) == want
