@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flows import HTTP, NAT_DST, NAT_SRC
-from .jit import kernel, njit
+from .jit import kernel, njit, step
 
 __all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "fold_groups", "fold_insert", "fold_insert_rows", "fold_rehash", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
@@ -26,6 +26,17 @@ def match_net(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4):
         if (hi & mask_hi[e]) == net_hi[e] and (lo & mask_lo[e]) == net_lo[e] and net_v4[e] == v4:
             return e
     return -1
+
+
+@step
+def in_v4_endpoints(a_lo, b_lo, ep_lo, ep_mlo, ep_v4):
+    """Whether either of two IPv4 addresses (IPv4-mapped low words; their high word is 0) lies in
+    an IPv4 network of the table: match_net for addresses known to be IPv4, both in one pass, only
+    the IPv4 networks' low words compared."""
+    for e in range(ep_lo.shape[0]):
+        if ep_v4[e] and ((a_lo & ep_mlo[e]) == ep_lo[e] or (b_lo & ep_mlo[e]) == ep_lo[e]):
+            return True
+    return False
 
 
 @njit

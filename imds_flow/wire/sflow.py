@@ -17,7 +17,7 @@ import numpy as np
 from ..flows import SFLOW
 from ..jit import kernel, njit, step
 from .errors import reason_code
-from ..kernels import match_net
+from ..kernels import in_v4_endpoints, match_net
 from .packet import (ETHERNET, IPV4, IPV6, NONE, S_DPORT, S_DST_HI, S_DST_LO, S_HEADERS, S_METHOD, S_PROTO,
                      S_SPORT, S_SRC_HI, S_SRC_LO, S_URL, S_VLAN1, S_VLAN2, parse_packet, patterns, scratch, store)
 from .readers import _u32, _u64
@@ -244,12 +244,7 @@ def _in_endpoint(version, r, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4):
     on both). An IPv4 packet's addresses are IPv4-mapped: only the IPv4 endpoints' low words can match
     them, compared for both addresses in one pass."""
     if version == 4:
-        src = r[S_SRC_LO]
-        dst = r[S_DST_LO]
-        for e in range(ep_lo.shape[0]):
-            if ep_v4[e] and ((dst & ep_mlo[e]) == ep_lo[e] or (src & ep_mlo[e]) == ep_lo[e]):
-                return True
-        return False
+        return in_v4_endpoints(r[S_DST_LO], r[S_SRC_LO], ep_lo, ep_mlo, ep_v4)
     return (match_net(r[S_DST_HI], r[S_DST_LO], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0
             or match_net(r[S_SRC_HI], r[S_SRC_LO], ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import kernel, step
+from ..jit import kernel
+from ..kernels import in_v4_endpoints
 from .errors import reason_code
 from .readers import _u16, _u32
 
@@ -19,17 +20,6 @@ RECORD = 48
 _MAPPED = np.uint64(0x0000FFFF_00000000)
 _TOO_SHORT = reason_code("too_short")
 _COUNT = reason_code("count_exceeds_datagram")
-
-
-@step
-def _in_v4(a, ep_lo, ep_mlo, ep_v4):
-    """Whether IPv4 address `a` lies in an IPv4 endpoint: kernels.match_net for an address known
-    to be IPv4 (its high word 0, so only the IPv4 networks' low words are compared)."""
-    lo = _MAPPED | np.uint64(a)
-    for e in range(ep_lo.shape[0]):
-        if ep_v4[e] and (lo & ep_mlo[e]) == ep_lo[e]:
-            return True
-    return False
 
 
 @kernel
@@ -75,7 +65,8 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
         _, ep_lo, _, ep_mlo, ep_v4 = ep          # v5 addresses are IPv4: the low words decide
         for _ in range(count):
             r += RECORD
-            if keep and not (_in_v4(_u32(buf, r + 4), ep_lo, ep_mlo, ep_v4) or _in_v4(_u32(buf, r), ep_lo, ep_mlo, ep_v4)):
+            if keep and not in_v4_endpoints(_MAPPED | np.uint64(_u32(buf, r + 4)), _MAPPED | np.uint64(_u32(buf, r)),
+                                            ep_lo, ep_mlo, ep_v4):
                 continue
             c.exporter[n] = exporter
             c.version[n] = 5
