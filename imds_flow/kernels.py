@@ -11,7 +11,7 @@ import numpy as np
 from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import kernel, njit
 
-__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "fold_groups", "fold_insert", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
+__all__ = ["match_net", "match_nets", "cover", "in_cover", "detect_batch", "compact", "group_hits", "fold_groups", "fold_insert", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -26,6 +26,43 @@ def match_net(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4):
         if (hi & mask_hi[e]) == net_hi[e] and (lo & mask_lo[e]) == net_lo[e] and net_v4[e] == v4:
             return e
     return -1
+
+
+@njit
+def _cover_of(net_hi, net_lo, mask_hi, mask_lo, net_v4, v4):
+    nh = nl = mh = ml = np.uint64(0)
+    first = True
+    for e in range(net_hi.shape[0]):
+        if net_v4[e] != v4:
+            continue
+        if first:
+            nh, nl, mh, ml = net_hi[e], net_lo[e], mask_hi[e], mask_lo[e]
+            first = False
+        else:
+            mh &= mask_hi[e] & ~(nh ^ net_hi[e])
+            ml &= mask_lo[e] & ~(nl ^ net_lo[e])
+            nh &= mh
+            nl &= ml
+    if first:                                   # no network of this family: nothing is in it
+        nh = np.uint64(1)
+    return nh, nl, mh, ml
+
+
+@njit
+def cover(net_hi, net_lo, mask_hi, mask_lo, net_v4):
+    """Per family (IPv4, IPv6) one network containing all of a table's networks of that family:
+    the bits they all fix, to the value they all give them. An address in no cover is in no
+    network of the table (in_cover: four words compared, where match_net walks the table); a
+    family without networks covers nothing. ((net_hi, net_lo, mask_hi, mask_lo) IPv4, ... IPv6)."""
+    return (_cover_of(net_hi, net_lo, mask_hi, mask_lo, net_v4, True),
+            _cover_of(net_hi, net_lo, mask_hi, mask_lo, net_v4, False))
+
+
+@njit(inline="always")
+def in_cover(hi, lo, cv):
+    """Whether (hi, lo) lies in one of the covers `cv` (cover): false means in no network."""
+    (nh4, nl4, mh4, ml4), (nh6, nl6, mh6, ml6) = cv
+    return ((hi & mh4) == nh4 and (lo & ml4) == nl4) or ((hi & mh6) == nh6 and (lo & ml6) == nl6)
 
 
 @njit

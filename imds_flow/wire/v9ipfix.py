@@ -4,17 +4,19 @@ The batch's data sets arrive as rows of SET (resolve.py found each one's plan); 
 their records in order, one by one (records.py: locate the fields, then emit the row).
 Options data sets the sampling rate of its scope (sampler -1) or of its sampler / selector id
 (OPTION rows, applied by the caller before the batch's flow records). With an endpoint table,
-the rows of each set that cannot alert are dropped while they are still in cache
-(kernels.compact), so the batch holds only the rows that may alert.
+the batch holds only the rows that may alert: a record whose template has no content field (URL,
+HTTP method, packet section) is tested by its addresses before its row is written
+(records.may_alert: most records never become a row); the rows of other sets are dropped
+while they are still in cache (kernels.compact).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..jit import kernel
-from ..kernels import compact
+from ..kernels import compact, cover
 from .fields import NSLOT
-from .records import emit, locate, option_rate, option_sampler
+from .records import address_slots, emit, locate, may_alert, next_may_alert, option_rate, option_sampler
 
 __all__ = ["SET", "OPTION", "decode_sets"]
 
@@ -41,7 +43,9 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
     no = 0
     reclen, minlen, f0, nf, options, slot_off, slot_len = (plans.reclen, plans.minlen, plans.f0, plans.nf,
                                                            plans.options, plans.slot_off, plans.slot_len)
-    f_len, f_slot = plans.f_len, plans.f_slot
+    f_len, f_slot, content = plans.f_len, plans.f_slot, plans.content
+    ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = ep
+    cv = cover(ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
     samp_keys, samp_rates = rates
     pat, pat_off = http[0], http[1]
     for i in range(sets.shape[0]):
@@ -56,10 +60,26 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
         L = reclen[p]
         n0 = n
         cnt = 0
+        by_address = compacting and not want_options and not content[p]   # may_alert decides
         if L > 0:
             for k in range(NSLOT):
                 so[k] = slot_off[p, k]
                 sl[k] = slot_len[p, k]
+        if by_address and L > 0:                    # a fixed layout: its records, and where its addresses are
+            at = address_slots(so)
+            s.nrec = s.len // L
+            stop = o + s.nrec * L
+            while True:
+                o = next_may_alert(b, o, stop, L, at, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv)
+                if o >= stop:
+                    break
+                if n >= cap:
+                    s.nrec = (o - s.off) // L
+                    break
+                emit(b, o, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main)
+                n += 1
+                o += L
+            continue
         while True:
             if L > 0:
                 nxt = o + L if end - o >= L else -1
@@ -81,11 +101,12 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
             else:
                 if n >= cap:
                     break
-                emit(b, o, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main)
-                n += 1
+                if not by_address or may_alert(b, o, address_slots(so), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+                    emit(b, o, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main)
+                    n += 1
             cnt += 1
             o = nxt
         s.nrec = cnt
-        if compacting and not want_options:
+        if compacting and not want_options and not by_address:
             n = compact(c, n0, n, ep)
     return n, no
