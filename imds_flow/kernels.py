@@ -407,10 +407,15 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
 @kernel
 def key_lookup(k0, k1, k2, t0, t1, t2, t_val, out):
     """out[i] = the value stored for key (k0[i], k1[i], k2[i]) in the open-addressing table t_*
-    (size a power of two, t_val -1 = empty), or -2 when absent. Returns how many were absent."""
+    (size a power of two, t_val -1 = empty), or -2 when absent. Returns how many were absent. A key
+    equal to the one before it (a run of datagrams from one exporter) takes its value unhashed."""
     mask = t_val.shape[0] - 1
     missing = 0
     for i in range(k0.shape[0]):
+        if i > 0 and k0[i] == k0[i - 1] and k1[i] == k1[i - 1] and k2[i] == k2[i - 1]:
+            out[i] = out[i - 1]
+            missing += out[i] == -2
+            continue
         h = _mix(_mix(_mix(_PRIME, k0[i]), k1[i]), k2[i])
         s = np.int64(h & np.uint64(mask))
         while True:

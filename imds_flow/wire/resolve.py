@@ -14,7 +14,7 @@ import numpy as np
 from .errors import reason_code
 from .fields import NSLOT
 from .v9ipfix import OPTION, SET, decode_sets
-from .walk import key_sets, sequence, tally, walk_sets
+from .walk import key_sets, most_records, sequence, tally, walk_sets
 
 __all__ = ["prepare", "finish", "Prepared"]
 
@@ -22,13 +22,14 @@ _BAD_SET = reason_code("bad_set_length")
 _BAD_TEMPLATE = reason_code("bad_template")
 _BAD_RECORD = reason_code("bad_record")
 _SCOPE_OVER = reason_code("scope_over_limit")
+_NO_OPTIONS = np.empty(0, OPTION)                    # the flow pass writes no options rows
 _PENDING = ("key", "off", "len", "exp", "ver", "ts", "uptime", "secs", "scope")
 
 
 class Prepared:
     """A batch walked and resolved: the set rows to cut and how many records they can hold."""
 
-    __slots__ = ("sets", "need", "sel", "scope_dg", "h_seq", "unknown", "pbuf", "buf", "version")
+    __slots__ = ("sets", "need", "options", "sel", "scope_dg", "h_seq", "unknown", "pbuf", "buf", "version")
 
 
 class _Buffers:
@@ -38,6 +39,7 @@ class _Buffers:
     def __init__(self):
         self.datagrams = self.sets = 0
         self._grow(64, 64)
+        self.so, self.sl = np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64)   # decode_sets' scratch
 
     def _grow(self, datagrams: int, sets: int) -> None:
         if datagrams > self.datagrams:
@@ -91,8 +93,7 @@ def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, expor
     sets = _release_pending(prep, sets, defs, exporters, now)
     unknown = np.zeros(n, np.bool_)
     sets = _park_waiting(sets, unknown, dg.buf, exporters, now)
-    p = sets["plan"]
-    prep.need = int((sets["len"] // np.maximum(cache.plans.minlen[p], 1)).sum()) if len(p) else 0
+    prep.need, prep.options = most_records(sets, cache.plans.minlen, cache.plans.options)
     prep.sets, prep.sel, prep.scope_dg, prep.h_seq, prep.unknown, prep.buf, prep.version = \
         sets, sel, scope_dg, w.seq, unknown, dg.buf, version
     return prep
@@ -219,22 +220,22 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = Fals
     `records` (per exporter) gets every flow record cut, kept or not."""
     cache = exporters.templates
     pl = cache.plans
+    w = cache.buffers
     sets = prep.sets
     n = out.n
     if len(sets):
         plans = pl.arrays()
         s = exporters.sflow                          # the packet kernel's tables live with the sFlow state
         http = (cache.pat_buf, cache.pat_off, s.hdr, s.hdr_off, s.scratch)
-        options = pl.options[sets["plan"]]
-        if options.any():
+        if prep.options:
+            options = pl.options[sets["plan"]]
             opts = np.empty(prep.need + 1, OPTION)
             _, no = decode_sets(prep.buf, prep.pbuf, sets, plans, (cache.samp_keys, cache.samp_rates), http, True,
-                                out.rows, n, opts, ep, False, np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64))
+                                out.rows, n, opts, ep, False, w.so, w.sl)
             cache.set_rates(opts["scope"][:no], opts["sampler"][:no], opts["rate"][:no])
             exporters.add_counts("options_records", np.repeat(sets["exp"][options], sets["nrec"][options]))
         n, _ = decode_sets(prep.buf, prep.pbuf, sets, plans, (cache.samp_keys, cache.samp_rates), http, False,
-                           out.rows, n, np.empty(0, OPTION), ep, bool(keep),
-                           np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64))
+                           out.rows, n, _NO_OPTIONS, ep, bool(keep), w.so, w.sl)
     per_dg = np.zeros(prep.scope_dg.shape[0], np.int64)
     if len(sets):
         tally(sets, pl.options, records if records is not None else np.zeros(len(exporters.seq_next), np.int64),

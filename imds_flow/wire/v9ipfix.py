@@ -48,6 +48,7 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
     cv = cover(ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
     samp_keys, samp_rates = rates
     pat, pat_off = http[0], http[1]
+    loaded = -1                                     # the fixed plan so / sl hold (locate overwrites them)
     for i in range(sets.shape[0]):
         s = sets[i]
         p = s.plan
@@ -61,10 +62,11 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
         n0 = n
         cnt = 0
         by_address = compacting and not want_options and not content[p]   # may_alert decides
-        if L > 0:
+        if L > 0 and p != loaded:                  # so / sl still hold the last set's fixed plan
             for k in range(NSLOT):
                 so[k] = slot_off[p, k]
                 sl[k] = slot_len[p, k]
+            loaded = p
         if by_address and L > 0:                    # a fixed layout: its records, and where its addresses are
             at = address_slots(so)
             s.nrec = s.len // L
@@ -84,6 +86,7 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
             if L > 0:
                 nxt = o + L if end - o >= L else -1
             elif end - o >= minlen[p]:
+                loaded = -1
                 nxt = locate(b, o, end, f_len, f_slot, f0[p], nf[p], so, sl)
                 if nxt < 0:
                     s.bad = 1

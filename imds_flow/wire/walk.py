@@ -13,7 +13,7 @@ from ..jit import kernel, njit
 from .errors import reason_code
 from .readers import _u16, _u32
 
-__all__ = ["walk_sets", "key_sets", "tally", "sequence"]
+__all__ = ["walk_sets", "key_sets", "most_records", "tally", "sequence"]
 
 _TOO_SHORT = reason_code("too_short")
 _BAD_LENGTH = reason_code("bad_length")
@@ -129,6 +129,19 @@ def key_sets(s_dg, s_id, s_off, s_len, k, scope, version, exp_ids, ts, h_uptime,
         s.nrec = 0
         nd += 1
     return nd, nt, nu
+
+
+@kernel
+def most_records(sets, minlen, options):
+    """How many records the sets can hold at most (each set's length over its plan's shortest
+    record: the rows the batch needs), and how many are options data sets (cut first)."""
+    need = 0
+    n_options = 0
+    for i in range(sets.shape[0]):
+        p = sets[i].plan
+        need += sets[i].len // max(minlen[p], 1)
+        n_options += options[p]
+    return need, n_options
 
 
 @kernel
