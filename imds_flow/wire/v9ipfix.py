@@ -67,22 +67,13 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
                 so[k] = slot_off[p, k]
                 sl[k] = slot_len[p, k]
             loaded = p
-        if by_address and L > 0:                    # a fixed layout: its records, and where its addresses are
-            at = address_slots(so)
-            s.nrec = s.len // L
-            stop = o + s.nrec * L
-            while True:
-                o = next_may_alert(b, o, stop, L, at, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv)
-                if o >= stop:
-                    break
-                if n >= cap:
-                    s.nrec = (o - s.off) // L
-                    break
-                emit(b, o, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main)
-                n += 1
-                o += L
-            continue
+        at = address_slots(so)
+        stop = o + (s.len // L) * L if L > 0 else end
         while True:
+            if by_address and L > 0:               # a fixed layout: on to its next record that may alert
+                q = next_may_alert(b, o, stop, L, at, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv)
+                cnt += (q - o) // L
+                o = q
             if L > 0:
                 nxt = o + L if end - o >= L else -1
             elif end - o >= minlen[p]:
@@ -104,7 +95,8 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
             else:
                 if n >= cap:
                     break
-                if not by_address or may_alert(b, o, address_slots(so), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+                if not by_address or L > 0 or may_alert(b, o, address_slots(so), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4,
+                                                         cv):
                     emit(b, o, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main)
                     n += 1
             cnt += 1
