@@ -11,7 +11,8 @@ import numpy as np
 from .flows import HTTP, NAT_DST, NAT_SRC
 from .jit import kernel, njit, step
 
-__all__ = ["match_net", "match_nets", "detect_batch", "compact", "group_hits", "fold_groups", "fold_insert", "fold_insert_rows", "fold_rehash", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
+__all__ = ["match_net", "match_nets", "in_v4_endpoints", "cover", "in_cover", "detect_batch", "compact", "group_hits",
+           "fold_groups", "fold_insert", "fold_insert_rows", "fold_rehash", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -37,6 +38,43 @@ def in_v4_endpoints(a_lo, b_lo, ep_lo, ep_mlo, ep_v4):
         if ep_v4[e] and ((a_lo & ep_mlo[e]) == ep_lo[e] or (b_lo & ep_mlo[e]) == ep_lo[e]):
             return True
     return False
+
+
+@njit
+def _cover_of(net_hi, net_lo, mask_hi, mask_lo, net_v4, v4):
+    nh = nl = mh = ml = np.uint64(0)
+    first = True
+    for e in range(net_hi.shape[0]):
+        if net_v4[e] != v4:
+            continue
+        if first:
+            nh, nl, mh, ml = net_hi[e], net_lo[e], mask_hi[e], mask_lo[e]
+            first = False
+        else:
+            mh &= mask_hi[e] & ~(nh ^ net_hi[e])
+            ml &= mask_lo[e] & ~(nl ^ net_lo[e])
+            nh &= mh
+            nl &= ml
+    if first:                                   # no network of this family: nothing is in it
+        nh = np.uint64(1)
+    return nh, nl, mh, ml
+
+
+@njit
+def cover(net_hi, net_lo, mask_hi, mask_lo, net_v4):
+    """Per family (IPv4, IPv6) one network containing all of a table's networks of that family:
+    the bits they all fix, to the value they all give them. An address in no cover is in no
+    network of the table (in_cover: four words compared, where match_net walks the table); a
+    family without networks covers nothing. ((net_hi, net_lo, mask_hi, mask_lo) IPv4, ... IPv6)."""
+    return (_cover_of(net_hi, net_lo, mask_hi, mask_lo, net_v4, True),
+            _cover_of(net_hi, net_lo, mask_hi, mask_lo, net_v4, False))
+
+
+@njit(inline="always")
+def in_cover(hi, lo, cv):
+    """Whether (hi, lo) lies in one of the covers `cv` (cover): false means in no network."""
+    (nh4, nl4, mh4, ml4), (nh6, nl6, mh6, ml6) = cv
+    return ((hi & mh4) == nh4 and (lo & ml4) == nl4) or ((hi & mh6) == nh6 and (lo & ml6) == nl6)
 
 
 @njit
@@ -401,10 +439,15 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
 @kernel
 def key_lookup(k0, k1, k2, t0, t1, t2, t_val, out):
     """out[i] = the value stored for key (k0[i], k1[i], k2[i]) in the open-addressing table t_*
-    (size a power of two, t_val -1 = empty), or -2 when absent. Returns how many were absent."""
+    (size a power of two, t_val -1 = empty), or -2 when absent. Returns how many were absent. A key
+    equal to the one before it (a run of datagrams from one exporter) takes its value unhashed."""
     mask = t_val.shape[0] - 1
     missing = 0
     for i in range(k0.shape[0]):
+        if i > 0 and k0[i] == k0[i - 1] and k1[i] == k1[i - 1] and k2[i] == k2[i - 1]:
+            out[i] = out[i - 1]
+            missing += out[i] == -2
+            continue
         h = _mix(_mix(_mix(_PRIME, k0[i]), k1[i]), k2[i])
         s = np.int64(h & np.uint64(mask))
         while True:

@@ -1,6 +1,7 @@
 """The detection kernel against the ipaddress oracle on hypothesis-generated records."""
 import ipaddress
 
+import numba
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
@@ -8,7 +9,7 @@ from imds_flow.addr import network_hilo, to_hilo, from_hilo
 from imds_flow.config import parse
 from imds_flow.detect import DIRECTIONS, Detector
 from imds_flow.flows import NAT_DST, NAT_SRC, FlowBatch
-from imds_flow.kernels import match_net, vlan_code, vlan_codes
+from imds_flow.kernels import cover, in_cover, match_net, vlan_code, vlan_codes
 
 from tests.support.oracle import detect_one
 
@@ -108,6 +109,32 @@ def test_match_net_matches_ipaddress(a, net):
     ip = ipaddress.ip_address(a)
     ip = ip.ipv4_mapped or ip if ip.version == 6 else ip
     assert (match_net(np.uint64(hi), np.uint64(lo), *table) == 0) == (ip.version == n.version and ip in n)
+
+
+@numba.njit
+def _in_cover_of(hi, lo, net_hi, net_lo, mask_hi, mask_lo, net_v4):
+    return in_cover(hi, lo, cover(net_hi, net_lo, mask_hi, mask_lo, net_v4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(addrs=st.lists(addr, min_size=1, max_size=8),
+       nets=st.lists(st.sampled_from(ENDPOINT_POOL + SUBNET_POOL + ["169.254.169.123", "fd00:ec2::23"]),
+                     max_size=5, unique=True))
+def test_cover_holds_every_address_of_its_networks(addrs, nets):
+    """kernels.cover / in_cover, the quick rejection before match_net: an address in a network of the
+    table is in the cover (ipaddress decides); one network alone is its own cover."""
+    networks = [ipaddress.ip_network(n) for n in nets]
+    cols = list(zip(*(network_hilo(n) for n in nets))) or [(), (), (), ()]
+    table = [np.array(c, np.uint64) for c in cols] + [np.array([n.version == 4 for n in networks], np.bool_)]
+    for a in addrs:
+        hi, lo = to_hilo(a)
+        ip = ipaddress.ip_address(a)
+        ip = ip.ipv4_mapped or ip if ip.version == 6 else ip
+        inside = any(ip.version == n.version and ip in n for n in networks)
+        got = _in_cover_of(np.uint64(hi), np.uint64(lo), *table)
+        assert got or not inside
+        if len(networks) == 1:
+            assert got == inside or (got and ip.version != networks[0].version)
 
 
 @given(a=addr)

@@ -2,8 +2,9 @@
 
 A plan holds the record length when every field is fixed (else -1 and the minimum length), the
 offset and length of every slot in fields.SLOTS for fixed layouts (nfdump's sequencer: where each
-field we need is, decided once), and the length and slot of every field for variable layouts,
-which records.locate walks per record. Identical layouts share one plan (plans are
+field we need is, decided once), the length and slot of every field for variable layouts,
+which records.locate walks per record, and whether a record can alert by its content (a URL,
+HTTP method or packet section field) or only by its addresses. Identical layouts share one plan (plans are
 content-addressed), so a router re-sending its templates costs no memory.
 """
 from __future__ import annotations
@@ -14,14 +15,14 @@ import numpy as np
 
 from ..grow import grow
 
-from .fields import ELEMENTS, NSLOT, SLOT, accepts
+from .fields import ELEMENTS, NSLOT, SLOT, SLOT_KIND, accepts
 from .templates import VAR, Template, record_lengths
 
 __all__ = ["PlanTable", "PlanArrays"]
 
 
 # What the kernels take of a PlanTable: one argument (v9ipfix.decode_sets), fields read by name.
-PlanArrays = namedtuple("PlanArrays", "reclen minlen f0 nf options slot_off slot_len f_len f_slot")
+PlanArrays = namedtuple("PlanArrays", "reclen minlen f0 nf options content slot_off slot_len f_len f_slot")
 
 
 class PlanTable:
@@ -35,6 +36,7 @@ class PlanTable:
         self.f0 = np.zeros(capacity, np.int32)
         self.nf = np.zeros(capacity, np.int32)
         self.options = np.zeros(capacity, np.bool_)
+        self.content = np.zeros(capacity, np.bool_)   # a URL / HTTP method / packet section slot
         self.slot_off = np.full((capacity, NSLOT), -1, np.int32)
         self.slot_len = np.zeros((capacity, NSLOT), np.int32)
         self.f_len = np.zeros(field_capacity, np.int32)
@@ -52,7 +54,7 @@ class PlanTable:
     def _compile(self, t: Template) -> int:
         pid = self.n
         if pid == len(self.reclen):
-            for name in ("reclen", "minlen", "f0", "nf", "options", "slot_off", "slot_len"):
+            for name in ("reclen", "minlen", "f0", "nf", "options", "content", "slot_off", "slot_len"):
                 setattr(self, name, grow(getattr(self, name), pid + 1, fill=-1 if name == "slot_off" else 0))
         nf = len(t.fields)
         self.f_len = grow(self.f_len, self.nf_used + nf)
@@ -78,12 +80,13 @@ class PlanTable:
         self.f0[pid] = f0
         self.nf[pid] = nf
         self.options[pid] = t.options
+        self.content[pid] = any(SLOT_KIND[name] == "s" for name in seen)
         self.nf_used += nf
         self.n += 1
         return pid
 
     def arrays(self) -> PlanArrays:
         """The table as the kernels take it (current arrays: they are replaced when the table grows)."""
-        return PlanArrays(self.reclen, self.minlen, self.f0, self.nf, self.options, self.slot_off, self.slot_len,
-                          self.f_len, self.f_slot)
+        return PlanArrays(self.reclen, self.minlen, self.f0, self.nf, self.options, self.content, self.slot_off,
+                          self.slot_len, self.f_len, self.f_slot)
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..flows import HTTP, LATE, NAT_DST, NAT_SRC, NO_COUNTERS
-from ..jit import njit
+from ..jit import njit, step
+from ..kernels import in_cover, match_net
 from . import packet as pk
 from .fields import NSLOT, SLOT
 from .readers import _u16, _u32, _uint
 
-__all__ = ["locate", "emit", "sampled", "option_rate", "option_sampler", "url_index", "rate32", "ntp", "MAPPED"]
+__all__ = ["locate", "emit", "address_slots", "may_alert", "next_may_alert", "sampled", "option_rate", "option_sampler", "url_index", "rate32", "ntp", "MAPPED"]
 
 MAPPED = np.uint64(0x0000FFFF_00000000)
 _NTP_EPOCH = 2208988800.0
@@ -248,6 +249,77 @@ def emit(b, base, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, ma
     r.row_flags = flags
     if so[S_METHOD] >= 0 or so[S_SEC_IP] >= 0 or so[S_SEC_L2] >= 0 or so[S_SEC_PAY] >= 0:
         sampled(b, base, so, sl, c, n, http, main)
+
+
+@njit(inline="always")
+def address_slots(so):
+    """The offsets may_alert reads: (dst6, dst4, src6, src4, ndst6, ndst4, nsrc6, nsrc4), -1 absent."""
+    return (so[S_DST6], so[S_DST4], so[S_SRC6], so[S_SRC4], so[S_NDST6], so[S_NDST4], so[S_NSRC6], so[S_NSRC4])
+
+
+@njit(inline="always")
+def _address_at(b, base, o6, o4):
+    """_address with the slots' offsets given: (hi, lo) of the IPv6 field unless absent or all zero,
+    else of the IPv4 one, else 0."""
+    hi = np.uint64(0)
+    lo = np.uint64(0)
+    if o6 >= 0:
+        hi = _uint(b, base + o6, 8)
+        lo = _uint(b, base + o6 + 8, 8)
+    if (hi | lo) == 0 and o4 >= 0:
+        lo = MAPPED | np.uint64(_u32(b, base + o4))
+    return hi, lo
+
+
+@njit(inline="always")
+def _in_endpoint(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+    return in_cover(hi, lo, cv) and match_net(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4) >= 0
+
+
+@njit(inline="always")
+def may_alert(b, base, at, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+    """Whether the record at `base` may alert by its addresses: kernels.compact's test on the row
+    `emit` would write (an address, or a post-NAT one the template carries, in an endpoint), read
+    from the record; `at`: address_slots, `cv`: the endpoints' kernels.cover. For a plan without
+    content fields (plans.PlanTable.content) it is the whole test: the row's URL index is -1 and it
+    has no HTTP flag."""
+    d6, d4, s6, s4, nd6, nd4, ns6, ns4 = at
+    hi, lo = _address_at(b, base, d6, d4)
+    if _in_endpoint(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+        return True
+    hi, lo = _address_at(b, base, s6, s4)
+    if _in_endpoint(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+        return True
+    if nd6 >= 0 or nd4 >= 0:
+        hi, lo = _address_at(b, base, nd6, nd4)
+        if _in_endpoint(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+            return True
+    if ns6 >= 0 or ns4 >= 0:
+        hi, lo = _address_at(b, base, ns6, ns4)
+        if _in_endpoint(hi, lo, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+            return True
+    return False
+
+
+@step
+def next_may_alert(b, o, stop, L, at, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+    """The offset of the first record of length L from o to stop that may_alert, or stop. A
+    template whose only addresses are an IPv4 source and destination (the common one) has a loop
+    of its own: may_alert's checks for the other fields cost as much as the matching."""
+    d6, d4, s6, s4, nd6, nd4, ns6, ns4 = at
+    if d4 >= 0 and s4 >= 0 and d6 < 0 and s6 < 0 and nd6 < 0 and nd4 < 0 and ns6 < 0 and ns4 < 0:
+        zero = np.uint64(0)
+        while o < stop:
+            if (_in_endpoint(zero, MAPPED | np.uint64(_u32(b, o + d4)), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv)
+                    or _in_endpoint(zero, MAPPED | np.uint64(_u32(b, o + s4)), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv)):
+                return o
+            o += L
+        return o
+    while o < stop:
+        if may_alert(b, o, at, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
+            return o
+        o += L
+    return o
 
 
 @njit

@@ -14,7 +14,7 @@ import numpy as np
 from .errors import reason_code
 from .fields import NSLOT
 from .v9ipfix import OPTION, SET, decode_sets
-from .walk import sequence, walk_sets
+from .walk import key_sets, most_records, sequence, tally, walk_sets
 
 __all__ = ["prepare", "finish", "Prepared"]
 
@@ -22,73 +22,95 @@ _BAD_SET = reason_code("bad_set_length")
 _BAD_TEMPLATE = reason_code("bad_template")
 _BAD_RECORD = reason_code("bad_record")
 _SCOPE_OVER = reason_code("scope_over_limit")
+_NO_OPTIONS = np.empty(0, OPTION)                    # the flow pass writes no options rows
 _PENDING = ("key", "off", "len", "exp", "ver", "ts", "uptime", "secs", "scope")
 
 
 class Prepared:
     """A batch walked and resolved: the set rows to cut and how many records they can hold."""
 
-    __slots__ = ("sets", "need", "sel", "scope_dg", "h_seq", "unknown", "pbuf", "buf", "version")
+    __slots__ = ("sets", "need", "options", "sel", "scope_dg", "h_seq", "unknown", "pbuf", "buf", "version")
 
 
-class _Walked:
-    """The sets of a batch's datagrams as columns, and the header fields per datagram."""
+class _Buffers:
+    """The arrays a batch's walk and resolve write, grown as needed and reused batch after batch (no
+    batch allocates them afresh: a dozen numpy allocations cost more than the walk)."""
 
-    def __init__(self, dg, sel: np.ndarray, version: np.ndarray, status: np.ndarray):
-        n = dg.n
-        self.uptime = np.zeros(n, np.uint32)
-        self.secs = np.zeros(n, np.float64)
-        self.seq = np.zeros(n, np.uint32)
-        self.domain = np.zeros(n, np.uint32)
-        cap = int(dg.lens[sel].sum()) // 4 + 1
-        s_dg, s_id, s_off, s_len = (np.empty(cap, np.int64) for _ in range(4))
-        k = walk_sets(dg.buf, dg.offs, dg.lens, sel, version, status, self.uptime, self.secs, self.seq,
-                      self.domain, s_dg, s_id, s_off, s_len)
-        self.dg, self.id, self.off, self.len = s_dg[:k], s_id[:k], s_off[:k], s_len[:k]
+    def __init__(self):
+        self.datagrams = self.sets = 0
+        self._grow(64, 64)
+        self.so, self.sl = np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64)   # decode_sets' scratch
 
-    def keep(self, mask: np.ndarray) -> None:
-        self.dg, self.id, self.off, self.len = self.dg[mask], self.id[mask], self.off[mask], self.len[mask]
+    def _grow(self, datagrams: int, sets: int) -> None:
+        if datagrams > self.datagrams:
+            self.datagrams = 1 << (datagrams - 1).bit_length()
+            self.uptime = np.zeros(self.datagrams, np.uint32)
+            self.secs = np.zeros(self.datagrams, np.float64)
+            self.seq = np.zeros(self.datagrams, np.uint32)
+            self.domain = np.zeros(self.datagrams, np.uint32)
+            self.scope = np.zeros(self.datagrams, np.int64)
+        if sets > self.sets:
+            self.sets = 1 << (sets - 1).bit_length()
+            self.s_dg, self.s_id, self.s_off, self.s_len, self.tmpl, self.pos, self.inverse, self.uniq = \
+                (np.empty(self.sets, np.int64) for _ in range(8))
+            self.table = np.empty(2 * self.sets, np.int64)
+
+    def walk(self, dg, sel: np.ndarray, version: np.ndarray, status: np.ndarray) -> int:
+        """walk_sets into the buffers (grown and walked again when the sets do not fit); returns the
+        set count."""
+        self._grow(dg.n, 4 * len(sel))
+        while True:
+            k = walk_sets(dg.buf, dg.offs, dg.lens, sel, version, status, self.uptime, self.secs, self.seq,
+                          self.domain, self.s_dg, self.s_id, self.s_off, self.s_len)
+            if k >= 0:
+                return k
+            self._grow(0, 2 * self.sets)
 
 
 def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, exporters, status: np.ndarray) -> Prepared:
     """Walk every v9 / IPFIX datagram of `sel`, take their templates, resolve every data set to a plan."""
     cache = exporters.templates
+    if cache.buffers is None:
+        cache.buffers = _Buffers()
+    w = cache.buffers
     n = dg.n
-    w = _Walked(dg, sel, version, status)
+    k = w.walk(dg, sel, version, status)
     walked = sel[(status[sel] == 0) | (status[sel] == _BAD_SET)]
-    scope_dg = np.full(n, -1, np.int64)
+    scope_dg = w.scope[:n]
+    scope_dg[sel] = -1
     if len(walked):
         scope_dg[walked] = cache.scopes_for(exp_ids[walked], version[walked], w.domain[walked], exporters)
-    status[walked[scope_dg[walked] < 0]] = _SCOPE_OVER  # past limits.max_scopes_per_exporter: dropped
-    w.keep(scope_dg[w.dg] >= 0)
-    ver, scope = version[w.dg], scope_dg[w.dg]
-    now = float(dg.ts[:n].max()) if n else 0.0
-    is_tmpl = np.where(ver == 9, w.id <= 1, (w.id == 2) | (w.id == 3))
-    defs, before = _take_templates(np.flatnonzero(is_tmpl), w, ver, scope, dg, exp_ids, exporters, status)
-    sets = _data_sets(w, ver, scope, dg, exp_ids, defs, before, cache, now)
+        status[walked[scope_dg[walked] < 0]] = _SCOPE_OVER  # past limits.max_scopes_per_exporter: dropped
+    now = float(dg.ts[:n].max())
+    sets = np.empty(k, SET)
+    nd, nt, nu = key_sets(w.s_dg, w.s_id, w.s_off, w.s_len, k, scope_dg, version, exp_ids, dg.ts, w.uptime,
+                          w.secs, sets, w.pos, w.tmpl, w.uniq, w.inverse, w.table[:1 << max(k, 1).bit_length()])
+    sets = sets[:nd]
+    defs, before = _take_templates(w.tmpl[:nt], w, version, scope_dg, dg, exp_ids, exporters, status) if nt else ({}, {})
+    _plans(sets, w.pos[:nd], w.uniq[:nu], w.inverse[:nd], defs, before, cache, now)
     prep = Prepared()
     prep.pbuf = cache.pending.buf
     sets = _release_pending(prep, sets, defs, exporters, now)
     unknown = np.zeros(n, np.bool_)
     sets = _park_waiting(sets, unknown, dg.buf, exporters, now)
-    p = sets["plan"]
-    prep.need = int((sets["len"] // np.maximum(cache.plans.minlen[p], 1)).sum()) if len(p) else 0
+    prep.need, prep.options = most_records(sets, cache.plans.minlen, cache.plans.options)
     prep.sets, prep.sel, prep.scope_dg, prep.h_seq, prep.unknown, prep.buf, prep.version = \
         sets, sel, scope_dg, w.seq, unknown, dg.buf, version
     return prep
 
 
-def _take_templates(rows: np.ndarray, w: _Walked, ver, scope, dg, exp_ids, exporters, status):
-    """Define the templates of every template set, in batch order. Returns {key: [(set row, plan)]}
-    and {key: the plan it had before the batch}."""
+def _take_templates(rows: np.ndarray, w: _Buffers, version, scope_dg, dg, exp_ids, exporters, status):
+    """Define the templates of every template set (walk positions `rows`), in batch order. Returns
+    {key: [(walk position, plan)]} and {key: the plan it had before the batch}."""
     cache = exporters.templates
     buf = dg.buf
     defs: dict[int, list[tuple[int, int]]] = {}
     before: dict[int, int] = {}
     for row in rows.tolist():
-        d = int(w.dg[row])
-        o = int(w.off[row])
-        parsed = cache.parse_set(buf[o:o + int(w.len[row])].tobytes(), int(ver[row]), int(w.id[row]))
+        d = int(w.s_dg[row])
+        o = int(w.s_off[row])
+        scope = int(scope_dg[d])
+        parsed = cache.parse_set(buf[o:o + int(w.s_len[row])].tobytes(), int(version[d]), int(w.s_id[row]))
         e = int(exp_ids[d])
         exporters.add_count("templates", e, len(parsed.templates))
         if parsed.rejected:
@@ -98,11 +120,11 @@ def _take_templates(rows: np.ndarray, w: _Walked, ver, scope, dg, exp_ids, expor
         if parsed.withdrawals:
             exporters.add_count("withdrawals_ignored", e, parsed.withdrawals)
         for t in parsed.templates:
-            key = (int(scope[row]) << 16) | t.template_id
+            key = (scope << 16) | t.template_id
             if key not in before:
                 before[key] = cache.lookup(key, float(dg.ts[d]))
             held = cache.templates.get(key)
-            pid = cache.define(int(scope[row]), t, float(dg.ts[d]))
+            pid = cache.define(scope, t, float(dg.ts[d]))
             if pid < 0:                              # past a [limits] bound: not stored, counted
                 exporters.add_count("templates_over_limit", e)
                 continue
@@ -112,32 +134,25 @@ def _take_templates(rows: np.ndarray, w: _Walked, ver, scope, dg, exp_ids, expor
     return defs, before
 
 
-def _data_sets(w: _Walked, ver, scope, dg, exp_ids, defs: dict, before: dict, cache, now: float) -> np.ndarray:
-    """The batch's data sets as SET rows, each with its plan (-1: none yet): Python per distinct
-    (scope, template id)."""
-    data = np.flatnonzero(w.id >= 256)
-    keys = (scope[data] << 16) | w.id[data]
-    plan = np.full(len(data), -1, np.int32)
-    if len(data):
-        # the plan each distinct key has now (a dict lookup per key: thousands of exporters put
-        # hundreds of keys in a batch), then the keys this batch defines, set by set
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        lookup = cache.lookup
-        plan = np.fromiter((lookup(k, now) for k in uniq.tolist()), np.int32, len(uniq))[inverse]
-        for key in defs.keys() & set(uniq.tolist()):
-            idx = np.flatnonzero(keys == key)
-            dd = defs[key]
-            pos = np.array([r for r, _ in dd], np.int64)
-            pids = np.array([p for _, p in dd], np.int32)
-            at = np.searchsorted(pos, data[idx], side="right") - 1
-            earlier = before[key] if before[key] >= 0 else pids[0]
-            plan[idx] = np.where(at >= 0, pids[np.maximum(at, 0)], earlier)
-    d = w.dg[data]
-    sets = np.zeros(len(data), SET)
-    sets["off"], sets["len"], sets["plan"], sets["exp"], sets["ver"] = w.off[data], w.len[data], plan, exp_ids[d], ver[data]
-    sets["ts"], sets["uptime"], sets["secs"], sets["scope"], sets["dg"], sets["key"] = \
-        dg.ts[d], w.uptime[d], w.secs[d], scope[data], d, keys
-    return sets
+def _plans(sets: np.ndarray, pos: np.ndarray, uniq: np.ndarray, inverse: np.ndarray, defs: dict, before: dict,
+           cache, now: float) -> None:
+    """Each data set's plan (-1: none yet): the one its key has now (a dict lookup per distinct key:
+    thousands of exporters put hundreds of keys in a batch), then for the keys this batch defines,
+    set by set by walk position (`pos`)."""
+    if not len(sets):
+        return
+    lookup = cache.lookup
+    keys = uniq.tolist()
+    plan = np.fromiter((lookup(k, now) for k in keys), np.int32, len(keys))[inverse]
+    for key in defs.keys() & set(keys):
+        idx = np.flatnonzero(sets["key"] == key)
+        dd = defs[key]
+        at_pos = np.array([r for r, _ in dd], np.int64)
+        pids = np.array([p for _, p in dd], np.int32)
+        at = np.searchsorted(at_pos, pos[idx], side="right") - 1
+        earlier = before[key] if before[key] >= 0 else pids[0]
+        plan[idx] = np.where(at >= 0, pids[np.maximum(at, 0)], earlier)
+    sets["plan"] = plan
 
 
 def _release_pending(prep: Prepared, sets: np.ndarray, defs: dict, exporters, now: float) -> np.ndarray:
@@ -205,29 +220,26 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = Fals
     `records` (per exporter) gets every flow record cut, kept or not."""
     cache = exporters.templates
     pl = cache.plans
+    w = cache.buffers
     sets = prep.sets
     n = out.n
     if len(sets):
         plans = pl.arrays()
         s = exporters.sflow                          # the packet kernel's tables live with the sFlow state
         http = (cache.pat_buf, cache.pat_off, s.hdr, s.hdr_off, s.scratch)
-        options = pl.options[sets["plan"]]
-        if options.any():
+        if prep.options:
+            options = pl.options[sets["plan"]]
             opts = np.empty(prep.need + 1, OPTION)
             _, no = decode_sets(prep.buf, prep.pbuf, sets, plans, (cache.samp_keys, cache.samp_rates), http, True,
-                                out.rows, n, opts, ep, False, np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64))
+                                out.rows, n, opts, ep, False, w.so, w.sl)
             cache.set_rates(opts["scope"][:no], opts["sampler"][:no], opts["rate"][:no])
             exporters.add_counts("options_records", np.repeat(sets["exp"][options], sets["nrec"][options]))
         n, _ = decode_sets(prep.buf, prep.pbuf, sets, plans, (cache.samp_keys, cache.samp_rates), http, False,
-                           out.rows, n, np.empty(0, OPTION), ep, bool(keep),
-                           np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64))
-        if records is not None:
-            np.add.at(records, sets["exp"][~options], sets["nrec"][~options])
-        baddg = sets["dg"][(sets["bad"] != 0) & (sets["dg"] >= 0)]
-        status[baddg[status[baddg] == 0]] = _BAD_RECORD
+                           out.rows, n, _NO_OPTIONS, ep, bool(keep), w.so, w.sl)
     per_dg = np.zeros(prep.scope_dg.shape[0], np.int64)
-    inbatch = sets["dg"] >= 0
-    np.add.at(per_dg, sets["dg"][inbatch], sets["nrec"][inbatch])
+    if len(sets):
+        tally(sets, pl.options, records if records is not None else np.zeros(len(exporters.seq_next), np.int64),
+              per_dg, status, _BAD_RECORD)
     sequence(prep.sel, prep.scope_dg, prep.version, prep.h_seq, per_dg, prep.unknown,
              cache.seq_next, cache.seq_seen, cache.seq_lost, cache.seq_count)
     return n

@@ -73,6 +73,7 @@ class ScopeTable:
         self.samp_rates = np.zeros(0, np.float64)
         self.set_url_patterns(url_patterns)
         self._parsed: dict[tuple[int, int, bytes], SetParse] = {}   # see parse_set
+        self.buffers = None                           # resolve.py's scratch, reused batch after batch
         from .pending import Pending                  # the buffer of data sets waiting for templates
         self.pending = Pending(bounds.max_pending_bytes_per_exporter, bounds.max_pending_bytes)
 

@@ -4,17 +4,19 @@ The batch's data sets arrive as rows of SET (resolve.py found each one's plan); 
 their records in order, one by one (records.py: locate the fields, then emit the row).
 Options data sets the sampling rate of its scope (sampler -1) or of its sampler / selector id
 (OPTION rows, applied by the caller before the batch's flow records). With an endpoint table,
-the rows of each set that cannot alert are dropped while they are still in cache
-(kernels.compact), so the batch holds only the rows that may alert.
+the batch holds only the rows that may alert: a record whose template has no content field (URL,
+HTTP method, packet section) is tested by its addresses before its row is written
+(records.may_alert: most records never become a row); the rows of other sets are dropped
+while they are still in cache (kernels.compact).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..jit import kernel
-from ..kernels import compact
+from ..kernels import compact, cover
 from .fields import NSLOT
-from .records import emit, locate, option_rate, option_sampler
+from .records import address_slots, emit, locate, may_alert, next_may_alert, option_rate, option_sampler
 
 __all__ = ["SET", "OPTION", "decode_sets"]
 
@@ -41,9 +43,12 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
     no = 0
     reclen, minlen, f0, nf, options, slot_off, slot_len = (plans.reclen, plans.minlen, plans.f0, plans.nf,
                                                            plans.options, plans.slot_off, plans.slot_len)
-    f_len, f_slot = plans.f_len, plans.f_slot
+    f_len, f_slot, content = plans.f_len, plans.f_slot, plans.content
+    ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = ep
+    cv = cover(ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)
     samp_keys, samp_rates = rates
     pat, pat_off = http[0], http[1]
+    loaded = -1                                     # the fixed plan so / sl hold (locate overwrites them)
     for i in range(sets.shape[0]):
         s = sets[i]
         p = s.plan
@@ -56,14 +61,23 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
         L = reclen[p]
         n0 = n
         cnt = 0
-        if L > 0:
+        by_address = compacting and not want_options and not content[p]   # may_alert decides
+        if L > 0 and p != loaded:                  # so / sl still hold the last set's fixed plan
             for k in range(NSLOT):
                 so[k] = slot_off[p, k]
                 sl[k] = slot_len[p, k]
+            loaded = p
+        at = address_slots(so)
+        stop = o + (s.len // L) * L if L > 0 else end
         while True:
+            if by_address and L > 0:               # a fixed layout: on to its next record that may alert
+                q = next_may_alert(b, o, stop, L, at, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv)
+                cnt += (q - o) // L
+                o = q
             if L > 0:
                 nxt = o + L if end - o >= L else -1
             elif end - o >= minlen[p]:
+                loaded = -1
                 nxt = locate(b, o, end, f_len, f_slot, f0[p], nf[p], so, sl)
                 if nxt < 0:
                     s.bad = 1
@@ -81,11 +95,13 @@ def decode_sets(buf, pbuf, sets, plans, rates, http, want_options, c, n, opts, e
             else:
                 if n >= cap:
                     break
-                emit(b, o, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main)
-                n += 1
+                if not by_address or L > 0 or may_alert(b, o, address_slots(so), ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4,
+                                                         cv):
+                    emit(b, o, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, main)
+                    n += 1
             cnt += 1
             o = nxt
         s.nrec = cnt
-        if compacting and not want_options:
+        if compacting and not want_options and not by_address:
             n = compact(c, n0, n, ep)
     return n, no

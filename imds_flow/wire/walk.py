@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import njit
+from ..jit import kernel, njit
 from .errors import reason_code
 from .readers import _u16, _u32
 
-__all__ = ["walk_sets", "sequence"]
+__all__ = ["walk_sets", "key_sets", "most_records", "tally", "sequence"]
 
 _TOO_SHORT = reason_code("too_short")
 _BAD_LENGTH = reason_code("bad_length")
@@ -23,8 +23,10 @@ _BAD_SET = reason_code("bad_set_length")
 @njit
 def walk_sets(buf, offs, lens, sel, version, status, h_uptime, h_secs, h_seq, h_domain,
               s_dg, s_id, s_off, s_len):
-    """Headers of datagrams `sel` into h_* and one row per set into s_*; returns the set count."""
+    """Headers of datagrams `sel` into h_* and one row per set into s_*; returns the set count, or
+    -1 when the sets do not fit s_* (the caller grows them and walks again: it writes nothing else)."""
     k = 0
+    cap = s_dg.shape[0]
     for j in range(sel.shape[0]):
         d = sel[j]
         o = offs[d]
@@ -60,6 +62,8 @@ def walk_sets(buf, offs, lens, sel, version, status, h_uptime, h_secs, h_seq, h_
             if sl < 4 or sl > end - p:
                 status[d] = _BAD_SET
                 break
+            if k == cap:
+                return -1
             s_dg[k] = d
             s_id[k] = sid
             s_off[k] = p + 4
@@ -67,6 +71,92 @@ def walk_sets(buf, offs, lens, sel, version, status, h_uptime, h_secs, h_seq, h_
             k += 1
             p += sl
     return k
+
+
+@kernel
+def key_sets(s_dg, s_id, s_off, s_len, k, scope, version, exp_ids, ts, h_uptime, h_secs,
+             sets, pos, tmpl, uniq, inverse, table):
+    """The walked sets 0..k-1 (walk_sets' s_*) of datagrams with a scope (scope[d] >= 0), in walk
+    order: template and options template sets (v9 ids 0 and 1, IPFIX 2 and 3) by walk position
+    into tmpl; data sets (ids >= 256) as v9ipfix.SET rows into `sets` with their key (scope << 16
+    | template id; plan -1, found by the caller), their walk positions into pos, their keys'
+    distinct values in order of first appearance into uniq and each one's index there into
+    inverse. Other set ids are skipped. `table`: int64 scratch, a power of two above k.
+    Returns (data sets, template sets, distinct keys)."""
+    mask = table.shape[0] - 1
+    for j in range(table.shape[0]):
+        table[j] = -1
+    nd = 0
+    nt = 0
+    nu = 0
+    for r in range(k):
+        d = s_dg[r]
+        sc = scope[d]
+        if sc < 0:
+            continue
+        sid = s_id[r]
+        v = version[d]
+        if (v == 9 and sid <= 1) or (v == 10 and (sid == 2 or sid == 3)):
+            tmpl[nt] = r
+            nt += 1
+            continue
+        if sid < 256:
+            continue
+        key = (sc << 16) | sid
+        h = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+        while table[h] >= 0 and uniq[table[h]] != key:
+            h = (h + 1) & mask
+        if table[h] < 0:
+            table[h] = nu
+            uniq[nu] = key
+            nu += 1
+        inverse[nd] = table[h]
+        pos[nd] = r
+        s = sets[nd]
+        s.src = 0
+        s.ver = v
+        s.bad = 0
+        s.plan = -1
+        s.exp = exp_ids[d]
+        s.uptime = h_uptime[d]
+        s.off = s_off[r]
+        s.len = s_len[r]
+        s.ts = ts[d]
+        s.secs = h_secs[d]
+        s.scope = sc
+        s.dg = d
+        s.key = key
+        s.nrec = 0
+        nd += 1
+    return nd, nt, nu
+
+
+@kernel
+def most_records(sets, minlen, options):
+    """How many records the sets can hold at most (each set's length over its plan's shortest
+    record: the rows the batch needs), and how many are options data sets (cut first)."""
+    need = 0
+    n_options = 0
+    for i in range(sets.shape[0]):
+        p = sets[i].plan
+        need += sets[i].len // max(minlen[p], 1)
+        n_options += options[p]
+    return need, n_options
+
+
+@kernel
+def tally(sets, options, records, per_dg, status, bad_record):
+    """After the cut: each flow data set's records into records[exporter] (options data are not flow
+    records), every in-batch set's into per_dg[datagram] (the sequence count), and a datagram
+    with a set a record overran gets status bad_record unless it has another already."""
+    for i in range(sets.shape[0]):
+        s = sets[i]
+        if not options[s.plan]:
+            records[s.exp] += s.nrec
+        if s.dg >= 0:
+            per_dg[s.dg] += s.nrec
+            if s.bad != 0 and status[s.dg] == 0:
+                status[s.dg] = bad_record
 
 
 @njit

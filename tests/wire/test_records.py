@@ -6,19 +6,22 @@ to the packet kernel's own oracle tests (test_packet.py).
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from imds_flow import wire
+from imds_flow import config, wire
 from imds_flow.datagrams import DatagramBatch
+from imds_flow.detect import Detector
 from imds_flow.exporters import ExporterTable
-from imds_flow.flows import COLUMNS, FlowBatch, HTTP_COLUMNS
+from imds_flow.flows import COLUMNS, NAT_DST, NAT_SRC, FlowBatch, HTTP_COLUMNS
 from imds_flow.wire.fields import ELEMENTS, SLOT_KIND
 from imds_flow.wire.scopes import ScopeTable
 
 from imds_flow.build import data_set, ipfix, template_set, v9
+from tests.support.oracle import addr_str, ip_of
 from tests.support.records_oracle import decode_record
 
 URLS = ("/latest/meta-data", "/api/")
@@ -65,7 +68,7 @@ def records(draw, reclen):
     return out
 
 
-def _decode(version, flds, recs, rates):
+def _decode(version, flds, recs, rates, keep=None):
     ex = ExporterTable(clock=lambda: 0.0, templates=ScopeTable(url_patterns=URLS))
     pkt = v9 if version == 9 else ipfix
     spec = [f if f[0] else (f[1], f[2]) for f in flds]
@@ -78,7 +81,7 @@ def _decode(version, flds, recs, rates):
         cache.set_rates(np.zeros(len(rates), np.int64), np.array(sampler, np.int64), np.array(rate, np.float64))
     dg = DatagramBatch.from_payloads([pkt([data_set(300, recs, pad_to=1)], seq=1)], ts=1001.5)
     ids = ex.lookup(dg.src_hi, dg.src_lo, dg.sport)
-    status = wire.decode(dg, ids, ex, out)
+    status = wire.decode(dg, ids, ex, out, keep=keep)
     return status.tolist(), int(ids[0]), {name: out.view(name).copy() for name, _ in COLUMNS}
 
 
@@ -108,3 +111,42 @@ def test_records_equal_the_oracle(data):
                 assert math.isnan(want[name]), name
             else:
                 assert value == want[name], (name, i)
+
+
+# endpoint networks that random record bytes fall into often (and the bytes 0, 0xFF, 169, 254)
+_NETS = ("0.0.0.0/1", "169.254.169.254", "255.255.0.0/16", "0.0.0.0/32", "::/1", "ff00::/8", "::ffff:0:0/96")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_decoding_with_an_endpoint_table_keeps_the_oracle_records_that_may_alert(data):
+    """wire.decode(keep=...) keeps exactly the records whose address or post-NAT address lies in an
+    endpoint, or which carry a URL substring (the oracle's columns, ipaddress-matched), in order;
+    for fixed and (a trailing empty variable-length field) variable-length layouts."""
+    version = data.draw(st.sampled_from([9, 10]))
+    flds = data.draw(fields(version))
+    recs = data.draw(records(sum(ln for _, _, ln in flds)))
+    var = data.draw(st.booleans())
+    chosen = data.draw(st.lists(st.sampled_from(_NETS), min_size=1, max_size=3, unique=True))
+    nets = [ipaddress.ip_network(n) for n in chosen]
+    conf = config.parse("".join(f'[[endpoints]]\nname = "e{i}"\naddress = "{n}"\n' for i, n in enumerate(chosen)))
+    status, exporter, got = _decode(version, flds + [(0, 999, 0xFFFF)] if var else flds,
+                                    [r + b"\0" for r in recs] if var else recs, [], keep=Detector(conf).endpoints)
+    assert status == [0]
+
+    def in_endpoint(hi, lo):
+        ip = ip_of(addr_str(hi, lo))
+        return any(ip.version == n.version and ip in n for n in nets)
+
+    want = []
+    for rec in recs:
+        r = decode_record(rec, flds, version, _UPTIME if version == 9 else 0, float(_SECS), {}, URLS)
+        if (r["url"] >= 0 or in_endpoint(r["src_hi"], r["src_lo"]) or in_endpoint(r["dst_hi"], r["dst_lo"])
+                or (r["row_flags"] & NAT_SRC and in_endpoint(r["nsrc_hi"], r["nsrc_lo"]))
+                or (r["row_flags"] & NAT_DST and in_endpoint(r["ndst_hi"], r["ndst_lo"]))):
+            want.append(r)
+    assert len(got["ts"]) == len(want)
+    for i, r in enumerate(want):
+        for name in ("src_hi", "src_lo", "dst_hi", "dst_lo", "nsrc_lo", "ndst_lo", "sport", "dport", "bytes",
+                     "url", "row_flags"):
+            assert got[name][i].item() == r[name], (name, i)

@@ -100,6 +100,16 @@ def test_template_later_in_the_same_datagram_decodes_earlier_data():
     assert len(recs) == 1 and recs[0]["dst"] == "169.254.169.254"
 
 
+def test_datagrams_of_many_sets_decode_every_one_in_order():
+    """More sets than the walk's buffers first hold (they grow and the batch is walked again)."""
+    s = State()
+    s.feed([ipfix([template_set(10, {256: F4})])])
+    sets = [data_set(256, [flow(sport=i)]) for i in range(300)]
+    status, recs = s.feed([ipfix(sets[:150]), ipfix(sets[150:])])
+    assert status == ["ok", "ok"]
+    assert [r["sport"] for r in recs] == list(range(300))
+
+
 def test_redefinition_mid_batch_keeps_each_layout_for_its_own_data():
     s = State()
     s.feed([ipfix([template_set(10, {256: F4})])])
