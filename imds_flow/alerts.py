@@ -63,8 +63,8 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             "version": version, "src": from_hilo(src_hi, src_lo), "dst": from_hilo(dst_hi, dst_lo),
             "sport": sport, "dport": dport, "proto": proto, "vlan": vlan,
             "endpoint": names[ep], "direction": DIRECTIONS[direction],
-            "bytes": b, "packets": p, "first_seen": None if first != first else first,
-            "last_seen": None if last != last else last, "count": 1, "sampling_rate": sampling,
+            "bytes": b, "packets": p, "first_seen": _time(first), "last_seen": _time(last),
+            "count": 1, "sampling_rate": sampling,
             # bytes / packets as the exporter reported them; estimates scaled by its sampling rate
             "bytes_estimate": b * sampling, "packets_estimate": p * sampling,
         }

@@ -383,11 +383,7 @@ def fold_insert_rows(c, idx, ep, direction, at, values, t_keys, t_val):
     """fold_insert of the fold key of each hit at[k] (a position in idx / ep / direction) -> values[k]."""
     for k in range(at.shape[0]):
         f = at[k]
-        words = fold_words(c, idx[f], ep[f], direction[f])
-        s = _find_words(words, t_keys, t_val)
-        for q in range(6):
-            t_keys[s, q] = words[q]
-        t_val[s] = values[k]
+        fold_insert(fold_words(c, idx[f], ep[f], direction[f]), values[k], t_keys, t_val)
 
 
 @kernel
