@@ -1,7 +1,8 @@
 """sFlow version 5 (sflow.org), sans-IO: one numba kernel decodes every sFlow datagram of a batch.
 
-Rules: a datagram is checked whole before it is decoded: every sample and every flow record must fit
-in what contains it, else the datagram is rejected (bad_sample) and its neighbours decode as usual;
+Rules: a datagram counts only whole: every sample and every flow record must fit in what contains
+it, else the datagram is rejected (bad_sample), leaves no row and no count, and its neighbours
+decode as usual (one walk checks and decodes; a datagram's rows and counts are committed at its end);
 bytes after the last sample are ignored. One row per flow sample (compact 0:1 or expanded 0:3) that
 carries a packet: its raw header record (0:1; Ethernet, IPv4 or IPv6, walked by wire/packet.py),
 else its sampled IPv4 / IPv6 record (0:3, 0:4). bytes = the sampled frame's length, packets = 1,
@@ -29,6 +30,7 @@ _TOO_SHORT = reason_code("too_short")
 _UNKNOWN = reason_code("unknown_version")
 _BAD = reason_code("bad_sample")
 MIN_ROW_BYTES = 48           # a flow sample with one record takes at least this many bytes
+_MAX_DATAGRAM = 65535        # the longest UDP payload
 # the exporter counters the kernel adds to (tally), in this order
 SKIPPED = ("sflow_samples_skipped", "sflow_records_skipped", "sflow_datagrams_lost")
 TALLY = ("records", *SKIPPED)
@@ -44,7 +46,11 @@ class SflowState:
         self.set_patterns(url_substrings, header_names)
         self.src_key = np.full(1 << _TABLE_BITS, -1, np.int64)   # (exporter, source id) of the slot
         self.src_next = np.zeros(1 << _TABLE_BITS, np.uint32)    # next flow-sample sequence number
-        self.sources = (self.src_key, self.src_next)              # as decode_datagrams takes them
+        # a datagram's flow-sample sequence numbers wait here until the whole datagram has proved
+        # sound (at most one per MIN_ROW_BYTES of a datagram UDP can carry)
+        self.pend_key = np.zeros(_MAX_DATAGRAM // MIN_ROW_BYTES + 1, np.int64)
+        self.pend_seq = np.zeros(_MAX_DATAGRAM // MIN_ROW_BYTES + 1, np.uint32)
+        self.sources = (self.src_key, self.src_next, self.pend_key, self.pend_seq)   # as decode_datagrams takes them
 
     def set_patterns(self, url_substrings, header_names) -> None:
         """http.url_substrings and http.header_names as the kernels read them; the detector's
@@ -101,53 +107,32 @@ def agents(buf, offs, lens, sel, exp_ids, out_hi, out_lo, out_sub, out_ok):
     return -1 if same and found > 0 else found
 
 
-@njit
-def _check(buf, p, end, nsamp):
-    """Number of flow samples if every sample and flow record fits, else -1."""
-    flows = 0
-    for _ in range(nsamp):
-        if p + 8 > end:
-            return -1
-        fmt = _u32(buf, p)
-        ln = _u32(buf, p + 4)
-        body = p + 8
-        send = body + ln
-        if send > end:
-            return -1
-        if fmt == 1 or fmt == 3:
-            head = 32 if fmt == 1 else 44
-            if ln < head:
-                return -1
-            nrec = _u32(buf, body + head - 4)
-            r = body + head
-            for _ in range(nrec):
-                if r + 8 > send:
-                    return -1
-                rl = _u32(buf, r + 4)
-                r += 8 + rl
-                if r > send:
-                    return -1
-            flows += 1
-        p = send
-    return flows
+_NO_SLOT = np.uint64(1 << 63)
 
 
 @step
-def _track(key, seq, src_key, src_next):
-    """Flow samples missed before `seq` for (exporter, source id) `key`; 0 when first seen or untracked."""
+def _slot(key, seq, src_key, src_next):
+    """The tracking slot of (exporter, source id) `key`; a key seen first claims one expecting `seq`,
+    so that its first sample counts no gap. _NO_SLOT when the probe sequence is full: untracked."""
     mask = np.uint64((1 << _TABLE_BITS) - 1)
     h = (np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - _TABLE_BITS)
     for i in range(_PROBES):
         s = (h + np.uint64(i)) & mask
         if src_key[s] == key:
-            gap = np.uint32(seq - src_next[s])
-            src_next[s] = np.uint32(seq + 1)
-            return np.int64(gap) if gap < np.uint32(0x80000000) else np.int64(0)
+            return s
         if src_key[s] < 0:
             src_key[s] = key
-            src_next[s] = np.uint32(seq + 1)
-            return np.int64(0)
-    return np.int64(0)
+            src_next[s] = np.uint32(seq)
+            return s
+    return _NO_SLOT
+
+
+@step
+def _track(s, seq, src_next):
+    """Flow samples missed before `seq` by the source id of slot s (0 when seq went back)."""
+    gap = np.uint32(seq - src_next[s])
+    src_next[s] = np.uint32(seq + 1)
+    return np.int64(gap) if gap < np.uint32(0x80000000) else np.int64(0)
 
 
 @kernel
@@ -157,7 +142,7 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
     dgs = (buf, offs, lens, ts): the datagram batch's arrays. status[d] gets 0 or a reason code.
     tally = per-exporter counter columns (TALLY: records decoded, then the SKIPPED counts), added
     to in place; seq = (seq_next, seq_seen, seq_lost): per-exporter arrays (datagram sequence,
-    flow samples missed); sources = (src_key, src_next) and http = (pat, pat_off, hdr, hdr_off,
+    flow samples missed); sources = (src_key, src_next, pend_key, pend_seq) and http = (pat, pat_off, hdr, hdr_off,
     scratch: the packet kernel's tables) as SflowState holds them. With `keep`, only samples that
     may alert get a row (an address in an endpoint of `ep`, a URL substring or a configured header
     name: a superset of detect_batch's hits); every decoded sample is counted all the same.
@@ -167,7 +152,7 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
     buf, offs, lens, ts = dgs
     records, samples_skipped, records_skipped, datagrams_lost = tally
     seq_next, seq_seen, seq_lost = seq
-    src_key, src_next = sources
+    src_key, src_next, pend_key, pend_seq = sources
     pat, pat_off, hdr, hdr_off, scr = http
     ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4 = ep
     cap = c.ts.shape[0]
@@ -178,26 +163,38 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
         if code != 0:
             status[d] = code
             continue
-        nsamp = _u32(buf, p + 12)
-        flows = _check(buf, p + 16, end, nsamp)
-        if flows < 0:
-            status[d] = _BAD
-            continue
-        if n + flows > cap:           # the caller sizes columns from the batch; never overrun
-            break
-        status[d] = 0
         e = exp_ids[d]
-        datagrams_lost[e] += _datagrams_lost(_u32(buf, p + 4), e, seq_next, seq_seen)
+        # one walk checks and decodes: the datagram's rows and counts are its own until its last
+        # sample has proved to fit, then committed; a bad one takes its rows back and counts nothing
+        n0 = n
+        flows = 0                      # samples decoded (their sequence numbers wait in pend_*)
+        s_skip = 0
+        r_skip = 0
+        bad = False
+        nsamp = _u32(buf, p + 12)
+        dseq = _u32(buf, p + 4)
         p += 16
         for _ in range(nsamp):
+            if p + 8 > end:
+                bad = True
+                break
             fmt = _u32(buf, p)
             body = p + 8
             p = body + _u32(buf, p + 4)
+            if p > end:
+                bad = True
+                break
             if fmt != 1 and fmt != 3:
-                samples_skipped[e] += 1
+                s_skip += 1
                 continue
+            if p - body < (32 if fmt == 1 else 44):
+                bad = True
+                break
             sseq, source, rate, in_if, out_if, nrec, r = _flow_sample(buf, fmt, body)
-            raw, raw_end, ip4, ip6, sw, skipped = _records(buf, r, nrec)
+            raw, raw_end, ip4, ip6, sw, skipped = _records(buf, r, nrec, p)
+            if skipped < 0:                # a record does not fit in its sample
+                bad = True
+                break
             version = 0
             size = np.uint64(0)
             if raw >= 0:                   # the raw packet header, walked by the packet kernel
@@ -211,15 +208,22 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
                 skipped += (ip4 >= 0) + (ip6 >= 0)
             elif ip4 >= 0 or ip6 >= 0:
                 version, size = _sampled_ip(buf, ip4, ip6, scr)
-            records_skipped[e] += skipped
+            r_skip += skipped
             if version == 0:
-                samples_skipped[e] += 1
+                s_skip += 1
                 continue
-            seq_lost[e] += _track((np.int64(e) << 40) | source, sseq, src_key, src_next)
-            records[e] += 1
+            if flows == pend_key.shape[0]:  # more samples than a UDP datagram can hold
+                bad = True
+                break
+            pend_key[flows] = (np.int64(e) << 40) | source
+            pend_seq[flows] = sseq
+            flows += 1
             if keep and not (scr[S_URL] != 0 or (scr[S_METHOD] != 0 and scr[S_HEADERS] != 0)
                              or _in_endpoint(version, scr, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)):
                 continue
+            if n == cap:                   # the caller sizes columns from the batch; never overrun
+                bad = True
+                break
             c.row_flags[n] = SFLOW
             store(scr, c, n)               # addresses, ports, VLAN tags, url, HTTP
             c.exporter[n] = e
@@ -235,6 +239,23 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
             c.vlan_src[n] = np.int16(_u32(buf, sw) & 0xFFF) if sw >= 0 else np.int16(-1)
             c.vlan_dst[n] = np.int16(_u32(buf, sw + 8) & 0xFFF) if sw >= 0 else np.int16(-1)
             n += 1
+        if bad:
+            n = n0
+            status[d] = _BAD
+            continue
+        status[d] = 0
+        datagrams_lost[e] += _datagrams_lost(dseq, e, seq_next, seq_seen)
+        last = np.int64(-1)            # consecutive samples of one source id share its slot
+        slot = np.uint64(0)
+        for i in range(flows):
+            if pend_key[i] != last:
+                last = pend_key[i]
+                slot = _slot(last, pend_seq[i], src_key, src_next)
+            if slot != _NO_SLOT:
+                seq_lost[e] += _track(slot, pend_seq[i], src_next)
+        records[e] += flows
+        samples_skipped[e] += s_skip
+        records_skipped[e] += r_skip
     return n
 
 
@@ -298,9 +319,10 @@ def _flow_sample(buf, fmt, body):
 
 
 @step
-def _records(buf, r, nrec):
+def _records(buf, r, nrec, send):
     """Where the first raw header record (and its end), sampled IPv4, sampled IPv6 and extended
-    switch record of a flow sample start (-1: none), and how many other records it holds."""
+    switch record of a flow sample start (-1: none), and how many other records it holds (-1: a
+    record does not fit in the sample, which ends at `send`)."""
     skipped = 0
     raw = -1
     ip4 = -1
@@ -308,10 +330,14 @@ def _records(buf, r, nrec):
     sw = -1
     raw_end = 0
     for _ in range(nrec):
+        if r + 8 > send:
+            return raw, raw_end, ip4, ip6, sw, -1
         rf = _u32(buf, r)
         rl = _u32(buf, r + 4)
         rb = r + 8
         r = rb + rl
+        if r > send:
+            return raw, raw_end, ip4, ip6, sw, -1
         if rf == 1 and rl >= 16 and raw < 0:
             raw = rb
             raw_end = r

@@ -263,3 +263,31 @@ def test_in_endpoint_is_match_net(nets, src, dst, family):
     want = any(match_net(np.uint64(r[s]), np.uint64(r[s + 1]), *cols, v4) >= 0
                for s in (packet.S_SRC_HI, packet.S_DST_HI))
     assert sflow._in_endpoint(4 if family == "4" else 6, r, *cols, v4) == want
+
+
+
+def test_a_rejected_datagram_takes_back_its_rows_and_counts():
+    """One walk checks and decodes: when a later sample does not fit, the rows and counts of the
+    samples before it are taken back (no row, no record, no sequence number tracked), and the
+    datagrams around it decode as usual."""
+    import struct
+    from imds_flow import build
+
+    def imds(seq):
+        return build.packet_sample(seq, build.frame("10.0.0.1", "169.254.169.254", 40000, 80))
+    overrun = build.flow_sample(9, [struct.pack(">II", 1, 10_000) + bytes(16)])   # its record runs past it
+    dg = DatagramBatch.from_payloads([build.sflow([imds(5)], seq=1), build.sflow([imds(6), imds(7), overrun], seq=2),
+                                      build.sflow([imds(8)], seq=3)], src=SOURCE, ts=1000.0)
+    ex = ExporterTable()
+    ids = ex.lookup(dg.src_hi, dg.src_lo, dg.sport)
+    fb = FlowBatch(8)
+    status = wire.decode(dg, ids, ex, fb)
+    assert [wire.REASONS[s] for s in status] == ["ok", "bad_sample", "ok"]
+    assert fb.n == 2 and list(fb.view("sport")) == [40000, 40000]
+    row = int(ids[0])
+    assert int(ex.column("records")[row]) == 2
+    assert int(ex.seq_lost[row]) == 2                 # samples 6 and 7 went with their datagram
+    assert int(ex.column("sflow_datagrams_lost")[row]) == 1
+    assert ex.sflow.next_sequence(row, 0, 7) == 9
+    whole = build.sflow([imds(6), imds(7)], seq=2)   # the same samples without the bad one: two rows
+    assert _decode(whole)[3].n == 2
