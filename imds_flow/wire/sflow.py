@@ -171,6 +171,7 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
         s_skip = 0
         r_skip = 0
         bad = False
+        full = False
         nsamp = _u32(buf, p + 12)
         dseq = _u32(buf, p + 4)
         p += 16
@@ -222,7 +223,7 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
                              or _in_endpoint(version, scr, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4)):
                 continue
             if n == cap:                   # the caller sizes columns from the batch; never overrun
-                bad = True
+                full = True
                 break
             c.row_flags[n] = SFLOW
             store(scr, c, n)               # addresses, ports, VLAN tags, url, HTTP
@@ -239,6 +240,9 @@ def decode_datagrams(dgs, sel, exp_ids, c, n, status, tally, seq, sources, http,
             c.vlan_src[n] = np.int16(_u32(buf, sw) & 0xFFF) if sw >= 0 else np.int16(-1)
             c.vlan_dst[n] = np.int16(_u32(buf, sw + 8) & 0xFFF) if sw >= 0 else np.int16(-1)
             n += 1
+        if full:                       # (cannot happen): stop, this datagram and the rest undecoded
+            n = n0
+            break
         if bad:
             n = n0
             status[d] = _BAD

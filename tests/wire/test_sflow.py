@@ -291,3 +291,28 @@ def test_a_rejected_datagram_takes_back_its_rows_and_counts():
     assert ex.sflow.next_sequence(row, 0, 7) == 9
     whole = build.sflow([imds(6), imds(7)], seq=2)   # the same samples without the bad one: two rows
     assert _decode(whole)[3].n == 2
+
+
+def test_the_kernel_never_writes_past_its_columns():
+    """Columns too short for the rows (wire.decode never gives such): the kernel stops at the first
+    datagram that does not fit, takes back that datagram's rows and decodes nothing after it."""
+    import numpy as np
+    from imds_flow import build
+
+    def imds(seq):
+        return build.packet_sample(seq, build.frame("10.0.0.1", "169.254.169.254", 40000 + seq, 80))
+    dg = DatagramBatch.from_payloads([build.sflow([imds(1)], seq=1), build.sflow([imds(2), imds(3)], seq=2),
+                                      build.sflow([imds(4)], seq=3)], src=SOURCE, ts=1000.0)
+    rows = FlowBatch(2).rows[:2]
+    rows[:] = np.zeros(2, rows.dtype)
+    st = sflow.SflowState()
+    tally = tuple(np.zeros(1, np.int64) for _ in sflow.TALLY)
+    seq = (np.zeros(1, np.uint32), np.zeros(1, np.bool_), np.zeros(1, np.int64))
+    status = np.zeros(3, np.int16)
+    ep = (np.zeros(0, np.uint64),) * 4 + (np.zeros(0, np.bool_),)
+    n = sflow.decode_datagrams((dg.buf, dg.offs, dg.lens, dg.ts), np.arange(3, dtype=np.int64), np.zeros(3, np.int32),
+                               rows[:1], 0, status, tally, seq, st.sources, st.http,
+                               False, ep)
+    assert n == 1 and int(rows[0]["sport"]) == 40001
+    assert all(rows[1][name] == 0 for name in rows.dtype.names)   # never touched
+    assert int(tally[0][0]) == 1 and list(status) == [0, 0, 0]  # the second and third: not decoded, not counted
