@@ -6,8 +6,14 @@ Kernels take the structured array `rows` (one argument: numba types it in well u
 microsecond and compiles it as one record type, where a tuple of thirty-odd column arrays cost
 tens of microseconds a call and most of the first start's compile time); they read fields as
 `c.src_hi[i]`, as they would columns. Python code reads `cols`, the same fields as column views.
-Absent values: NAT addresses 0 with the flag bit clear, VLAN -1, times NaN, sampling 0, url -1;
-the HTTP columns (http_method, url_off, url_len, headers) hold values only with the HTTP flag.
+Absent values: NAT addresses 0 with the flag bit clear, VLAN -1, vlan_more 0, times NaN,
+sampling 0, url -1; the HTTP columns (http_method, url_off, url_len, headers) hold values only
+with the HTTP flag.
+
+vlan_more: the ids of a sampled frame's 3rd, 4th, ... 802.1Q / 802.1ad tags (vlan_dot1q and
+vlan_cust hold the 1st and 2nd), packed 12 bits each: tag 3 in bits 0-11, tag 4 in 12-23, ...,
+at most VLAN_MORE_MAX ids (bits 0-59); bits 60-63 say how many are there, so VLAN 0 is never
+mistaken for "absent". 0: no further tag. Tags beyond these are walked, not recorded.
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ import numpy as np
 
 from .grow import grown_size
 
-__all__ = ["COLUMNS", "ROW", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "LATE", "VLAN_COLUMNS", "HTTP_COLUMNS"]
+__all__ = ["COLUMNS", "ROW", "Columns", "FlowBatch", "NAT_SRC", "NAT_DST", "NO_COUNTERS", "HTTP", "SFLOW", "LATE", "VLAN_COLUMNS", "HTTP_COLUMNS",
+           "VLAN_MORE_MAX", "VLAN_MORE_COUNT", "vlan_more_ids"]
 
 # row_flags bits
 NAT_SRC = 1        # nsrc_* holds a post-NAT source address
@@ -40,6 +47,7 @@ COLUMNS = (
     ("vlan_dst", np.int16),   # IE 59 postVlanId
     ("vlan_dot1q", np.int16), # IE 243 dot1qVlanId
     ("vlan_cust", np.int16),  # IE 245 dot1qCustomerVlanId
+    ("vlan_more", np.uint64), # the ids of further 802.1Q tags of a sampled frame (see above), 0 none
     ("bytes", np.uint64), ("packets", np.uint64),
     ("first_seen", np.float64), ("last_seen", np.float64),      # flow start / end, epoch seconds
     ("in_if", np.uint32), ("out_if", np.uint32),
@@ -53,8 +61,17 @@ COLUMNS = (
     ("url_len", np.int32),
     ("headers", np.uint32),   # bit k: configured http.header_names[k] was seen as a field name
 )
-VLAN_COLUMNS = ("vlan_src", "vlan_dst", "vlan_dot1q", "vlan_cust")
+VLAN_COLUMNS = ("vlan_src", "vlan_dst", "vlan_dot1q", "vlan_cust")   # one VLAN id each; and vlan_more
+VLAN_MORE_MAX = 5            # ids vlan_more holds
+VLAN_MORE_COUNT = 60         # the bit how many it holds starts at
 HTTP_COLUMNS = ("http_method", "url_off", "url_len", "headers")
+
+
+def vlan_more_ids(word: int) -> list[int]:
+    """The VLAN ids a vlan_more value holds, in tag order (tools, tests)."""
+    word = int(word)
+    return [word >> (12 * k) & 0xFFF for k in range(min(word >> VLAN_MORE_COUNT, VLAN_MORE_MAX))]
+
 
 Columns = namedtuple("Columns", [name for name, _ in COLUMNS])
 ROW = np.dtype(list(COLUMNS), align=True)

@@ -232,6 +232,7 @@ def emit(b, base, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, ma
     r.vlan_dst = _vlan(b, base, so, sl, S_VDST)
     r.vlan_dot1q = _vlan(b, base, so, sl, S_VDOT1Q)
     r.vlan_cust = _vlan(b, base, so, sl, S_VCUST)
+    r.vlan_more = 0                          # no element carries a third tag; a packet section may
     v, has_bytes = _counter(b, base, so, sl, S_BYTES, S_BYTES_T, S_BYTES_I, S_BYTES_R)
     r.bytes = v
     v, has_packets = _counter(b, base, so, sl, S_PKTS, S_PKTS_T, S_PKTS_I, S_PKTS_R)
@@ -328,7 +329,7 @@ def sampled(b, base, so, sl, c, n, http, main):
     transport header of the record's protocol) through the packet kernel, else IE 459
     httpRequestMethod with IE 461 httpRequestTarget. Addresses, ports and protocol come from a
     section only when the template carries no address (ports from IE 314 when it carries no port);
-    its VLAN tags fill vlan_dot1q / vlan_cust where absent. The HTTP columns (flag HTTP) point into
+    its VLAN tags fill vlan_dot1q / vlan_cust where absent, and its further tags vlan_more. The HTTP columns (flag HTTP) point into
     `b`: the batch's buffer, or (not `main`: data that waited for its template) the pending buffer
     (flag LATE)."""
     pat, pat_off, hdr, hdr_off, scr = http
@@ -364,6 +365,7 @@ def sampled(b, base, so, sl, c, n, http, main):
             r.vlan_dot1q = np.int16(scr[pk.S_VLAN1])
         if r.vlan_cust < 0 and scr[pk.S_VLAN2] != pk.NONE:
             r.vlan_cust = np.int16(scr[pk.S_VLAN2])
+        r.vlan_more = scr[pk.S_VLAN_MORE]
         if r.url < 0 and scr[pk.S_URL] != 0:
             r.url = np.int16(scr[pk.S_URL]) - np.int16(1)
         if scr[pk.S_METHOD] != 0:
