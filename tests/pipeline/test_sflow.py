@@ -7,7 +7,7 @@ import ipaddress
 import msgpack
 import pytest
 
-from imds_flow.build import frame, packet_sample, sflow
+from imds_flow.build import flow_sample, frame, packet_sample, raw_header, sflow
 from imds_flow import app, config
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS
@@ -78,9 +78,22 @@ def test_signals(sample, want):
     assert b"s3cr3t" not in msgpack.packb(a) and b"Google" not in msgpack.packb(a)
 
 
-def test_vlan_suppression_from_tags():
-    p, alerts = run([one(CLIENT, IMDS, b"", vlan=666)])
+@pytest.mark.parametrize("tags", [666, (666, 1), (1, 666), (1, 2, 666), (1, 2, 3, 666), (1, 2, 3, 4, 5, 6, 666)])
+def test_vlan_suppression_from_tags(tags):
+    """Every VLAN id counts for suppression: the outer tag's, the customer tag's and (vlan_more)
+    the 3rd to 7th tag's."""
+    p, alerts = run([one(CLIENT, IMDS, b"", vlan=tags)])
     assert alerts == [] and p.stats()["suppressed"] == 1
+
+
+@pytest.mark.parametrize("tags,vlan", [((1, 2, 665), 1), ((0, 0, 665), 665), ((1, 2, 3, 4, 5, 6, 7, 666), 1)])
+def test_vlan_tags_that_do_not_suppress(tags, vlan):
+    """Ids not in suppress.vlans alert, with the first non-zero id as the alert's vlan (the switch
+    record's VLAN is not sent here); an 8th tag is walked but not recorded."""
+    data = sflow([flow_sample(1, [raw_header(frame(CLIENT, IMDS, 40000, 80, b"", tags))])], seq=1)
+    p, alerts = run([data])
+    (a,) = alerts
+    assert a["vlan"] == vlan and p.stats()["suppressed"] == 0
 
 
 def test_exporter_identity_and_sequence_gaps():
@@ -175,6 +188,15 @@ def test_ipfix_packet_sections(ie, section):
         assert b"s3cr3t" not in msgpack.packb(a)
     else:
         assert (a["signal"], a["endpoint"], a["url"]) == ("url", "url:/latest/meta-data", "/latest/meta-data/")
+
+
+def test_vlan_suppression_from_a_third_tag_in_an_ipfix_section():
+    """A dataLinkFrameSection (IE 315) goes through the same packet kernel: its third tag counts too."""
+    fields = [(315, build.VAR), (1, 8), (2, 8)]
+    for tags, suppressed in (((1, 2, 666), 1), ((1, 2, 665), 0)):
+        section = frame(CLIENT, IMDS, 40000, 80, b"GET / HTTP/1.1\r\n", tags)
+        p, alerts = run([_ipfix(fields, [section, 100, 1])], src=("192.0.2.67", 4739))
+        assert (len(alerts), p.stats()["suppressed"]) == (1 - suppressed, suppressed)
 
 
 def test_ipfix_ip_payload_section():
