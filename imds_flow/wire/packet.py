@@ -2,12 +2,14 @@
 
 Rules: Ethernet (any number of 802.1Q / 802.1ad tags: the outer id goes to vlan_dot1q, the next to
 vlan_cust, the 3rd to 7th packed into vlan_more (flows.py); tags beyond the 7th are walked but
-their ids not recorded), IPv4 (options skipped by IHL) or IPv6 (extension headers walked; a non-first fragment
-has no L4 header), then TCP / UDP ports or ICMP type * 256 + code as the destination port. In a
-TCP payload, as far as it was sampled and within the IP length: an HTTP request line whose method
-is in METHODS, its request-target (cut by the end of the sample or not) and the names of the header
-fields that follow, each compared whole and case-insensitively with the configured names. Bodies,
-header values and responses are never searched. Every read is bounded by `end`.
+their ids not recorded), IPv4 (options skipped by IHL) or IPv6 (extension headers walked; a
+non-first fragment has no L4 header), then TCP / UDP ports or ICMP type * 256 + code as the
+destination port. In a TCP payload, as far as it was sampled and within the IP length: an HTTP
+request line whose method is in METHODS, its request-target (cut by the end of the sample or not)
+and the names of the header fields that follow, each compared whole and case-insensitively with the
+configured names. Bodies, header values and responses are never searched, and nothing of them is
+kept: not even the Host header's value (a row's host columns stay empty; only a flow record's own
+host element fills them). Every read is bounded by `end`.
 """
 from __future__ import annotations
 
@@ -438,6 +440,8 @@ def store(r, c, n):
         c.url_off[n] = np.int64(r[S_URL_OFF])
         c.url_len[n] = np.int32(r[S_URL_LEN])
         c.headers[n] = np.uint32(r[S_HEADERS])
+        c.host_off[n] = 0
+        c.host_len[n] = 0      # the Host header is a header value: never copied from sampled bytes
 
 
 @njit
