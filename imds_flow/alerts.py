@@ -26,7 +26,7 @@ __all__ = ["Folder", "ALERT_FIELDS", "hit_alerts", "Encoder"]
 ALERT_FIELDS = ("ts", "exporter", "exporter_port", "version", "src", "dst", "sport", "dport", "proto",
                 "vlan", "endpoint", "direction", "bytes", "packets", "first_seen", "last_seen", "count",
                 "sampling_rate", "bytes_estimate", "packets_estimate",
-                "format", "signal", "http_method", "url", "headers")
+                "format", "signal", "http_method", "http_host", "url", "headers")
 # present only when the exporter reported them (SNMP / ifIndex of the input and output interfaces)
 OPTIONAL_ALERT_FIELDS = ("in_if", "out_if")
 
@@ -54,7 +54,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     address, port = exporters.address, exporters.port
     out = []
     for (e, version, ts, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, b, p, first, last, sampling, flags,
-         method, url_off, url_len, h, in_if, out_if), vlan, ep, direction in zip(
+         method, url_off, url_len, h, host_off, host_len, in_if, out_if), vlan, ep, direction in zip(
             zip(*cols), _vlans(batch, idx), hits.endpoint.tolist(), hits.direction.tolist()):
         src, dst = (src_hi, src_lo), (dst_hi, dst_lo)
         sampling = sampling or 1
@@ -74,14 +74,17 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             alert["out_if"] = out_if
         alert["format"] = "sflow" if flags & SFLOW else ("ipfix" if version == 10 else "netflow")
         alert["signal"] = signals[ep]
-        alert["http_method"] = alert["url"] = None
+        alert["http_method"] = alert["http_host"] = alert["url"] = None
         alert["headers"] = []
         if flags & HTTP:
             # the request-target as sampled and the NAMES of configured header fields, nothing else:
-            # header values and payload bytes are secrets (tokens, credentials) and never leave
+            # header values and payload bytes are secrets (tokens, credentials) and never leave. The
+            # host is a flow record's own element (IPFIX 460, nProbe HTTP_HOST): the decoders never
+            # fill it from a sampled packet's Host header
             alert["http_method"] = METHODS[method]
             text = batch.late_buf if flags & LATE else batch.buf
-            alert["url"] = text[url_off: url_off + url_len].tobytes().decode("ascii", "backslashreplace") if url_len else None
+            alert["url"] = _text(text, url_off, url_len)
+            alert["http_host"] = _text(text, host_off, host_len)
             alert["headers"] = [name for k, name in enumerate(hits.header_names) if h >> k & 1]
         out.append(((e, src, dst, proto, dport if direction == REQUEST else sport, ep, direction), alert))
     return out
@@ -89,7 +92,12 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
 
 _HIT_COLUMNS = ("exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
                 "bytes", "packets", "first_seen", "last_seen", "sampling_rate", "row_flags", "http_method", "url_off",
-                "url_len", "headers", "in_if", "out_if")
+                "url_len", "headers", "host_off", "host_len", "in_if", "out_if")
+
+
+def _text(buf: np.ndarray, off: int, length: int) -> str | None:
+    """The string a row's HTTP columns point at (ASCII; any other byte escaped), None when empty."""
+    return buf[off: off + length].tobytes().decode("ascii", "backslashreplace") if length else None
 
 
 # The folded numbers of every pending alert, one row each in Folder's arrays (_count; _sums: bytes,

@@ -134,11 +134,13 @@ def switch(src_vlan: int, dst_vlan: int) -> bytes:
 
 
 def frame(src: str | int, dst: str | int, sport: int, dport: int, payload: bytes = b"",
-          vlan: int | None = None) -> bytes:
-    """An Ethernet frame (802.1Q-tagged unless vlan is None) of an IPv4 / TCP segment (PSH ACK)
-    carrying `payload`; addresses as text or integers, checksums 0."""
+          vlan: int | tuple[int, ...] | None = None) -> bytes:
+    """An Ethernet frame (802.1Q-tagged unless vlan is None; a tuple of ids, outer first, stacks
+    one tag each) of an IPv4 / TCP segment (PSH ACK) carrying `payload`; addresses as text or
+    integers, checksums 0."""
     tcp = struct.pack(">HHIIBBHHH", sport, dport, 1, 1, 0x50, 0x18, 512, 0, 0)
     ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0x4000, 64, 6, 0,
                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    tag = b"\x81\x00" + struct.pack(">H", vlan) if vlan is not None else b""
+    ids = () if vlan is None else (vlan,) if isinstance(vlan, int) else tuple(vlan)
+    tag = b"".join(struct.pack(">HH", 0x8100, v) for v in ids)
     return b"\x02\x00\x00\x00\x00\x0b\x02\x00\x00\x00\x00\x0a" + tag + b"\x08\x00" + ip + tcp + payload

@@ -70,12 +70,13 @@ ECS_FIELDS = (
     ("out_if", "observer.egress.interface.id", str, int),
     ("url", "url.original", _same, _same),
     ("http_method", "http.request.method", _same, _same),
+    ("http_host", "url.domain", _same, _same),
     ("headers", "imds_flow.headers", list, list),
     ("signal", "imds_flow.signal", _same, _same),
     ("format", "imds_flow.export_format", _same, _same),
     ("test", "imds_flow.test", _same, _same),
 )
-_OPTIONAL = {"in_if", "out_if", "url", "http_method", "headers", "signal", "format", "test"}   # absent: no key
+_OPTIONAL = {"in_if", "out_if", "url", "http_method", "http_host", "headers", "signal", "format", "test"}  # absent: no key
 ICMP = (1, 58)
 # event.severity / CEF severity (0..10): a host asking a metadata address is suspicious; something on
 # this network answering as one is the impersonation itself.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flows import HTTP, NAT_DST, NAT_SRC
+from .flows import HTTP, NAT_DST, NAT_SRC, VLAN_MORE_COUNT, VLAN_MORE_MAX
 from .jit import kernel, njit, step
 
 __all__ = ["match_net", "match_nets", "in_v4_endpoints", "cover", "in_cover", "detect_batch", "compact", "group_hits",
@@ -152,10 +152,28 @@ def detect_batch(c, n, endpoints, suppress, vlan_suppressed, n_endpoints, n_urls
 
 @njit
 def _vlan_hit(c, i, table):
+    """Whether any VLAN id row i carries (the four VLAN columns and the ids packed in vlan_more)
+    is flagged in `table`."""
     for v in (c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i]):
         if 0 <= v < 4096 and table[v]:
             return True
+    more = c.vlan_more[i]
+    for k in range(_more_count(more)):
+        if table[_more_id(more, k)]:
+            return True
     return False
+
+
+@njit(inline="always")
+def _more_count(more):
+    """How many VLAN ids a vlan_more value holds (flows.py)."""
+    return min(np.int64(more >> np.uint64(VLAN_MORE_COUNT)), VLAN_MORE_MAX)
+
+
+@njit(inline="always")
+def _more_id(more, k):
+    """The k-th VLAN id packed in a vlan_more value (0 .. 4095)."""
+    return np.int64((more >> np.uint64(12 * k)) & np.uint64(0xFFF))
 
 
 @njit
@@ -230,13 +248,19 @@ def _same_key(c, i, j, ep_i, ep_j, dir_i, dir_j):
 
 @njit
 def vlan_code(c, i):
-    """The VLAN row i carries: the first non-zero of vlan_src, vlan_dst, vlan_dot1q, vlan_cust, else 0
-    if one says 0, else -1 (none)."""
+    """The VLAN row i carries: the first non-zero of vlan_src, vlan_dst, vlan_dot1q, vlan_cust and
+    the ids packed in vlan_more, else 0 if one says 0, else -1 (none)."""
     zero = False
     for v in (c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i]):
         if v > 0:
             return np.int64(v)
         zero = zero or v == 0
+    more = c.vlan_more[i]
+    for k in range(_more_count(more)):
+        v = _more_id(more, k)
+        if v > 0:
+            return v
+        zero = True
     return np.int64(0) if zero else np.int64(-1)
 
 

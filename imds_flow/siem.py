@@ -1,8 +1,9 @@
 """CEF and LEEF: one alert as ArcSight / Microsoft Sentinel (CEF) and QRadar (LEEF 2.0) parse it.
 
 Rules: only the standard keys of each specification, so the SIEM's own parser maps them with no custom
-rule (CEF: src dst spt dpt proto act rt start end cnt in dvc deviceDirection request requestMethod,
-IPv6 in c6a2 / c6a3, the rest in labelled cs* / cn*; LEEF: src dst srcPort dstPort proto devTime ...).
+rule (CEF: src dst spt dpt proto act rt start end cnt in dvc deviceDirection request requestMethod
+dhost, IPv6 in c6a2 / c6a3, the rest in labelled cs* / cn*; LEEF: src dst srcPort dstPort proto
+devTime ...).
 Escaping as the specifications require: CEF header \\ and |, extension \\ = and newlines; LEEF values
 may not hold the delimiter (tab) or newlines, so those become spaces.
 """
@@ -84,6 +85,7 @@ def cef(alert: dict, collector: str | None = None) -> str:
         ("c6a1Label" if _v6(alert.get("exporter")) else None, "Device IPv6 Address"),
         ("deviceInboundInterface", alert.get("in_if")), ("deviceOutboundInterface", alert.get("out_if")),
         ("request", alert.get("url")), ("requestMethod", alert.get("http_method")),
+        ("dhost", alert.get("http_host")),              # the request's Host, as the flow record named it
         ("externalId", alert_id(alert)),
     ]
     for slot, label, value in _custom(alert, collector):
@@ -116,7 +118,7 @@ def leef(alert: dict, collector: str | None = None) -> str:
         ("src", src), ("dst", dst), ("srcPort", alert.get("sport")), ("dstPort", alert.get("dport")),
         ("proto", _proto(alert.get("proto"))),
         ("srcBytes", alert.get("bytes")), ("srcPackets", alert.get("packets")),
-        ("url", alert.get("url")), ("method", alert.get("http_method")),
+        ("url", alert.get("url")), ("method", alert.get("http_method")), ("httpHost", alert.get("http_host")),
         ("startTime", iso_time(alert["first_seen"]) if alert.get("first_seen") is not None else None),
         ("endTime", iso_time(alert["last_seen"]) if alert.get("last_seen") is not None else None),
         ("eventCount", alert.get("count")), ("name", event_name(alert)),

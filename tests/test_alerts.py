@@ -67,11 +67,13 @@ def test_sum_of_count_equals_records(events, window, ticks):
     assert all(a["count"] >= 1 for a in out)
 
 
-def _vlan(values: list[int]):
-    """The VLAN _vlans picks for one record whose VLAN_COLUMNS hold `values`."""
+def _vlan(values: list[int], more: list[int] = ()):
+    """The VLAN _vlans picks for one record whose VLAN_COLUMNS hold `values` and whose vlan_more
+    holds the ids `more` (a 3rd, 4th, ... tag)."""
     b = FlowBatch(4)
     for name, v in zip(VLAN_COLUMNS, values):
         getattr(b.cols, name)[2] = v
+    b.cols.vlan_more[2] = sum(v << 12 * k for k, v in enumerate(more)) | len(more) << 60 if more else 0
     return _vlans(b, np.array([2]))[0]
 
 
@@ -80,3 +82,6 @@ def test_vlan_choice():
     assert _vlan([0, 30, -1, -1]) == 30      # softflowd biflow: IE 58 = 0, IE 59 = VLAN
     assert _vlan([0, -1, -1, -1]) == 0
     assert _vlan([10, 20, -1, -1]) == 10
+    assert _vlan([-1, -1, 0, 0], [0, 40]) == 40     # priority tags outside: the first real id, the 4th tag's
+    assert _vlan([-1, -1, 0, 0], [0]) == 0
+    assert _vlan([-1, -1, 5, 6], [7]) == 5

@@ -139,6 +139,14 @@ def test_ecs_fields_an_alert_may_carry():
     back = formats.from_ecs(doc)
     assert (back["in_if"], back["url"], back["http_method"], back["format"]) == (3, "/latest/api/token", "PUT", "sflow")
     assert "url" not in formats.from_ecs(_ecs(V4))                      # absent stays absent
+    assert "http_host" not in back and "domain" not in doc["url"]        # None: no key, no ECS field
+
+
+def test_ecs_http_host_is_url_domain():
+    """A flow record's host element (IPFIX 460, nProbe HTTP_HOST) goes to url.domain, and back."""
+    doc = _ecs({**V4, "url": "/latest/api/token", "http_method": "PUT", "http_host": "169.254.169.254"})
+    assert doc["url"] == {"original": "/latest/api/token", "domain": "169.254.169.254"}
+    assert formats.from_ecs(doc)["http_host"] == "169.254.169.254"
 
 
 def test_icmp_type_and_code_are_not_ports():

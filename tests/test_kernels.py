@@ -36,10 +36,13 @@ addr = st.one_of(
     st.ip_addresses(v=6).map(str),
 )
 vlan = st.one_of(st.just(-1), st.integers(0, 4095), st.sampled_from([10, 99, 0, 4095, 5000]))
+more_vlan = st.one_of(st.integers(0, 4095), st.sampled_from([10, 99, 0, 4095]))   # a 3rd .. 7th tag's id
 record = st.fixed_dictionaries({
     "src": addr, "dst": addr,
     "nsrc": st.one_of(st.none(), addr), "ndst": st.one_of(st.none(), addr),
-    "vlans": st.lists(vlan, min_size=4, max_size=4),
+    # the four VLAN columns, then the ids vlan_more holds (most records: none)
+    "vlans": st.tuples(st.lists(vlan, min_size=4, max_size=4),
+                       st.one_of(st.just([]), st.lists(more_vlan, max_size=5))).map(lambda t: t[0] + t[1]),
     "url": st.sampled_from([-1, -1, -1, 0, 1]),
 })
 config = st.fixed_dictionaries({
@@ -53,6 +56,11 @@ def build_config(cfg):
     eps = "\n".join(f'[[endpoints]]\nname = "e{i}"\naddress = "{a}"' for i, a in enumerate(cfg["endpoints"]))
     subnets = ", ".join(f'"{s}"' for s in cfg["subnets"])
     return parse(f"{eps}\n[suppress]\nsource_subnets = [{subnets}]\nvlans = {cfg['vlans']}\n")
+
+
+def pack_more(ids) -> int:
+    """vlan_more as flows.py lays it out: 12 bits an id from bit 0, their number from bit 60."""
+    return sum(v << 12 * k for k, v in enumerate(ids)) | len(ids) << 60 if ids else 0
 
 
 def fill(records):
@@ -71,7 +79,8 @@ def fill(records):
             c.ndst_hi[i], c.ndst_lo[i] = to_hilo(r["ndst"])
             flags |= NAT_DST
         c.row_flags[i] = flags
-        c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i] = r["vlans"]
+        c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i] = r["vlans"][:4]
+        c.vlan_more[i] = pack_more(r["vlans"][4:])
         c.url[i] = r["url"]
         c.exporter[i] = i % 3
     fb.n = len(records)
@@ -145,15 +154,19 @@ def test_hilo_roundtrip(a):
 
 
 @settings(max_examples=200, deadline=None)
-@given(vlans=st.lists(st.tuples(*[st.sampled_from([-1, 0, 1, 30, 4095])] * 4), min_size=1, max_size=20))
-def test_vlan_code_is_the_alert_vlan(vlans):
+@given(vlans=st.lists(st.tuples(*[st.sampled_from([-1, 0, 1, 30, 4095])] * 4), min_size=1, max_size=20),
+       more=st.lists(st.lists(st.sampled_from([0, 7, 4095]), max_size=5), min_size=20, max_size=20))
+def test_vlan_code_is_the_alert_vlan(vlans, more):
     """kernels.vlan_code / vlan_codes (alerts and folding) against the rule in plain Python: the
-    first VLAN id above 0 of vlan_src, vlan_dst, vlan_dot1q, vlan_cust, else 0 if one is 0, else -1."""
+    first VLAN id above 0 of vlan_src, vlan_dst, vlan_dot1q, vlan_cust and the ids in vlan_more,
+    else 0 if one is 0, else -1."""
     from imds_flow.flows import VLAN_COLUMNS, FlowBatch
     fb = FlowBatch(len(vlans))
     for name, column in zip(VLAN_COLUMNS, zip(*vlans)):
         getattr(fb.cols, name)[: len(vlans)] = column
-    want = [next((v for v in row if v > 0), 0 if 0 in row else -1) for row in vlans]
+    fb.cols.vlan_more[: len(vlans)] = [pack_more(m) for m in more[: len(vlans)]]
+    rows = [list(row) + m for row, m in zip(vlans, more)]
+    want = [next((v for v in row if v > 0), 0 if 0 in row else -1) for row in rows]
     out = np.empty(len(vlans), np.int64)
     vlan_codes(fb.rows, np.arange(len(vlans), dtype=np.int64), out)
     assert [vlan_code(fb.rows, i) for i in range(len(vlans))] == out.tolist() == want

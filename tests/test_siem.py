@@ -27,6 +27,9 @@ def test_cef_standard_keys_and_fixed_custom_slots():
                  "cs3=netflow v9 cs3Label=exportFormat", "cs5=collector-1 cs5Label=collector", "cn1=30 cn1Label=vlan"):
         assert pair in ext, pair
     assert "msg=" not in ext and not text.split("|")[5].startswith("TEST")
+    assert "dhost=" not in ext                         # no host: no key
+    ext = siem.cef(alert(1, url="/latest/api/token", http_method="PUT", http_host="169.254.169.254")).split("|", 7)[7]
+    assert "requestMethod=PUT" in ext and "dhost=169.254.169.254" in ext
 
 
 def test_test_alerts_are_marked_in_both_formats():
@@ -45,4 +48,7 @@ def test_leef_header_and_attributes():
     assert attrs["src"] == "fd00:ec2::254" and attrs["srcPort"] == "1002" and attrs["proto"] == "TCP"
     assert attrs["devTime"] == "Oct 09 2025 08:53:22.250 UTC" and attrs["devTimeFormat"] == "MMM dd yyyy HH:mm:ss.SSS z"
     assert attrs["cat"] == "response" and attrs["collector"] == "collector-1" and attrs["vlan"] == "30"
-    assert "url" not in attrs                          # absent values are left out, never empty
+    assert "url" not in attrs and "httpHost" not in attrs     # absent values are left out, never empty
+    body = siem.leef(alert(2, url="/latest/api/token", http_method="PUT", http_host="169.254.169.254")).split("|", 6)[6]
+    attrs = dict(kv.split("=", 1) for kv in body.split("\t"))
+    assert (attrs["url"], attrs["method"], attrs["httpHost"]) == ("/latest/api/token", "PUT", "169.254.169.254")

@@ -29,6 +29,8 @@ _SLOT_KINDS = (
     ("url0", "s"), ("url1", "s"), ("url2", "s"), ("url3", "s"), ("url4", "s"), ("url5", "s"),
     # sampled packet content: HTTP method, RFC 7133 packet sections (wire/packet.py walks them)
     ("http_method", "s"), ("section_ip", "s"), ("section_l2", "s"), ("section_payload", "s"),
+    # the request's Host as the exporter decoded it: shown in the alert, never searched
+    ("http_host", "s"),
 )
 SLOTS = tuple(name for name, _ in _SLOT_KINDS)
 SLOT = {name: i for i, name in enumerate(SLOTS)}
@@ -78,6 +80,11 @@ ELEMENTS: dict[tuple[int, int], str] = {
     (IANA, 459): "http_method",   # httpRequestMethod
     (NTOP, 360): "http_method",   # nProbe HTTP_METHOD (IPFIX, PEN 35632)
     (IANA, 57832): "http_method", # nProbe HTTP_METHOD in NetFlow v9 (57472 + 360, a plain id)
+    (IANA, 460): "http_host",     # httpRequestHost
+    # nProbe's HTTP_HOST is NTOP_BASE_ID (57472) + 187 in ntopng's include/ntop_flow.h, "the
+    # companion file of nProbe/template.h" (HTTP_URL + 180 and HTTP_METHOD + 360 there too)
+    (NTOP, 187): "http_host",     # nProbe HTTP_HOST (IPFIX, PEN 35632)
+    (IANA, 57659): "http_host",   # nProbe HTTP_HOST in NetFlow v9 (57472 + 187, a plain id)
     (IANA, 313): "section_ip",    # ipHeaderPacketSection (RFC 7133): from the IP header on
     (IANA, 315): "section_l2",    # dataLinkFrameSection (RFC 7133): from the Ethernet header on
     (IANA, 314): "section_payload",  # ipPayloadPacketSection (RFC 7133): from the transport header on

@@ -1,18 +1,21 @@
 """One kernel for sampled packet headers (sFlow raw header records; RFC 7133 packet sections).
 
 Rules: Ethernet (any number of 802.1Q / 802.1ad tags: the outer id goes to vlan_dot1q, the next to
-vlan_cust), IPv4 (options skipped by IHL) or IPv6 (extension headers walked; a non-first fragment
-has no L4 header), then TCP / UDP ports or ICMP type * 256 + code as the destination port. In a
-TCP payload, as far as it was sampled and within the IP length: an HTTP request line whose method
-is in METHODS, its request-target (cut by the end of the sample or not) and the names of the header
-fields that follow, each compared whole and case-insensitively with the configured names. Bodies,
-header values and responses are never searched. Every read is bounded by `end`.
+vlan_cust, the 3rd to 7th packed into vlan_more (flows.py); tags beyond the 7th are walked but
+their ids not recorded), IPv4 (options skipped by IHL) or IPv6 (extension headers walked; a
+non-first fragment has no L4 header), then TCP / UDP ports or ICMP type * 256 + code as the
+destination port. In a TCP payload, as far as it was sampled and within the IP length: an HTTP
+request line whose method is in METHODS, its request-target (cut by the end of the sample or not)
+and the names of the header fields that follow, each compared whole and case-insensitively with the
+configured names. Bodies, header values and responses are never searched, and nothing of them is
+kept: not even the Host header's value (a row's host columns stay empty; only a flow record's own
+host element fills them). Every read is bounded by `end`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..flows import HTTP
+from ..flows import HTTP, VLAN_MORE_COUNT, VLAN_MORE_MAX, vlan_more_ids
 from ..jit import njit, step
 from .readers import _u16, _u32
 
@@ -36,10 +39,12 @@ _MAPPED = np.uint64(0x0000FFFF_00000000)
 
 # the kernel's results, in a uint64 scratch array (a column set passed per call would cost reference
 # counting per column per packet): addresses, ports, protocol, VLAN ids (NONE: absent), url index + 1,
-# method index + 1 (0: no request line), request-target offset and length, header bits
+# method index + 1 (0: no request line), request-target offset and length, header bits, and the ids
+# of the 3rd and further tags as the vlan_more column holds them (0: none)
 S_SRC_HI, S_SRC_LO, S_DST_HI, S_DST_LO, S_SPORT, S_DPORT, S_PROTO, S_VLAN1, S_VLAN2, S_URL, S_METHOD, \
-    S_URL_OFF, S_URL_LEN, S_HEADERS = range(14)
+    S_URL_OFF, S_URL_LEN, S_HEADERS, S_VLAN_MORE = range(15)
 NONE = np.uint64(0xFFFF)
+_MORE_ONE = np.uint64(1) << np.uint64(VLAN_MORE_COUNT)   # one more id in vlan_more's count
 
 
 def scratch() -> np.ndarray:
@@ -268,8 +273,9 @@ def _http(b, p, end, r, pat, pat_off, hdr, hdr_off):
 
 @step
 def _ethernet(b, p, end, r):
-    """The Ethernet header at p and its 802.1Q / QinQ tags (the first two VLAN ids into r): returns
-    (the network layer: IPV4, IPV6 or -1, offset after the headers)."""
+    """The Ethernet header at p and its 802.1Q / QinQ tags (the first two VLAN ids into r, the next
+    VLAN_MORE_MAX packed into r[S_VLAN_MORE]; only a third tag costs that work): returns (the
+    network layer: IPV4, IPV6 or -1, offset after the headers)."""
     if p + 14 > end:
         return np.int64(-1), p
     et = _u16(b, p + 12)
@@ -284,6 +290,8 @@ def _ethernet(b, p, end, r):
             r[S_VLAN1] = vid
         elif tags == 1:
             r[S_VLAN2] = vid
+        elif tags < 2 + VLAN_MORE_MAX:
+            r[S_VLAN_MORE] = (r[S_VLAN_MORE] + _MORE_ONE) | (vid << np.uint64(12 * (tags - 2)))
         tags += 1
         et = _u16(b, p + 2)
         p += 4
@@ -386,6 +394,7 @@ def _reset(r, proto):
     r[S_PROTO] = proto
     r[S_VLAN1] = NONE
     r[S_VLAN2] = NONE
+    r[S_VLAN_MORE] = 0
     r[S_URL] = 0
     r[S_METHOD] = 0
     r[S_HEADERS] = 0
@@ -413,7 +422,7 @@ def _transport(b, p, end, stop, proto, r, pat, pat_off, hdr, hdr_off):
 @njit
 def store(r, c, n):
     """Row n of the columns c from the scratch r of parse_packet (addresses, ports, protocol,
-    vlan_dot1q / vlan_cust, url and, with a request line, flag HTTP and the HTTP columns)."""
+    vlan_dot1q / vlan_cust / vlan_more, url and, with a request line, flag HTTP and the HTTP columns)."""
     c.src_hi[n] = r[S_SRC_HI]
     c.src_lo[n] = r[S_SRC_LO]
     c.dst_hi[n] = r[S_DST_HI]
@@ -423,6 +432,7 @@ def store(r, c, n):
     c.proto[n] = r[S_PROTO]
     c.vlan_dot1q[n] = np.int16(r[S_VLAN1]) if r[S_VLAN1] != NONE else np.int16(-1)
     c.vlan_cust[n] = np.int16(r[S_VLAN2]) if r[S_VLAN2] != NONE else np.int16(-1)
+    c.vlan_more[n] = r[S_VLAN_MORE]
     c.url[n] = np.int16(r[S_URL]) - np.int16(1)
     if r[S_METHOD] != 0:
         c.row_flags[n] |= HTTP
@@ -430,6 +440,8 @@ def store(r, c, n):
         c.url_off[n] = np.int64(r[S_URL_OFF])
         c.url_len[n] = np.int32(r[S_URL_LEN])
         c.headers[n] = np.uint32(r[S_HEADERS])
+        c.host_off[n] = 0
+        c.host_len[n] = 0      # the Host header is a header value: never copied from sampled bytes
 
 
 @njit
@@ -457,7 +469,7 @@ def parse_one(data: bytes, kind: int = ETHERNET, url_substrings=(), header_names
     return {
         "src": from_hilo(int(c.src_hi[0]), int(c.src_lo[0])), "dst": from_hilo(int(c.dst_hi[0]), int(c.dst_lo[0])),
         "proto": int(c.proto[0]), "sport": int(c.sport[0]), "dport": int(c.dport[0]),
-        "vlans": [int(c.vlan_dot1q[0]), int(c.vlan_cust[0])],
+        "vlans": [int(c.vlan_dot1q[0]), int(c.vlan_cust[0]), *vlan_more_ids(c.vlan_more[0])],
         "method": METHODS[int(c.http_method[0])] if http else None,
         "target": bytes(b[t0:t0 + tl]) if http else None,
         "url": int(c.url[0]),

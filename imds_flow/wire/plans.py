@@ -80,7 +80,8 @@ class PlanTable:
         self.f0[pid] = f0
         self.nf[pid] = nf
         self.options[pid] = t.options
-        self.content[pid] = any(SLOT_KIND[name] == "s" for name in seen)
+        # the host is shown with a method, never searched: it alone cannot make a record alert
+        self.content[pid] = any(SLOT_KIND[name] == "s" and name != "http_host" for name in seen)
         self.nf_used += nf
         self.n += 1
         return pid

@@ -48,6 +48,7 @@ S_PINT, S_PSPACE, S_SIZE, S_POP = SLOT["packet_interval"], SLOT["packet_space"],
 S_URL0 = SLOT["url0"]
 N_URL = 6
 S_METHOD, S_SEC_IP, S_SEC_L2, S_SEC_PAY = SLOT["http_method"], SLOT["section_ip"], SLOT["section_l2"], SLOT["section_payload"]
+S_HOST = SLOT["http_host"]
 
 
 @njit
@@ -232,6 +233,7 @@ def emit(b, base, so, sl, c, n, s, samp_keys, samp_rates, pat, pat_off, http, ma
     r.vlan_dst = _vlan(b, base, so, sl, S_VDST)
     r.vlan_dot1q = _vlan(b, base, so, sl, S_VDOT1Q)
     r.vlan_cust = _vlan(b, base, so, sl, S_VCUST)
+    r.vlan_more = 0                          # no element carries a third tag; a packet section may
     v, has_bytes = _counter(b, base, so, sl, S_BYTES, S_BYTES_T, S_BYTES_I, S_BYTES_R)
     r.bytes = v
     v, has_packets = _counter(b, base, so, sl, S_PKTS, S_PKTS_T, S_PKTS_I, S_PKTS_R)
@@ -326,11 +328,13 @@ def next_may_alert(b, o, stop, L, at, ep_hi, ep_lo, ep_mhi, ep_mlo, ep_v4, cv):
 def sampled(b, base, so, sl, c, n, http, main):
     """RFC 7133 packet sections (IE 315 from the Ethernet header, 313 from the IP header, 314 from the
     transport header of the record's protocol) through the packet kernel, else IE 459
-    httpRequestMethod with IE 461 httpRequestTarget. Addresses, ports and protocol come from a
-    section only when the template carries no address (ports from IE 314 when it carries no port);
-    its VLAN tags fill vlan_dot1q / vlan_cust where absent. The HTTP columns (flag HTTP) point into
-    `b`: the batch's buffer, or (not `main`: data that waited for its template) the pending buffer
-    (flag LATE)."""
+    httpRequestMethod with IE 461 httpRequestTarget (or another URL element) and IE 460
+    httpRequestHost (host_off / host_len; nProbe's too). A request read from a section never gets a
+    host: the Host header is a header value, and header values never leave (issue 10). Addresses,
+    ports and protocol come from a section only when the template carries no address (ports from
+    IE 314 when it carries no port); its VLAN tags fill vlan_dot1q / vlan_cust where absent, and its
+    further tags vlan_more. The HTTP columns (flag HTTP) point into `b`: the batch's buffer, or (not
+    `main`: data that waited for its template) the pending buffer (flag LATE)."""
     pat, pat_off, hdr, hdr_off, scr = http
     r = c[n]
     version = 0
@@ -364,6 +368,7 @@ def sampled(b, base, so, sl, c, n, http, main):
             r.vlan_dot1q = np.int16(scr[pk.S_VLAN1])
         if r.vlan_cust < 0 and scr[pk.S_VLAN2] != pk.NONE:
             r.vlan_cust = np.int16(scr[pk.S_VLAN2])
+        r.vlan_more = scr[pk.S_VLAN_MORE]
         if r.url < 0 and scr[pk.S_URL] != 0:
             r.url = np.int16(scr[pk.S_URL]) - np.int16(1)
         if scr[pk.S_METHOD] != 0:
@@ -372,6 +377,8 @@ def sampled(b, base, so, sl, c, n, http, main):
             r.url_off = np.int64(scr[pk.S_URL_OFF])
             r.url_len = np.int32(scr[pk.S_URL_LEN])
             r.headers = np.uint32(scr[pk.S_HEADERS])
+            r.host_off = 0
+            r.host_len = 0               # never the sampled Host header's value
         return
     if so[S_METHOD] >= 0:
         m = pk.method_index(b, base + so[S_METHOD], sl[S_METHOD])
@@ -382,6 +389,8 @@ def sampled(b, base, so, sl, c, n, http, main):
             r.url_off = base + so[u] if u >= 0 else 0
             r.url_len = sl[u] if u >= 0 else 0
             r.headers = 0
+            r.host_off = base + so[S_HOST] if so[S_HOST] >= 0 else 0
+            r.host_len = sl[S_HOST] if so[S_HOST] >= 0 else 0
 
 
 @njit

@@ -88,6 +88,7 @@ def decode_v5(buf, offs, lens, sel, exp_ids, ts, c, n, status, seq_next, seq_see
             c.vlan_dst[n] = -1
             c.vlan_dot1q[n] = -1
             c.vlan_cust[n] = -1
+            c.vlan_more[n] = 0
             c.sampling_rate[n] = sampling
             c.url[n] = -1
             c.row_flags[n] = 0

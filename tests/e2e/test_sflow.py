@@ -16,7 +16,7 @@ from tests.support.exporters import require_tool, run_pmacctd_sfprobe
 from tests.support.sflow_scenario import CONFIG_EXTRA, build, write_pcap
 
 FIELDS = ("src", "dst", "sport", "dport", "proto", "endpoint", "direction", "signal", "http_method", "url",
-          "headers", "vlan")
+          "headers", "vlan", "http_host")
 SECRETS = (b"AQAE", b"secret", b"21600", b"ASIAEXAMPLE", b"aws-sdk-go")
 
 

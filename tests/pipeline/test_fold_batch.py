@@ -53,6 +53,7 @@ def _batch_of_hits(rows):
         c.first_seen[i], c.last_seen[i] = first, last
         c.sampling_rate[i] = (0, 1, 100)[key % 3]
         c.vlan_src[i], c.vlan_dst[i], c.vlan_dot1q[i], c.vlan_cust[i] = vlan, -1, -1, -1
+        c.vlan_more[i] = 0
         c.url[i], c.row_flags[i] = -1, 0
     fb.n = len(rows)
     return fb

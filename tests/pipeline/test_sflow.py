@@ -7,7 +7,7 @@ import ipaddress
 import msgpack
 import pytest
 
-from imds_flow.build import frame, packet_sample, sflow
+from imds_flow.build import flow_sample, frame, packet_sample, raw_header, sflow
 from imds_flow import app, config
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS
@@ -76,11 +76,43 @@ def test_signals(sample, want):
     assert a["bytes_estimate"] == a["bytes"] * 1000 and a["vlan"] == 10
     assert a["direction"] == ("response" if src == IMDS else "request")
     assert b"s3cr3t" not in msgpack.packb(a) and b"Google" not in msgpack.packb(a)
+    assert a["http_host"] is None
 
 
-def test_vlan_suppression_from_tags():
-    p, alerts = run([one(CLIENT, IMDS, b"", vlan=666)])
+HOST = b"imds.attacker.example"       # a Host header value: it must never leave the collector
+
+
+@pytest.mark.parametrize("dst", [IMDS, OTHER])
+def test_a_sampled_host_header_is_never_copied(dst):
+    """A sampled request whose Host header is there alerts (by address or by its target) with
+    http_host None: the Host header is a header value, and no header value reaches an alert or any
+    encoding of one."""
+    from imds_flow import formats, siem
+    payload = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: " + HOST + b"\r\nUser-Agent: x\r\n\r\n"
+    p, alerts = run([one(CLIENT, dst, payload, sport=40001)])
+    (a,) = alerts
+    assert (a["http_method"], a["url"], a["http_host"]) == ("GET", "/latest/meta-data/", None)
+    assert "domain" not in formats.EcsJsonEncoder().document(a)["url"]
+    for text in (msgpack.packb(a), formats.EcsJsonEncoder().encode(a), siem.cef(a).encode(), siem.leef(a).encode()):
+        assert HOST not in text
+
+
+@pytest.mark.parametrize("tags", [666, (666, 1), (1, 666), (1, 2, 666), (1, 2, 3, 666), (1, 2, 3, 4, 5, 6, 666)])
+def test_vlan_suppression_from_tags(tags):
+    """Every VLAN id counts for suppression: the outer tag's, the customer tag's and (vlan_more)
+    the 3rd to 7th tag's."""
+    p, alerts = run([one(CLIENT, IMDS, b"", vlan=tags)])
     assert alerts == [] and p.stats()["suppressed"] == 1
+
+
+@pytest.mark.parametrize("tags,vlan", [((1, 2, 665), 1), ((0, 0, 665), 665), ((1, 2, 3, 4, 5, 6, 7, 666), 1)])
+def test_vlan_tags_that_do_not_suppress(tags, vlan):
+    """Ids not in suppress.vlans alert, with the first non-zero id as the alert's vlan (the switch
+    record's VLAN is not sent here); an 8th tag is walked but not recorded."""
+    data = sflow([flow_sample(1, [raw_header(frame(CLIENT, IMDS, 40000, 80, b"", tags))])], seq=1)
+    p, alerts = run([data])
+    (a,) = alerts
+    assert a["vlan"] == vlan and p.stats()["suppressed"] == 0
 
 
 def test_exporter_identity_and_sequence_gaps():
@@ -138,24 +170,52 @@ def test_ipfix_method_and_target(length):
     p, alerts = run([_ipfix(fields, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", target])],
                     src=("192.0.2.60", 4739))
     (a,) = alerts
-    assert (a["format"], a["signal"], a["http_method"], a["url"], a["headers"]) == \
-        ("ipfix", "address", "PUT", "/latest/api/token", [])
+    assert (a["format"], a["signal"], a["http_method"], a["url"], a["headers"], a["http_host"]) == \
+        ("ipfix", "address", "PUT", "/latest/api/token", [], None)
 
 
-@pytest.mark.parametrize("version,method,url", [
-    (10, (35632, 360, build.VAR), (35632, 180, build.VAR)),   # nProbe HTTP_METHOD / HTTP_URL, PEN 35632
-    (9, (57832, 3), (57652, 17)),                              # the same in NetFlow v9: 57472 + id
+@pytest.mark.parametrize("fixed", [False, True])
+def test_ipfix_method_host_and_target(fixed):
+    """IE 459 httpRequestMethod, 460 httpRequestHost and 461 httpRequestTarget name an IMDSv2 token
+    request whole: method, host and target (variable-length fields, and fixed-length ones)."""
+    host, target = b"169.254.169.254", b"/latest/api/token"
+    http = [(459, 3), (460, 15), (461, 17)] if fixed else [(459, build.VAR), (460, build.VAR), (461, build.VAR)]
+    fields = _BASE + http
+    p, alerts = run([_ipfix(fields, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", host, target])],
+                    src=("192.0.2.68", 4739))
+    (a,) = alerts
+    assert (a["format"], a["signal"], a["http_method"], a["url"], a["http_host"]) == \
+        ("ipfix", "address", "PUT", "/latest/api/token", "169.254.169.254")
+
+
+def test_ipfix_host_without_a_method_is_not_shown():
+    """The HTTP columns describe a request named by its method: a host with no method (or one that
+    is no HTTP method) leaves the alert's HTTP fields empty, as a lone target does."""
+    fields = _BASE + [(459, build.VAR), (460, build.VAR), (461, build.VAR)]
+    for method in (b"", b"BREW"):
+        p, alerts = run([_ipfix(fields, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, method,
+                                         b"169.254.169.254", b"/latest/api/token"])], src=("192.0.2.69", 4739))
+        (a,) = alerts
+        assert (a["http_method"], a["url"], a["http_host"]) == (None, None, None)
+
+
+@pytest.mark.parametrize("version,method,url,host", [
+    # nProbe HTTP_METHOD / HTTP_URL / HTTP_HOST, PEN 35632
+    (10, (35632, 360, build.VAR), (35632, 180, build.VAR), (35632, 187, build.VAR)),
+    (9, (57832, 3), (57652, 17), (57659, 15)),                 # the same in NetFlow v9: 57472 + id
+    (10, (35632, 360, build.VAR), (35632, 180, build.VAR), None),
 ])
-def test_nprobe_method_and_url(version, method, url):
-    """nProbe's method element names the request with nProbe's URL: an IMDSv2 token request."""
-    fields = _BASE + [method, url]
-    values = ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", b"/latest/api/token"]
+def test_nprobe_method_url_and_host(version, method, url, host):
+    """nProbe's method element names the request with nProbe's URL and host: an IMDSv2 token request."""
+    fields = _BASE + [method, url] + ([host] if host else [])
+    values = ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", b"/latest/api/token", b"169.254.169.254"]
     tmpl, data = build.template_set(version, {400: fields}), build.data_set(400, [build.record(fields, values)])
     pkt = build.ipfix([tmpl, data]) if version == 10 else build.v9([tmpl, data])
     p, alerts = run([pkt], src=("192.0.2.64", 2055))
     (a,) = alerts
-    assert (a["format"], a["signal"], a["http_method"], a["url"]) == \
-        ("ipfix" if version == 10 else "netflow", "address", "PUT", "/latest/api/token")
+    assert (a["format"], a["signal"], a["http_method"], a["url"], a["http_host"]) == \
+        ("ipfix" if version == 10 else "netflow", "address", "PUT", "/latest/api/token",
+         "169.254.169.254" if host else None)
 
 
 @pytest.mark.parametrize("ie,section", [
@@ -169,12 +229,34 @@ def test_ipfix_packet_sections(ie, section):
     p, alerts = run([_ipfix(fields, [section, 100, 1])], src=("192.0.2.61", 4739))
     (a,) = alerts
     assert (a["src"], a["dst"], a["sport"], a["dport"], a["proto"]) == ("10.1.2.3", "10.9.9.9", 40000, 8080, 6)
+    assert a["http_host"] is None
     if ie == 315:
         assert (a["signal"], a["http_method"], a["url"], a["headers"], a["vlan"]) == \
             ("header", "GET", "/x", ["x-aws-ec2-metadata-token"], 12)
         assert b"s3cr3t" not in msgpack.packb(a)
     else:
         assert (a["signal"], a["endpoint"], a["url"]) == ("url", "url:/latest/meta-data", "/latest/meta-data/")
+
+
+def test_vlan_suppression_from_a_third_tag_in_an_ipfix_section():
+    """A dataLinkFrameSection (IE 315) goes through the same packet kernel: its third tag counts too."""
+    fields = [(315, build.VAR), (1, 8), (2, 8)]
+    for tags, suppressed in (((1, 2, 666), 1), ((1, 2, 665), 0)):
+        section = frame(CLIENT, IMDS, 40000, 80, b"GET / HTTP/1.1\r\n", tags)
+        p, alerts = run([_ipfix(fields, [section, 100, 1])], src=("192.0.2.67", 4739))
+        assert (len(alerts), p.stats()["suppressed"]) == (1 - suppressed, suppressed)
+
+
+def test_a_host_header_in_a_packet_section_is_never_copied():
+    """RFC 7133 sections go through the same packet kernel: a Host header there is a header value too,
+    even in a record that also carries a host element of its own (IE 460, not read with a section)."""
+    section = frame(CLIENT, IMDS, 40000, 80, b"PUT /latest/api/token HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n", 12)
+    for fields, values in (([(315, build.VAR), (1, 8), (2, 8)], [section, 100, 1]),
+                           ([(315, build.VAR), (460, build.VAR), (1, 8), (2, 8)], [section, HOST, 100, 1])):
+        p, alerts = run([_ipfix(fields, values)], src=("192.0.2.70", 4739))
+        (a,) = alerts
+        assert (a["http_method"], a["url"], a["http_host"]) == ("PUT", "/latest/api/token", None)
+        assert HOST not in msgpack.packb(a)
 
 
 def test_ipfix_ip_payload_section():
@@ -201,12 +283,13 @@ def _late(fields, values):
 
 
 def test_ipfix_http_of_data_that_waited_for_its_template():
-    """Method, target and header names of data decoded late, from the pending buffer, as if on time."""
-    fields = _BASE + [(459, build.VAR), (461, build.VAR)]
-    p, alerts = run(_late(fields, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", b"/latest/api/token"]),
-                    src=("192.0.2.62", 4739))
+    """Method, target, host and header names of data decoded late, from the pending buffer, as if on time."""
+    fields = _BASE + [(459, build.VAR), (460, build.VAR), (461, build.VAR)]
+    p, alerts = run(_late(fields, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, 100, 1, b"PUT", b"169.254.169.254",
+                                   b"/latest/api/token"]), src=("192.0.2.62", 4739))
     (a,) = alerts
-    assert (a["signal"], a["http_method"], a["url"]) == ("address", "PUT", "/latest/api/token")
+    assert (a["signal"], a["http_method"], a["url"], a["http_host"]) == \
+        ("address", "PUT", "/latest/api/token", "169.254.169.254")
     section = frame(CLIENT, OTHER, 40000, 8080, b"GET /x HTTP/1.1\r\nX-aws-ec2-metadata-token: s3cr3t\r\n", 12)
     p, alerts = run(_late([(315, build.VAR), (1, 8), (2, 8)], [section, 100, 1]), src=("192.0.2.63", 4739))
     (a,) = alerts

@@ -16,7 +16,8 @@ def ip_of(text: str):
 def detect_one(rec: dict, endpoints: list, suppress_subnets: list, suppress_vlans: set, url_patterns: int = 0):
     """(endpoint index, 'request'|'response') or None for one record given as plain Python values.
 
-    rec: src, dst (strings), nsrc/ndst (strings or None), vlans (list of ints, -1 absent), url (int).
+    rec: src, dst (strings), nsrc/ndst (strings or None), vlans (list of ints, -1 absent: the four VLAN
+    columns' and any number of further ids), url (int).
     """
     def ep_of(addr):
         if addr is None:
@@ -68,6 +69,8 @@ def packet_one(data: bytes, kind: int, url_substrings=(), header_names=()) -> di
                 return None
             if tags < 2:
                 vlans[tags] = int.from_bytes(rest[:2], "big") & 0xFFF
+            elif tags < 7:                       # tags 3 to 7 are recorded (vlan_more), later ones walked
+                vlans.append(int.from_bytes(rest[:2], "big") & 0xFFF)
             tags += 1
             et, rest = int.from_bytes(rest[2:4], "big"), rest[4:]
         kind = {0x0800: 11, 0x86DD: 12}.get(et)

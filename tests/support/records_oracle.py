@@ -122,6 +122,7 @@ def decode_record(rec: bytes, fields, version: int, uptime: int, secs: float, ra
     row.update(proto=proto, sport=sport & 0xFFFF, dport=dport & 0xFFFF)
     for name in ("vlan_src", "vlan_dst", "vlan_dot1q", "vlan_cust"):
         row[name] = vlan(name)
+    row["vlan_more"] = 0                 # further tags come from packet sections only
     row["bytes"], has_bytes = counter("bytes", "bytes_total", "bytes_init", "bytes_resp")
     row["packets"], has_packets = counter("packets", "packets_total", "packets_init", "packets_resp")
     row["row_flags"] |= 0 if (has_bytes or has_packets) else NO_COUNTERS

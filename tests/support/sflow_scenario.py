@@ -50,7 +50,7 @@ def _want(src, dst, sport, dport, endpoint, direction="request", signal="address
           headers=(), vlan=None, proto=6):
     return {"src": src, "dst": dst, "sport": sport, "dport": dport, "proto": proto, "endpoint": endpoint,
             "direction": direction, "signal": signal, "http_method": method, "url": url, "headers": list(headers),
-            "vlan": vlan}
+            "vlan": vlan, "http_host": None}      # a sampled Host header is a header value: never copied
 
 
 def build() -> list[Case]:

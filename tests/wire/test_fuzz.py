@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from imds_flow import app, config, wire
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import ExporterTable
-from imds_flow.flows import FlowBatch
+from imds_flow.flows import HTTP, LATE, FlowBatch
 from imds_flow.wire import DecodeError, REASONS
 from imds_flow import build
 from tests.support import corpus, mutate
@@ -107,7 +107,8 @@ def test_any_bytes_batch(items):
 # --- hypothesis: structured v9 / IPFIX with random templates, then damaged ------------------------
 
 _IDS = [1, 2, 4, 7, 8, 10, 11, 12, 14, 21, 22, 27, 28, 32, 34, 48, 58, 59, 85, 86, 150, 152, 153, 156, 158, 160,
-        180, 225, 226, 231, 232, 243, 245, 281, 302, 305, 306, 309, 310, 461, 999, 40001, 57652]
+        180, 225, 226, 231, 232, 243, 245, 281, 302, 305, 306, 309, 310, 459, 460, 461, 999, 40001, 57652, 57659,
+        57832]
 _LENGTHS = [0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 255, 1000, 0xFFFF]
 _field = st.one_of(st.tuples(st.sampled_from(_IDS), st.sampled_from(_LENGTHS)),
                    st.tuples(st.sampled_from([9, 3054, 5951, 15397, 35632]), st.integers(0, 400), st.sampled_from(_LENGTHS)))
@@ -172,6 +173,58 @@ def test_templated_packets_batch_and_pipeline(pk):
     p.tick(T0 + 3600)
     assert_canary(p)
     assert_canary(p, src=EXPORTER, tid=301)          # the exporter that sent the junk still decodes
+
+
+# --- HTTP strings of flow records: a host or target never read past its bytes ---------------------
+
+_HTTP = [(8, 4), (12, 4), (4, 1), (459, build.VAR), (460, build.VAR), (461, build.VAR)]
+_HOST = b"169.254.169.254"
+
+
+def _http_variants() -> tuple[bytes, list[bytes]]:
+    """(the template datagram, data datagrams): one IPFIX record with method, host and target, cut at
+    every length and with the host's length set to values that run past the record, the set and
+    the datagram (1-byte and 3-byte length forms)."""
+    rec = build.record(_HTTP, ["10.1.2.3", "169.254.169.254", 6, b"PUT", _HOST, b"/latest/api/token"])
+    good = build.ipfix([build.data_set(300, [rec])])
+    at = good.index(_HOST) - 1                                       # the host's length byte
+    out = [good] + [good[:k] for k in range(len(good))]
+    out += [good[:at] + bytes([v]) + good[at + 1:] for v in (0, 1, 14, 16, 17, 30, 40, 254, 255)]
+    out += [good[:at] + b"\xff" + struct.pack(">H", v) + good[at + 1:] for v in (0, 15, 16, 100, 0xFFFF)]
+    return build.ipfix([build.template_set(10, {300: _HTTP})]), out
+
+
+def _http_rows(out: FlowBatch, data: bytes) -> list[bytes]:
+    """Every HTTP row's host, after checking that its host and target lie inside the bytes they
+    index: the datagram itself (exactly its length here), or for a LATE row the pending buffer."""
+    c, hosts = out.cols, []
+    for i in np.flatnonzero(out.view("row_flags") & HTTP).tolist():
+        buf = out.late_buf if c.row_flags[i] & LATE else out.buf
+        if not c.row_flags[i] & LATE:
+            assert len(buf) == len(data)
+        for off, ln in ((int(c.url_off[i]), int(c.url_len[i])), (int(c.host_off[i]), int(c.host_len[i]))):
+            assert 0 <= off and 0 <= ln and off + ln <= len(buf)
+        hosts.append(bytes(buf[int(c.host_off[i]): int(c.host_off[i]) + int(c.host_len[i])]))
+    return hosts
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_http_host_past_its_record_is_never_read(late):
+    """IE 460 httpRequestHost (and 461 after it) with lengths past the record, the set or the datagram,
+    decoded on time and after waiting for the template (pending buffer): a counted status, rows
+    whose strings lie inside their bytes, never an exception."""
+    tpl, variants = _http_variants()
+    for k, data in enumerate(variants):
+        table = ExporterTable(clock=lambda: T0)
+        out = FlowBatch(8)
+        order = [data, tpl] if late else [tpl, data]
+        for payload in order:
+            dg = DatagramBatch.from_payloads([payload], src=EXPORTER, ts=T0)
+            status = wire.decode(dg, table.lookup(dg.src_hi, dg.src_lo, dg.sport), table, out)
+            assert 0 <= status[0] < len(REASONS)
+        hosts = _http_rows(out, order[-1])
+        if k == 0:                                                   # the undamaged record
+            assert hosts == [_HOST] and bool(out.cols.row_flags[0] & LATE) == late
 
 
 # --- the vendor corpus, mutated, through the Pipeline in sequence order ---------------------------

@@ -1,6 +1,7 @@
 """The sFlow decoder and the packet kernel are total (STYLE 7): any bytes give rows or a counted
-status, never another exception; every row's request-target lies inside its own datagram; mutated
-corpus datagrams leave the state able to decode a valid datagram exactly as a fresh collector does.
+status, never another exception; every row's request-target lies inside its own datagram, and no
+row keeps a host (the Host header is a header value); mutated corpus datagrams leave the state able
+to decode a valid datagram exactly as a fresh collector does.
 
 Each datagram is decoded from a buffer of exactly its own length, so a run with NUMBA_BOUNDSCHECK=1
 (and a fresh NUMBA_CACHE_DIR) turns any out-of-bounds read into an IndexError here.
@@ -44,6 +45,7 @@ def decode_total(data: bytes, table: ExporterTable | None = None) -> tuple[int, 
     for i in http.tolist():
         assert 0 <= c.url_off[i] and c.url_off[i] + c.url_len[i] <= len(data) and c.url_len[i] > 0
         assert 0 <= c.http_method[i] < 9
+        assert c.host_len[i] == 0                  # a sampled Host header's value is never kept
     assert status[0] == 0 or out.n == 0 or data[:2] != b"\0\0"      # a rejected sFlow datagram leaves no rows
     return int(status[0]), out
 

@@ -78,7 +78,7 @@ def packets(draw) -> tuple[bytes, int]:
         et, kind = 0x0800, IPV4
     if draw(st.booleans()):
         tags = b""
-        for _ in range(draw(st.integers(0, 3))):
+        for _ in range(draw(st.sampled_from([0, 1, 2, 3, 3, 4, 7, 8]))):
             tags += struct.pack(">HH", draw(st.sampled_from([0x8100, 0x88A8, 0x9100])), draw(st.integers(0, 65535)))
         et = draw(st.sampled_from([et, et, et, 0x0806]))
         data = bytes(12) + tags[:2] + tags[2:] + struct.pack(">H", et) + ip if tags else bytes(12) + struct.pack(">H", et) + ip
@@ -144,9 +144,26 @@ def test_http_rules(payload, want):
 
 
 def test_vlans_and_addresses():
-    got = parse_one(_frame(b"", vlans=(100, 0x2000 | 200, 300)), ETHERNET)
+    got = parse_one(_frame(b"", vlans=(100, 0x2000 | 200)), ETHERNET)
     assert got["vlans"] == [100, 200] and got["dst"] == "169.254.169.254" and got["src"] == "10.0.0.5"
     assert (got["sport"], got["dport"], got["proto"]) == (40000, 80, 6)
+    assert parse_one(_frame(b"", vlans=(100,)), ETHERNET)["vlans"] == [100, -1]
+    assert parse_one(_frame(b""), ETHERNET)["vlans"] == [-1, -1]
+
+
+@pytest.mark.parametrize("tags,want", [
+    ((100, 0x2000 | 200, 300), [100, 200, 300]),                 # a third tag: vlan_more
+    ((100, 200, 0xF000 | 300, 4095), [100, 200, 300, 4095]),     # PCP / DEI bits are not the id
+    ((1, 2, 0, 0), [1, 2, 0, 0]),                                # VLAN 0 in vlan_more is an id, not "absent"
+    (tuple(range(1, 10)), [1, 2, 3, 4, 5, 6, 7]),                # tags 8 and 9 walked, not recorded
+])
+def test_vlans_past_the_second(tags, want):
+    """Every tag's id up to the seventh is recorded (the 3rd to 7th in vlan_more), and the walk
+    still finds the IP header behind any number of tags."""
+    got = parse_one(_frame(b"GET / HTTP/1.1\r\n", vlans=tags), ETHERNET)
+    assert got["vlans"] == want
+    assert (got["dst"], got["method"], got["target"]) == ("169.254.169.254", "GET", b"/")
+    assert packet_one(_frame(b"GET / HTTP/1.1\r\n", vlans=tags), ETHERNET) == got
 
 
 # the kernel compares a field name only where a configured name's length ends in ':'; a name that is
