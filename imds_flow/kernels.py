@@ -164,13 +164,13 @@ def _vlan_hit(c, i, table):
     return False
 
 
-@njit(inline="always")
+@step
 def _more_count(more):
     """How many VLAN ids a vlan_more value holds (flows.py)."""
     return min(np.int64(more >> np.uint64(VLAN_MORE_COUNT)), VLAN_MORE_MAX)
 
 
-@njit(inline="always")
+@step
 def _more_id(more, k):
     """The k-th VLAN id packed in a vlan_more value (0 .. 4095)."""
     return np.int64((more >> np.uint64(12 * k)) & np.uint64(0xFFF))

@@ -19,7 +19,7 @@ from ..flows import HTTP, VLAN_MORE_COUNT, VLAN_MORE_MAX, vlan_more_ids
 from ..jit import njit, step
 from .readers import _u16, _u32
 
-__all__ = ["ETHERNET", "IPV4", "IPV6", "METHODS", "parse_packet", "parse_segment", "store", "scratch", "patterns", "parse_one"]
+__all__ = ["ETHERNET", "IPV4", "IPV6", "METHODS", "parse_packet", "parse_segment", "store", "scratch", "reset", "patterns", "parse_one"]
 
 # sFlow header_protocol values (sFlow v5 "header_protocol"); RFC 7133 sections map onto them
 ETHERNET = 1
@@ -337,7 +337,7 @@ def _extensions(b, p, end, proto):
 def parse_packet(b, o, end, kind, r, pat, pat_off, hdr, hdr_off):
     """Walk the sampled packet b[o:end] of type `kind` (ETHERNET, IPV4, IPV6) into the scratch r
     (S_* slots; `store` writes it to a row). Returns the IP version found (4, 6) or 0 (no IP header)."""
-    _reset(r, 0)
+    reset(r, 0)
     p = o
     net = np.int64(kind)                 # the network layer to walk; an int, never unified with a float
     if net == ETHERNET:
@@ -383,12 +383,13 @@ def parse_segment(b, o, end, proto, r, pat, pat_off, hdr, hdr_off):
     """The IP payload b[o:end] of protocol `proto` (RFC 7133 ipPayloadPacketSection, IE 314: from the
     transport header on; addresses and protocol are the record's) into the scratch r, as
     parse_packet reads the transport header and what follows it."""
-    _reset(r, proto)
+    reset(r, proto)
     _transport(b, o, end, end, proto, r, pat, pat_off, hdr, hdr_off)
 
 
 @step
-def _reset(r, proto):
+def reset(r, proto):
+    """The scratch r as for a packet with nothing found yet: no ports, no VLAN tag, no HTTP."""
     r[S_SPORT] = 0
     r[S_DPORT] = 0
     r[S_PROTO] = proto

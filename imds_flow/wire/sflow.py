@@ -19,9 +19,8 @@ from ..flows import SFLOW
 from ..jit import kernel, njit, step
 from .errors import reason_code
 from ..kernels import in_v4_endpoints, match_net
-from .packet import (ETHERNET, IPV4, IPV6, NONE, S_DPORT, S_DST_HI, S_DST_LO, S_HEADERS, S_METHOD, S_PROTO,
-                     S_SPORT, S_SRC_HI, S_SRC_LO, S_URL, S_VLAN1, S_VLAN2, S_VLAN_MORE, parse_packet, patterns, scratch,
-                     store)
+from .packet import (ETHERNET, IPV4, IPV6, S_DPORT, S_DST_HI, S_DST_LO, S_HEADERS, S_METHOD, S_PROTO, S_SPORT,
+                     S_SRC_HI, S_SRC_LO, S_URL, parse_packet, patterns, reset, scratch, store)
 from .readers import _u32, _u64
 
 __all__ = ["SflowState", "agents", "decode_datagrams", "MIN_ROW_BYTES", "SKIPPED", "TALLY"]
@@ -361,12 +360,7 @@ def _records(buf, r, nrec, send):
 def _sampled_ip(buf, ip4, ip6, r):
     """The sampled IPv4 record at ip4, else the sampled IPv6 record at ip6, into the packet
     kernel's scratch r (no VLAN tag, no HTTP): returns (IP version, frame length)."""
-    r[S_VLAN1] = NONE
-    r[S_VLAN2] = NONE
-    r[S_VLAN_MORE] = 0
-    r[S_URL] = 0
-    r[S_METHOD] = 0
-    r[S_HEADERS] = 0
+    reset(r, 0)
     if ip4 >= 0:
         r[S_PROTO] = _u32(buf, ip4 + 4)
         r[S_SRC_HI] = 0
