@@ -112,19 +112,20 @@ class Receiver:
         return (DatagramBatch(self.buf, self.offs[:n], lens[:n], hi[:n], lo[:n], port[:n], ts[:n], n),
                 trunc[:n].copy() if any_trunc else None)
 
-    def drain(self, process: Callable[[DatagramBatch, np.ndarray | None], None], limit: int | None = None) -> bool:
+    def drain(self, process: Callable[[DatagramBatch, np.ndarray | None], None], limit: int | None = None) -> int:
         """Hand batches to process(dg, truncated) until the socket is empty; with `limit`, stop after
-        that many batches or after a partial one. True when it stopped after a partial batch."""
-        done = 0
+        that many batches or after a partial one. Returns the datagrams handed on (0: it was empty)."""
+        done = got = 0
         while limit is None or done < limit:
             dg, truncated = self.read()
             if dg.n == 0:
-                return False
+                break
             process(dg, truncated)
             done += 1
+            got += dg.n
             if limit is not None and dg.n < self.batch:
-                return True
-        return False
+                break
+        return got
 
     def _read_portable(self, n: int | None = None) -> tuple[DatagramBatch, np.ndarray | None]:
         """The same with numpy column operations: the portable path, and recvmmsg on big-endian hosts."""

@@ -119,11 +119,11 @@ def test_drain_stops_at_a_partial_batch_or_the_limit_and_empties_the_socket_with
         time.sleep(0.05)
     try:
         send(5)
-        assert r.drain(process, limit=64) is True and sizes == [2, 2, 1]      # stopped after the partial one
-        assert r.drain(process, limit=64) is False and sizes == [2, 2, 1]     # empty: nothing handed on
+        assert r.drain(process, limit=64) == 5 and sizes == [2, 2, 1]         # stopped after the partial one
+        assert r.drain(process, limit=64) == 0 and sizes == [2, 2, 1]         # empty: nothing handed on
         send(5)
-        assert r.drain(process, limit=1) is False and sizes[3:] == [2]        # the limit, a full batch
-        assert r.drain(process) is False and sizes[3:] == [2, 2, 1]           # no limit: until empty
+        assert r.drain(process, limit=1) == 2 and sizes[3:] == [2]            # the limit, a full batch
+        assert r.drain(process) == 3 and sizes[3:] == [2, 2, 1]               # no limit: until empty
     finally:
         cl.close()
         srv.close()

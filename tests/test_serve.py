@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 
 from imds_flow import config
@@ -43,4 +44,39 @@ def test_ticks_and_stats_follow_the_injected_clock_until_sigterm(caplog):
     assert [a["count"] for a in sink.alerts] == [1, 1]
     assert pipeline.stats()["datagrams"] == 1 and pipeline.stats()["records"] == 2
     assert sock.fileno() == -1                     # closed by serve
+    pipeline.close()
+
+
+def test_steady_datagrams_are_taken_in_coalesced_batches_and_an_idle_socket_is_watched_again():
+    """With listen.coalesce_seconds, a socket that keeps receiving is read every 20 ms (batches of
+    several datagrams, not one wake-up each); once a read finds it empty it is watched again, so a
+    datagram after a quiet spell is still decoded at once, before the loop stops."""
+    pipeline = Pipeline(config.load(None), AlertList())
+    sock = open_socket("127.0.0.1", 0, 1 << 20)
+    sizes: list[int] = []
+    process = pipeline.process
+    pipeline.process = lambda dg, truncated=None: (sizes.append(dg.n), process(dg, truncated))
+    record = v5([("10.0.0.1", "192.0.2.1", 40000, 80)])
+    done = threading.Event()
+
+    def exporter() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(40):                    # 80 ms of steady export
+                s.sendto(record, sock.getsockname())
+                time.sleep(0.002)
+            time.sleep(0.3)                        # quiet: the socket goes back to epoll
+            s.sendto(record, sock.getsockname())
+        deadline = time.monotonic() + 5.0
+        while sum(sizes) < 41 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if sum(sizes) == 41:                       # decoded while the loop ran, not by its last drain
+            done.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=exporter)
+    serve(pipeline, [Receiver(sock, 64, 2048)], coalesce=0.02, ready=thread.start)
+    thread.join()
+    assert done.is_set() and sum(sizes) == 41
+    assert len(sizes) <= 15, sizes                # 40 datagrams over 80 ms: a handful of reads
+    assert pipeline.stats()["datagrams"] == 41
     pipeline.close()
