@@ -90,11 +90,11 @@ class Pipeline:
         """
         if dg.n == 0:
             return
-        if dg.n > 1 and int(dg.lens[: dg.n].sum()) > self.batch.limit:
+        if dg.n > 1 and dg.nbytes() > self.batch.limit:
             self._process_in_parts(dg, truncated)
             return
-        exp_ids = self.exporters.lookup(dg.src_hi[: dg.n], dg.src_lo[: dg.n], dg.sport[: dg.n])
-        if (exp_ids < 0).any():        # not in listen.allowed_exporters, or past limits.max_exporters
+        exp_ids, refused = self.exporters.resolve(dg.src_hi[: dg.n], dg.src_lo[: dg.n], dg.sport[: dg.n])
+        if refused:                    # not in listen.allowed_exporters, or past limits.max_exporters
             keep = exp_ids >= 0
             self.limit_log.report(float(dg.ts[dg.n - 1]))
             dg, exp_ids = dg.select(keep), exp_ids[keep]

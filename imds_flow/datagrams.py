@@ -29,6 +29,14 @@ class DatagramBatch:
     sport: np.ndarray  # uint16, exporter UDP source port
     ts: np.ndarray  # float64, receive / capture time, epoch seconds
     n: int  # number of datagrams
+    size: int = -1  # total payload bytes of the n datagrams; -1: not known yet (nbytes() sums)
+
+    def nbytes(self) -> int:
+        """Total payload bytes: from the receive kernel, which sums them as it unpacks the batch,
+        or summed here once (captures, tools)."""
+        if self.size < 0:
+            self.size = int(self.lens[: self.n].sum())
+        return self.size
 
     def payload(self, i: int) -> bytes:
         """The payload of datagram i as bytes (for tests and debugging, not hot paths)."""

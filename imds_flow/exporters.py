@@ -96,6 +96,10 @@ class ExporterTable:
     def lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> np.ndarray:
         """Exporter index of every datagram (int32), registering new exporters; -1 for a source not
         allowed or past max_exporters."""
+        return self.resolve(src_hi, src_lo, sport)[0]
+
+    def resolve(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> tuple[np.ndarray, int]:
+        """lookup, and how many datagrams it refused (-1): known without a pass over the result."""
         n = len(sport)
         if self._allowed is not None and n:
             ok = np.empty(n, np.bool_)
@@ -106,20 +110,23 @@ class ExporterTable:
                 self.refused["not_allowed"] = (int(src_hi[bad[0]]), int(src_lo[bad[0]]), int(sport[bad[0]]))
                 out = np.full(n, -1, np.int32)
                 good = np.flatnonzero(ok)
+                refused = len(bad)
                 if len(good):
-                    out[good] = self._lookup(src_hi[good], src_lo[good], sport[good])
-                return out
+                    out[good], over = self._lookup(src_hi[good], src_lo[good], sport[good])
+                    refused += over
+                return out, refused
         return self._lookup(src_hi, src_lo, sport)
 
-    def _lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> np.ndarray:
+    def _lookup(self, src_hi: np.ndarray, src_lo: np.ndarray, sport: np.ndarray) -> tuple[np.ndarray, int]:
         n = len(sport)
-        out = np.empty(n, np.int64)
+        out = np.empty(n, np.int32)
+        refused = 0
         if n and self._keymap.lookup(src_hi, src_lo, sport, out):   # one kernel call; Python per new source
             miss = np.flatnonzero(out == -2)
             keys = np.empty(len(miss), dtype=[("hi", "u8"), ("lo", "u8"), ("port", "u2")])
             keys["hi"], keys["lo"], keys["port"] = src_hi[miss], src_lo[miss], sport[miss]
             uniq, inverse = np.unique(keys, return_inverse=True)
-            ids = np.empty(len(uniq), np.int64)
+            ids = np.empty(len(uniq), np.int32)
             for j, key in enumerate(uniq.tolist()):
                 got = self._index.get(key)
                 if got is None:
@@ -131,7 +138,7 @@ class ExporterTable:
             refused = int((ids[inverse.ravel()] < 0).sum())
             if refused:
                 self.dropped["exporters_over_limit"] += refused
-        return out.astype(np.int32)
+        return out, refused
 
     def agents(self, exp_ids: np.ndarray, agent_hi: np.ndarray, agent_lo: np.ndarray, sub: np.ndarray) -> np.ndarray:
         """The sFlow row of each datagram: (its source row's address and port, agent, sub-agent id),

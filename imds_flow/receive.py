@@ -85,6 +85,7 @@ class Receiver:
         h["iovlen"] = 1
         h["control"] = self.control.ctypes.data + np.arange(batch, dtype=np.int64) * _CONTROL
         self._fd = sock.fileno()
+        self._hdrs_at = self._hdrs.ctypes.data      # the address, once: .ctypes builds an object per call
         self._use_mmsg = HAVE_RECVMMSG
         self._view = memoryview(self.buf)
         h["namelen"] = _NAME
@@ -97,6 +98,8 @@ class Receiver:
         self._lo = np.zeros(batch, np.uint64)
         self._port = np.zeros(batch, np.uint16)
         self._ts = np.zeros(batch, np.float64)
+        self._empty = DatagramBatch(self.buf, self.offs[:0], self._lens[:0], self._hi[:0], self._lo[:0], self._port[:0],
+                                    self._ts[:0], 0, 0)
 
     def read(self) -> tuple[DatagramBatch, np.ndarray | None]:
         """The next batch and a mask of datagrams cut short by the slot size (None: none were)."""
@@ -105,11 +108,15 @@ class Receiver:
         n = self._recv_mmsg()
         if not self._use_mmsg:                        # recvmmsg turned out missing (ENOSYS)
             return self._read_portable(n)
+        if n == 0:                                    # empty: the common end of a drain, kept cheap
+            return self._empty, None
         # one kernel call: lengths, truncation, source addresses and arrival times of the batch,
         # and the header fields recvmmsg overwrote set back for the next call
         lens, hi, lo, port, ts, trunc = self._lens, self._hi, self._lo, self._port, self._ts, self._trunc
-        any_trunc = _unpack(self._raw, self.names, self.control, n, self.clock(), lens, trunc, hi, lo, port, ts)
-        return (DatagramBatch(self.buf, self.offs[:n], lens[:n], hi[:n], lo[:n], port[:n], ts[:n], n),
+        size = _unpack(self._raw, self.names, self.control, n, self.clock(), lens, trunc, hi, lo, port, ts)
+        any_trunc = size < 0
+        return (DatagramBatch(self.buf, self.offs[:n], lens[:n], hi[:n], lo[:n], port[:n], ts[:n], n,
+                              -1 if any_trunc else size),
                 trunc[:n].copy() if any_trunc else None)
 
     def drain(self, process: Callable[[DatagramBatch, np.ndarray | None], None], limit: int | None = None) -> int:
@@ -158,7 +165,7 @@ class Receiver:
         return ts
 
     def _recv_mmsg(self) -> int:
-        n = _recvmmsg(self._fd, self._hdrs.ctypes.data, self.batch, MSG_DONTWAIT, None)
+        n = _recvmmsg(self._fd, self._hdrs_at, self.batch, MSG_DONTWAIT, None)
         if n < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
@@ -214,10 +221,12 @@ def _unpack(raw, names, control, n, now, lens, trunc, hi, lo, port, ts):
     """Columns of the first n mmsghdr rows (`raw`: the struct mmsghdr array as bytes, native
     little-endian): length, MSG_TRUNC, source (hi, lo, port; IPv4 as IPv4-mapped) and the kernel's
     SCM_TIMESTAMPNS (`now` where there is none); sets namelen / controllen back for the next
-    recvmmsg. Returns whether any datagram was truncated."""
+    recvmmsg. Returns the batch's total length in bytes, or -1 when a datagram was truncated."""
     any_trunc = False
+    size = 0
     for i in range(n):
         lens[i] = np.int32(_le(raw, i, _OFF_LEN, 4))
+        size += lens[i]
         t = (_le(raw, i, _OFF_FLAGS, 4) & np.uint64(MSG_TRUNC)) != 0
         trunc[i] = t
         any_trunc = any_trunc or t
@@ -243,7 +252,7 @@ def _unpack(raw, names, control, n, now, lens, trunc, hi, lo, port, ts):
             raw[i, _OFF_NAMELEN + j] = (_NAME >> (8 * j)) & 0xFF
         for j in range(8):
             raw[i, _OFF_CONTROLLEN + j] = (_CONTROL >> (8 * j)) & 0xFF
-    return any_trunc
+    return -1 if any_trunc else size
 
 
 def warm_up() -> None:

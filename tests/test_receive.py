@@ -25,6 +25,7 @@ def test_unpacked_batch_matches_the_reference(family, host):
         dg, trunc = r.read()
         assert dg.n == 5 and dg.lens.tolist() == [100, 101, 102, 103, 2048]
         assert trunc.tolist() == [False] * 4 + [True]
+        assert dg.size == -1 and dg.nbytes() == 100 + 101 + 102 + 103 + 2048    # cut: summed when asked
         hi, lo, port = receive._parse_names(r.names[:dg.n])
         assert (dg.src_hi == hi).all() and (dg.src_lo == lo).all() and (dg.sport == port).all()
         assert dg.sport[0] == cl.getsockname()[1] and abs(dg.ts - time.time()).max() < 5
@@ -34,6 +35,7 @@ def test_unpacked_batch_matches_the_reference(family, host):
         time.sleep(0.05)
         dg, trunc = r.read()
         assert dg.n == 1 and dg.lens.tolist() == [3] and trunc is None and dg.payload(0) == b"abc"
+        assert dg.size == 3                               # summed by the receive kernel
     finally:
         cl.close()
         srv.close()
