@@ -155,6 +155,7 @@ def serve(pipeline: Pipeline, receivers: list, *, clock: Callable[[], float] = t
 
 
 TURN_BATCHES = 64                            # most batches a socket drains per turn of the loop
+WAKE_ENOUGH = 32                             # datagrams that make an epoll wake-up worth its cost
 
 
 class _Loop:
@@ -188,13 +189,16 @@ class _Loop:
         # each turn finds a larger batch, and no epoll wake-up or epoll_ctl is spent per batch
         # (on a virtual machine a wake-up costs more than the batch's records: caches go cold while
         # the core idles). Latency grows by at most `coalesce`. A poll that finds the socket empty
-        # hands it back to epoll, so an idle collector uses no CPU.
+        # hands it back to epoll, so an idle collector uses no CPU; so does a wake-up that found
+        # WAKE_ENOUGH datagrams (exporters that send in bursts: one wake-up per burst).
         if not armed and self.stop.is_set():
             return                               # run() drains what is left
         got = r.drain(self.pipeline.process, limit=TURN_BATCHES)
         if self.coalesce <= 0 or self.stop.is_set():
             return
         fd = r.sock.fileno()
+        if armed and got >= WAKE_ENOUGH:         # worth its wake-up: stay on epoll (a burst, read
+            return                               # whole; a poll soon after it would find nothing)
         if got == 0:
             if not armed:
                 self.loop.add_reader(fd, self._drain, r)

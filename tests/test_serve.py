@@ -1,6 +1,9 @@
 """serve.serve: the event loop over a real loopback socket. Ticks and the stats line follow the
 injected clock (one that runs 100 s a reading: a folding window of 60 s closes and stats every 150 s
-come out within seconds of real time); SIGTERM stops the loop, which closes the socket."""
+come out within seconds of real time); SIGTERM stops the loop, which closes the socket. After each
+read the loop either keeps watching a socket (epoll) or polls it every listen.coalesce_seconds: that
+choice is tested on a recording stand-in for the event loop."""
+import asyncio
 import logging
 import os
 import signal
@@ -8,7 +11,10 @@ import socket
 import threading
 import time
 
+import pytest
+
 from imds_flow import config
+from imds_flow import serve as serve_mod
 from imds_flow.app import Pipeline
 from imds_flow.build import v5
 from imds_flow.receive import Receiver
@@ -80,3 +86,44 @@ def test_steady_datagrams_are_taken_in_coalesced_batches_and_an_idle_socket_is_w
     assert len(sizes) <= 15, sizes                # 40 datagrams over 80 ms: a handful of reads
     assert pipeline.stats()["datagrams"] == 41
     pipeline.close()
+
+
+class _FakeLoop:
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def add_reader(self, fd, *_):
+        self.calls.append(("add_reader", fd))
+
+    def remove_reader(self, fd):
+        self.calls.append(("remove_reader", fd))
+
+    def call_later(self, delay, *_):
+        self.calls.append(("call_later", delay))
+
+
+class _FakeReceiver:
+    batch = 512
+
+    def __init__(self, got: int):
+        self.got = got
+        self.sock = type("Sock", (), {"fileno": lambda self: 7})()
+
+    def drain(self, process, limit=None) -> int:
+        return self.got
+
+
+@pytest.mark.parametrize("armed, got, calls", [
+    (True, 0, []),                                                    # spurious wake-up: stays watched
+    (True, 3, [("remove_reader", 7), ("call_later", 0.002)]),         # a trickle: polled from now on
+    (True, serve_mod.WAKE_ENOUGH, []),                                # a burst read whole: stays watched
+    (False, 5, [("call_later", 0.002)]),                              # a poll that found some: poll again
+    (False, 0, [("add_reader", 7)]),                                  # a poll that found none: watched again
+    (False, serve_mod.TURN_BATCHES * 512, [("call_later", 0.0)]),     # its turn ran out: the next comes at once
+])
+def test_after_each_read_a_socket_is_watched_or_polled(armed, got, calls):
+    live = serve_mod._Loop(pipeline=None, receivers=[], clock=time.time, coalesce=0.002, stats_every=0, reload=None)
+    live.loop, live.stop = _FakeLoop(), asyncio.Event()
+    live.pipeline = type("P", (), {"process": None})()
+    live._drain(_FakeReceiver(got), armed)
+    assert live.loop.calls == calls
