@@ -58,6 +58,7 @@ class ExporterTable:
         self.address: list[str] = []
         self.port: list[int] = []
         self.counters = np.zeros((capacity, len(COUNTERS)), np.int64)
+        self._columns: dict[tuple[str, ...], tuple] = {}   # columns(): views of the counters array they came from
         self.first_seen = np.zeros(capacity, np.float64)
         self.last_seen = np.zeros(capacity, np.float64)
         # NetFlow v5 sequence tracking (flow_sequence counts records)
@@ -192,6 +193,15 @@ class ExporterTable:
     def column(self, counter: str) -> np.ndarray:
         """A writable view of one counter for every exporter row (kernels add into it)."""
         return self.counters[:, _C[counter]]
+
+    def columns(self, counters: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+        """column() of each counter, as one tuple kept from batch to batch until the table grows
+        (the sFlow kernel's tally, every batch)."""
+        kept = self._columns.get(counters)
+        if kept is None or kept[0] is not self.counters:
+            kept = (self.counters, tuple(self.counters[:, _C[c]] for c in counters))
+            self._columns[counters] = kept
+        return kept[1]
 
     def add_count(self, counter: str, exporter: int, k: int = 1) -> None:
         self.counters[exporter, _C[counter]] += k

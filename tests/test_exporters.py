@@ -76,3 +76,16 @@ def test_v5_and_ipfix_sequence_gaps_are_one_number_per_exporter():
     feed(table, [V5, V5], B)                                                 # the same number twice: no gap
     assert table.sequence_lost().tolist() == [10, 7, 0]
     assert [r["sequence_lost"] for r in table.snapshot()] == [10, 7, 0]
+
+
+def test_columns_are_kept_between_batches_and_follow_the_table_when_it_grows():
+    table = ExporterTable(capacity=2)
+    feed(table, [V5] * 2, [A, B])
+    kept = table.columns(("records", "datagrams"))
+    assert table.columns(("records", "datagrams")) is kept                    # the same views, not rebuilt
+    assert [c[:2].tolist() for c in kept] == [[6, 6], [1, 1]]
+    feed(table, [V5] * 2, [C, ("192.0.2.9", 2055)])                           # past its capacity: it grows
+    grown = table.columns(("records", "datagrams"))
+    assert grown is not kept and len(grown[0]) >= 4
+    grown[1][3] += 5                                                          # a kernel's write reaches the table
+    assert table.total("datagrams") == 4 + 5

@@ -110,7 +110,7 @@ def _decode_sflow(dg: DatagramBatch, sel: np.ndarray, exp_ids: np.ndarray, state
         has = sel[ok]
         exp_ids[has] = state.agents(exp_ids[has], hi[ok], lo[ok], sub[ok])
     s = state.sflow                                  # the table is grown: its columns are final
-    tally = tuple(state.column(name) for name in sflow.TALLY)
+    tally = state.columns(sflow.TALLY)
     out.n = sflow.decode_datagrams((dg.buf, dg.offs, dg.lens, dg.ts), sel, exp_ids, out.rows, out.n, status, tally,
                                    (state.seq_next, state.seq_seen, state.seq_lost), s.sources, s.http,
                                    compacting, ep)
@@ -133,6 +133,9 @@ class _OneExporter:
         if counter not in self._columns:
             self._columns[counter] = np.zeros((1, 2), np.int64)[:, 0]
         return self._columns[counter]
+
+    def columns(self, counters: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+        return tuple(self.column(c) for c in counters)
 
     def agents(self, exp_ids, agent_hi, agent_lo, sub) -> np.ndarray:
         return exp_ids.copy()
