@@ -31,8 +31,10 @@ _JUNK = b"\x00"
 _CHILD_SECONDS = 300.0        # a child that takes longer is stuck: stop waiting for it
 # IPFIX with a template of fixed and variable fields (an HTTP target) and one data record
 _FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (461, build.VAR)]
-_IPFIX = build.ipfix([build.template_set(10, {256: _FIELDS}), build.data_set(256, [build.record(
-    _FIELDS, ["10.0.0.1", "169.254.169.254", 80, 80, 6, 0, 0, b"/"])], pad_to=1)])
+_RECORD = build.data_set(256, [build.record(_FIELDS, ["10.0.0.1", "169.254.169.254", 80, 80, 6, 0, 0, b"/"])], pad_to=1)
+_IPFIX = build.ipfix([build.template_set(10, {256: _FIELDS}), _RECORD])
+# the same data set in a datagram before its template: it waits in wire.pending until _IPFIX defines it
+_IPFIX_EARLY = build.ipfix([_RECORD])
 # sFlow taking every branch worth compiling: IPv4 agent, a flow sample with an extended switch record
 # and an Ethernet / 802.1Q / IPv4 / TCP raw header carrying an HTTP request with a header field
 SFLOW = build.sflow([build.packet_sample(1, build.frame(
@@ -60,6 +62,7 @@ def warm_up(pipeline) -> None:
             except subprocess.TimeoutExpired:    # killed below; the decoder then compiles here
                 pass
         _decode(pipeline, [_V5, _JUNK, _IPFIX, SFLOW])
+        _early_data(pipeline)
     finally:
         if helper is not None and helper.poll() is None:
             helper.kill()
@@ -77,6 +80,17 @@ def _decode(pipeline, payloads: list[bytes]) -> tuple[FlowBatch, ExporterTable]:
         status = wire.decode(dg, ids, scratch, batch, keep=keep, records=scratch.records_column())
     scratch.count(ids, status, None, 0.0)    # the per-exporter counting kernel, as Pipeline.process does
     return batch, scratch
+
+
+def _early_data(pipeline) -> None:
+    """A data set one batch before its template (an exporter heard before it resent its templates):
+    wire.pending keeps it, then hands it to the decoder when the template comes."""
+    scratch = ExporterTable(pipeline.clock)
+    batch = FlowBatch(64)
+    for payload in (_IPFIX_EARLY, _IPFIX):
+        dg = DatagramBatch.from_payloads([payload], ts=0.0)
+        ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
+        wire.decode(dg, ids, scratch, batch, keep=pipeline.detector.endpoints, records=scratch.records_column())
 
 
 def _cold() -> bool:

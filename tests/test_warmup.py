@@ -38,6 +38,15 @@ def test_live_batches_load_no_kernel_after_the_warm_up():
     for k in range(2):
         p.process(DatagramBatch.from_payloads(sflow_datagrams(16, 8, 128, 0.3), src=("192.0.2.2", 6343),
                                               ts=1.7e9 + k))
+    # an exporter's data sets before its template (as after a restart of either end): they wait, and
+    # are decoded when the template comes in a later batch
+    ex = flow_datagrams(10, 4, 30, imds_fraction=0.05)
+    ex.set_sequence(ex.data, 0)
+    decoded = p.stats()["records"]
+    p.process(DatagramBatch.from_payloads([r.tobytes() for r in ex.data], src=("192.0.2.3", 4739), ts=1.7e9))
+    assert p.stats()["records"] == decoded
+    p.process(DatagramBatch.from_payloads([ex.template], src=("192.0.2.3", 4739), ts=1.7e9 + 1))
+    assert p.stats()["records"] == decoded + 4 * 30
     p.tick(1.7e9 + 100)
     p.close()
     assert p.stats()["alerts"] > 0
