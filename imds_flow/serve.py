@@ -193,10 +193,15 @@ class _Loop:
         # WAKE_ENOUGH datagrams (exporters that send in bursts: one wake-up per burst).
         if not armed and self.stop.is_set():
             return                               # run() drains what is left
-        got = r.drain(self.pipeline.process, limit=TURN_BATCHES)
+        fd = r.sock.fileno()
+        try:
+            got = r.drain(self.pipeline.process, limit=TURN_BATCHES)
+        except BaseException:
+            if not armed:                        # never leave a socket neither watched nor polled
+                self.loop.add_reader(fd, self._drain, r)
+            raise
         if self.coalesce <= 0 or self.stop.is_set():
             return
-        fd = r.sock.fileno()
         if armed and got >= WAKE_ENOUGH:         # worth its wake-up: stay on epoll (a burst, read
             return                               # whole; a poll soon after it would find nothing)
         if got == 0:

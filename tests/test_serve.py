@@ -110,6 +110,8 @@ class _FakeReceiver:
         self.sock = type("Sock", (), {"fileno": lambda self: 7})()
 
     def drain(self, process, limit=None) -> int:
+        if self.got < 0:
+            raise RuntimeError("a batch failed")
         return self.got
 
 
@@ -122,8 +124,20 @@ class _FakeReceiver:
     (False, serve_mod.TURN_BATCHES * 512, [("call_later", 0.0)]),     # its turn ran out: the next comes at once
 ])
 def test_after_each_read_a_socket_is_watched_or_polled(armed, got, calls):
+    live = _stand_in_loop()
+    live._drain(_FakeReceiver(got), armed)
+    assert live.loop.calls == calls
+
+
+def test_a_poll_that_raises_leaves_the_socket_watched():
+    live = _stand_in_loop()
+    with pytest.raises(RuntimeError):
+        live._drain(_FakeReceiver(-1), False)
+    assert live.loop.calls == [("add_reader", 7)]
+
+
+def _stand_in_loop():
     live = serve_mod._Loop(pipeline=None, receivers=[], clock=time.time, coalesce=0.002, stats_every=0, reload=None)
     live.loop, live.stop = _FakeLoop(), asyncio.Event()
     live.pipeline = type("P", (), {"process": None})()
-    live._drain(_FakeReceiver(got), armed)
-    assert live.loop.calls == calls
+    return live
