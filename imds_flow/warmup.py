@@ -62,35 +62,25 @@ def warm_up(pipeline) -> None:
             except subprocess.TimeoutExpired:    # killed below; the decoder then compiles here
                 pass
         _decode(pipeline, [_V5, _JUNK, _IPFIX, SFLOW])
-        _early_data(pipeline)
+        _decode(pipeline, [_IPFIX_EARLY], [_IPFIX])  # data a batch before its template waits in wire.pending
     finally:
         if helper is not None and helper.poll() is None:
             helper.kill()
             helper.wait()
 
 
-def _decode(pipeline, payloads: list[bytes]) -> tuple[FlowBatch, ExporterTable]:
-    """One scratch batch through the decoders, with and without an endpoint table (the two types
-    Pipeline.process passes)."""
-    dg = DatagramBatch.from_payloads(payloads, ts=0.0)
+def _decode(pipeline, *batches: list[bytes]) -> tuple[FlowBatch, ExporterTable]:
+    """Scratch batches through the decoders in turn, one exporter table for them all, each with and
+    without an endpoint table (the two types Pipeline.process passes)."""
     scratch = ExporterTable(pipeline.clock)
-    ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
     batch = FlowBatch(64)
-    for keep in (None, pipeline.detector.endpoints):
-        status = wire.decode(dg, ids, scratch, batch, keep=keep, records=scratch.records_column())
+    for payloads in batches:
+        dg = DatagramBatch.from_payloads(payloads, ts=0.0)
+        ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
+        for keep in (None, pipeline.detector.endpoints):
+            status = wire.decode(dg, ids, scratch, batch, keep=keep, records=scratch.records_column())
     scratch.count(ids, status, None, 0.0)    # the per-exporter counting kernel, as Pipeline.process does
     return batch, scratch
-
-
-def _early_data(pipeline) -> None:
-    """A data set one batch before its template (an exporter heard before it resent its templates):
-    wire.pending keeps it, then hands it to the decoder when the template comes."""
-    scratch = ExporterTable(pipeline.clock)
-    batch = FlowBatch(64)
-    for payload in (_IPFIX_EARLY, _IPFIX):
-        dg = DatagramBatch.from_payloads([payload], ts=0.0)
-        ids = scratch.lookup(dg.src_hi, dg.src_lo, dg.sport)
-        wire.decode(dg, ids, scratch, batch, keep=pipeline.detector.endpoints, records=scratch.records_column())
 
 
 def _cold() -> bool:
