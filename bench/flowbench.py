@@ -436,9 +436,11 @@ def run(st: Settings) -> int:
     check(st)
     if st.export == "sflow":             # flow samples with packet headers: bench/sflow.py measures them
         from . import sflow
-        rate = st.rates[0] if st.rates else 200_000.0
+        rate = st.rates[0] if st.rates else 200_000.0      # samples/s; --duration seconds of them
         return sflow.main([*(["--no-inprocess"] if not st.inprocess else []),
-                           *(["--compare", ",".join(st.compare)] if st.compare else []), "--rate", str(rate)])
+                           *(["--compare", ",".join(st.compare)] if st.compare else []), "--rate", str(rate),
+                           "--datagrams", str(max(int(rate * st.duration) // 8, 1)), "--repeat", str(st.repeat),
+                           "--imds-fraction", str(st.imds_fraction), "--out", str(st.out)])
     rivals = list(st.compare)
     if rivals:
         RCVBUF["bytes"] = fair_rcvbuf()
