@@ -45,23 +45,23 @@ def _vlans(batch: FlowBatch, idx: np.ndarray) -> list[int | None]:
 
 def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> list[tuple[tuple, dict]]:
     """(fold key, alert with count 1) for every hit; Python work only for hits."""
-    if not len(hits):
+    m = len(hits)
+    if not m:
         return []
-    idx = hits.idx
-    c = batch.cols
-    cols = [getattr(c, name)[idx].tolist() for name in _HIT_COLUMNS]
+    ints, floats = np.empty((m, len(kernels.HIT_INTS)), np.uint64), np.empty((m, 3), np.float64)
+    kernels.hit_fields(batch.rows, np.ascontiguousarray(hits.idx, np.int64), ints, floats)
     signals = hits.signals + ("address",) * max(0, len(names) - len(hits.signals))
     address, port = exporters.address, exporters.port
     out = []
-    for (e, version, ts, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, b, p, first, last, sampling, flags,
-         method, url_off, url_len, h, host_off, host_len, in_if, out_if), vlan, ep, direction in zip(
-            zip(*cols), _vlans(batch, idx), hits.endpoint.tolist(), hits.direction.tolist()):
+    for (e, version, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, b, p, sampling, flags, method, url_off,
+         url_len, h, host_off, host_len, in_if, out_if, vlan), (ts, first, last), ep, direction in zip(
+            ints.tolist(), floats.tolist(), hits.endpoint.tolist(), hits.direction.tolist()):
         src, dst = (src_hi, src_lo), (dst_hi, dst_lo)
         sampling = sampling or 1
         alert = {
             "ts": ts, "exporter": address[e], "exporter_port": port[e],
             "version": version, "src": from_hilo(src_hi, src_lo), "dst": from_hilo(dst_hi, dst_lo),
-            "sport": sport, "dport": dport, "proto": proto, "vlan": vlan,
+            "sport": sport, "dport": dport, "proto": proto, "vlan": vlan - 1 if vlan else None,
             "endpoint": names[ep], "direction": DIRECTIONS[direction],
             "bytes": b, "packets": p, "first_seen": _time(first), "last_seen": _time(last),
             "count": 1, "sampling_rate": sampling,
@@ -88,11 +88,6 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             alert["headers"] = [name for k, name in enumerate(hits.header_names) if h >> k & 1]
         out.append(((e, src, dst, proto, dport if direction == REQUEST else sport, ep, direction), alert))
     return out
-
-
-_HIT_COLUMNS = ("exporter", "version", "ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto",
-                "bytes", "packets", "first_seen", "last_seen", "sampling_rate", "row_flags", "http_method", "url_off",
-                "url_len", "headers", "host_off", "host_len", "in_if", "out_if")
 
 
 def _text(buf: np.ndarray, off: int, length: int) -> str | None:

@@ -178,7 +178,8 @@ class Pipeline:
             self._out, self._out_ts = [], []
             self.sink.write_alerts(out)           # one bytes per alert: sinks cut between alerts
             self.sink.flush()
-            self.latency.add(self.clock() - np.array(ts))
+            now = self.clock()
+            self.latency.add([now - t for t in ts])
 
     def close(self) -> None:
         self.folder.close()

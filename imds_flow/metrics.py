@@ -1,6 +1,7 @@
 """Counters' reporting: rate-limited logging of decode errors and a periodic one-line summary."""
 from __future__ import annotations
 
+import bisect
 import logging
 import socket
 import sys
@@ -89,6 +90,9 @@ class LimitLog:
                             f" and {len(hit) - 3} more exporter(s)" if len(hit) > 3 else "")
 
 
+_FEW = 16                                   # Latency.add: up to this many values a Python loop is cheaper
+
+
 class Latency:
     """Alert latency (datagram arrival to alert written) in log-spaced buckets: cheap to add to,
     mergeable across workers, quantiles to within one bucket (about 6 %)."""
@@ -98,8 +102,12 @@ class Latency:
     def __init__(self, counts: list[int] | None = None):
         self.counts = np.array(counts, np.int64) if counts is not None else np.zeros(len(self.EDGES), np.int64)
 
-    def add(self, seconds: np.ndarray) -> None:
-        if len(seconds):
+    def add(self, seconds) -> None:
+        """Count each of `seconds` (a sequence of floats) in its bucket."""
+        if len(seconds) <= _FEW:             # the usual batch: an alert or two, no numpy calls
+            for s in seconds:
+                self.counts[bisect.bisect_right(_EDGES, max(s, 0.0)) - 1] += 1
+        else:
             np.add.at(self.counts, np.searchsorted(self.EDGES, np.maximum(seconds, 0.0), side="right") - 1, 1)
 
     def merge(self, other: "Latency") -> None:
@@ -111,6 +119,9 @@ class Latency:
             return None
         i = int(np.searchsorted(np.cumsum(self.counts), q * total, side="left"))
         return float(self.EDGES[min(i + 1, len(self.EDGES) - 1)])   # the bucket's upper edge
+
+
+_EDGES = Latency.EDGES.tolist()              # the same, for bisect (Latency.add)
 
 
 # the numbers every summary line reports; workers send these to the parent, which adds them up

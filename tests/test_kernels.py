@@ -170,3 +170,25 @@ def test_vlan_code_is_the_alert_vlan(vlans, more):
     out = np.empty(len(vlans), np.int64)
     vlan_codes(fb.rows, np.arange(len(vlans), dtype=np.int64), out)
     assert [vlan_code(fb.rows, i) for i in range(len(vlans))] == out.tolist() == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 30), picks=st.lists(st.integers(0, 29), max_size=12))
+def test_hit_fields_are_the_columns(seed, n, picks):
+    """kernels.hit_fields (alerts.hit_alerts' one gather) against reading the columns one at a time:
+    every field of HIT_INTS / HIT_FLOATS of the picked rows, signed fields as their unsigned 64-bit
+    pattern, VLAN as vlan_code + 1; rows filled with random bytes, NaN times included."""
+    from imds_flow.flows import ROW
+    from imds_flow.kernels import HIT_FLOATS, HIT_INTS, hit_fields
+    rng = np.random.default_rng(seed)
+    fb = FlowBatch(n)
+    fb.rows[:n] = np.frombuffer(rng.bytes(n * ROW.itemsize), ROW)
+    fb.cols.first_seen[rng.random(n) < 0.3] = np.nan
+    idx = np.array([p % n for p in picks], np.int64)
+    ints, floats = np.empty((len(idx), len(HIT_INTS)), np.uint64), np.empty((len(idx), len(HIT_FLOATS)))
+    hit_fields(fb.rows, idx, ints, floats)
+    for k, i in enumerate(idx.tolist()):
+        want = [int(getattr(fb.cols, name)[i]) % 2**64 for name in HIT_INTS[:-1]] + [vlan_code(fb.rows, i) + 1]
+        assert ints[k].tolist() == want
+        got, want_f = floats[k].tolist(), [float(getattr(fb.cols, name)[i]) for name in HIT_FLOATS]
+        assert [g == w or (g != g and w != w) for g, w in zip(got, want_f)] == [True] * 3

@@ -110,3 +110,16 @@ def test_latency_quantiles_are_within_one_bucket(seconds, q, split):
     got = whole.quantile(q)
     assert exact <= got <= exact * 1.06                              # the bucket's upper edge: about 6 % up
     assert Latency().quantile(q) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1.0, 200.0), st.sampled_from(Latency.EDGES.tolist())), max_size=40))
+def test_latency_counts_a_few_values_as_it_counts_many(seconds):
+    """Latency.add's Python path (up to _FEW values: the usual batch) buckets every value as its numpy
+    path does, bucket edges, negative and past-the-end values included."""
+    few, many = Latency(), Latency()
+    for k in range(0, len(seconds), 4):
+        few.add(seconds[k:k + 4])                                     # <= _FEW each: the Python loop
+    many.add(np.array(seconds + [0.0] * 17))                         # more than _FEW: numpy
+    many.counts[0] -= 17                                              # the padding's bucket
+    assert few.counts.tolist() == many.counts.tolist()
