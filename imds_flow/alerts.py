@@ -8,6 +8,7 @@ Windows run on record arrival time, so a replay folds exactly like the live run 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -29,6 +30,10 @@ ALERT_FIELDS = ("ts", "exporter", "exporter_port", "version", "src", "dst", "spo
                 "format", "signal", "http_method", "http_host", "url", "headers")
 # present only when the exporter reported them (SNMP / ifIndex of the input and output interfaces)
 OPTIONAL_ALERT_FIELDS = ("in_if", "out_if")
+
+
+# an alert's addresses as text: the same few instances and endpoints come back alert after alert
+_address = functools.lru_cache(maxsize=1 << 16)(from_hilo)
 
 
 def _time(v: float) -> float | None:
@@ -60,7 +65,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
         sampling = sampling or 1
         alert = {
             "ts": ts, "exporter": address[e], "exporter_port": port[e],
-            "version": version, "src": from_hilo(src_hi, src_lo), "dst": from_hilo(dst_hi, dst_lo),
+            "version": version, "src": _address(src_hi, src_lo), "dst": _address(dst_hi, dst_lo),
             "sport": sport, "dport": dport, "proto": proto, "vlan": vlan - 1 if vlan else None,
             "endpoint": names[ep], "direction": DIRECTIONS[direction],
             "bytes": b, "packets": p, "first_seen": _time(first), "last_seen": _time(last),
