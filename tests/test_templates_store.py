@@ -74,3 +74,31 @@ def test_unusable_files_are_logged_and_never_fatal(tmp_path, caplog):
     store = TemplateFile(tmp_path / "file" / "templates.json", table.templates)   # its folder is a file
     store.save()
     assert store.saves == 0 and table.templates.dirty and "cannot write" in caplog.text
+
+
+def test_each_save_writes_the_table_as_it_is_now(tmp_path):
+    """The writer keeps a template's text between saves: what it writes is still export_state, save
+    after save, as templates are resent (a later received time), redefined with another layout,
+    added in another scope, and forgotten."""
+    path = tmp_path / "templates.json"
+    clock = [100.0]
+    table = ExporterTable(clock=lambda: clock[0])
+    store = TemplateFile(path, table.templates)
+
+    def saved():
+        store.save()
+        return json.loads(path.read_text())["templates"]
+
+    feed(table, [template(256), template(257)])
+    assert saved() == table.templates.export_state() and len(saved()) == 2
+    dg = DatagramBatch.from_payloads([build.ipfix([template(256)], domain=7)], src=SRC, ts=170.0)
+    wire.decode(dg, table.lookup(dg.src_hi, dg.src_lo, dg.sport), table, FlowBatch(8))      # resent, 70 s later
+    assert [e["received"] for e in saved()] == [170.0, 100.0] == [e["received"] for e in table.templates.export_state()]
+    feed(table, [build.template_set(10, {257: FIELDS[:3]})])                               # another layout
+    got = saved()
+    assert got == table.templates.export_state() and [len(e["fields"]) for e in got] == [5, 3]
+    feed(table, [template(300)], domain=9)
+    assert saved() == table.templates.export_state() and len(saved()) == 3
+    assert table.templates.expire(170.0 + table.templates.lifetime - 1) == 2                # all but the resent one
+    assert saved() == table.templates.export_state() and [e["template_id"] for e in saved()] == [256]
+    assert set(store._text) == set(table.templates.templates)                               # forgotten texts gone

@@ -237,16 +237,17 @@ class ScopeTable:
     def export_state(self, templates: dict | None = None) -> list[dict]:
         """Every definition as plain data; `templates`: a copy of self.templates taken earlier (a writer
         thread exports from it while the loop goes on; scope_keys only grows, so it is read as is)."""
-        out = []
         held = self.templates if templates is None else templates
-        for key in sorted(held):                       # ints: sorting (key, value) pairs is ten times slower
-            _, received, t = held[key]
-            address, port, version, domain = self.scope_keys[key >> 16]
-            out.append({"exporter": address, "port": port if self.scope_port else None, "version": version,
-                        "domain": domain, "template_id": t.template_id, "options": t.options,
-                        "scope_fields": t.scope_fields, "fields": [list(f) for f in t.fields],
-                        "received": received})
-        return out
+        # ints: sorting (key, value) pairs is ten times slower
+        return [self.entry(key, held[key][2]) | {"received": held[key][1]} for key in sorted(held)]
+
+    def entry(self, key: int, t: Template) -> dict:
+        """The definition of template key `key` as plain data, all but its "received" time (which
+        export_state adds last; TemplateFile keeps this part's text between saves)."""
+        address, port, version, domain = self.scope_keys[key >> 16]
+        return {"exporter": address, "port": port if self.scope_port else None, "version": version,
+                "domain": domain, "template_id": t.template_id, "options": t.options,
+                "scope_fields": t.scope_fields, "fields": [list(f) for f in t.fields]}
 
     def import_state(self, entries: list[dict]) -> int:
         """Templates from export_state(); returns how many were taken (malformed ones are skipped)."""
