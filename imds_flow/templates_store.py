@@ -15,12 +15,16 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .wire.scopes import ScopeTable
+from .wire.scopes import ScopeTable, template_entry
 
 __all__ = ["TemplateFile"]
 
 log = logging.getLogger("imds_flow")
 FORMAT = 1
+
+
+def _json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 class TemplateFile:
@@ -34,7 +38,10 @@ class TemplateFile:
         self._queued: dict | None = None      # the latest copy of cache.templates not yet written
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._text: dict[int, tuple] = {}     # key -> (its Template, the JSON text of all but received)
+        # JSON text kept between saves (writer thread only): per scope id, and per Template object
+        # (id -> (the object, its text): the object is held, so its id is not reused meanwhile)
+        self._scope_text: dict[int, str] = {}
+        self._layout_text: dict[int, tuple] = {}
 
     def load(self) -> int:
         """Templates read into the cache; 0 when the file is missing or unusable."""
@@ -90,22 +97,25 @@ class TemplateFile:
             self._write(held)
 
     def _entries(self, held: dict) -> list[str]:
-        """The JSON text of every template of `held`, as export_state's entries would encode. A
-        template's text but its received time is kept between saves (a resent template is the same
-        Template object): with thousands of exporters, encoding every entry again cost half a second
-        of CPU per save (10 000 templates), and a save comes whenever one template changed. Small
-        steps, so the loop thread gets the GIL back between them."""
-        text, out = self._text, []
+        """The JSON text of every template of `held`, as export_state's entries would encode. The text
+        of each scope and of each Template object is kept between saves (a resent template is the
+        same object, and so are the same templates from many exporters): with thousands of
+        exporters, encoding every entry again cost half a second of CPU per save (10 000 templates),
+        and a save comes whenever one template changed. Small steps, so the loop thread gets the GIL
+        back between them."""
+        scopes, layouts, out = self._scope_text, self._layout_text, []
         for key in sorted(held):                       # ints: sorting (key, value) pairs is ten times slower
             _, received, t = held[key]
-            known = text.get(key)
-            if known is None or known[0] is not t:
-                body = json.dumps(self.cache.entry(key, t), separators=(",", ":"))
-                known = text[key] = (t, body[:-1] + ',"received":')
-            out.append(known[1] + json.dumps(received) + "}")
-        if len(text) > len(held):                      # templates forgotten since: their text goes too
-            for key in text.keys() - held.keys():
-                del text[key]
+            sid = key >> 16
+            scope = scopes.get(sid)
+            if scope is None:
+                scope = scopes[sid] = "{" + _json(self.cache.scope_entry(sid))[1:-1] + ","
+            layout = layouts.get(id(t))
+            if layout is None or layout[0] is not t:
+                layout = layouts[id(t)] = (t, _json(template_entry(t))[1:-1] + ',"received":')
+            out.append(scope + layout[1] + json.dumps(received) + "}")
+        if len(layouts) > 2 * len(held) + 64:          # texts of templates gone: start afresh next time
+            layouts.clear()
         return out
 
     def _write(self, held: dict) -> None:

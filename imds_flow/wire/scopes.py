@@ -37,6 +37,12 @@ class Bounds:
     max_batch_records: int = 1 << 62          # records decoded at once (waiting data is released within it)
 
 
+def template_entry(t: Template) -> dict:
+    """The template part of an export_state entry (many exporters send the same Template object)."""
+    return {"template_id": t.template_id, "options": t.options, "scope_fields": t.scope_fields,
+            "fields": [list(f) for f in t.fields]}
+
+
 class ScopeTable:
     """Scopes, their templates, sampling rates, sequence numbers and the data waiting for templates:
     all per-scope state of v9 / IPFIX (v5 and sFlow sequences are per exporter, in ExporterTable).
@@ -239,15 +245,13 @@ class ScopeTable:
         thread exports from it while the loop goes on; scope_keys only grows, so it is read as is)."""
         held = self.templates if templates is None else templates
         # ints: sorting (key, value) pairs is ten times slower
-        return [self.entry(key, held[key][2]) | {"received": held[key][1]} for key in sorted(held)]
+        return [self.scope_entry(key >> 16) | template_entry(held[key][2]) | {"received": held[key][1]}
+                for key in sorted(held)]
 
-    def entry(self, key: int, t: Template) -> dict:
-        """The definition of template key `key` as plain data, all but its "received" time (which
-        export_state adds last; TemplateFile keeps this part's text between saves)."""
-        address, port, version, domain = self.scope_keys[key >> 16]
-        return {"exporter": address, "port": port if self.scope_port else None, "version": version,
-                "domain": domain, "template_id": t.template_id, "options": t.options,
-                "scope_fields": t.scope_fields, "fields": [list(f) for f in t.fields]}
+    def scope_entry(self, sid: int) -> dict:
+        """The exporter scope part of an export_state entry (TemplateFile keeps its text between saves)."""
+        address, port, version, domain = self.scope_keys[sid]
+        return {"exporter": address, "port": port if self.scope_port else None, "version": version, "domain": domain}
 
     def import_state(self, entries: list[dict]) -> int:
         """Templates from export_state(); returns how many were taken (malformed ones are skipped)."""
