@@ -534,3 +534,11 @@ def key_insert(k0, k1, k2, val, t0, t1, t2, t_val):
         s = (s + 1) & mask
     t0[s], t1[s], t2[s] = k0, k1, k2
     t_val[s] = val
+
+
+@kernel
+def key_rehash(o0, o1, o2, o_val, t0, t1, t2, t_val):
+    """Every key of a table (o_*) into a larger one: KeyMap's growth in one call, not one per key."""
+    for j in range(o_val.shape[0]):
+        if o_val[j] >= 0:
+            key_insert(o0[j], o1[j], o2[j], o_val[j], t0, t1, t2, t_val)

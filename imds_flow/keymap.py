@@ -29,8 +29,7 @@ class KeyMap:
         if 2 * (self.n + 1) > len(self.val):
             old = self.t0, self.t1, self.t2, self.val
             self._alloc(2 * len(self.val))
-            for j in np.flatnonzero(old[3] >= 0).tolist():
-                kernels.key_insert(old[0][j], old[1][j], old[2][j], old[3][j], self.t0, self.t1, self.t2, self.val)
+            kernels.key_rehash(*old, self.t0, self.t1, self.t2, self.val)
         kernels.key_insert(np.uint64(k0), np.uint64(k1), np.uint64(k2), np.int64(value),
                            self.t0, self.t1, self.t2, self.val)
         self.n += 1

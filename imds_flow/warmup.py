@@ -55,6 +55,8 @@ def warm_up(pipeline) -> None:
                             pipeline.detector.names + ("x",), scratch)
         empty = (np.zeros((2, 6), np.uint64), np.full(2, -1, np.int64))
         kernels.fold_rehash(*empty, np.zeros((4, 6), np.uint64), np.full(4, -1, np.int64))   # a fold key table grows
+        words = (np.zeros(2, np.uint64),) * 3, (np.zeros(4, np.uint64),) * 3
+        kernels.key_rehash(*words[0], np.full(2, -1, np.int64), *words[1], np.full(4, -1, np.int64))  # a KeyMap grows
         receive.warm_up()
         if helper is not None:
             try:

@@ -47,6 +47,10 @@ def test_live_batches_load_no_kernel_after_the_warm_up():
     assert p.stats()["records"] == decoded
     p.process(DatagramBatch.from_payloads([ex.template], src=("192.0.2.3", 4739), ts=1.7e9 + 1))
     assert p.stats()["records"] == decoded + 4 * 30
+    # a hundred exporters at once: the exporter and scope tables grow (KeyMap rehash)
+    many = flow_datagrams(10, 100, 30)
+    p.process(DatagramBatch.from_payloads([many.template] * 100, src=[(f"192.0.2.{i}", 4739) for i in range(100)],
+                                          ts=1.7e9 + 2))
     p.tick(1.7e9 + 100)
     p.close()
     assert p.stats()["alerts"] > 0
