@@ -141,9 +141,8 @@ def _plans(sets: np.ndarray, pos: np.ndarray, uniq: np.ndarray, inverse: np.ndar
     set by set by walk position (`pos`)."""
     if not len(sets):
         return
-    lookup = cache.lookup
     keys = uniq.tolist()
-    plan = np.fromiter((lookup(k, now) for k in keys), np.int32, len(keys))[inverse]
+    plan = np.array(cache.lookup_many(keys, now), np.int32)[inverse]
     for key in defs.keys() & set(keys):
         idx = np.flatnonzero(sets["key"] == key)
         dd = defs[key]

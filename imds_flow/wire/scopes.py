@@ -208,10 +208,13 @@ class ScopeTable:
 
     def lookup(self, key: int, now: float) -> int:
         """Plan id for a key, or -1 when unknown or expired."""
-        entry = self.templates.get(key)
-        if entry is None or now - entry[1] > self.lifetime:
-            return -1
-        return entry[0]
+        return self.lookup_many((key,), now)[0]
+
+    def lookup_many(self, keys, now: float) -> list[int]:
+        """lookup of every key: one call for a batch's keys (with thousands of exporters a batch has
+        a key per datagram, and a call per key cost more than the lookup)."""
+        held, life = self.templates, self.lifetime
+        return [-1 if e is None or now - e[1] > life else e[0] for e in map(held.get, keys)]
 
     def expire(self, now: float) -> int:
         """Forget templates older than their lifetime; returns how many."""
