@@ -9,6 +9,7 @@ the sinks and swaps in a reloaded config between two batches.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -79,6 +80,12 @@ class _Live:
             raise
         finally:
             notice.cancel()
+        # What is loaded by now (modules, kernels, config: ~110 000 objects) lives as long as the
+        # process. Frozen, the garbage collector's full passes walk only what the loop made since: a
+        # full pass over all of them took 18-30 ms, a stall in which a 4 MiB socket buffer fills at
+        # 2 M records/s. Before the workers fork, so that they share these pages too.
+        gc.collect()
+        gc.freeze()
         log.debug("kernels ready in %.2f s", time.monotonic() - started)
 
     def announce(self, metrics_bound: tuple[str, int] | None = None) -> None:
