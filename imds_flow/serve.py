@@ -82,8 +82,8 @@ class _Live:
             notice.cancel()
         # What is loaded by now (modules, kernels, config: ~110 000 objects) lives as long as the
         # process. Frozen, the garbage collector's full passes walk only what the loop made since: a
-        # full pass over all of them took 18-30 ms, a stall in which a 4 MiB socket buffer fills at
-        # 2 M records/s. Before the workers fork, so that they share these pages too.
+        # full pass over all of them took 18-45 ms here, a stall in which a 4 MiB socket buffer fills
+        # at 2 M records/s. Before the workers fork, so that they share these pages too.
         gc.collect()
         gc.freeze()
         log.debug("kernels ready in %.2f s", time.monotonic() - started)

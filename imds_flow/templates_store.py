@@ -23,6 +23,9 @@ log = logging.getLogger("imds_flow")
 FORMAT = 1
 
 
+_CHUNK = 256                                  # template entries per write call
+
+
 def _json(value) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -126,7 +129,8 @@ class TemplateFile:
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(f'{{"format":{FORMAT},"templates":[')
-                    f.write(",".join(entries))
+                    for i in range(0, len(entries), _CHUNK):   # short C calls: the loop thread keeps the GIL
+                        f.write(("," if i else "") + ",".join(entries[i:i + _CHUNK]))
                     f.write("]}")
                     f.flush()
                     os.fsync(f.fileno())

@@ -101,3 +101,17 @@ def test_each_save_writes_the_table_as_it_is_now(tmp_path):
     assert saved() == table.templates.export_state() and [e["domain"] for e in saved()] == [7, 7, 9, 9]
     assert table.templates.expire(170.0 + table.templates.lifetime - 1) == 3                # all but the resent one
     assert saved() == table.templates.export_state() and [e["template_id"] for e in saved()] == [256]
+
+
+def test_a_table_of_many_templates_is_written_whole(tmp_path):
+    """More templates than one write call takes (_CHUNK): the file still holds export_state, parsed whole."""
+    from imds_flow import templates_store
+    table = ExporterTable(clock=lambda: 100.0)
+    n = templates_store._CHUNK + 44                                                # exporters, two templates each
+    dg = DatagramBatch.from_payloads([build.ipfix([template(256), template(257)], domain=7)] * n,
+                                     src=[("192.0.2.1", 4000 + i) for i in range(n)], ts=100.0)
+    wire.decode(dg, table.lookup(dg.src_hi, dg.src_lo, dg.sport), table, FlowBatch(8))
+    path = tmp_path / "templates.json"
+    TemplateFile(path, table.templates).save()
+    got = json.loads(path.read_text())["templates"]
+    assert len(got) == 2 * n and got == table.templates.export_state()
