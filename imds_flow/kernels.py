@@ -7,6 +7,7 @@ is_v4) in five parallel arrays. An IPv6 network never contains an IPv4(-mapped) 
 from __future__ import annotations
 
 import numpy as np
+from numba import literal_unroll
 
 from .flows import HTTP, NAT_DST, NAT_SRC, VLAN_MORE_COUNT, VLAN_MORE_MAX
 from .jit import kernel, njit, step
@@ -279,37 +280,24 @@ HIT_INTS = ("exporter", "version", "src_hi", "src_lo", "dst_hi", "dst_lo", "spor
 HIT_FLOATS = ("ts", "first_seen", "last_seen")
 
 
+_HIT_READ = HIT_INTS[:-1]               # read from the row as they are; "vlan" is computed
+
+
 @kernel
 def hit_fields(c, idx, ints, floats):
     """Row k of ints / floats = the HIT_INTS / HIT_FLOATS of row idx[k]: one call and two tolist()
     give hit_alerts every value, where a column at a time took two numpy calls per field."""
     for k in range(idx.shape[0]):
-        i = idx[k]
-        ints[k, 0] = c.exporter[i]
-        ints[k, 1] = c.version[i]
-        ints[k, 2] = c.src_hi[i]
-        ints[k, 3] = c.src_lo[i]
-        ints[k, 4] = c.dst_hi[i]
-        ints[k, 5] = c.dst_lo[i]
-        ints[k, 6] = c.sport[i]
-        ints[k, 7] = c.dport[i]
-        ints[k, 8] = c.proto[i]
-        ints[k, 9] = c.bytes[i]
-        ints[k, 10] = c.packets[i]
-        ints[k, 11] = c.sampling_rate[i]
-        ints[k, 12] = c.row_flags[i]
-        ints[k, 13] = np.uint64(np.int64(c.http_method[i]))
-        ints[k, 14] = np.uint64(c.url_off[i])
-        ints[k, 15] = c.url_len[i]
-        ints[k, 16] = c.headers[i]
-        ints[k, 17] = np.uint64(c.host_off[i])
-        ints[k, 18] = c.host_len[i]
-        ints[k, 19] = c.in_if[i]
-        ints[k, 20] = c.out_if[i]
-        ints[k, 21] = vlan_code(c, i) + 1
-        floats[k, 0] = c.ts[i]
-        floats[k, 1] = c.first_seen[i]
-        floats[k, 2] = c.last_seen[i]
+        row = c[idx[k]]
+        j = 0
+        for name in literal_unroll(_HIT_READ):
+            ints[k, j] = np.uint64(np.int64(row[name]))     # a signed field: its 64-bit pattern
+            j += 1
+        ints[k, j] = vlan_code(c, idx[k]) + 1
+        j = 0
+        for name in literal_unroll(HIT_FLOATS):
+            floats[k, j] = row[name]
+            j += 1
 
 
 @njit
