@@ -53,7 +53,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
     m = len(hits)
     if not m:
         return []
-    ints, floats = np.empty((m, len(kernels.HIT_INTS)), np.uint64), np.empty((m, 3), np.float64)
+    ints, floats = np.empty((m, len(kernels.HIT_INTS)), np.uint64), np.empty((m, len(kernels.HIT_FLOATS)), np.float64)
     kernels.hit_fields(batch.rows, np.ascontiguousarray(hits.idx, np.int64), ints, floats)
     signals = hits.signals + ("address",) * max(0, len(names) - len(hits.signals))
     address, port = exporters.address, exporters.port

@@ -278,8 +278,6 @@ HIT_INTS = ("exporter", "version", "src_hi", "src_lo", "dst_hi", "dst_lo", "spor
             "packets", "sampling_rate", "row_flags", "http_method", "url_off", "url_len", "headers", "host_off",
             "host_len", "in_if", "out_if", "vlan")
 HIT_FLOATS = ("ts", "first_seen", "last_seen")
-
-
 _HIT_READ = HIT_INTS[:-1]               # read from the row as they are; "vlan" is computed
 
 

@@ -146,7 +146,7 @@ def _stand_in_loop():
 def test_what_the_start_loaded_is_left_out_of_the_garbage_collectors_passes():
     """After the kernels are loaded, everything alive then is frozen (gc.freeze): a full collection
     in the loop walks only what the loop made since, not the ~110 000 objects of the modules and
-    kernels (a pass over those stalled the loop for 18-30 ms while the socket buffer filled)."""
+    kernels (a pass over those stalled the loop for 18-45 ms while the socket buffer filled)."""
     import subprocess
     import sys
     code = ("import gc\nfrom imds_flow import config\nfrom imds_flow.serve import _Live\n"

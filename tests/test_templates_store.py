@@ -81,8 +81,7 @@ def test_each_save_writes_the_table_as_it_is_now(tmp_path):
     after save, as templates are resent (a later received time), redefined with another layout,
     added in another scope, and forgotten."""
     path = tmp_path / "templates.json"
-    clock = [100.0]
-    table = ExporterTable(clock=lambda: clock[0])
+    table = ExporterTable(clock=lambda: 100.0)
     store = TemplateFile(path, table.templates)
 
     def saved():
