@@ -181,9 +181,15 @@ class _FoldKeys:
 
 
 class Folder:
-    def __init__(self, window: float, emit: Callable[[dict], None], max_keys: int = 1 << 62):
+    """`emit` takes each alert dict as it leaves. With `pack` (alertpack.Packer.pack) and
+    `emit_packed` (its bytes and ts), an alert that leaves as it is made, never held to fold, is
+    made as msgpack bytes in one kernel call per batch instead (an alert flood's every alert)."""
+
+    def __init__(self, window: float, emit: Callable[[dict], None], max_keys: int = 1 << 62,
+                 pack: Callable | None = None, emit_packed: Callable[[bytes, float], None] | None = None):
         self.window = window
         self.emit = emit
+        self.pack, self.emit_packed = pack, emit_packed
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
         self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None, its row, key id]
@@ -259,6 +265,9 @@ class Folder:
         together, and an alert dict is built only for an alert that leaves at once or opens a
         pending one. A group that straddles a window boundary takes the per-hit path."""
         m = len(hits)
+        if self.window <= 0 and self.pack is not None and m:
+            self._emit_all(batch, hits, names, exporters)
+            return
         if self.window <= 0 or m < 2:
             self.add(hit_alerts(batch, hits, names, exporters))
             return
@@ -281,6 +290,20 @@ class Folder:
         if rest:
             self._open_groups(np.flatnonzero(kind), kind, batch, hits, names, exporters)
 
+    def _emit_all(self, batch: FlowBatch, hits: Hits, names, exporters) -> None:
+        """No folding: every hit's alert leaves at once, packed (a dict where pack cannot say)."""
+        blobs, stamps = self.pack(batch, hits, names, exporters)
+        rest = [k for k, blob in enumerate(blobs) if blob is None]
+        made = {}
+        if rest:
+            made = {k: alert for k, (_, alert) in zip(rest, hit_alerts(batch, hits.subset(np.array(rest, np.int64)),
+                                                                       names, exporters))}
+        for k, (blob, ts) in enumerate(zip(blobs, stamps)):
+            if blob is None:
+                self.emit(made[k])
+            else:
+                self.emit_packed(blob, ts)
+
     def _open_groups(self, at: np.ndarray, kind: np.ndarray, batch: FlowBatch, hits: Hits, names, exporters) -> None:
         """The groups `at` (kernels.fold_groups did not merge them) that open a pending alert
         (kind 1) or a window (2), or go hit by hit (3), in group order."""
@@ -295,9 +318,16 @@ class Folder:
         steps = list(zip(at_l, kind[at].tolist()))
         count_l = dict(zip(at_l, count[at].tolist()))
         l_idx = hits.idx[last[: len(kind)]]
+        # the first hit of a group opening a window leaves at once: packed where a packer is set
+        packed = {}
+        if self.pack is not None:
+            two = [first[j] for j, k in steps if k == 2]
+            if two:
+                blobs, stamps = self.pack(batch, hits.subset(np.array(two, np.int64)), names, exporters)
+                packed = {pos: (b, t) for pos, b, t in zip(two, blobs, stamps) if b is not None}
         # alert dicts only where one is needed: the first hit of a group opening a pending alert or
-        # a window, the second hit of a group opening a window with more to fold
-        want = [first[j] for j, k in steps if k in (1, 2)] + \
+        # a window (unless packed), the second hit of a group opening a window with more to fold
+        want = [first[j] for j, k in steps if k == 1 or (k == 2 and first[j] not in packed)] + \
                [second[j] for j, k in steps if k == 2 and count_l[j] > 1]
         built = {}
         if want:
@@ -324,9 +354,14 @@ class Folder:
                 state = self._open.get(key)
                 if state is not None:
                     self._release(state)
-                alert = built[first[j]]
-                state = self._window(key, alert["ts"])
-                self.emit(alert)
+                got = packed.get(first[j])
+                if got is None:
+                    alert = built[first[j]]
+                    state = self._window(key, alert["ts"])
+                    self.emit(alert)
+                else:
+                    state = self._window(key, got[1])
+                    self.emit_packed(*got)
                 if n > 1:
                     self._hold(state, built[second[j]], n - 1, sums[j, 4:].tolist(), times[j, 3:6].tolist(), tails[j])
             else:

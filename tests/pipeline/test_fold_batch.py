@@ -3,10 +3,12 @@ alert (ipaddress oracle), Folder.add_hits emits exactly what Folder.add(hit_aler
 a Pipeline that compacts writes the same alerts and counters as one that keeps every row."""
 import math
 
+import msgpack
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from imds_flow import alerts, app, config
+from imds_flow.alertpack import Packer
 from imds_flow.alerts import Folder, hit_alerts
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.detect import Detector, Hits
@@ -67,12 +69,15 @@ row = st.tuples(st.integers(0, 4), st.floats(0, 3), st.integers(0, 10_000),
 @settings(max_examples=300, deadline=None)
 @given(batches=st.lists(st.lists(row, max_size=30), max_size=4), window=st.sampled_from([0.0, 0.5, 2.0, 60.0]),
        gaps=st.lists(st.floats(0, 3), min_size=4, max_size=4), ticks=st.lists(st.booleans(), min_size=4, max_size=4),
-       max_keys=st.sampled_from([1 << 62, 1, 3]), slack=st.sampled_from([4096, 0]))
-def test_add_hits_is_add_of_hit_alerts(batches, window, gaps, ticks, max_keys, slack):
+       max_keys=st.sampled_from([1 << 62, 1, 3]), slack=st.sampled_from([4096, 0]), packed=st.booleans())
+def test_add_hits_is_add_of_hit_alerts(batches, window, gaps, ticks, max_keys, slack, packed):
     """Same alerts, same order of emission per key, same pending state: batch by batch; also past
-    limits.max_fold_keys, and with the fold key table rebuilt at every tick (slack 0)."""
+    limits.max_fold_keys, with the fold key table rebuilt at every tick (slack 0), and with the
+    alerts that leave at once packed by alertpack (the msgpack of every alert is the same)."""
     fast, slow = [], []
-    f_fast, f_slow = Folder(window, fast.append, max_keys), Folder(window, slow.append, max_keys)
+    enc = alerts.Encoder()
+    pack = dict(pack=Packer().pack, emit_packed=lambda alert, ts: fast.append(msgpack.unpackb(alert))) if packed else {}
+    f_fast, f_slow = Folder(window, fast.append, max_keys, **pack), Folder(window, slow.append, max_keys)
     names = ("imds", "other")
     t = 0.0
     saved, alerts._KEY_SLACK = alerts._KEY_SLACK, slack
@@ -97,6 +102,7 @@ def test_add_hits_is_add_of_hit_alerts(batches, window, gaps, ticks, max_keys, s
     f_slow.close()
     key = lambda a: (a["src"], a["exporter"], a["endpoint"], a["ts"], a["count"])  # noqa: E731
     assert sorted(fast, key=key) == sorted(slow, key=key)
+    assert sorted(map(enc.encode, fast)) == sorted(map(enc.encode, slow))
     assert sum(a["count"] for a in fast) == sum(len(b) for b in batches)
 
 
@@ -127,6 +133,7 @@ def _run(compact: bool, version: int, window: float):
     p = app.Pipeline(cfg, app._NullSink(), clock=lambda: 1.7e9, compact=compact)
     p._emit = lambda alert: out.append(alert)
     p.folder.emit = p._emit
+    p.folder.emit_packed = lambda alert, ts: out.append(msgpack.unpackb(alert))
     ex = flow_datagrams(version, 64, 30, imds_fraction=0.05)
     ex.set_sequence(ex.data, 0)
     srcs = [("192.0.2.1", 2055), ("192.0.2.2", 2055)]

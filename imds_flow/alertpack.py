@@ -1,0 +1,418 @@
+"""msgpack of alerts straight from hit rows: the bytes Encoder would make of hit_alerts' dicts,
+written by one kernel call for a batch's alerts that leave at once.
+
+In an alert flood (a scan, thousands of exporters each reporting a few instances) nearly every
+matching record opens a fold window and leaves at once as an alert of count 1. Built as a dict and
+packed by msgpack, each cost ~8 us of Python in a busy loop; here no Python runs per alert but the
+slice of its bytes: the kernel writes the map, addresses as text included (Python's ipaddress
+rules), exporter addresses packed once per exporter row. Alerts held to fold (their numbers change
+before they leave) stay dicts, as do alerts in other formats (formats.py). Byte for byte the same
+as Encoder().encode(alert), with the probe's `"test": true` (Pipeline._emit) where it applies: the
+tests check every alert against that oracle.
+"""
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+
+from . import kernels
+from .addr import to_hilo
+from .detect import Hits
+from .flows import HTTP, LATE, SFLOW, FlowBatch
+from .grow import grow
+from .jit import kernel, njit, step
+from .wire.packet import METHODS
+
+__all__ = ["Packer", "KEYS"]
+
+# the map's keys in the order hit_alerts inserts them (in_if / out_if only when non-zero, test only
+# for a probe's alert)
+KEYS = ("ts", "exporter", "exporter_port", "version", "src", "dst", "sport", "dport", "proto", "vlan", "endpoint",
+        "direction", "bytes", "packets", "first_seen", "last_seen", "count", "sampling_rate", "bytes_estimate",
+        "packets_estimate", "in_if", "out_if", "format", "signal", "http_method", "http_host", "url", "headers",
+        "test")
+_FORMATS = ("netflow", "ipfix", "sflow")
+_DIRECTIONS = ("request", "response")
+
+
+def _table(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte strings as one buffer and offsets (len(items) + 1)."""
+    off = np.zeros(len(items) + 1, np.int64)
+    off[1:] = np.cumsum([len(b) for b in items])
+    return np.frombuffer(b"".join(items) or b"\0", np.uint8).copy(), off
+
+
+_NOTHING = np.empty(0, np.uint8)                 # _pack's out when it only measures
+
+
+class Packer:
+    """Packs the alerts of hits (pack); the constant strings of a detector's names are packed once."""
+
+    def __init__(self, test_sources: tuple[str, ...] = (), test_port: int = 0):
+        hilo = [to_hilo(s) for s in test_sources]
+        self._test = np.array(hilo or [(0, 0)], np.uint64).reshape(-1, 2), len(hilo), np.uint64(test_port)
+        self._keys = _table([msgpack.packb(k) for k in KEYS])
+        self._consts: dict[tuple, tuple] = {}
+        self._owner = None                        # the exporter table whose rows _exporters holds
+        self._e_buf, self._e_off, self._e_port = np.zeros(64, np.uint8), np.zeros(1, np.int64), np.zeros(0, np.uint64)
+
+    def _exporters(self, exporters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each exporter row's address as a packed str (buffer, offsets) and its port, rows added as
+        the table grows (its rows never change: ExporterTable only appends)."""
+        if exporters is not self._owner:          # warm-up's scratch table, then the pipeline's
+            self._owner, self._e_off, self._e_port = exporters, np.zeros(1, np.int64), np.zeros(0, np.uint64)
+        have, n = len(self._e_port), len(exporters.address)
+        if n > have:
+            new = b"".join(msgpack.packb(a) for a in exporters.address[have:n])
+            start = int(self._e_off[have])
+            self._e_buf = grow(self._e_buf, start + len(new))
+            self._e_buf[start: start + len(new)] = np.frombuffer(new, np.uint8)
+            lens = [len(msgpack.packb(a)) for a in exporters.address[have:n]]
+            self._e_off = np.concatenate([self._e_off, start + np.cumsum(lens)])
+            self._e_port = np.concatenate([self._e_port, np.array(exporters.port[have:n], np.uint64)])
+        return self._e_buf, self._e_off, self._e_port
+
+    def _constants(self, names, signals, header_names) -> tuple:
+        key = (names, signals, header_names)
+        got = self._consts.get(key)
+        if got is None:
+            items = list(names) + list(_DIRECTIONS) + list(signals) + list(_FORMATS) + list(METHODS) + \
+                list(header_names)
+            base = np.cumsum([0, len(names), len(_DIRECTIONS), len(signals), len(_FORMATS), len(METHODS)])
+            buf, off = _table([msgpack.packb(s) for s in items])
+            got = self._consts[key] = (buf, off, base.astype(np.int64), len(header_names))
+            if len(self._consts) > 16:           # reloads: keep the newest few
+                self._consts.pop(next(iter(self._consts)))
+        return got
+
+    def pack(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> tuple[list[bytes | None], list[float]]:
+        """(msgpack of each hit's alert with count 1, None where only hit_alerts can say: an estimate
+        past 64 bits; the alert's ts), for the same arguments as alerts.hit_alerts."""
+        idx, endpoint, direction = hits.idx, hits.endpoint, hits.direction
+        m = len(idx)
+        ints, floats = np.empty((m, len(kernels.HIT_INTS)), np.uint64), np.empty((m, len(kernels.HIT_FLOATS)), np.float64)
+        kernels.hit_fields(batch.rows, np.ascontiguousarray(idx, np.int64), ints, floats)
+        signals = hits.signals + ("address",) * max(0, len(names) - len(hits.signals))
+        consts, c_off, base, n_headers = self._constants(names, signals, hits.header_names)
+        test, n_test, test_port = self._test
+        args = (ints, floats, floats.view(np.uint64), *self._exporters(exporters),
+                np.ascontiguousarray(endpoint, np.int64), np.ascontiguousarray(direction, np.int64),
+                consts, c_off, base, n_headers, *self._keys, batch.buf, batch.late_buf)
+        ends, ok, is_test = np.empty(m, np.int64), np.empty(m, np.bool_), np.empty(m, np.bool_)
+        kind, val = np.empty(len(KEYS), np.int64), np.empty(len(KEYS), np.uint64)
+        args += (test, n_test, test_port, kind, val, ends, ok, is_test)
+        out = np.empty(_pack(*args, _NOTHING, False), np.uint8)
+        _pack(*args, out, True)
+        blob = out.tobytes()
+        starts = [0] + ends[:-1].tolist()
+        packed = [blob[a:b] if good else None for a, b, good in zip(starts, ends.tolist(), ok.tolist())]
+        return packed, floats[:, 0].tolist()
+
+
+# --- the kernel: msgpack by hand (the msgpack-python packer's choices: the shortest int, float64,
+# str8 for strings of 32-255 bytes, nil for None) ----------------------------------------------------
+
+@step
+def _copy(out, pos, src, a, b, write):
+    if write:
+        for q in range(b - a):
+            out[pos + q] = src[a + q]
+    return pos + (b - a)
+
+
+@step
+def _uint(out, pos, v, write):
+    v = np.uint64(v)
+    if v < 128:
+        n, head = 0, v
+    elif v < 256:
+        n, head = 1, np.uint64(0xcc)
+    elif v < 65536:
+        n, head = 2, np.uint64(0xcd)
+    elif v < np.uint64(1) << np.uint64(32):
+        n, head = 4, np.uint64(0xce)
+    else:
+        n, head = 8, np.uint64(0xcf)
+    if write:
+        out[pos] = np.uint8(head)
+        for q in range(n):
+            out[pos + n - q] = np.uint8((v >> np.uint64(8 * q)) & np.uint64(255))
+    return pos + 1 + n
+
+
+@step
+def _float(out, pos, bits, write):
+    if write:
+        out[pos] = 0xcb
+        for q in range(8):
+            out[pos + 8 - q] = np.uint8((bits >> np.uint64(8 * q)) & np.uint64(255))
+    return pos + 9
+
+
+@step
+def _byte(out, pos, b, write):
+    if write:
+        out[pos] = b
+    return pos + 1
+
+
+@njit(_nrt=False)
+def _text(out, pos, buf, off, length, write):
+    """buf[off:off + length] as the msgpack str of its ASCII decoding, any other byte escaped as
+    Python's backslashreplace does (\\xhh); nil when empty (alerts' _text gives None)."""
+    if length == 0:
+        return _byte(out, pos, 0xc0, write)
+    n = 0
+    for q in range(off, off + length):
+        n += 1 if buf[q] < 128 else 4
+    if n < 32:
+        pos = _byte(out, pos, 0xa0 | n, write)
+    elif n < 256:
+        pos = _byte(out, pos, 0xd9, write)
+        pos = _byte(out, pos, n, write)
+    elif n < 65536:
+        pos = _byte(out, pos, 0xda, write)
+        pos = _byte(out, pos, n >> 8, write)
+        pos = _byte(out, pos, n & 255, write)
+    else:
+        pos = _byte(out, pos, 0xdb, write)
+        for q in range(4):
+            pos = _byte(out, pos, (n >> (24 - 8 * q)) & 255, write)
+    for q in range(off, off + length):
+        b = np.int64(buf[q])
+        if b < 128:
+            pos = _byte(out, pos, b, write)
+        else:
+            pos = _byte(out, pos, 92, write)                 # \
+            pos = _byte(out, pos, 120, write)                # x
+            pos = _byte(out, pos, _hex(b >> 4), write)
+            pos = _byte(out, pos, _hex(b & 15), write)
+    return pos
+
+
+@step
+def _hextet(hi, lo, q):
+    word = hi if q < 4 else lo
+    return np.int64((word >> np.uint64(48 - 16 * (q % 4))) & np.uint64(0xffff))
+
+
+@step
+def _digits(v, hexadecimal):
+    """How many digits v (an octet in decimal, a hextet in hex) takes: shifts and compares, no
+    division (a division per digit was most of the kernel's time)."""
+    if hexadecimal:
+        return 1 if v < 16 else (2 if v < 256 else (3 if v < 4096 else 4))
+    return 1 if v < 10 else (2 if v < 100 else 3)
+
+
+@step
+def _number(out, pos, v, hexadecimal, write):
+    """v in decimal (an octet) or lowercase hex (a hextet), no leading zeros."""
+    n = _digits(v, hexadecimal)
+    if write:
+        for q in range(n):
+            if hexadecimal:
+                d = (v >> (4 * q)) & 15
+            else:
+                d = v % 10 if q == 0 else ((v // 10) % 10 if q == 1 else v // 100)   # constant divisors
+            out[pos + n - 1 - q] = _hex(d)
+    return pos + n
+
+
+@njit(_nrt=False)
+def _address(out, pos, hi, lo, write):
+    """The msgpack str of addr.from_hilo(hi, lo): a dotted quad for IPv4-mapped values, else IPv6
+    as Python's ipaddress writes it (hextets in lowercase hex, the first longest run of two or more
+    zero hextets as ::)."""
+    if hi == 0 and (lo >> np.uint64(32)) == np.uint64(0xFFFF):
+        n = 3
+        for q in range(4):
+            n += _digits(np.int64((lo >> np.uint64(24 - 8 * q)) & np.uint64(255)), False)
+        pos = _byte(out, pos, 0xa0 | n, write)
+        for q in range(4):
+            if q:
+                pos = _byte(out, pos, 46, write)                 # .
+            pos = _number(out, pos, np.int64((lo >> np.uint64(24 - 8 * q)) & np.uint64(255)), False, write)
+        return pos
+    best, best_len, run = -1, 0, 0
+    for q in range(8):
+        if _hextet(hi, lo, q) == 0:
+            run += 1
+            if run > best_len:
+                best, best_len = q - run + 1, run
+        else:
+            run = 0
+    if best_len < 2:
+        best = -1
+    n, q, first = 0, 0, True                        # the length first, then the text
+    while q < 8:
+        if q == best:
+            n, q, first = n + 2, q + best_len, True
+            continue
+        n += _digits(_hextet(hi, lo, q), True) + (0 if first else 1)
+        q, first = q + 1, False
+    pos = _byte(out, pos, 0xa0 | n, write)          # at most 39 characters: fixstr or str8
+    if n >= 32:
+        if write:
+            out[pos - 1] = 0xd9
+            out[pos] = n
+        pos += 1
+    q, first = 0, True
+    while q < 8:
+        if q == best:
+            pos = _byte(out, pos, 58, write)
+            pos = _byte(out, pos, 58, write)
+            q, first = q + best_len, True
+            continue
+        if not first:
+            pos = _byte(out, pos, 58, write)                     # :
+        pos = _number(out, pos, _hextet(hi, lo, q), True, write)
+        q, first = q + 1, False
+    return pos
+
+
+@step
+def _hex(d):
+    return 48 + d if d < 10 else 87 + d
+
+
+# what a field's value is (_fields fills kind / val per alert; _alert writes them key by key, one
+# loop, so the kernel stays small to compile)
+_SKIP, _UINT, _FLOAT, _NIL, _CONST, _EXPORTER, _ADDRESS, _TEXT, _HEADERS, _TRUE = range(10)
+
+
+@njit(_nrt=False)
+def _fields(i, ints, fbits, floats, ep, direction, base, test, kind, val):
+    """kind[k] / val[k] of alert i's field KEYS[k]; False where the dict path must decide (an
+    estimate past 64 bits, a method index out of range)."""
+    version, flags, method = ints[i, 1], ints[i, 12], ints[i, 13]
+    nbytes, packets, sampling = ints[i, 9], ints[i, 10], ints[i, 11]
+    if sampling == 0:
+        sampling = np.uint64(1)
+    b_est, p_est = nbytes * sampling, packets * sampling
+    if (nbytes != 0 and b_est // nbytes != sampling) or (packets != 0 and p_est // packets != sampling):
+        return False                                # past 64 bits: Python's ints do not wrap
+    http = flags & np.uint64(HTTP) != 0
+    if http and method >= np.uint64(len(METHODS)):
+        return False
+    kind[0], val[0] = _FLOAT, fbits[i, 0]                            # ts
+    kind[1], val[1] = _EXPORTER, ints[i, 0]                          # exporter, exporter_port
+    kind[2], val[2] = _EXPORTER, ints[i, 0]
+    kind[3], val[3] = _UINT, version
+    kind[4], val[4] = _ADDRESS, 2                                    # src, dst: their ints columns
+    kind[5], val[5] = _ADDRESS, 4
+    for k in range(6, 9):                                            # sport, dport, proto
+        kind[k], val[k] = _UINT, ints[i, k]
+    vlan = ints[i, 21]                                               # its code + 1, 0 none
+    kind[9], val[9] = (_UINT, vlan - np.uint64(1)) if vlan != 0 else (_NIL, np.uint64(0))
+    kind[10], val[10] = _CONST, ep[i]                                # endpoint, direction
+    kind[11], val[11] = _CONST, base[1] + direction[i]
+    kind[12], val[12] = _UINT, nbytes
+    kind[13], val[13] = _UINT, packets
+    for k in range(2):                                               # first_seen, last_seen
+        kind[14 + k], val[14 + k] = (_NIL, np.uint64(0)) if np.isnan(floats[i, 1 + k]) else (_FLOAT, fbits[i, 1 + k])
+    kind[16], val[16] = _UINT, 1                                     # count
+    kind[17], val[17] = _UINT, sampling
+    kind[18], val[18] = _UINT, b_est
+    kind[19], val[19] = _UINT, p_est
+    for k in range(2):                                               # in_if, out_if: when reported
+        kind[20 + k], val[20 + k] = (_UINT if ints[i, 19 + k] != 0 else _SKIP), ints[i, 19 + k]
+    fmt = 2 if flags & np.uint64(SFLOW) != 0 else (1 if version == 10 else 0)
+    kind[22], val[22] = _CONST, base[3] + fmt                        # format
+    kind[23], val[23] = _CONST, base[2] + ep[i]                      # signal
+    if http:
+        kind[24], val[24] = _CONST, np.uint64(base[4]) + method      # http_method
+        kind[25], val[25] = _TEXT, 17                                # http_host, url: their ints columns
+        kind[26], val[26] = _TEXT, 14
+        kind[27], val[27] = _HEADERS, ints[i, 16]
+    else:
+        for k in range(24, 27):
+            kind[k], val[k] = _NIL, 0
+        kind[27], val[27] = _HEADERS, 0
+    kind[28], val[28] = (_TRUE if test else _SKIP), 0
+    return True
+
+
+@njit(_nrt=False)
+def _alert(out, pos, i, ints, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off, buf, late_buf,
+           kind, val, write):
+    """Alert i's map at out[pos:] (write) or only its length, from _fields' kind / val; returns the
+    end."""
+    n = 0
+    for k in range(kind.shape[0]):
+        n += kind[k] != _SKIP
+    pos = _byte(out, pos, 0xde, write)              # map16
+    pos = _byte(out, pos, 0, write)
+    pos = _byte(out, pos, n, write)
+    text = late_buf if ints[i, 12] & np.uint64(LATE) != 0 else buf
+    for k in range(kind.shape[0]):
+        what, v = kind[k], val[k]
+        if what == _SKIP:
+            continue
+        pos = _copy(out, pos, keys, k_off[k], k_off[k + 1], write)
+        if what == _UINT:
+            pos = _uint(out, pos, v, write)
+        elif what == _FLOAT:
+            pos = _float(out, pos, v, write)
+        elif what == _NIL:
+            pos = _byte(out, pos, 0xc0, write)
+        elif what == _TRUE:
+            pos = _byte(out, pos, 0xc3, write)
+        elif what == _CONST:
+            pos = _copy(out, pos, consts, c_off[np.int64(v)], c_off[np.int64(v) + 1], write)
+        elif what == _EXPORTER:
+            e = np.int64(v)
+            if k == 1:
+                pos = _copy(out, pos, e_buf, e_off[e], e_off[e + 1], write)
+            else:
+                pos = _uint(out, pos, e_port[e], write)
+        elif what == _ADDRESS:
+            pos = _address(out, pos, ints[i, np.int64(v)], ints[i, np.int64(v) + 1], write)
+        elif what == _TEXT:
+            pos = _text(out, pos, text, np.int64(ints[i, np.int64(v)]), np.int64(ints[i, np.int64(v) + 1]), write)
+        else:                                       # _HEADERS: the names of the configured ones present
+            count = 0
+            for h in range(n_headers):
+                count += (v >> np.uint64(h)) & np.uint64(1) != 0
+            pos = _byte(out, pos, 0x90 | count, write)   # fixarray; at most 32 names: array16 past 15
+            if count >= 16:
+                if write:
+                    out[pos - 1] = 0xdc
+                    out[pos] = 0
+                    out[pos + 1] = count
+                pos += 2
+            for h in range(n_headers):
+                if (v >> np.uint64(h)) & np.uint64(1) != 0:
+                    pos = _copy(out, pos, consts, c_off[base[5] + h], c_off[base[5] + h + 1], write)
+    return pos
+
+
+@njit(_nrt=False)
+def _is_test(ints, i, test, n_test, port):
+    """A probe's record (probe.is_probe): from a probe source and port, or back to them."""
+    for t in range(n_test):
+        if ints[i, 2] == test[t, 0] and ints[i, 3] == test[t, 1] and ints[i, 6] == port:
+            return True
+        if ints[i, 4] == test[t, 0] and ints[i, 5] == test[t, 1] and ints[i, 7] == port:
+            return True
+    return False
+
+
+@kernel
+def _pack(ints, floats, fbits, e_buf, e_off, e_port, ep, direction, consts, c_off, base, n_headers, keys, k_off,
+          buf, late_buf, test, n_test, port, kind, val, ends, ok, is_test, out, write):
+    """Every alert's map, one after the other, into out (write); or first (not write) only where
+    each ends (ends), whether it is packed (ok: else the dict path decides) and the total size,
+    returned. kind / val: scratch for _fields. One kernel for both passes: one compile."""
+    pos = 0
+    for i in range(ints.shape[0]):
+        if not write:
+            is_test[i] = _is_test(ints, i, test, n_test, port)
+            ok[i] = _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], kind, val)
+        elif ok[i]:
+            _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], kind, val)
+        if ok[i]:
+            pos = _alert(out, pos, i, ints, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off,
+                         buf, late_buf, kind, val, write)
+        ends[i] = pos
+    return pos

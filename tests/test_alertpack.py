@@ -1,0 +1,83 @@
+"""alertpack.Packer against its oracle: the msgpack Encoder makes of hit_alerts' dict for the same
+hit (with the probe's "test": true where Pipeline._emit adds it), byte for byte, for rows of
+random bytes: every field, addresses of every shape (runs of zero hextets, IPv4-mapped), NaN
+times, HTTP strings with non-ASCII bytes, counters of every msgpack int width and past 64 bits."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from imds_flow.alertpack import Packer
+from imds_flow.alerts import Encoder, hit_alerts
+from imds_flow.detect import Hits
+from imds_flow.flows import ROW, FlowBatch
+from imds_flow.probe import PROBE_PORT, PROBE_SOURCE, PROBE_SOURCE_V6, is_probe
+from imds_flow.addr import to_hilo
+
+
+class _Exporters:
+    address = ["192.0.2.1", "2001:db8::7", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+    port = [2055, 65535, 40000]
+
+
+NAMES = ("aws-imds-ipv4", "aws-imds-ipv6", "url")
+SIGNALS = ("address", "address", "url")
+SPECIAL = ("::", "::1", "1::", "2001:db8::1", "fe80::1:0:0:1", "1:0:0:1:0:0:0:1", "1:0:0:2:0:0:3:4", "1:2:3:4:5:6:7:0",
+           "0:1:2:3:4:5:6:7", "fd00:ec2::254", "0.0.0.0", "255.255.255.255", "169.254.169.254", "::ffff:0:102:304",
+           "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::2:3:4:5:6:7:8", "1:2:3:4:5:6::")
+MANY_HEADERS = tuple(f"x-header-{k}" for k in range(20))        # 16 or more present: a msgpack array16
+HEADERS = ("x-aws-ec2-metadata-token", "x-aws-ec2-metadata-token-ttl-seconds", "metadata-flavor")
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), buf=st.binary(min_size=0, max_size=400),
+       probe=st.floats(0, 1), small=st.booleans(), headers=st.sampled_from([HEADERS, MANY_HEADERS]))
+def test_packed_alerts_are_the_encoded_dicts(seed, n, buf, probe, small, headers):
+    rng = np.random.default_rng(seed)
+    fb = FlowBatch(n)
+    fb.reset(n)
+    fb.rows[:n] = np.frombuffer(rng.bytes(n * ROW.itemsize), ROW)
+    fb.n = n
+    c = fb.cols
+    c.exporter[:n] = rng.integers(0, 3, n)
+    if small:                                   # counters and sampling of every msgpack int width
+        for col in (c.bytes, c.packets, c.sampling_rate, c.in_if, c.out_if, c.sport, c.dport):
+            col[:n] = rng.choice([0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32], n)
+    for hi, lo in ((c.src_hi, c.src_lo), (c.dst_hi, c.dst_lo)):   # runs of zero hextets, IPv4-mapped
+        for i in range(n):
+            kind = rng.integers(0, 4)
+            if kind == 0:
+                hi[i], lo[i] = to_hilo(SPECIAL[rng.integers(0, len(SPECIAL))])
+            elif kind == 1:
+                words = [int(rng.integers(0, 65536)) if rng.integers(0, 3) else 0 for _ in range(8)]
+                v = sum(w << (16 * (7 - q)) for q, w in enumerate(words))
+                hi[i], lo[i] = v >> 64, v & (2**64 - 1)
+            elif kind == 2:
+                hi[i], lo[i] = 0, 0xFFFF_0000_0000 | int(rng.integers(0, 2**32))
+    c.first_seen[rng.random(n) < 0.3] = np.nan
+    c.last_seen[rng.random(n) < 0.3] = np.nan
+    c.http_method[:n] = rng.integers(0, 9, n)   # METHODS
+    fb.buf = np.frombuffer(buf, np.uint8).copy() if buf else np.zeros(1, np.uint8)
+    fb.late_buf = np.frombuffer(buf[::-1], np.uint8).copy() if buf else np.zeros(1, np.uint8)
+    size = len(fb.buf)
+    for col_off, col_len in ((c.url_off, c.url_len), (c.host_off, c.host_len)):
+        col_off[:n] = rng.integers(0, size, n)
+        col_len[:n] = [rng.integers(0, size - o + 1) for o in col_off[:n]]
+    for i in np.flatnonzero(rng.random(n) < probe):
+        src = (PROBE_SOURCE, PROBE_SOURCE_V6)[i % 2]
+        if i % 3:
+            (c.src_hi[i], c.src_lo[i]), c.sport[i] = to_hilo(src), PROBE_PORT
+        else:
+            (c.dst_hi[i], c.dst_lo[i]), c.dport[i] = to_hilo(src), PROBE_PORT
+    idx = rng.integers(0, n, rng.integers(1, 2 * n + 1))
+    ep = rng.integers(0, len(NAMES), len(idx)).astype(np.int32)
+    direction = rng.integers(0, 2, len(idx)).astype(np.uint8)
+    hits = Hits(idx, ep, direction, 0, SIGNALS[: rng.integers(0, 4)], headers)
+    packed, ts = Packer((PROBE_SOURCE, PROBE_SOURCE_V6), PROBE_PORT).pack(fb, hits, NAMES, _Exporters)
+    enc = Encoder()
+    for k, (_, alert) in enumerate(hit_alerts(fb, hits, NAMES, _Exporters)):
+        if is_probe(alert):
+            alert["test"] = True
+        assert ts[k] == alert["ts"] or ts[k] != ts[k]
+        if packed[k] is None:                   # only where the dict path's ints pass 64 bits
+            assert alert["bytes_estimate"] >= 2**64 or alert["packets_estimate"] >= 2**64
+            continue
+        assert packed[k] == enc.encode(alert), alert
