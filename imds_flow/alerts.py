@@ -102,10 +102,13 @@ def _text(buf: np.ndarray, off: int, length: int) -> str | None:
 
 # The folded numbers of every pending alert, one row each in Folder's arrays (_count; _sums: bytes,
 # packets and their estimates; _times: first / last seen, NaN none, and ts; _tail: sport, dport and
-# VLAN code, -1 none, of the latest record), and every fold key's window in _FoldKeys: a batch's
-# groups are looked up and merged into pending alerts in one kernel call (kernels.fold_groups), and
-# Python runs only for a group that opens a window or a pending alert. The alert dict holds the rest
-# and gets these numbers when it leaves (Folder._release).
+# VLAN code, -1 none, of the latest record), and every fold key's window in _FoldKeys' arrays (its
+# start, whether it is open, its pending alert's row): a batch's groups are looked up, merged into
+# pending alerts and their windows opened in one kernel call (kernels.fold_groups), and Python runs
+# only for an alert that leaves or is held. No Python object per fold key: an alert flood's hundreds
+# of thousands of keys are array rows, which neither cost a dict and a list each nor lengthen the
+# garbage collector's passes. The alert dict of a pending alert holds the rest and gets these
+# numbers when it leaves (Folder._release).
 _SUMS = ("bytes", "packets", "bytes_estimate", "packets_estimate")
 _KEY_SLACK = 4096                      # ids of closed windows kept before _FoldKeys.rebuild
 
@@ -121,12 +124,14 @@ def _words(key) -> np.ndarray | None:
 
 
 class _FoldKeys:
-    """Fold keys -> ids, in an open-addressing table kernels.fold_groups reads, and per id the key's
-    window: its start, whether it is open (the key is in Folder._open) and its pending alert's row
-    (-1: none). Ids of closed windows are dropped by rebuild()."""
+    """Fold keys -> ids, and per id the key's window: its start, whether it is open and its pending
+    alert's row (-1: none). hit_alerts' keys live in an open-addressing table of their six words
+    (the one kernels.fold_groups reads and adds to), any other key in `others`. Ids of closed windows
+    are dropped by rebuild()."""
 
     def __init__(self):
-        self.ids: dict[tuple, int] = {}
+        self.n = 0                                # ids handed out
+        self.others: dict = {}                    # keys of another shape -> id
         self._table(64)
         self.start = np.zeros(32, np.float64)
         self.open = np.zeros(32, np.bool_)
@@ -139,45 +144,59 @@ class _FoldKeys:
     def arrays(self) -> tuple:
         return self.t_keys, self.t_val, self.start, self.open, self.row
 
-    def id(self, key: tuple) -> int:
-        kid = self.ids.get(key)
-        if kid is None:
-            kid = self._new(key)
-            words = _words(key)
-            if words is not None:
-                kernels.fold_insert(words, kid, self.t_keys, self.t_val)
-        return kid
-
-    def add_rows(self, keys: dict[int, tuple], batch: FlowBatch, hits: Hits, first: np.ndarray) -> None:
-        """Ids for the groups' keys not seen yet ({group: key}; `first[group]`: its first hit), put
-        into the table in one kernel call that takes their words from the batch rows."""
-        new = [j for j, key in keys.items() if key not in self.ids]
-        if new:
-            kids = np.array([self._new(keys[j]) for j in new], np.int64)
-            kernels.fold_insert_rows(batch.rows, hits.idx, hits.endpoint, hits.direction, first[new], kids,
-                                     self.t_keys, self.t_val)
-
-    def _new(self, key) -> int:
-        """The next id for `key`, with room for it in the arrays and the table (not inserted)."""
-        kid = self.ids[key] = len(self.ids)
-        if kid >= len(self.start):
-            self.start, self.open = grow(self.start, kid + 1), grow(self.open, kid + 1)
-            self.row = grow(self.row, kid + 1, fill=-1)
-        if 2 * len(self.ids) > len(self.t_val):
+    def reserve(self, k: int) -> None:
+        """Room for k more ids: in the arrays, and in the table (kept at most half full)."""
+        need = self.n + k
+        if need > len(self.start):
+            self.start, self.open = grow(self.start, need), grow(self.open, need)
+            self.row = grow(self.row, need, fill=-1)
+        if 2 * need > len(self.t_val):
             old_keys, old_val = self.t_keys, self.t_val
-            self._table(2 * len(self.t_val))
+            size = len(self.t_val)
+            while 2 * need > size:
+                size *= 2
+            self._table(size)
             kernels.fold_rehash(old_keys, old_val, self.t_keys, self.t_val)
+
+    def find(self, key) -> int:
+        """The id of `key`, -1 when it has none."""
+        words = _words(key)
+        if words is None:
+            return self.others.get(key, -1)
+        return int(kernels.fold_lookup(words, self.t_keys, self.t_val))
+
+    def new(self, key) -> int:
+        """An id for `key`, which has none."""
+        self.reserve(1)
+        kid = self.n
+        self.n += 1
+        words = _words(key)
+        if words is None:
+            self.others[key] = kid
+        else:
+            kernels.fold_insert(words, kid, self.t_keys, self.t_val)
         return kid
 
-    def rebuild(self, states: dict[tuple, list]) -> None:
-        """Keep only the keys in `states` (Folder._open), numbered afresh (state[3])."""
-        self.ids = {}
-        self._table(64)
+    def rebuild(self) -> np.ndarray:
+        """Keep only the ids of open windows, numbered afresh in their order; returns the new id of
+        each old one (-1: dropped)."""
+        keep = np.flatnonzero(self.open[: self.n])
+        new_id = np.full(max(self.n, 1), -1, np.int64)
+        new_id[keep] = np.arange(len(keep))
+        old_keys, old_val = self.t_keys, self.t_val
+        size = 64
+        while 2 * len(keep) > size:
+            size *= 2
+        self._table(size)
+        kernels.fold_compact(old_keys, old_val, new_id, self.t_keys, self.t_val)
+        self.others = {key: int(new_id[kid]) for key, kid in self.others.items() if new_id[kid] >= 0}
+        start, row = self.start[keep], self.row[keep]
+        self.n = len(keep)
         self.open[:] = False
-        for key, state in states.items():
-            kid = state[3] = self.id(key)
-            self.start[kid], self.open[kid] = state[0], True
-            self.row[kid] = state[2] if state[1] is not None else -1
+        self.open[: self.n] = True
+        self.start[: self.n], self.row[: self.n] = start, row
+        self.row[self.n:] = -1
+        return new_id
 
 
 class Folder:
@@ -192,19 +211,21 @@ class Folder:
         self.pack, self.emit_packed = pack, emit_packed
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
-        self._open: dict[tuple, list] = {}   # key -> [window start, pending alert or None, its row, key id]
+        self.windows = 0                     # fold keys with an open window
         self._keys = _FoldKeys()
+        self._pending: dict[int, dict] = {}  # key id -> its pending alert (numbers in its row)
         self._count = np.zeros(64, np.int64)          # folded numbers of the pending alerts, a row each
         self._sums = np.zeros((64, 4), np.uint64)
         self._times = np.zeros((64, 3), np.float64)
         self._tail = np.zeros((64, 3), np.int64)
         self._free = list(range(63, -1, -1))  # rows not in use
         self._table = np.empty(0, np.int64)   # group_hits scratch, reused
+        self._counters = np.zeros(2, np.int64)
 
     # --- pending alerts: the dict, and its folded numbers in a row of the arrays -------------------
 
-    def _hold(self, state: list, alert: dict, count: int, sums, times, tail) -> None:
-        """`alert` becomes the key's pending alert with these folded numbers (sums: bytes, packets
+    def _hold(self, kid: int, alert: dict, count: int, sums, times, tail) -> None:
+        """`alert` becomes key kid's pending alert with these folded numbers (sums: bytes, packets
         and their estimates; times: first, last, ts; tail: sport, dport, vlan of the last record)."""
         if not self._free:
             have = len(self._count)
@@ -212,19 +233,16 @@ class Folder:
                 grow(a, 2 * have) for a in (self._count, self._sums, self._times, self._tail))
             self._free = list(range(2 * have - 1, have - 1, -1))
         row = self._free.pop()
-        self._keys.row[state[3]] = row
+        self._keys.row[kid] = row
         self._count[row] = count
         self._sums[row] = sums
         self._times[row] = times
         self._tail[row] = (tail[0], tail[1], -1 if tail[2] is None else tail[2])
-        state[1], state[2] = alert, row
+        self._pending[kid] = alert
 
-    def _release(self, state: list) -> None:
-        """Emit the key's pending alert, with its folded numbers, if it has one."""
-        alert = state[1]
-        if alert is None:
-            return
-        row = state[2]
+    def _release(self, kid: int, row: int) -> None:
+        """Emit key kid's pending alert, in `row`, with its folded numbers."""
+        alert = self._pending.pop(kid)
         b, p, be, pe = self._sums[row].tolist()
         first, last, ts = self._times[row].tolist()
         sport, dport, vlan = self._tail[row].tolist()
@@ -233,12 +251,11 @@ class Folder:
         if "bytes_estimate" in alert:        # every alert of ours has them; a caller's own may not
             alert.update(bytes_estimate=be, packets_estimate=pe)
         self._free.append(row)
-        state[1] = None                      # its key's window closes or opens anew next: _FoldKeys follows
+        self._keys.row[kid] = -1
         self.emit(alert)
 
-    def _merge_one(self, state: list, alert: dict) -> None:
-        """One more record's alert into the key's pending one."""
-        row = state[2]
+    def _merge_one(self, row: int, alert: dict) -> None:
+        """One more record's alert into the pending one in `row`."""
         self._count[row] += alert["count"]
         for q, name in enumerate(_SUMS):
             self._sums[row, q] += alert.get(name, 0)
@@ -249,21 +266,14 @@ class Folder:
         t[2] = max(t[2], alert["ts"])
         self._tail[row] = (alert["sport"], alert["dport"], -1 if alert["vlan"] is None else alert["vlan"])
 
-    def _window(self, key: tuple, t: float) -> list:
-        """Open a new window for `key` at time t (its pending alert, if any, was released)."""
-        kid = self._keys.id(key)
-        self._keys.start[kid], self._keys.open[kid], self._keys.row[kid] = t, True, -1
-        state = self._open[key] = [t, None, -1, kid]
-        return state
-
     # --- folding ---------------------------------------------------------------------------------
 
     def add_hits(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> None:
         """Fold a batch's hits; the same alerts as add(hit_alerts(...)), built per group instead of
-        per hit. Hits are grouped by fold key in one kernel call with their sums, and Python runs
-        per group only to find its key: groups that fold into a pending alert are merged in numpy
-        together, and an alert dict is built only for an alert that leaves at once or opens a
-        pending one. A group that straddles a window boundary takes the per-hit path."""
+        per hit. Hits are grouped by fold key in one kernel call with their sums; a second merges
+        the groups that fold into a pending alert and opens the windows of those that open one, so
+        Python runs per group only for an alert that leaves or is held, never per key. A group that
+        straddles a window boundary takes the per-hit path."""
         m = len(hits)
         if self.window <= 0 and self.pack is not None and m:
             self._emit_all(batch, hits, names, exporters)
@@ -274,19 +284,24 @@ class Folder:
         size = 1 << (2 * m - 1).bit_length()
         if len(self._table) < size:              # scratch, grown as needed and reused
             self._table = np.empty(size, np.int64)
-            self._ints = np.empty((5, size), np.int64)
+            self._ints = np.empty((7, size), np.int64)
             self._g_sums = np.empty((size, 8), np.uint64)
             self._g_times = np.empty((size, 7), np.float64)
             self._kind = np.empty(size, np.int8)
-        group, first, second, last, count = self._ints
+        group, first, second, last, count, kid, released = self._ints
         sums, times = self._g_sums, self._g_times
         g = kernels.group_hits(batch.rows, hits.idx, hits.endpoint, hits.direction, self._table[:size],
                                group, first, second, last, count, sums, times)
         kind = self._kind[:g]
+        self._keys.reserve(g)                    # room for every group's key to be new
+        counters = self._counters
+        counters[:] = (self._keys.n, 0)
         rest = kernels.fold_groups(batch.rows, hits.idx, hits.endpoint, hits.direction,
                                    (first, last, count, sums, times), g, self._keys.arrays(),
                                    (self._count, self._sums, self._times, self._tail), self.window,
-                                   max(self.max_keys - len(self._open), 0), kind)
+                                   max(self.max_keys - self.windows, 0), kind, (kid, released, counters))
+        self._keys.n, opened = int(counters[0]), int(counters[1])
+        self.windows += opened
         if rest:
             self._open_groups(np.flatnonzero(kind), kind, batch, hits, names, exporters)
 
@@ -306,64 +321,52 @@ class Folder:
 
     def _open_groups(self, at: np.ndarray, kind: np.ndarray, batch: FlowBatch, hits: Hits, names, exporters) -> None:
         """The groups `at` (kernels.fold_groups did not merge them) that open a pending alert
-        (kind 1) or a window (2), or go hit by hit (3), in group order."""
-        group, first, second, last, count = self._ints
+        (kind 1) or opened a window (2), or go hit by hit (3), in group order."""
+        group, first, second, last, count, g_kid, g_released = self._ints
         sums, times, c, m = self._g_sums, self._g_times, batch.cols, len(hits)
-        f_idx, at_l = hits.idx[first[at]], at.tolist()
-        direction = hits.direction[first[at]]
-        side = np.where(direction == REQUEST, c.dport[f_idx], c.sport[f_idx])
-        keys = dict(zip(at_l, zip(c.exporter[f_idx].tolist(), zip(c.src_hi[f_idx].tolist(), c.src_lo[f_idx].tolist()),
-                                  zip(c.dst_hi[f_idx].tolist(), c.dst_lo[f_idx].tolist()), c.proto[f_idx].tolist(),
-                                  side.tolist(), hits.endpoint[first[at]].tolist(), direction.tolist())))
-        steps = list(zip(at_l, kind[at].tolist()))
-        count_l = dict(zip(at_l, count[at].tolist()))
-        l_idx = hits.idx[last[: len(kind)]]
+        steps = list(zip(at.tolist(), kind[at].tolist(), g_kid[at].tolist(), g_released[at].tolist(),
+                         count[at].tolist()))
         # the first hit of a group opening a window leaves at once: packed where a packer is set
         packed = {}
         if self.pack is not None:
-            two = [first[j] for j, k in steps if k == 2]
+            two = [first[j] for j, k, *_ in steps if k == 2]
             if two:
                 blobs, stamps = self.pack(batch, hits.subset(np.array(two, np.int64)), names, exporters)
                 packed = {pos: (b, t) for pos, b, t in zip(two, blobs, stamps) if b is not None}
         # alert dicts only where one is needed: the first hit of a group opening a pending alert or
         # a window (unless packed), the second hit of a group opening a window with more to fold
-        want = [first[j] for j, k in steps if k == 1 or (k == 2 and first[j] not in packed)] + \
-               [second[j] for j, k in steps if k == 2 and count_l[j] > 1]
+        want = [first[j] for j, k, *_ in steps if k == 1 or (k == 2 and first[j] not in packed)] + \
+               [second[j] for j, k, _, _, n in steps if k == 2 and n > 1]
         built = {}
         if want:
-            sel = np.array(want, np.int64)
-            made = hit_alerts(batch, hits.subset(sel), names, exporters)
+            made = hit_alerts(batch, hits.subset(np.array(want, np.int64)), names, exporters)
             built = {pos: alert for pos, (_, alert) in zip(want, made)}
         # the per-hit groups' alerts in one call too (past limits.max_fold_keys, in a flood of new keys,
         # that is every group): their hits in batch order, handed to add() group by group
         per_hit: dict[int, list] = {}
-        three = [j for j, k in steps if k == 3]
+        three = [j for j, k, *_ in steps if k == 3]
         if three:
             pos = np.flatnonzero(np.isin(group[:m], three))
             for j, item in zip(group[pos].tolist(), hit_alerts(batch, hits.subset(pos), names, exporters)):
                 per_hit.setdefault(j, []).append(item)
-        opened = [j for j, k in steps if k in (1, 2)]
-        tails = dict(zip(opened, zip(c.sport[l_idx[opened]].tolist(), c.dport[l_idx[opened]].tolist(),
-                                     _vlans(batch, l_idx[opened]))))
-        self._keys.add_rows({j: keys[j] for j, k in steps if k == 2}, batch, hits, first)
-        for j, k in steps:
-            key, n = keys[j], count_l[j]
+        held = [j for j, k, _, _, n in steps if k == 1 or (k == 2 and n > 1)]
+        tails = {}
+        if held:
+            l_idx = hits.idx[last[held]]
+            tails = dict(zip(held, zip(c.sport[l_idx].tolist(), c.dport[l_idx].tolist(), _vlans(batch, l_idx))))
+        for j, k, kid, old_row, n in steps:
             if k == 1:
-                self._hold(self._open[key], built[first[j]], n, sums[j, :4].tolist(), times[j, :3].tolist(), tails[j])
+                self._hold(kid, built[first[j]], n, sums[j, :4].tolist(), times[j, :3].tolist(), tails[j])
             elif k == 2:
-                state = self._open.get(key)
-                if state is not None:
-                    self._release(state)
+                if old_row >= 0:                  # the window it reopened held an alert: it leaves first
+                    self._release(kid, old_row)
                 got = packed.get(first[j])
                 if got is None:
-                    alert = built[first[j]]
-                    state = self._window(key, alert["ts"])
-                    self.emit(alert)
+                    self.emit(built[first[j]])
                 else:
-                    state = self._window(key, got[1])
                     self.emit_packed(*got)
                 if n > 1:
-                    self._hold(state, built[second[j]], n - 1, sums[j, 4:].tolist(), times[j, 3:6].tolist(), tails[j])
+                    self._hold(kid, built[second[j]], n - 1, sums[j, 4:].tolist(), times[j, 3:6].tolist(), tails[j])
             else:
                 self.add(per_hit[j])
 
@@ -372,44 +375,57 @@ class Folder:
             for _, alert in items:
                 self.emit(alert)
             return
+        keys = self._keys
         for key, alert in items:
-            state = self._open.get(key)
+            kid = keys.find(key)
+            is_open = kid >= 0 and bool(keys.open[kid])
             t = alert["ts"]
-            if state is None and len(self._open) >= self.max_keys:
+            if not is_open and self.windows >= self.max_keys:
                 self.over_limit += 1
                 self.emit(alert)
                 continue
-            if state is None or t - state[0] >= self.window:
-                if state is not None:
-                    self._release(state)
-                self._window(key, t)
+            if not is_open or t - keys.start[kid] >= self.window:
+                if is_open:
+                    if keys.row[kid] >= 0:
+                        self._release(kid, int(keys.row[kid]))
+                else:
+                    self.windows += 1
+                    if kid < 0:
+                        kid = keys.new(key)
+                keys.start[kid], keys.open[kid], keys.row[kid] = t, True, -1
                 self.emit(alert)
-            elif state[1] is None:
-                self._hold(state, alert, alert["count"], [alert.get(name, 0) for name in _SUMS],
+            elif keys.row[kid] < 0:
+                self._hold(kid, alert, alert["count"], [alert.get(name, 0) for name in _SUMS],
                            [_nan(alert["first_seen"]), _nan(alert["last_seen"]), t],
                            (alert["sport"], alert["dport"], alert["vlan"]))
             else:
-                self._merge_one(state, alert)
+                self._merge_one(int(keys.row[kid]), alert)
 
     def tick(self, now: float) -> None:
         """Close every window older than `window` at time `now`."""
-        done = [k for k, state in self._open.items() if now - state[0] >= self.window]
-        for key in done:
-            state = self._open.pop(key)
-            self._release(state)
-            self._keys.open[state[3]] = False
-        if len(self._keys.ids) > 2 * len(self._open) + _KEY_SLACK:     # ids of closed windows pile up
-            self._keys.rebuild(self._open)
+        keys = self._keys
+        n = keys.n
+        done = np.flatnonzero(keys.open[:n] & (now - keys.start[:n] >= self.window))
+        if len(done):
+            rows = keys.row[done]
+            for kid, row in zip(done[rows >= 0].tolist(), rows[rows >= 0].tolist()):
+                self._release(kid, row)
+            keys.open[done] = False
+            self.windows -= len(done)
+        if n > 2 * self.windows + _KEY_SLACK:     # ids of closed windows pile up
+            new_id = keys.rebuild()
+            self._pending = {int(new_id[kid]): alert for kid, alert in self._pending.items()}
 
     def close(self) -> None:
-        for state in self._open.values():
-            self._release(state)
-        self._open.clear()
+        keys = self._keys
+        for kid in sorted(self._pending):
+            self._release(kid, int(keys.row[kid]))
         self._keys = _FoldKeys()
+        self.windows = 0
 
     @property
     def pending(self) -> int:
-        return sum(1 for state in self._open.values() if state[1] is not None)
+        return len(self._pending)
 
 
 def _nan(v: float | None) -> float:

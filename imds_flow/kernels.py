@@ -13,7 +13,7 @@ from .flows import HTTP, NAT_DST, NAT_SRC, VLAN_MORE_COUNT, VLAN_MORE_MAX
 from .jit import kernel, njit, step
 
 __all__ = ["match_net", "match_nets", "in_v4_endpoints", "cover", "in_cover", "detect_batch", "compact", "group_hits",
-           "fold_groups", "fold_insert", "fold_insert_rows", "fold_rehash", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
+           "fold_groups", "fold_insert", "fold_lookup", "fold_compact", "fold_rehash", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -430,14 +430,6 @@ def fold_insert(words, value, t_keys, t_val):
 
 
 @kernel
-def fold_insert_rows(c, idx, ep, direction, at, values, t_keys, t_val):
-    """fold_insert of the fold key of each hit at[k] (a position in idx / ep / direction) -> values[k]."""
-    for k in range(at.shape[0]):
-        f = at[k]
-        fold_insert(fold_words(c, idx[f], ep[f], direction[f]), values[k], t_keys, t_val)
-
-
-@kernel
 def fold_rehash(old_keys, old_val, t_keys, t_val):
     """Every key of a fold key table into a new, larger one."""
     for s in range(old_val.shape[0]):
@@ -446,23 +438,36 @@ def fold_rehash(old_keys, old_val, t_keys, t_val):
 
 
 @kernel
-def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, kind):
-    """What each of a batch's n hit groups (group_hits) does, and the merges done here: Python runs
+def fold_lookup(words, t_keys, t_val):
+    """The id of six-word key `words` in a fold key table, -1 when absent."""
+    return t_val[_find_words(words, t_keys, t_val)]
+
+
+@kernel
+def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, kind, opened):
+    """What each of a batch's n hit groups (group_hits) does, and what can be done here: Python runs
     only for the rest. `keys`: the fold keys seen (table t_keys / t_val: key -> id) and per id the
     open window's start, whether a window is open, its pending alert's row (-1: none); `pending`:
     the pending alerts' numbers (see _merge); `room`: keys that may still open
     (limits.max_fold_keys). kind[g]: 0 merged into its pending alert here, 1 opens a pending
-    alert in its window, 2 opens a window, 3 goes hit by hit (straddles a window boundary, or
-    past the limit). Returns how many groups are not merged."""
+    alert in its window, 2 opens a window (opened here: a new key gets the next id, the caller
+    having made room in the table and the arrays), 3 goes hit by hit (straddles a window boundary,
+    or past the limit). `opened`: per group its key's id (-1: none) and, for a kind 2 that reopens
+    a window holding a pending alert, that alert's row (the caller releases it; else -1); and
+    counters: the next free id, and how many windows opened that were not open. Returns how many
+    groups are not merged."""
     g_first, g_last, g_count, g_sums, g_times = groups
     t_keys, t_val, k_start, k_open, k_row = keys
+    g_kid, g_released, counters = opened
     rest = 0
     for g in range(n):
         f = g_first[g]
-        s = _find_words(fold_words(c, idx[f], ep[f], direction[f]), t_keys, t_val)
+        words = fold_words(c, idx[f], ep[f], direction[f])
+        s = _find_words(words, t_keys, t_val)
         key = t_val[s]
         is_open = key >= 0 and k_open[key]
         t_first, t_max = g_times[g, 6], g_times[g, 2]
+        g_kid[g] = key
         if not is_open:
             if room <= 0:
                 kind[g] = 3
@@ -477,10 +482,29 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
             kind[g] = 1
         elif (not is_open or t_first - k_start[key] >= window) and t_max - t_first < window:
             kind[g] = 2
+            if key < 0:                          # a new key: the next id, in the empty slot found
+                key = counters[0]
+                counters[0] += 1
+                for q in range(6):
+                    t_keys[s, q] = words[q]
+                t_val[s] = key
+                g_kid[g] = key
+            g_released[g] = k_row[key] if is_open else -1
+            counters[1] += not is_open
+            k_start[key], k_open[key], k_row[key] = t_first, True, -1
         else:
             kind[g] = 3
         rest += 1
     return rest
+
+
+@kernel
+def fold_compact(old_keys, old_val, new_id, t_keys, t_val):
+    """The keys of a fold key table whose id has a new one (new_id[id] >= 0), under it, into a new
+    table: ids of closed windows dropped."""
+    for s in range(old_val.shape[0]):
+        if old_val[s] != -1 and new_id[old_val[s]] >= 0:
+            fold_insert(old_keys[s], new_id[old_val[s]], t_keys, t_val)
 
 
 @kernel

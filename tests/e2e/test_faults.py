@@ -413,7 +413,7 @@ def test_fold_keys_are_bounded_and_nothing_is_lost():
     out = []
     f = Folder(60.0, out.append, max_keys=10)
     f.add([((k,), {"ts": 1.0, "k": k, "count": 1}) for k in range(25)])
-    assert len(f._open) == 10 and f.over_limit == 15 and len(out) == 25
+    assert f.windows == 10 and f.over_limit == 15 and len(out) == 25
 
 
 # --- /metrics under a burst of new alert keys ---------------------------------------------------------------
