@@ -265,6 +265,9 @@ def measure(name: str, st: Settings, rate: float) -> dict:
         "alerts_expected": offered["hits"] if name == "imds-flow" else None,
         "alerts_raised": got.get("alerted_records"), "alerts_written": got.get("alerts_raised"),
         "latency_p50_ms": got.get("latency_p50_ms"), "latency_p99_ms": got.get("latency_p99_ms"),
+        # how far the sender fell behind its schedule: it catches up in a burst of that much traffic,
+        # which a run's loss may owe to more than to the collector
+        "sender_late_max_ms": offered.get("late_max_ms"), "sender_late_bursts": offered.get("late_bursts"),
     }
     return row
 

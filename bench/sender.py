@@ -84,7 +84,9 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
     sendmmsg each); with more, every burst comes from `burst` different exporters, one datagram
     each, so that all of them send steadily during the run, as that many routers would (by
     bursts, a 3 s run at 1 M records/s would hear from only 1,560 of 5,000 exporters, each of
-    them new). Returns offered datagrams, records and metadata records (hits)."""
+    them new). Returns offered datagrams, records and metadata records (hits), and how far the
+    sender fell behind its schedule (late_max_ms; late_bursts: bursts sent more than 2 ms late):
+    a late sender sends what it owes back to back, a burst that can overflow a receive buffer."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks = []
     for _ in range(exporters):
@@ -114,6 +116,7 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
     dgram_rate = rate / records
     interval = burst / dgram_rate
     sent_d = hits = templates = 0
+    late_max, late_bursts = 0.0, 0              # how far behind its schedule the sender fell
     start = time.perf_counter()
     next_at = start
     end = start + duration
@@ -127,6 +130,9 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
                 time.sleep(next_at - now - 0.0003)
             continue
         b, ex, h = bursts[i % len(bursts)]
+        late = now - next_at                 # behind schedule (a stall of this process, or of the VM):
+        late_max = max(late_max, late)       # the bursts it owes go out back to back
+        late_bursts += late > 0.002
         if spread is not None:
             sent, tsent = spread.send(b, ex)
             sent_d += sent
@@ -157,7 +163,8 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
             next_at = now
     took = time.perf_counter() - start
     return {"datagrams": sent_d, "template_datagrams": templates, "records": sent_d * records, "hits": hits,
-            "seconds": took, "records_per_s": sent_d * records / took, "exporters": exporters, "version": version}
+            "seconds": took, "records_per_s": sent_d * records / took, "exporters": exporters, "version": version,
+            "late_max_ms": round(late_max * 1e3, 2), "late_bursts": late_bursts}
 
 
 class _Spread:

@@ -137,3 +137,25 @@ def test_many_exporters_each_send_in_turn_with_their_own_sequence_and_template()
         for k in range(len(data)):                         # its template first, then before every 3rd
             want += (["t"] if k % 3 == 0 else []) + ["d"]
         assert kinds == want, port
+
+
+def test_the_sender_says_how_far_behind_its_schedule_it_fell(monkeypatch):
+    """Its bursts after a stall can cost a collector records: each run reports the most it fell
+    behind and how many bursts went out late (a stall made here: its first wait lasts 30 ms more)."""
+    import socket
+    import time
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    real_sleep, slept = time.sleep, []
+
+    def stall_once(s):
+        if not slept:
+            slept.append(s)
+            real_sleep(0.03)
+        real_sleep(s)
+    monkeypatch.setattr(sender.time, "sleep", stall_once)
+    try:
+        out = sender.run("127.0.0.1", rx.getsockname()[1], 20_000, 0.3, 1, 30, 0.0)
+    finally:
+        rx.close()
+    assert out["datagrams"] > 0 and out["late_max_ms"] >= 20 and out["late_bursts"] >= 1
