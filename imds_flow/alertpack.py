@@ -58,17 +58,17 @@ class Packer:
 
     def _exporters(self, exporters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each exporter row's address as a packed str (buffer, offsets) and its port, rows added as
-        the table grows (its rows never change: ExporterTable only appends)."""
+        the table grows (its rows never change: ExporterTable only appends, sFlow agents too)."""
         if exporters is not self._owner:          # warm-up's scratch table, then the pipeline's
             self._owner, self._e_off, self._e_port = exporters, np.zeros(1, np.int64), np.zeros(0, np.uint64)
         have, n = len(self._e_port), len(exporters.address)
         if n > have:
-            new = b"".join(msgpack.packb(a) for a in exporters.address[have:n])
+            parts = [msgpack.packb(a) for a in exporters.address[have:n]]
+            new = b"".join(parts)
             start = int(self._e_off[have])
             self._e_buf = grow(self._e_buf, start + len(new))
             self._e_buf[start: start + len(new)] = np.frombuffer(new, np.uint8)
-            lens = [len(msgpack.packb(a)) for a in exporters.address[have:n]]
-            self._e_off = np.concatenate([self._e_off, start + np.cumsum(lens)])
+            self._e_off = np.concatenate([self._e_off, start + np.cumsum([len(b) for b in parts])])
             self._e_port = np.concatenate([self._e_port, np.array(exporters.port[have:n], np.uint64)])
         return self._e_buf, self._e_off, self._e_port
 

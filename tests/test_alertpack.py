@@ -81,3 +81,28 @@ def test_packed_alerts_are_the_encoded_dicts(seed, n, buf, probe, small, headers
             assert alert["bytes_estimate"] >= 2**64 or alert["packets_estimate"] >= 2**64
             continue
         assert packed[k] == enc.encode(alert), alert
+
+
+def test_exporter_rows_added_between_batches_and_another_table():
+    """The packed exporter addresses follow the table as it grows, and a second table (warm-up's
+    scratch one, then the pipeline's) starts afresh."""
+    class Table:
+        def __init__(self, addresses):
+            self.address, self.port = list(addresses), [2055 + k for k in range(len(addresses))]
+    fb = FlowBatch(4)
+    fb.reset(4)
+    c = fb.cols
+    c.version[:4], c.row_flags[:4], c.sampling_rate[:4], c.vlan_src[:4], c.vlan_dst[:4] = 5, 0, 1, -1, -1
+    c.vlan_dot1q[:4], c.vlan_cust[:4], c.vlan_more[:4] = -1, -1, 0
+    (c.dst_hi[:4], c.dst_lo[:4]), (c.src_hi[:4], c.src_lo[:4]) = to_hilo("169.254.169.254"), to_hilo("10.0.0.1")
+    c.exporter[:4] = [0, 1, 2, 1]
+    fb.n = 4
+    packer, enc = Packer(), Encoder()
+    first, second = Table(["192.0.2.9"]), Table(["10.9.9.9", "2001:db8::1"])
+    for table, rows, grows in ((first, [0], False), (second, [0, 1], False), (second, [0, 1, 2, 3], True)):
+        if grows:
+            table.address.append("198.51.100.7")
+            table.port.append(9995)
+        hits = Hits(np.array(rows, np.int64), np.zeros(len(rows), np.int32), np.zeros(len(rows), np.uint8), 0, ("address",))
+        packed, _ = packer.pack(fb, hits, ("imds",), table)
+        assert packed == [enc.encode(alert) for _, alert in hit_alerts(fb, hits, ("imds",), table)]
