@@ -132,12 +132,16 @@ class _FoldKeys:
     def __init__(self):
         self.n = 0                                # ids handed out
         self.others: dict = {}                    # keys of another shape -> id
-        self._table(64)
+        self._table(0)
         self.start = np.zeros(32, np.float64)
         self.open = np.zeros(32, np.bool_)
         self.row = np.full(32, -1, np.int64)
 
-    def _table(self, size: int) -> None:
+    def _table(self, count: int) -> None:
+        """An empty table for `count` keys: a power of two, at least 64 slots, at most half full."""
+        size = 64
+        while 2 * count > size:
+            size *= 2
         self.t_keys = np.zeros((size, 6), np.uint64)
         self.t_val = np.full(size, -1, np.int64)
 
@@ -152,11 +156,8 @@ class _FoldKeys:
             self.row = grow(self.row, need, fill=-1)
         if 2 * need > len(self.t_val):
             old_keys, old_val = self.t_keys, self.t_val
-            size = len(self.t_val)
-            while 2 * need > size:
-                size *= 2
-            self._table(size)
-            kernels.fold_rehash(old_keys, old_val, self.t_keys, self.t_val)
+            self._table(need)
+            kernels.fold_compact(old_keys, old_val, np.arange(max(self.n, 1)), self.t_keys, self.t_val)
 
     def find(self, key) -> int:
         """The id of `key`, -1 when it has none."""
@@ -184,10 +185,7 @@ class _FoldKeys:
         new_id = np.full(max(self.n, 1), -1, np.int64)
         new_id[keep] = np.arange(len(keep))
         old_keys, old_val = self.t_keys, self.t_val
-        size = 64
-        while 2 * len(keep) > size:
-            size *= 2
-        self._table(size)
+        self._table(len(keep))
         kernels.fold_compact(old_keys, old_val, new_id, self.t_keys, self.t_val)
         self.others = {key: int(new_id[kid]) for key, kid in self.others.items() if new_id[kid] >= 0}
         start, row = self.start[keep], self.row[keep]

@@ -83,12 +83,10 @@ class Pipeline:
     def _emit(self, alert: dict) -> None:
         if is_probe(alert):                   # `imds-flow probe`: the alert says it is a test
             alert["test"] = True
-        self._out.append(self.encoder.encode(alert))
-        self._out_ts.append(alert["ts"])
-        self.alerts_written += 1
+        self._emit_packed(self.encoder.encode(alert), alert["ts"])
 
     def _emit_packed(self, alert: bytes, ts: float) -> None:
-        """An alert alertpack made: the bytes _emit would have encoded (with the probe's mark)."""
+        """An encoded alert (by _emit, or by alertpack: the same bytes, the probe's mark included)."""
         self._out.append(alert)
         self._out_ts.append(ts)
         self.alerts_written += 1

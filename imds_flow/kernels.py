@@ -13,7 +13,7 @@ from .flows import HTTP, NAT_DST, NAT_SRC, VLAN_MORE_COUNT, VLAN_MORE_MAX
 from .jit import kernel, njit, step
 
 __all__ = ["match_net", "match_nets", "in_v4_endpoints", "cover", "in_cover", "detect_batch", "compact", "group_hits",
-           "fold_groups", "fold_insert", "fold_lookup", "fold_compact", "fold_rehash", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
+           "fold_groups", "fold_insert", "fold_lookup", "fold_compact", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -430,14 +430,6 @@ def fold_insert(words, value, t_keys, t_val):
 
 
 @kernel
-def fold_rehash(old_keys, old_val, t_keys, t_val):
-    """Every key of a fold key table into a new, larger one."""
-    for s in range(old_val.shape[0]):
-        if old_val[s] != -1:
-            fold_insert(old_keys[s], old_val[s], t_keys, t_val)
-
-
-@kernel
 def fold_lookup(words, t_keys, t_val):
     """The id of six-word key `words` in a fold key table, -1 when absent."""
     return t_val[_find_words(words, t_keys, t_val)]
@@ -501,7 +493,8 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
 @kernel
 def fold_compact(old_keys, old_val, new_id, t_keys, t_val):
     """The keys of a fold key table whose id has a new one (new_id[id] >= 0), under it, into a new
-    table: ids of closed windows dropped."""
+    table: ids of closed windows dropped (Folder.tick), or every key kept (new_id the identity: a
+    table that grows)."""
     for s in range(old_val.shape[0]):
         if old_val[s] != -1 and new_id[old_val[s]] >= 0:
             fold_insert(old_keys[s], new_id[old_val[s]], t_keys, t_val)

@@ -56,9 +56,8 @@ def warm_up(pipeline) -> None:
         folder.add(hit_alerts(batch, Hits(kept[:1], np.zeros(1, np.int32), np.ones(1, np.uint8), 0),
                               pipeline.detector.names + ("x",), scratch))   # a lone hit: Folder.add's key lookup
         empty = (np.zeros((2, 6), np.uint64), np.full(2, -1, np.int64))
-        kernels.fold_rehash(*empty, np.zeros((4, 6), np.uint64), np.full(4, -1, np.int64))   # a fold key table grows
         kernels.fold_compact(*empty, np.full(1, -1, np.int64), np.zeros((4, 6), np.uint64),
-                             np.full(4, -1, np.int64))                    # and is compacted (Folder.tick)
+                             np.full(4, -1, np.int64))   # a fold key table grows, or is compacted (Folder.tick)
         words = (np.zeros(2, np.uint64),) * 3, (np.zeros(4, np.uint64),) * 3
         kernels.key_rehash(*words[0], np.full(2, -1, np.int64), *words[1], np.full(4, -1, np.int64))  # a KeyMap grows
         receive.warm_up()
