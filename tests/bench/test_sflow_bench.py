@@ -51,3 +51,12 @@ def test_imds_flow_end_to_end_twice(tmp_path, monkeypatch):
     written = json.loads(next(tmp_path.glob("bench-sflow-*.json")).read_text())
     assert written["summary"]["collectors"]["imds-flow"]["runs"] == 2
     assert written["ratio_to_best_rival"] == written["summary"]["ratio_to_best_rival"]
+
+
+def test_a_rival_that_is_not_installed_is_said_and_skipped(monkeypatch, capsys):
+    monkeypatch.setattr("shutil.which", lambda prog: None if prog == "sfcapd" else "/usr/bin/" + prog)
+    ran = []
+    monkeypatch.setattr(sflow, "_run", lambda name, *a: ran.append(name) or _row(name, 1.0, 1))
+    sflow.compare(["imds-flow", "sfcapd", "sfacctd"], datagrams=10)
+    assert ran == ["imds-flow", "sfacctd"]
+    assert "sfcapd is not installed: skipped (Debian: apt-get install nfdump-sflow)" in capsys.readouterr().err
