@@ -19,6 +19,7 @@ from .datagrams import DatagramBatch
 from .detect import Detector
 from .exporters import ExporterTable
 from .flows import FlowBatch
+from .onecall import V5Batch
 from .metrics import ErrorLog, LimitLog, Latency, stats_of, summary_line
 from .probe import PROBE_PORT, PROBE_SOURCE, PROBE_SOURCE_V6, is_probe
 from .ratelimit import RateLimit
@@ -57,6 +58,7 @@ class Pipeline:
         self.detector = Detector(config, url_patterns=config.http.url_substrings)
         self.template_file: TemplateFile | None = None    # set by persist_templates() (listen only)
         self.batch = FlowBatch(limit=lim.max_batch_records)
+        self.onecall = V5Batch(config.listen.batch_datagrams)
         self.batches_split = 0                # batches decoded in parts to keep within max_batch_records
         self.encoder = encoder if encoder is not None else Encoder()   # formats.encoder(name)
         self.alerts_written = 0
@@ -101,6 +103,26 @@ class Pipeline:
         if dg.n > 1 and dg.nbytes() > self.batch.limit:
             self._process_in_parts(dg, truncated)
             return
+        one = self.onecall.run(dg, self.exporters, self.batch, self.detector) \
+            if truncated is None and self.compact else None
+        if one is not None:                   # v5 from known exporters: one kernel call did it all
+            bad, count, suppressed = one
+            now = float(dg.ts[dg.n - 1])
+            if bad:
+                self.errors.report(self.onecall.exp_ids[: dg.n], self.onecall.status[: dg.n], now)
+            self.limit_log.report(now)
+            hits = self.detector.hits(count, suppressed) if count else None
+        else:
+            hits = self._decode_and_detect(dg, truncated)
+            if hits is None:
+                return
+        if hits is not None and len(hits):
+            self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
+        self.flush()
+
+    def _decode_and_detect(self, dg: DatagramBatch, truncated: np.ndarray | None):
+        """The general path: any format, new exporters, truncated datagrams. None when every
+        datagram was refused."""
         exp_ids, refused = self.exporters.resolve(dg.src_hi[: dg.n], dg.src_lo[: dg.n], dg.sport[: dg.n])
         if refused:                    # not in listen.allowed_exporters, or past limits.max_exporters
             keep = exp_ids >= 0
@@ -109,7 +131,7 @@ class Pipeline:
             truncated = truncated[keep] if truncated is not None else None
             if dg.n == 0:
                 self.batch.n = 0
-                return
+                return None
         if truncated is not None:
             dg.lens[truncated] = 0
         status = wire.decode(dg, exp_ids, self.exporters, self.batch,
@@ -121,10 +143,7 @@ class Pipeline:
         if self.exporters.count(exp_ids, status, None, now):
             self.errors.report(exp_ids, status, now)
         self.limit_log.report(now)
-        hits = self.detector.run(self.batch, self.exporters.column("suppressed"), self.exporters.column("alert_records"))
-        if len(hits):
-            self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
-        self.flush()
+        return self.detector.run(self.batch, self.exporters.column("suppressed"), self.exporters.column("alert_records"))
 
     def _process_in_parts(self, dg: DatagramBatch, truncated: np.ndarray | None) -> None:
         """Datagrams that could hold more records than limits.max_batch_records (at worst one per

@@ -65,6 +65,7 @@ class Detector:
         self._idx = np.empty(4096, np.int64)  # detect_batch's output: hit rows, endpoints, directions
         self._epi = np.empty(4096, np.int32)
         self._dir = np.empty(4096, np.uint8)
+        self._tables()
 
     @staticmethod
     def _scratch_counts(batch: FlowBatch) -> np.ndarray:
@@ -77,14 +78,26 @@ class Detector:
         """Hits of `batch`; each suppressed record also counts in suppressed_by_exporter[exporter]
         and each hit in alerted_by_exporter[exporter] (columns of the exporter table: the
         per-exporter `suppressed` and `alert_records` counters)."""
-        if batch.n > len(self._idx):
-            self._idx, self._epi, self._dir = (grow(a, batch.n, keep=False) for a in (self._idx, self._epi, self._dir))
+        self.room(batch.n)
         if suppressed_by_exporter is None:
             suppressed_by_exporter = self._scratch_counts(batch)
         if alerted_by_exporter is None:
             alerted_by_exporter = self._scratch_counts(batch)
-        hits, suppressed = kernels.detect_batch(
-            batch.rows, batch.n, self._ep, self._sup, self._vlans, self.n_endpoints, self.n_urls,
-            self._idx, self._epi, self._dir, suppressed_by_exporter, alerted_by_exporter)
-        return Hits(self._idx[:hits], self._epi[:hits], self._dir[:hits], int(suppressed), self.signals,
+        hits, suppressed = kernels.detect_batch(batch.rows, batch.n, self._ep, *self.tables,
+                                                suppressed_by_exporter, alerted_by_exporter)
+        return self.hits(hits, suppressed)
+
+    def room(self, rows: int) -> None:
+        """Output room for a batch of `rows` records (every one may be a hit)."""
+        if rows > len(self._idx):
+            self._idx, self._epi, self._dir = (grow(a, rows, keep=False) for a in (self._idx, self._epi, self._dir))
+            self._tables()
+
+    def _tables(self) -> None:
+        # detect_batch's arguments after (rows, n, endpoints) and before the per-exporter counts
+        self.tables = (self._sup, self._vlans, self.n_endpoints, self.n_urls, self._idx, self._epi, self._dir)
+
+    def hits(self, count: int, suppressed: int) -> Hits:
+        """The Hits detect_batch wrote (its first `count` outputs)."""
+        return Hits(self._idx[:count], self._epi[:count], self._dir[:count], int(suppressed), self.signals,
                     self.header_names)

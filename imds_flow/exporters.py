@@ -55,6 +55,7 @@ class ExporterTable:
         self._index: dict[tuple, int] = {}    # (address hi, lo, port[, agent hi, lo, sub-agent]) -> row
         self._row_keys: list[tuple] = []       # the key of each row
         self._keymap = KeyMap()                # the source rows of _index, for a whole batch in one kernel call
+        self._kernel_state: tuple | None = None
         self.address: list[str] = []
         self.port: list[int] = []
         self.counters = np.zeros((capacity, len(COUNTERS)), np.int64)
@@ -184,6 +185,18 @@ class ExporterTable:
         if rec_exporter is not None and len(rec_exporter):
             c[:m, _C["records"]] += np.bincount(rec_exporter, minlength=m)
         return kernels.count_batch(c, exp_ids, status, _REASON_COL, _C["datagrams"], self.last_seen, now)
+
+    def kernel_state(self) -> tuple:
+        """What the one-call v5 kernel (onecall.py) reads and updates, as one tuple kept from batch to
+        batch until the table or its KeyMap grows: the source rows' KeyMap (t0, t1, t2, val), the
+        counters with each reason code's column and the datagrams, records, suppressed and
+        alert_records columns, last_seen, and the v5 sequence state."""
+        s = self._kernel_state
+        if s is None or s[0] is not self._keymap.t0 or s[4] is not self.counters:
+            s = self._kernel_state = self._keymap.arrays() + (
+                self.counters, _REASON_COL, _C["datagrams"], _C["records"], _C["suppressed"], _C["alert_records"],
+                self.last_seen, self.seq_next, self.seq_seen, self.seq_lost)
+        return s
 
     def records_column(self) -> np.ndarray:
         """The per-exporter records counter, for wire.decode(records=...) (a view: valid until the

@@ -21,9 +21,12 @@ class KeyMap:
         self.t2 = np.zeros(size, np.uint64)
         self.val = np.full(size, -1, np.int64)
 
+    def arrays(self) -> tuple:
+        return self.t0, self.t1, self.t2, self.val
+
     def lookup(self, k0: np.ndarray, k1: np.ndarray, k2: np.ndarray, out: np.ndarray) -> int:
         """out[i] = value of key i, or -2 where the key is unknown; returns how many are unknown."""
-        return kernels.key_lookup(k0, k1, k2, self.t0, self.t1, self.t2, self.val, out)
+        return kernels.key_lookup(k0, k1, k2, *self.arrays(), out)
 
     def insert(self, k0: int, k1: int, k2: int, value: int) -> None:
         if 2 * (self.n + 1) > len(self.val):
