@@ -276,7 +276,7 @@ class Folder:
         if self.window <= 0 and self.pack is not None and m:
             self._emit_all(batch, hits, names, exporters)
             return
-        if self.window <= 0 or m < 2:
+        if self.window <= 0 or m == 0:
             self.add(hit_alerts(batch, hits, names, exporters))
             return
         size = 1 << (2 * m - 1).bit_length()
