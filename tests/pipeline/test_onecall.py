@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,8 +67,8 @@ def _batches(seed: int):
         yield payloads, src, truncated
 
 
-def _run(seed: int, onecall: bool):
-    p = app.Pipeline(config.parse(CFG), AlertList(), clock=lambda: T0)
+def _run(seed: int, onecall: bool, cfg: str = CFG):
+    p = app.Pipeline(config.parse(cfg), AlertList(), clock=lambda: T0)
     taken = [0]
     if onecall:
         run = p.onecall.run
@@ -84,7 +85,8 @@ def _run(seed: int, onecall: bool):
              p.exporters.last_seen[: len(p.exporters)].tolist())
     snapshot, summary = p.snapshot(), p.summary(latency=False)
     p.close()
-    return {"alerts": p.sink.alerts, "rows": rows, "state": state, "snapshot": snapshot, "summary": summary}, taken[0]
+    return {"alerts": p.sink.alerts, "rows": rows, "state": state, "snapshot": snapshot, "summary": summary,
+            "dropped": dict(p.exporters.dropped)}, taken[0]
 
 
 @settings(max_examples=40, deadline=None)
@@ -93,6 +95,19 @@ def test_the_one_call_path_leaves_what_the_general_path_leaves(seed):
     one, taken = _run(seed, onecall=True)
     general, _ = _run(seed, onecall=False)
     assert one == general
+
+
+@pytest.mark.parametrize("limits", ['[listen]\nallowed_exporters = ["192.0.2.0/24"]\n', "[limits]\nmax_exporters = 2\n"])
+def test_sources_refused_stay_refused(limits):
+    """A source outside listen.allowed_exporters or past limits.max_exporters never gets a row, so
+    the one-call path never takes its batches: the counters of refused datagrams agree."""
+    dropped = 0
+    for seed in range(6):
+        one, _ = _run(seed, True, CFG + limits)
+        general, _ = _run(seed, False, CFG + limits)
+        assert one == general
+        dropped += sum(one["dropped"].values())
+    assert dropped > 0
 
 
 def test_it_takes_known_v5_batches_and_declines_the_rest():
