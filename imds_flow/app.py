@@ -19,8 +19,8 @@ from .datagrams import DatagramBatch
 from .detect import Detector
 from .exporters import ExporterTable
 from .flows import FlowBatch
-from .onecall import V5Batch
 from .metrics import ErrorLog, LimitLog, Latency, stats_of, summary_line
+from .onecall import V5Batch
 from .probe import PROBE_PORT, PROBE_SOURCE, PROBE_SOURCE_V6, is_probe
 from .ratelimit import RateLimit
 from .sinks import Sink
