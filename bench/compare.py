@@ -50,7 +50,7 @@ from pathlib import Path
 
 from imds_flow.sockets import udp_sockets
 
-__all__ = ["Rival", "available", "start", "NAMES"]
+__all__ = ["Rival", "available", "installed", "start", "NAMES", "RIVALS"]
 
 NAMES = ("nfcapd", "nfacctd")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -59,13 +59,29 @@ NFACCTD_PLUGIN_PIPE = 64 << 20         # core -> plugin queue, bytes
 NFACCTD_PLUGIN_BUFFER = 64 << 10       # its transfer unit, bytes
 
 
+# every rival of the benches (these NetFlow / IPFIX ones, and bench/sflow.py's): the Debian package
+# that has it, and the programs a run needs (nfdump reads what nfcapd and sfcapd write)
+RIVALS = {"nfcapd": ("nfdump", ("nfcapd", "nfdump")), "nfacctd": ("pmacct", ("nfacctd",)),
+          "sfcapd": ("nfdump-sflow", ("sfcapd", "nfdump")), "sfacctd": ("pmacct", ("sfacctd",))}
+
+
 def available(name: str) -> bool:
-    """True when the collector `name` (and, for nfcapd, nfdump to read its files) is installed."""
-    if name == "nfcapd":
-        return shutil.which("nfcapd") is not None and shutil.which("nfdump") is not None
-    if name == "nfacctd":
-        return shutil.which("nfacctd") is not None
-    raise ValueError(f"unknown collector {name!r}; expected one of {NAMES}")
+    """True when rival `name` and the programs its runs need are installed."""
+    if name not in RIVALS:
+        raise ValueError(f"unknown collector {name!r}; expected one of {tuple(RIVALS)}")
+    return all(shutil.which(program) for program in RIVALS[name][1])
+
+
+def installed(names: list[str], say) -> list[str]:
+    """`names` without the rivals that are not installed, each of those said with its Debian package
+    (say(message)) and skipped, so a run compares what it can; imds-flow is kept."""
+    keep = []
+    for name in names:
+        if name == "imds-flow" or available(name):
+            keep.append(name)
+        else:
+            say(f"{name} is not installed: skipped (Debian: apt-get install {RIVALS[name][0]})")
+    return keep
 
 
 def start(name: str, workdir: Path, port: int = 0, rcvbuf: int = 64 << 20, timeout: float = 30) -> "Rival":

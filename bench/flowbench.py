@@ -460,7 +460,8 @@ def run(st: Settings) -> int:
         result["inprocess"] = inprocess(st.version, st.records, imds_fraction=st.imds_fraction,
                                         imds_sources=st.imds_sources)
         _say(f"  {result['inprocess']['median_records_per_s'] / 1e6:.1f} M records per CPU second (median of 5)")
-    names = _installed(rivals)
+    from .compare import installed
+    names = installed(["imds-flow", *rivals], _say)
     _say(f"{', '.join(names)}: {name} over loopback, {st.exporters} exporters, {st.records} records/datagram, "
          f"{st.duration:g} s per point, {st.imds_fraction:g} of records to the endpoints, templates "
          f"{'every ' + str(st.template_every) + ' datagrams' if st.template_every else 'once'}")
@@ -478,18 +479,6 @@ def run(st: Settings) -> int:
     result["seconds"] = time.monotonic() - started
     _write(result, st, stamp, name)
     return 0
-
-
-def _installed(rivals: list[str]) -> list[str]:
-    """imds-flow and the rivals that are installed (the others are said and skipped)."""
-    from . import compare
-    names = ["imds-flow"]
-    for r in rivals:
-        if compare.available(r):
-            names.append(r)
-        else:
-            _say(f"{r} is not installed: skipped (Debian: apt-get install {'nfdump' if r == 'nfcapd' else 'pmacct'})")
-    return names
 
 
 def _progress(started: float):

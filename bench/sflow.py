@@ -185,27 +185,12 @@ def _collector(name: str, work, rcvbuf: int):
     return proc, port, count, sig
 
 
-_PACKAGES = {"sfcapd": ("nfdump-sflow", ("sfcapd", "nfdump")), "sfacctd": ("pmacct", ("sfacctd",))}
-
-
-def _installed(name: str) -> bool:
-    """True for imds-flow and for a rival whose programs are installed; a missing one is said (with
-    the Debian package that has it) and skipped, so the run compares what it can."""
-    import shutil
-    if name not in _PACKAGES:
-        return True                              # imds-flow; an unknown name fails in _collector
-    package, programs = _PACKAGES[name]
-    if all(shutil.which(p) for p in programs):
-        return True
-    print(f"{name} is not installed: skipped (Debian: apt-get install {package})", file=sys.stderr)
-    return False
-
-
 def compare(names: list[str], datagrams: int = 50_000, samples: int = 8, rate: float = 200_000,
             rcvbuf: int = 8 << 20, repeat: int = 1, imds_fraction: float = 0.0005) -> list[dict]:
     """CPU per million samples of each collector over the same datagrams (module docstring): one row
     per run, `repeat` rounds of every collector in turn."""
-    names = [name for name in names if _installed(name)]
+    from .compare import installed
+    names = installed(names, lambda message: print(message, file=sys.stderr))
     payloads = sflow_datagrams(datagrams, samples, imds_fraction=imds_fraction)
     rows = []
     for k in range(repeat):

@@ -273,11 +273,13 @@ class Folder:
         Python runs per group only for an alert that leaves or is held, never per key. A group that
         straddles a window boundary takes the per-hit path."""
         m = len(hits)
-        if self.window <= 0 and self.pack is not None and m:
-            self._emit_all(batch, hits, names, exporters)
+        if not m:
             return
-        if self.window <= 0 or m == 0:
-            self.add(hit_alerts(batch, hits, names, exporters))
+        if self.window <= 0:                     # no folding: every alert leaves at once
+            if self.pack is not None:
+                self._emit_all(batch, hits, names, exporters)
+            else:
+                self.add(hit_alerts(batch, hits, names, exporters))
             return
         size = 1 << (2 * m - 1).bit_length()
         if len(self._table) < size:              # scratch, grown as needed and reused

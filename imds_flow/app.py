@@ -116,7 +116,7 @@ class Pipeline:
             hits = self._decode_and_detect(dg, truncated)
             if hits is None:
                 return
-        if hits is not None and len(hits):
+        if hits:                              # None: no hit, and no Hits made for it
             self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
         self.flush()
 

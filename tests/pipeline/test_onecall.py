@@ -70,11 +70,13 @@ def _batches(seed: int):
 def _run(seed: int, onecall: bool, cfg: str = CFG):
     p = app.Pipeline(config.parse(cfg), AlertList(), clock=lambda: T0)
     taken = [0]
-    if onecall:
-        run = p.onecall.run
-        p.onecall.run = lambda *a: (lambda got: (taken.__setitem__(0, taken[0] + (got is not None)), got)[1])(run(*a))
-    else:
-        p.onecall.run = lambda *a: None
+    run = p.onecall.run
+
+    def counted(*args):
+        got = run(*args) if onecall else None
+        taken[0] += got is not None
+        return got
+    p.onecall.run = counted
     rows = []
     for k, (payloads, src, truncated) in enumerate(_batches(seed)):
         p.process(DatagramBatch.from_payloads(payloads, src=src, ts=T0 + k * 0.25), truncated)
