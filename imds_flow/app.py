@@ -20,7 +20,7 @@ from .detect import Detector
 from .exporters import ExporterTable
 from .flows import FlowBatch
 from .metrics import ErrorLog, LimitLog, Latency, stats_of, summary_line
-from .onecall import V5Batch
+from .onecall import OneCall
 from .probe import PROBE_PORT, PROBE_SOURCE, PROBE_SOURCE_V6, is_probe
 from .ratelimit import RateLimit
 from .sinks import Sink
@@ -58,7 +58,7 @@ class Pipeline:
         self.detector = Detector(config, url_patterns=config.http.url_substrings)
         self.template_file: TemplateFile | None = None    # set by persist_templates() (listen only)
         self.batch = FlowBatch(limit=lim.max_batch_records)
-        self.onecall = V5Batch(config.listen.batch_datagrams)
+        self.onecall = OneCall(config.listen.batch_datagrams)
         self.batches_split = 0                # batches decoded in parts to keep within max_batch_records
         self.encoder = encoder if encoder is not None else Encoder()   # formats.encoder(name)
         self.alerts_written = 0
@@ -105,7 +105,7 @@ class Pipeline:
             return
         one = self.onecall.run(dg, self.exporters, self.batch, self.detector) \
             if truncated is None and self.compact else None
-        if one is not None:                   # v5 from known exporters: one kernel call did it all
+        if one is not None:                   # v5 or sFlow from known exporters: one kernel call did it all
             bad, count, suppressed = one
             now = float(dg.ts[dg.n - 1])
             if bad:

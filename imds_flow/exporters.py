@@ -21,7 +21,7 @@ from .grow import grow
 from .keymap import KeyMap
 from .addr import from_hilo, network_hilo
 from .wire.errors import REASONS
-from .wire.sflow import SflowState
+from .wire.sflow import TALLY, SflowState
 from .wire.scopes import ScopeTable
 
 __all__ = ["ExporterTable", "COUNTERS"]
@@ -74,6 +74,11 @@ class ExporterTable:
         self.agent: list[str | None] = []
         self.sub_agent: list[int | None] = []
         self.sflow = sflow if sflow is not None else SflowState()
+        # the sFlow agent a source row last sent for, by agent_row: its (address hi, lo, sub-agent id)
+        # and its row + 1 (0: none yet), so the one-call kernel (onecall.py) finds a known agent's
+        # row without Python; rows are never reused, so an entry never goes stale
+        self.sflow_agent = np.zeros((capacity, 3), np.uint64)
+        self.sflow_row = np.zeros(capacity, np.int32)
 
     def __len__(self) -> int:
         return len(self.address)
@@ -84,7 +89,8 @@ class ExporterTable:
             self.refused["exporters_over_limit"] = key[:3]
             return -1
         if i == len(self.first_seen):
-            for name in ("counters", "first_seen", "last_seen", "seq_next", "seq_seen", "seq_lost"):
+            for name in ("counters", "first_seen", "last_seen", "seq_next", "seq_seen", "seq_lost", "sflow_agent",
+                         "sflow_row"):
                 setattr(self, name, grow(getattr(self, name), i + 1))
         self._index[key] = i
         self._row_keys.append(key)
@@ -158,12 +164,7 @@ class ExporterTable:
         uniq, inverse = np.unique(keys, return_inverse=True)
         ids = np.empty(len(uniq), np.int32)
         for j, (e, hi, lo, s) in enumerate(uniq.tolist()):
-            src = self._row_keys[e]
-            key = (src[0], src[1], src[2], hi, lo, s)
-            i = self._index.get(key)
-            ids[j] = i if i is not None else self._add(key)
-            if ids[j] < 0:             # past max_exporters: the datagram stays on its source's row
-                ids[j] = e
+            ids[j] = self.agent_row(e, hi, lo, s)
         out[:] = ids[inverse.ravel()]
         return out
 
@@ -174,7 +175,11 @@ class ExporterTable:
         key = (src[0], src[1], src[2], agent_hi, agent_lo, sub)
         i = self._index.get(key)
         i = i if i is not None else self._add(key)
-        return i if i >= 0 else exporter
+        if i < 0:
+            return exporter
+        self.sflow_agent[exporter] = agent_hi, agent_lo, sub
+        self.sflow_row[exporter] = i + 1
+        return i
 
     def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray | None, now: float) -> int:
         """Account one decoded batch: datagrams per exporter, errors per reason, and records per
@@ -187,15 +192,18 @@ class ExporterTable:
         return kernels.count_batch(c, exp_ids, status, _REASON_COL, _C["datagrams"], self.last_seen, now)
 
     def kernel_state(self) -> tuple:
-        """What the one-call v5 kernel (onecall.py) reads and updates, as one tuple kept from batch to
+        """What the one-call kernels (onecall.py) read and update, as one tuple kept from batch to
         batch until the table or its KeyMap grows: the source rows' KeyMap (t0, t1, t2, val), the
         counters with each reason code's column and the datagrams, records, suppressed and
-        alert_records columns, last_seen, and the v5 sequence state."""
+        alert_records columns, last_seen, the v5 and sFlow datagram sequence state, the sFlow
+        agent each source row last sent for (sflow_agent, sflow_row) and the columns the sFlow
+        kernel counts into (wire.sflow.TALLY)."""
         s = self._kernel_state
         if s is None or s[0] is not self._keymap.t0 or s[4] is not self.counters:
             s = self._kernel_state = self._keymap.arrays() + (
                 self.counters, _REASON_COL, _C["datagrams"], _C["records"], _C["suppressed"], _C["alert_records"],
-                self.last_seen, self.seq_next, self.seq_seen, self.seq_lost)
+                self.last_seen, self.seq_next, self.seq_seen, self.seq_lost, self.sflow_agent, self.sflow_row,
+                np.array([_C[name] for name in TALLY], np.int64))
         return s
 
     def records_column(self) -> np.ndarray:

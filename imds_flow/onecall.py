@@ -1,21 +1,22 @@
-"""NetFlow v5 batches from known exporters in one kernel call: exporter lookup, decode, counting and
-detection, the work Pipeline.process otherwise spreads over five kernel calls and some forty Python
-and numpy steps.
+"""NetFlow v5 and sFlow batches from known exporters in one kernel call: exporter lookup, decode,
+counting and detection, the work Pipeline.process otherwise spreads over five or more kernel calls
+and some forty Python and numpy steps.
 
 Why: at moderate rates a collector wakes up for a few dozen datagrams and sleeps in between; while it
 sleeps the core's caches go cold, and every distinct step of a batch then costs microseconds of cache
 misses whatever its records (`python -m bench.wakeup`: a v5 batch after 6 ms of idle costs ~13x the
 same batch in a busy loop; a lone kernel call after idle ~35 us, each further one ~4 us). One call
 touches one kernel's code. It runs the same kernels as the general path (kernels.key_lookup,
-wire._classify, wire.v5.decode_v5, kernels.count_batch, kernels.detect_batch), compiled into one, so
-their rules are not restated here; a test holds the two paths to the same alerts, rows, counters and
-sequence state on random batches.
+wire._classify, wire.v5.decode_v5 or wire.sflow.decode_datagrams, kernels.count_batch,
+kernels.detect_batch), compiled into one, so their rules are not restated here; a test holds the two
+paths to the same alerts, rows, counters and sequence state on random batches.
 
 It takes a batch only when nothing else is needed: every datagram's source already registered (so
-allowed and within limits.max_exporters), every datagram v5 or rejected by its first bytes, records
-compacted to the rows that may alert. Anything else (a new exporter, v9 / IPFIX / sFlow, a truncated
-datagram, a batch over limits.max_batch_records) is left untouched for the general path: the kernel
-decides before it changes any state.
+allowed and within limits.max_exporters), every datagram of the first one's format (v5 or sFlow) or
+rejected by its first bytes, every sFlow agent already known behind its source, records compacted to
+the rows that may alert. Anything else (a new exporter or agent, v9 / IPFIX, formats mixed in a
+batch, a truncated datagram, a batch over limits.max_batch_records) is left untouched for the
+general path: the kernel decides before it changes any state.
 """
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ import numpy as np
 from . import kernels
 from .jit import kernel
 from .wire import _classify
-from .wire.v5 import decode_v5
+from .wire.sflow import MIN_ROW_BYTES, agent, decode_datagrams
+from .wire.v5 import RECORD as V5_RECORD, decode_v5
 
-__all__ = ["V5Batch", "v5_batch"]
+__all__ = ["OneCall", "v5_batch", "sflow_batch"]
+
+_ROW_BYTES = min(V5_RECORD, MIN_ROW_BYTES)   # the fewest datagram bytes a row of either format takes
 
 _NO = np.int64(-1)
 
@@ -38,7 +42,7 @@ def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows
     ExporterTable.kernel_state(), tables Detector.tables, scratch (exp_ids, version, status, sel,
     size) of n datagrams at least."""
     t0, t1, t2, val, counters, reason_col, datagrams_col, records_col, suppressed_col, alerted_col = state[:10]
-    last_seen, seq_next, seq_seen, seq_lost = state[10:]
+    last_seen, seq_next, seq_seen, seq_lost = state[10:14]
     exp_ids, version, status, sel, size = scratch
     if kernels.key_lookup(src_hi[:n], src_lo[:n], sport[:n], t0, t1, t2, val, exp_ids):
         return _NO
@@ -46,7 +50,7 @@ def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows
         status[d] = 0
     size[:] = 0
     k5, kt, ks = _classify(buf, offs, lens, n, version, status, sel, size)
-    if kt or ks or size[0] // 48 + 1 > rows.shape[0]:
+    if kt or ks or size[0] // V5_RECORD + 1 > rows.shape[0]:
         return _NO
     m = decode_v5(buf, offs, lens, sel[0, :k5], exp_ids, ts, rows, 0, status, seq_next, seq_seen, seq_lost,
                   counters[:, records_col], True, ep)
@@ -61,7 +65,49 @@ def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows
     return np.int64(0)
 
 
-class V5Batch:
+@kernel
+def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scratch, rows, ep, tables, out):
+    """The first n datagrams as one sFlow batch end to end, as v5_batch does for v5: -1 when they are
+    not one (nothing changed). Besides registered sources, every datagram's agent must be the one
+    its source row last sent for (ExporterTable.sflow_agent / sflow_row, set by agent_row), whose
+    row it is counted in; a datagram without an agent keeps its source row, as in wire.decode, and
+    is rejected by the decoder. sflow = (sources, http) as SflowState holds them."""
+    t0, t1, t2, val, counters, reason_col, datagrams_col, records_col, suppressed_col, alerted_col = state[:10]
+    last_seen, seq_next, seq_seen, seq_lost, agent_key, agent_row, tally_cols = state[10:]
+    sources, http = sflow
+    exp_ids, version, status, sel, size = scratch
+    if kernels.key_lookup(src_hi[:n], src_lo[:n], sport[:n], t0, t1, t2, val, exp_ids):
+        return _NO
+    for d in range(n):
+        status[d] = 0
+    size[:] = 0
+    k5, kt, ks = _classify(buf, offs, lens, n, version, status, sel, size)
+    if k5 or kt or size[2] // MIN_ROW_BYTES + 1 > rows.shape[0]:
+        return _NO
+    for k in range(ks):                 # exp_ids is scratch: declining after this changes nothing
+        d = sel[2, k]
+        ok, hi, lo, sub = agent(buf, offs[d], lens[d])
+        if ok:
+            e = exp_ids[d]
+            if agent_row[e] == 0 or agent_key[e, 0] != hi or agent_key[e, 1] != lo or agent_key[e, 2] != sub:
+                return _NO
+            exp_ids[d] = agent_row[e] - 1
+    tally = (counters[:, tally_cols[0]], counters[:, tally_cols[1]], counters[:, tally_cols[2]],
+             counters[:, tally_cols[3]])
+    m = decode_datagrams((buf, offs, lens, ts), sel[2, :ks], exp_ids, rows, 0, status, tally,
+                         (seq_next, seq_seen, seq_lost), sources, http, True, ep)
+    bad = kernels.count_batch(counters, exp_ids[:n], status[:n], reason_col, datagrams_col, last_seen, ts[n - 1])
+    hits, suppressed = kernels.detect_batch(rows, m, ep, tables[0], tables[1], tables[2], tables[3], tables[4],
+                                            tables[5], tables[6], counters[:, suppressed_col],
+                                            counters[:, alerted_col])
+    out[0] = m
+    out[1] = bad
+    out[2] = hits
+    out[3] = suppressed
+    return np.int64(0)
+
+
+class OneCall:
     """The one-call path of a Pipeline: run() -> (rejected datagrams, hits, suppressed), or None when
     the general path must take the batch. Its scratch arrays are its own, grown with the batch;
     exp_ids and status hold the last batch's (ErrorLog reads them when a datagram was rejected)."""
@@ -80,14 +126,23 @@ class V5Batch:
         """`dg` (no datagram truncated, within limits.max_batch_records) into `batch`, compacted."""
         n = dg.n
         first = int(dg.offs[0])
-        if dg.buf[first:first + 2].tobytes() != b"\x00\x05":
-            return None                         # another format (a batch is usually one exporter's)
+        word = dg.buf[first:first + 2].tobytes()  # the first datagram's: a batch is usually one exporter's
+        if word != b"\x00\x05" and word != b"\x00\x00":
+            return None                         # v9 / IPFIX, or junk
         if n > len(self.status):
             self._scratch(max(n, 2 * len(self.status)))
-        batch.reset(dg.nbytes() // 48 + 1)      # the most records v5 datagrams of these bytes hold
+        batch.reset(dg.nbytes() // _ROW_BYTES + 1)   # the most rows v5 or sFlow datagrams of these bytes give
         detector.room(batch.capacity)
-        if v5_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n, exporters.kernel_state(),
-                    self.scratch, batch.rows, detector.endpoints, detector.tables, self.out) < 0:
+        if word == b"\x00\x05":
+            done = v5_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n,
+                            exporters.kernel_state(), self.scratch, batch.rows, detector.endpoints, detector.tables,
+                            self.out)
+        else:
+            s = exporters.sflow
+            done = sflow_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n,
+                               exporters.kernel_state(), (s.sources, s.http), self.scratch, batch.rows,
+                               detector.endpoints, detector.tables, self.out)
+        if done < 0:
             return None
         batch.buf = batch.late_buf = dg.buf
         batch.n, bad, hits, suppressed = self.out.tolist()

@@ -23,7 +23,7 @@ from .packet import (ETHERNET, IPV4, IPV6, S_DPORT, S_DST_HI, S_DST_LO, S_HEADER
                      S_SRC_HI, S_SRC_LO, S_URL, parse_packet, patterns, reset, scratch, store)
 from .readers import _u32, _u64
 
-__all__ = ["SflowState", "agents", "decode_datagrams", "MIN_ROW_BYTES", "SKIPPED", "TALLY"]
+__all__ = ["SflowState", "agent", "agents", "decode_datagrams", "MIN_ROW_BYTES", "SKIPPED", "TALLY"]
 
 _MAPPED = np.uint64(0x0000FFFF_00000000)
 _TOO_SHORT = reason_code("too_short")
@@ -74,6 +74,22 @@ class SflowState:
 
 
 @njit
+def agent(buf, o, ln):
+    """(True, address hi, lo, sub-agent id) of the sFlow datagram at buf[o:o+ln], (False, 0, 0, 0)
+    when it has none (too short, not version 5, an unknown address type)."""
+    if ln < 8 or _u32(buf, o) != 5:
+        return False, np.uint64(0), np.uint64(0), np.uint32(0)
+    at = _u32(buf, o + 4)
+    if at == 1 and ln >= 16:
+        return True, np.uint64(0), _MAPPED | np.uint64(_u32(buf, o + 8)), np.uint32(_u32(buf, o + 12))
+    if at == 2 and ln >= 28:
+        return (True, (np.uint64(_u32(buf, o + 8)) << np.uint64(32)) | np.uint64(_u32(buf, o + 12)),
+                (np.uint64(_u32(buf, o + 16)) << np.uint64(32)) | np.uint64(_u32(buf, o + 20)),
+                np.uint32(_u32(buf, o + 24)))
+    return False, np.uint64(0), np.uint64(0), np.uint32(0)
+
+
+@njit
 def agents(buf, offs, lens, sel, exp_ids, out_hi, out_lo, out_sub, out_ok):
     """Agent address and sub-agent id of the sFlow datagrams `sel`; out_ok False where absent.
     Returns how many have one, or -1 when all have the same one and the same exporter."""
@@ -81,25 +97,11 @@ def agents(buf, offs, lens, sel, exp_ids, out_hi, out_lo, out_sub, out_ok):
     same = True
     for k in range(sel.shape[0]):
         d = sel[k]
-        o = offs[d]
-        ln = lens[d]
-        out_ok[k] = False
-        if ln < 8 or _u32(buf, o) != 5:
+        ok, out_hi[k], out_lo[k], out_sub[k] = agent(buf, offs[d], lens[d])
+        out_ok[k] = ok
+        if not ok:
             same = False
             continue
-        at = _u32(buf, o + 4)
-        if at == 1 and ln >= 16:
-            out_hi[k] = 0
-            out_lo[k] = _MAPPED | np.uint64(_u32(buf, o + 8))
-            out_sub[k] = _u32(buf, o + 12)
-        elif at == 2 and ln >= 28:
-            out_hi[k] = (np.uint64(_u32(buf, o + 8)) << np.uint64(32)) | np.uint64(_u32(buf, o + 12))
-            out_lo[k] = (np.uint64(_u32(buf, o + 16)) << np.uint64(32)) | np.uint64(_u32(buf, o + 20))
-            out_sub[k] = _u32(buf, o + 24)
-        else:
-            same = False
-            continue
-        out_ok[k] = True
         found += 1
         if k > 0 and (out_hi[k] != out_hi[0] or out_lo[k] != out_lo[0] or out_sub[k] != out_sub[0]
                       or exp_ids[d] != exp_ids[sel[0]]):

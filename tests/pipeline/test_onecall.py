@@ -1,10 +1,14 @@
-"""The one-call v5 path (onecall.py) against the general path it stands in for: on random batches of
+"""The one-call path (onecall.py) against the general path it stands in for: on random batches of
 v5 datagrams (hits, suppressed sources, sequence gaps, datagrams too short or whose count overruns
-them, unknown versions), the same alerts byte for byte, the same counters, sequence state, snapshot
-and summary; and the batches it must leave to the general path (a new exporter, IPFIX, a datagram
-cut short by the socket) are left untouched, whatever came before them."""
+them, unknown versions) and of sFlow datagrams (hits by address, URL and header name, suppressed
+sources and VLANs, IPv4 and IPv6 agents and sub-agents, datagram and sample sequence gaps, samples
+that do not fit, datagrams without an agent), the same alerts byte for byte, the same counters,
+sequence state, snapshot and summary; and the batches it must leave to the general path (a new
+exporter or agent, IPFIX, formats mixed, a datagram cut short by the socket) are left untouched,
+whatever came before them."""
 from __future__ import annotations
 
+import collections
 import random
 
 import numpy as np
@@ -19,7 +23,7 @@ from tests.support.alerts import AlertList
 
 T0 = 1_700_000_000.0
 CFG = ('[[endpoints]]\nname = "imds"\naddress = "169.254.169.254"\n'
-       '[suppress]\nsource_subnets = ["10.9.0.0/16"]\n')
+       '[suppress]\nsource_subnets = ["10.9.0.0/16"]\nvlans = [66]\n')
 EXPORTERS = [("192.0.2.1", 2055), ("192.0.2.1", 2056), ("198.51.100.7", 9995)]
 ADDRESSES = ["169.254.169.254", "10.1.2.3", "10.9.4.4", "192.0.2.77"]
 # the row fields a v5 record sets (NAT and HTTP fields stay unset, as row_flags says, in either path)
@@ -44,16 +48,50 @@ def _v5(rng: random.Random, seq: dict, src) -> bytes:
     return build.v5(records, seq=s, uptime=100_000 + rng.randrange(1000))
 
 
+AGENTS = [("192.0.2.7", 0), ("192.0.2.7", 1), ("2001:db8::7", 0)]
+PAYLOADS = [b"GET /latest/meta-data/iam/ HTTP/1.1\r\nHost: x\r\n\r\n",                          # URL
+            b"PUT /token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n",       # header
+            b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01" + bytes(40), b""]
+
+
+def _sflow(rng: random.Random, seq: dict, src, agent) -> bytes:
+    kind = rng.random()
+    if kind < 0.05:
+        return b"\x00\x00\x00\x05" + bytes(rng.randrange(0, 12))            # no room for an agent
+    if kind < 0.08:
+        return b"\x00\x00\x00\x07" + bytes(40)                              # sFlow of another version
+    samples = []
+    for _ in range(rng.randrange(0, 9)):
+        k = seq.get((src, agent, "sample"), 0) + (rng.randrange(1, 9) if rng.random() < 0.1 else 1)
+        seq[(src, agent, "sample")] = k
+        f = build.frame(rng.choice(ADDRESSES), rng.choice(ADDRESSES), rng.randrange(1024, 65536), 80,
+                        rng.choice(PAYLOADS), vlan=rng.choice((10, 66)))
+        samples.append(build.packet_sample(k, f, rng.choice((64, 128)), rate=rng.choice((1, 512, 4096))))
+    if kind < 0.12 and samples:
+        samples[-1] = samples[-1][:-6]                                        # a sample that does not fit
+    d = seq.get((src, agent), 0) + (rng.randrange(2, 5) if rng.random() < 0.1 else 1)
+    seq[(src, agent)] = d
+    return build.sflow(samples, d, agent=agent[0], sub_agent=agent[1])
+
+
 def _batches(seed: int):
-    """(payloads, sources, truncated) per batch: mostly v5 from known exporters, now and then a batch
-    the one-call path must decline."""
+    """(payloads, sources, truncated) per batch: mostly v5 or sFlow from known exporters and agents,
+    now and then a batch the one-call path must decline."""
     rng = random.Random(seed)
     seq: dict = {}
     known = EXPORTERS[:2]
+    agents = {}                                        # the agent each source sends sFlow for now
     for b in range(rng.randrange(3, 12)):
         n = rng.randrange(1, 40)
         src = [rng.choice(known) for _ in range(n)]
-        payloads = [_v5(rng, seq, s) for s in src]
+        if rng.random() < 0.5:
+            payloads = [_v5(rng, seq, s) for s in src]
+        else:
+            if rng.random() < 0.2:                     # a source that sends for another agent now
+                agents[rng.choice(known)] = rng.choice(AGENTS)
+            payloads = [_sflow(rng, seq, s, agents.setdefault(s, AGENTS[0])) for s in src]
+            if rng.random() < 0.1:                     # two agents behind one source in a batch
+                payloads[rng.randrange(n)] = _sflow(rng, seq, src[0], rng.choice(AGENTS))
         truncated = None
         odd = rng.random()
         if odd < 0.15 and len(known) < len(EXPORTERS):
@@ -64,17 +102,21 @@ def _batches(seed: int):
         elif odd < 0.3:
             truncated = np.zeros(n, np.bool_)
             truncated[rng.randrange(n)] = True                                # cut short by the socket
+        elif odd < 0.35:
+            payloads[rng.randrange(n)] = rng.choice((_v5(rng, seq, src[0]),   # formats mixed
+                                                     _sflow(rng, seq, src[0], agents.get(src[0], AGENTS[0]))))
         yield payloads, src, truncated
 
 
 def _run(seed: int, onecall: bool, cfg: str = CFG):
     p = app.Pipeline(config.parse(cfg), AlertList(), clock=lambda: T0)
-    taken = [0]
+    taken = {"v5": 0, "sflow": 0}              # batches the one-call path took, by format
     run = p.onecall.run
 
-    def counted(*args):
-        got = run(*args) if onecall else None
-        taken[0] += got is not None
+    def counted(dg, *args):
+        got = run(dg, *args) if onecall else None
+        if got is not None:
+            taken["v5" if dg.buf[dg.offs[0] + 1] == 5 else "sflow"] += 1
         return got
     p.onecall.run = counted
     rows = []
@@ -82,13 +124,14 @@ def _run(seed: int, onecall: bool, cfg: str = CFG):
         p.process(DatagramBatch.from_payloads(payloads, src=src, ts=T0 + k * 0.25), truncated)
         kept = p.batch.rows[: p.batch.n]
         rows.append([kept[name].tobytes() for name in V5_FIELDS])
-    state = (p.exporters.counters[: len(p.exporters)].tolist(), p.exporters.seq_next[: len(p.exporters)].tolist(),
-             p.exporters.seq_seen[: len(p.exporters)].tolist(), p.exporters.seq_lost[: len(p.exporters)].tolist(),
-             p.exporters.last_seen[: len(p.exporters)].tolist())
+    m = len(p.exporters)
+    state = (p.exporters.counters[:m].tolist(), p.exporters.seq_next[:m].tolist(), p.exporters.seq_seen[:m].tolist(),
+             p.exporters.seq_lost[:m].tolist(), p.exporters.last_seen[:m].tolist(),
+             p.exporters.sflow.src_key.tolist(), p.exporters.sflow.src_next.tolist())
     snapshot, summary = p.snapshot(), p.summary(latency=False)
     p.close()
     return {"alerts": p.sink.alerts, "rows": rows, "state": state, "snapshot": snapshot, "summary": summary,
-            "dropped": dict(p.exporters.dropped)}, taken[0]
+            "dropped": dict(p.exporters.dropped)}, taken
 
 
 @settings(max_examples=40, deadline=None)
@@ -112,22 +155,32 @@ def test_sources_refused_stay_refused(limits):
     assert dropped > 0
 
 
-def test_it_takes_known_v5_batches_and_declines_the_rest():
-    """Not a vacuous comparison: the one-call path takes most batches of the random runs above, and
-    leaves the general path a new exporter, another format and a truncated datagram."""
-    taken = sum(_run(seed, onecall=True)[1] for seed in range(20))
-    assert taken >= 60
+def _one(p, payloads, src=EXPORTERS[0]):
+    return p.onecall.run(DatagramBatch.from_payloads(payloads, src=src, ts=T0), p.exporters, p.batch, p.detector)
+
+
+def test_it_takes_known_batches_and_declines_the_rest():
+    """Not a vacuous comparison: the one-call path takes many v5 and sFlow batches of the random runs
+    above, and leaves the general path a new exporter or agent, another format, formats mixed and
+    a truncated datagram, changing nothing."""
+    taken = collections.Counter()
+    for seed in range(20):
+        taken.update(_run(seed, onecall=True)[1])
+    assert taken["v5"] >= 30 and taken["sflow"] >= 12
     p = app.Pipeline(config.parse(CFG), AlertList(), clock=lambda: T0)
     v5 = build.v5([("10.1.2.3", "169.254.169.254", 1, 80)])
-    one = DatagramBatch.from_payloads([v5], src=EXPORTERS[0], ts=T0)
-    assert p.onecall.run(one, p.exporters, p.batch, p.detector) is None           # not registered yet
-    p.process(one)
-    assert p.onecall.run(DatagramBatch.from_payloads([v5], src=EXPORTERS[0], ts=T0), p.exporters, p.batch,
-                         p.detector) == (0, 1, 0)
-    before = p.exporters.counters.copy(), p.exporters.seq_next.copy()
-    for payloads in ([v5, IPFIX], [IPFIX]):
-        assert p.onecall.run(DatagramBatch.from_payloads(payloads, src=EXPORTERS[0], ts=T0), p.exporters, p.batch,
-                             p.detector) is None
-    assert p.onecall.run(DatagramBatch.from_payloads([v5], src=EXPORTERS[1], ts=T0), p.exporters, p.batch,
-                         p.detector) is None
+    sflow = build.sflow([build.packet_sample(1, build.frame("10.1.2.3", "169.254.169.254", 4000, 80))])
+    assert _one(p, [v5]) is None and _one(p, [sflow]) is None                # not registered yet
+    p.process(DatagramBatch.from_payloads([v5], src=EXPORTERS[0], ts=T0))
+    assert _one(p, [v5]) == (0, 1, 0)
+    assert _one(p, [sflow]) is None                                          # its agent is not known yet
+    p.process(DatagramBatch.from_payloads([sflow], src=EXPORTERS[0], ts=T0))
+    assert _one(p, [sflow, sflow]) == (0, 2, 0)
+    before = p.exporters.counters.copy(), p.exporters.seq_next.copy(), p.exporters.sflow.src_next.copy()
+    other_agent = build.sflow([build.packet_sample(2, build.frame("10.1.2.3", "169.254.169.254", 4000, 80))],
+                              sub_agent=3)
+    for payloads in ([v5, IPFIX], [IPFIX], [v5, sflow], [sflow, v5], [sflow, other_agent]):
+        assert _one(p, payloads) is None
+    assert _one(p, [v5], EXPORTERS[1]) is None and _one(p, [sflow], EXPORTERS[1]) is None
     assert (p.exporters.counters == before[0]).all() and (p.exporters.seq_next == before[1]).all()
+    assert (p.exporters.sflow.src_next == before[2]).all()
