@@ -74,11 +74,10 @@ class ExporterTable:
         self.agent: list[str | None] = []
         self.sub_agent: list[int | None] = []
         self.sflow = sflow if sflow is not None else SflowState()
-        # the sFlow agent a source row last sent for, by agent_row: its (address hi, lo, sub-agent id)
-        # and its row + 1 (0: none yet), so the one-call kernel (onecall.py) finds a known agent's
-        # row without Python; rows are never reused, so an entry never goes stale
-        self.sflow_agent = np.zeros((capacity, 3), np.uint64)
-        self.sflow_row = np.zeros(capacity, np.int32)
+        # the sFlow rows of _index, keyed (agent hi, agent lo, source row << 32 | sub-agent id), so
+        # the one-call kernel (onecall.py) finds a known agent's row without Python; rows are never
+        # reused, so an entry never goes stale
+        self._agent_keymap = KeyMap()
 
     def __len__(self) -> int:
         return len(self.address)
@@ -89,8 +88,7 @@ class ExporterTable:
             self.refused["exporters_over_limit"] = key[:3]
             return -1
         if i == len(self.first_seen):
-            for name in ("counters", "first_seen", "last_seen", "seq_next", "seq_seen", "seq_lost", "sflow_agent",
-                         "sflow_row"):
+            for name in ("counters", "first_seen", "last_seen", "seq_next", "seq_seen", "seq_lost"):
                 setattr(self, name, grow(getattr(self, name), i + 1))
         self._index[key] = i
         self._row_keys.append(key)
@@ -174,11 +172,11 @@ class ExporterTable:
         src = self._row_keys[exporter]
         key = (src[0], src[1], src[2], agent_hi, agent_lo, sub)
         i = self._index.get(key)
-        i = i if i is not None else self._add(key)
-        if i < 0:
-            return exporter
-        self.sflow_agent[exporter] = agent_hi, agent_lo, sub
-        self.sflow_row[exporter] = i + 1
+        if i is None:
+            i = self._add(key)
+            if i < 0:                  # past max_exporters: the datagram stays on its source's row
+                return exporter
+            self._agent_keymap.insert(agent_hi, agent_lo, (exporter << 32) | sub, i)
         return i
 
     def count(self, exp_ids: np.ndarray, status: np.ndarray, rec_exporter: np.ndarray | None, now: float) -> int:
@@ -195,15 +193,15 @@ class ExporterTable:
         """What the one-call kernels (onecall.py) read and update, as one tuple kept from batch to
         batch until the table or its KeyMap grows: the source rows' KeyMap (t0, t1, t2, val), the
         counters with each reason code's column and the datagrams, records, suppressed and
-        alert_records columns, last_seen, the v5 and sFlow datagram sequence state, the sFlow
-        agent each source row last sent for (sflow_agent, sflow_row) and the columns the sFlow
-        kernel counts into (wire.sflow.TALLY)."""
+        alert_records columns, last_seen, the v5 and sFlow datagram sequence state, the columns
+        the sFlow kernel counts into (wire.sflow.TALLY) and the sFlow rows' KeyMap (t0, t1, t2,
+        val; keys as agent_row inserts them)."""
         s = self._kernel_state
-        if s is None or s[0] is not self._keymap.t0 or s[4] is not self.counters:
+        if s is None or s[0] is not self._keymap.t0 or s[4] is not self.counters or s[15] is not self._agent_keymap.t0:
             s = self._kernel_state = self._keymap.arrays() + (
                 self.counters, _REASON_COL, _C["datagrams"], _C["records"], _C["suppressed"], _C["alert_records"],
-                self.last_seen, self.seq_next, self.seq_seen, self.seq_lost, self.sflow_agent, self.sflow_row,
-                np.array([_C[name] for name in TALLY], np.int64))
+                self.last_seen, self.seq_next, self.seq_seen, self.seq_lost,
+                np.array([_C[name] for name in TALLY], np.int64)) + self._agent_keymap.arrays()
         return s
 
     def records_column(self) -> np.ndarray:

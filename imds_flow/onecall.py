@@ -68,13 +68,14 @@ def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows
 @kernel
 def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scratch, rows, ep, tables, out):
     """The first n datagrams as one sFlow batch end to end, as v5_batch does for v5: -1 when they are
-    not one (nothing changed). Besides registered sources, every datagram's agent must be the one
-    its source row last sent for (ExporterTable.sflow_agent / sflow_row, set by agent_row), whose
-    row it is counted in; a datagram without an agent keeps its source row, as in wire.decode, and
-    is rejected by the decoder. sflow = (sources, http) as SflowState holds them."""
+    not one (nothing changed). Besides registered sources, every datagram's (source, agent,
+    sub-agent id) must have its row already (the sFlow rows' KeyMap in state), which it is counted
+    in; a datagram without an agent keeps its source row, as in wire.decode, and is rejected by the
+    decoder. sflow = (sources, http) as SflowState holds them, then scratch for the agent lookup
+    (keys (3, n) uint64, positions int64, rows int32)."""
     t0, t1, t2, val, counters, reason_col, datagrams_col, records_col, suppressed_col, alerted_col = state[:10]
-    last_seen, seq_next, seq_seen, seq_lost, agent_key, agent_row, tally_cols = state[10:]
-    sources, http = sflow
+    last_seen, seq_next, seq_seen, seq_lost, tally_cols, a0, a1, a2, a_val = state[10:]
+    sources, http, keys, at, found = sflow
     exp_ids, version, status, sel, size = scratch
     if kernels.key_lookup(src_hi[:n], src_lo[:n], sport[:n], t0, t1, t2, val, exp_ids):
         return _NO
@@ -84,14 +85,20 @@ def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scr
     k5, kt, ks = _classify(buf, offs, lens, n, version, status, sel, size)
     if k5 or kt or size[2] // MIN_ROW_BYTES + 1 > rows.shape[0]:
         return _NO
-    for k in range(ks):                 # exp_ids is scratch: declining after this changes nothing
+    j = 0
+    for k in range(ks):
         d = sel[2, k]
         ok, hi, lo, sub = agent(buf, offs[d], lens[d])
         if ok:
-            e = exp_ids[d]
-            if agent_row[e] == 0 or agent_key[e, 0] != hi or agent_key[e, 1] != lo or agent_key[e, 2] != sub:
-                return _NO
-            exp_ids[d] = agent_row[e] - 1
+            keys[0, j] = hi
+            keys[1, j] = lo
+            keys[2, j] = (np.uint64(exp_ids[d]) << np.uint64(32)) | np.uint64(sub)
+            at[j] = d
+            j += 1
+    if kernels.key_lookup(keys[0, :j], keys[1, :j], keys[2, :j], a0, a1, a2, a_val, found[:j]):
+        return _NO                      # an agent new behind its source
+    for i in range(j):                  # from here on the batch is taken
+        exp_ids[at[i]] = found[i]
     tally = (counters[:, tally_cols[0]], counters[:, tally_cols[1]], counters[:, tally_cols[2]],
              counters[:, tally_cols[3]])
     m = decode_datagrams((buf, offs, lens, ts), sel[2, :ks], exp_ids, rows, 0, status, tally,
@@ -121,6 +128,7 @@ class OneCall:
         self.status = np.empty(size, np.int16)
         self.scratch = (self.exp_ids, np.empty(size, np.int32), self.status, np.empty((3, size), np.int64),
                         np.zeros(3, np.int64))
+        self.agents = (np.empty((3, size), np.uint64), np.empty(size, np.int64), np.empty(size, np.int32))
 
     def run(self, dg, exporters, batch, detector) -> tuple[int, int, int] | None:
         """`dg` (no datagram truncated, within limits.max_batch_records) into `batch`, compacted."""
@@ -140,7 +148,7 @@ class OneCall:
         else:
             s = exporters.sflow
             done = sflow_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n,
-                               exporters.kernel_state(), (s.sources, s.http), self.scratch, batch.rows,
+                               exporters.kernel_state(), (s.sources, s.http) + self.agents, self.scratch, batch.rows,
                                detector.endpoints, detector.tables, self.out)
         if done < 0:
             return None

@@ -184,3 +184,5 @@ def test_it_takes_known_batches_and_declines_the_rest():
     assert _one(p, [v5], EXPORTERS[1]) is None and _one(p, [sflow], EXPORTERS[1]) is None
     assert (p.exporters.counters == before[0]).all() and (p.exporters.seq_next == before[1]).all()
     assert (p.exporters.sflow.src_next == before[2]).all()
+    p.process(DatagramBatch.from_payloads([other_agent], src=EXPORTERS[0], ts=T0))
+    assert _one(p, [sflow, other_agent, sflow]) == (0, 3, 0)                 # two agents behind one source
