@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .jit import kernel
+from .jit import kernel, njit
 from .wire import _classify
 from .wire.sflow import MIN_ROW_BYTES, agent, decode_datagrams
 from .wire.v5 import RECORD as V5_RECORD, decode_v5
@@ -35,25 +35,28 @@ _ROW_BYTES = min(V5_RECORD, MIN_ROW_BYTES)   # the fewest datagram bytes a row o
 _NO = np.int64(-1)
 
 
-@kernel
-def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows, ep, tables, out):
-    """The first n datagrams as one v5 batch end to end (module docstring): -1 when they are not one
-    (nothing changed), else 0 with out = (rows, rejected datagrams, hits, suppressed). state is
-    ExporterTable.kernel_state(), tables Detector.tables, scratch (exp_ids, version, status, sel,
-    size) of n datagrams at least."""
-    t0, t1, t2, val, counters, reason_col, datagrams_col, records_col, suppressed_col, alerted_col = state[:10]
-    last_seen, seq_next, seq_seen, seq_lost = state[10:14]
+@njit
+def _sources_and_formats(buf, offs, lens, src_hi, src_lo, sport, n, state, scratch):
+    """Every datagram's source row into exp_ids and the datagrams by format (wire._classify):
+    (False, 0, 0, 0) when a source is not registered."""
+    t0, t1, t2, val = state[:4]
     exp_ids, version, status, sel, size = scratch
     if kernels.key_lookup(src_hi[:n], src_lo[:n], sport[:n], t0, t1, t2, val, exp_ids):
-        return _NO
+        return False, 0, 0, 0
     for d in range(n):
         status[d] = 0
     size[:] = 0
     k5, kt, ks = _classify(buf, offs, lens, n, version, status, sel, size)
-    if kt or ks or size[0] // V5_RECORD + 1 > rows.shape[0]:
-        return _NO
-    m = decode_v5(buf, offs, lens, sel[0, :k5], exp_ids, ts, rows, 0, status, seq_next, seq_seen, seq_lost,
-                  counters[:, records_col], True, ep)
+    return True, k5, kt, ks
+
+
+@njit
+def _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out):
+    """The batch's datagrams counted and its m rows matched, as the general path does; out = (rows,
+    rejected datagrams, hits, suppressed)."""
+    counters, reason_col, datagrams_col = state[4:7]
+    suppressed_col, alerted_col, last_seen = state[8:11]
+    exp_ids, status = scratch[0], scratch[2]
     bad = kernels.count_batch(counters, exp_ids[:n], status[:n], reason_col, datagrams_col, last_seen, ts[n - 1])
     hits, suppressed = kernels.detect_batch(rows, m, ep, tables[0], tables[1], tables[2], tables[3], tables[4],
                                             tables[5], tables[6], counters[:, suppressed_col],
@@ -63,6 +66,22 @@ def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows
     out[2] = hits
     out[3] = suppressed
     return np.int64(0)
+
+
+@kernel
+def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows, ep, tables, out):
+    """The first n datagrams as one v5 batch end to end (module docstring): -1 when they are not one
+    (nothing changed), else 0 with out = (rows, rejected datagrams, hits, suppressed). state is
+    ExporterTable.kernel_state(), tables Detector.tables, scratch (exp_ids, version, status, sel,
+    size) of n datagrams at least."""
+    known, k5, kt, ks = _sources_and_formats(buf, offs, lens, src_hi, src_lo, sport, n, state, scratch)
+    exp_ids, status, sel, size = scratch[0], scratch[2], scratch[3], scratch[4]
+    if not known or kt or ks or size[0] // V5_RECORD + 1 > rows.shape[0]:
+        return _NO
+    counters, records_col, seq_next, seq_seen, seq_lost = state[4], state[7], state[11], state[12], state[13]
+    m = decode_v5(buf, offs, lens, sel[0, :k5], exp_ids, ts, rows, 0, status, seq_next, seq_seen, seq_lost,
+                  counters[:, records_col], True, ep)
+    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out)
 
 
 @kernel
@@ -73,18 +92,11 @@ def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scr
     in; a datagram without an agent keeps its source row, as in wire.decode, and is rejected by the
     decoder. sflow = (sources, http) as SflowState holds them, then scratch for the agent lookup
     (keys (3, n) uint64, positions int64, rows int32)."""
-    t0, t1, t2, val, counters, reason_col, datagrams_col, records_col, suppressed_col, alerted_col = state[:10]
-    last_seen, seq_next, seq_seen, seq_lost, tally_cols, a0, a1, a2, a_val = state[10:]
+    known, k5, kt, ks = _sources_and_formats(buf, offs, lens, src_hi, src_lo, sport, n, state, scratch)
+    exp_ids, status, sel, size = scratch[0], scratch[2], scratch[3], scratch[4]
+    if not known or k5 or kt or size[2] // MIN_ROW_BYTES + 1 > rows.shape[0]:
+        return _NO
     sources, http, keys, at, found = sflow
-    exp_ids, version, status, sel, size = scratch
-    if kernels.key_lookup(src_hi[:n], src_lo[:n], sport[:n], t0, t1, t2, val, exp_ids):
-        return _NO
-    for d in range(n):
-        status[d] = 0
-    size[:] = 0
-    k5, kt, ks = _classify(buf, offs, lens, n, version, status, sel, size)
-    if k5 or kt or size[2] // MIN_ROW_BYTES + 1 > rows.shape[0]:
-        return _NO
     j = 0
     for k in range(ks):
         d = sel[2, k]
@@ -95,23 +107,17 @@ def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scr
             keys[2, j] = (np.uint64(exp_ids[d]) << np.uint64(32)) | np.uint64(sub)
             at[j] = d
             j += 1
+    a0, a1, a2, a_val = state[15:19]
     if kernels.key_lookup(keys[0, :j], keys[1, :j], keys[2, :j], a0, a1, a2, a_val, found[:j]):
         return _NO                      # an agent new behind its source
     for i in range(j):                  # from here on the batch is taken
         exp_ids[at[i]] = found[i]
+    counters, tally_cols = state[4], state[14]
     tally = (counters[:, tally_cols[0]], counters[:, tally_cols[1]], counters[:, tally_cols[2]],
              counters[:, tally_cols[3]])
     m = decode_datagrams((buf, offs, lens, ts), sel[2, :ks], exp_ids, rows, 0, status, tally,
-                         (seq_next, seq_seen, seq_lost), sources, http, True, ep)
-    bad = kernels.count_batch(counters, exp_ids[:n], status[:n], reason_col, datagrams_col, last_seen, ts[n - 1])
-    hits, suppressed = kernels.detect_batch(rows, m, ep, tables[0], tables[1], tables[2], tables[3], tables[4],
-                                            tables[5], tables[6], counters[:, suppressed_col],
-                                            counters[:, alerted_col])
-    out[0] = m
-    out[1] = bad
-    out[2] = hits
-    out[3] = suppressed
-    return np.int64(0)
+                         (state[11], state[12], state[13]), sources, http, True, ep)
+    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out)
 
 
 class OneCall:
