@@ -1,5 +1,5 @@
-"""NetFlow v5 and sFlow batches from known exporters in one kernel call: exporter lookup, decode,
-counting and detection, the work Pipeline.process otherwise spreads over five or more kernel calls
+"""NetFlow v5, v9 / IPFIX and sFlow batches from known exporters in one kernel call: exporter lookup,
+decode, counting and detection, the work Pipeline.process otherwise spreads over five or more kernel calls
 and some forty Python and numpy steps.
 
 Why: at moderate rates a collector wakes up for a few dozen datagrams and sleeps in between; while it
@@ -7,16 +7,18 @@ sleeps the core's caches go cold, and every distinct step of a batch then costs 
 misses whatever its records (`python -m bench.wakeup`: a v5 batch after 6 ms of idle costs ~13x the
 same batch in a busy loop; a lone kernel call after idle ~35 us, each further one ~4 us). One call
 touches one kernel's code. It runs the same kernels as the general path (kernels.key_lookup,
-wire._classify, wire.v5.decode_v5 or wire.sflow.decode_datagrams, kernels.count_batch,
-kernels.detect_batch), compiled into one, so their rules are not restated here; a test holds the two
-paths to the same alerts, rows, counters and sequence state on random batches.
+wire._classify, wire.v5.decode_v5, wire.walk's and wire.v9ipfix.decode_sets or
+wire.sflow.decode_datagrams, kernels.count_batch, kernels.detect_batch), compiled into one, so their
+rules are not restated here; a test holds the two paths to the same alerts, rows, counters and
+sequence state on random batches.
 
 It takes a batch only when nothing else is needed: every datagram's source already registered (so
-allowed and within limits.max_exporters), every datagram of the first one's format (v5 or sFlow) or
-rejected by its first bytes, every sFlow agent already known behind its source, records compacted to
-the rows that may alert. Anything else (a new exporter or agent, v9 / IPFIX, formats mixed in a
-batch, a truncated datagram, a batch over limits.max_batch_records) is left untouched for the
-general path: the kernel decides before it changes any state.
+allowed and within limits.max_exporters), every datagram of the first one's format (v5, v9 / IPFIX
+or sFlow) or rejected by its first bytes, every sFlow agent already known behind its source, every
+v9 / IPFIX scope known and every data set's template held, records compacted to the rows that may
+alert. Anything else (a new exporter, agent or scope, a template or options set, data waiting for its
+template, formats mixed in a batch, a truncated datagram, a batch over limits.max_batch_records) is
+left untouched for the general path: the kernel decides before it changes any state.
 """
 from __future__ import annotations
 
@@ -25,14 +27,22 @@ import numpy as np
 from . import kernels
 from .jit import kernel, njit
 from .wire import _classify
+from .wire.errors import reason_code
+from .wire.resolve import buffers
+from .wire.v9ipfix import OPTION, decode_sets
+from .wire.walk import key_sets, most_records, sequence, tally, walk_sets
 from .wire.sflow import MIN_ROW_BYTES, agent, decode_datagrams
 from .wire.v5 import RECORD as V5_RECORD, decode_v5
 
-__all__ = ["OneCall", "v5_batch", "sflow_batch"]
+__all__ = ["OneCall", "v5_batch", "sflow_batch", "ipfix_batch"]
 
 _ROW_BYTES = min(V5_RECORD, MIN_ROW_BYTES)   # the fewest datagram bytes a row of either format takes
 
 _NO = np.int64(-1)
+_GROW = np.int64(-2)                 # ipfix_batch: the batch needs room for out[0] rows first
+_BAD_SET = reason_code("bad_set_length")
+_BAD_RECORD = reason_code("bad_record")
+_NO_OPTIONS = np.empty(0, OPTION)
 
 
 @njit
@@ -120,6 +130,94 @@ def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scr
     return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out)
 
 
+@kernel
+def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, walk, scopes, plans, http, no_opts,
+                rows, ep, tables, out):
+    """The first n datagrams as one NetFlow v9 / IPFIX batch end to end, as v5_batch does for v5: -1
+    when they are not one, -2 when `rows` must first hold out[0] rows (nothing changed either
+    way). Besides registered sources, every datagram's scope must exist and every data set's
+    template be held and alive (ScopeTable.kernel_state(): the scopes' and templates' KeyMaps); a
+    batch with a template set, an options data set or more sets than `walk` holds
+    (resolve._Buffers.kernel_scratch()) is declined, and so is every batch while data waits for
+    its template (OneCall checks that). The rules are wire/resolve.py's for a batch that defines
+    nothing: the same kernels (walk_sets, key_sets, most_records, decode_sets, tally, sequence)
+    in the same order."""
+    known, k5, kt, ks = _sources_and_formats(buf, offs, lens, src_hi, src_lo, sport, n, state, scratch)
+    exp_ids, version, status, sel = scratch[0], scratch[1], scratch[2], scratch[3]
+    if not known or k5 or ks or kt == 0:
+        return _NO
+    (uptime, secs, seq, domain, scope, s_dg, s_id, s_off, s_len, tmpl, pos, inverse, uniq, table, sets, keys, found,
+     per_dg, unknown, so, sl) = walk
+    sc0, sc1, sc2, sc_val, scope_exporter, seq_next, seq_seen, seq_lost, seq_count = scopes[:9]
+    tk0, tk1, tk2, tk_val, slot_plan, slot_received, lifetime, rates, pbuf = scopes[9:]
+    dsel = sel[1, :kt]
+    k = walk_sets(buf, offs, lens, dsel, version, status, uptime, secs, seq, domain, s_dg, s_id, s_off, s_len)
+    if k < 0:
+        return _NO
+    j = 0
+    for i in range(kt):                 # the scopes of datagrams walked (resolve.prepare: scopes_for)
+        d = dsel[i]
+        scope[d] = -1
+        if status[d] == 0 or status[d] == _BAD_SET:
+            keys[0, j] = np.uint64(exp_ids[d])
+            keys[1, j] = np.uint64(version[d])
+            keys[2, j] = np.uint64(domain[d])
+            j += 1
+    if kernels.key_lookup(keys[0, :j], keys[1, :j], keys[2, :j], sc0, sc1, sc2, sc_val, found[:j]):
+        return _NO                      # a new scope
+    j = 0
+    for i in range(kt):
+        d = dsel[i]
+        if status[d] == 0 or status[d] == _BAD_SET:
+            scope[d] = found[j]
+            j += 1
+    size = 2
+    while size <= k:                    # key_sets' hash table: a power of two above k
+        size *= 2
+    nd, nt, nu = key_sets(s_dg, s_id, s_off, s_len, k, scope, version, exp_ids, ts, uptime, secs, sets, pos, tmpl,
+                          uniq, inverse, table[:size])
+    if nt:
+        return _NO                      # a template set: resolve.py defines it
+    for u in range(nu):
+        keys[0, u] = np.uint64(uniq[u])
+        keys[1, u] = 0
+        keys[2, u] = 0
+    if kernels.key_lookup(keys[0, :nu], keys[1, :nu], keys[2, :nu], tk0, tk1, tk2, tk_val, found[:nu]):
+        return _NO                      # data for a template never defined: it waits (pending)
+    now = ts[0]
+    for d in range(1, n):
+        now = max(now, ts[d])
+    for u in range(nu):                 # ScopeTable.lookup_many
+        p = slot_plan[found[u]]
+        if p < 0 or now - slot_received[found[u]] > lifetime:
+            return _NO
+        found[u] = p
+    data = sets[:nd]
+    for i in range(nd):
+        data[i].plan = found[inverse[i]]
+    need, n_options = most_records(data, plans.minlen, plans.options)
+    if n_options:
+        return _NO
+    if need > rows.shape[0]:
+        out[0] = need
+        return _GROW
+    for i in range(kt):                 # from here on the batch is taken
+        d = dsel[i]
+        if scope[d] >= 0:
+            scope_exporter[scope[d]] = exp_ids[d]
+    m, _ = decode_sets(buf, pbuf, data, plans, rates, http, False, rows, 0, no_opts, ep, True, so, sl)
+    counters, records_col = state[4], state[7]
+    for d in range(n):
+        per_dg[d] = 0
+        unknown[d] = False
+    tally(data, plans.options, counters[:, records_col], per_dg, status, _BAD_RECORD)
+    sequence(dsel, scope, version, seq, per_dg, unknown, seq_next, seq_seen, seq_lost, seq_count)
+    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out)
+
+
+_WORDS = (b"\x00\x05", b"\x00\x00", b"\x00\x09", b"\x00\x0a")   # v5, sFlow, v9, IPFIX
+
+
 class OneCall:
     """The one-call path of a Pipeline: run() -> (rejected datagrams, hits, suppressed), or None when
     the general path must take the batch. Its scratch arrays are its own, grown with the batch;
@@ -141,16 +239,19 @@ class OneCall:
         n = dg.n
         first = int(dg.offs[0])
         word = dg.buf[first:first + 2].tobytes()  # the first datagram's: a batch is usually one exporter's
-        if word != b"\x00\x05" and word != b"\x00\x00":
-            return None                         # v9 / IPFIX, or junk
+        if word not in _WORDS:
+            return None                         # junk
         if n > len(self.status):
             self._scratch(max(n, 2 * len(self.status)))
         batch.reset(dg.nbytes() // _ROW_BYTES + 1)   # the most rows v5 or sFlow datagrams of these bytes give
+        # (v9 / IPFIX records can be shorter: ipfix_batch asks for more room when they need it)
         detector.room(batch.capacity)
         if word == b"\x00\x05":
             done = v5_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n,
                             exporters.kernel_state(), self.scratch, batch.rows, detector.endpoints, detector.tables,
                             self.out)
+        elif word != b"\x00\x00":
+            done = self._ipfix(dg, exporters, batch, detector)
         else:
             s = exporters.sflow
             done = sflow_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n,
@@ -161,3 +262,20 @@ class OneCall:
         batch.buf = batch.late_buf = dg.buf
         batch.n, bad, hits, suppressed = self.out.tolist()
         return bad, hits, suppressed
+
+    def _ipfix(self, dg, exporters, batch, detector) -> int:
+        cache = exporters.templates
+        if len(cache.pending) or cache.compaction_due():
+            return _NO                          # waiting data, or plans to compact (begin_batch)
+        s = exporters.sflow
+        for _ in range(2):                      # again once with room for the rows, when it asked for it
+            done = ipfix_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, dg.n,
+                               exporters.kernel_state(), self.scratch, buffers(cache).kernel_scratch(dg.n),
+                               cache.kernel_state(), cache.plans.arrays(),
+                               (cache.pat_buf, cache.pat_off, s.hdr, s.hdr_off, s.scratch), _NO_OPTIONS,
+                               batch.rows, detector.endpoints, detector.tables, self.out)
+            if done != _GROW:
+                break
+            batch.reset(int(self.out[0]))
+            detector.room(batch.capacity)
+        return done

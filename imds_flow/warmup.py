@@ -2,8 +2,8 @@
 
 Rules: the kernels run once on scratch data of the types the live pipeline passes, touching no
 counters. When the on-disk cache holds no v9 / IPFIX decoder yet (a first start) and the machine
-has more than one core, that decoder, the largest kernel, compiles in a child process into the
-same cache while this process compiles the others, and is then loaded from the cache: the first
+has more than one core, that decoder, the largest kernel, and the one-call kernel that holds it
+compile in a child process into the same cache while this process compiles the others, and is then loaded from the cache: the first
 start takes the longer of the two instead of their sum. Should the child fail, this process
 compiles the decoder itself; nothing depends on the child but time.
 """
@@ -71,6 +71,7 @@ def warm_up(pipeline) -> None:
                 pass
         _decode(pipeline, [_V5, _JUNK, _IPFIX, SFLOW])
         _decode(pipeline, [_IPFIX_EARLY], [_IPFIX])  # data a batch before its template waits in wire.pending
+        _ipfix_one_call(pipeline)
     finally:
         if helper is not None and helper.poll() is None:
             helper.kill()
@@ -115,4 +116,11 @@ def compile_decoder() -> None:
     from . import config
     from .app import Pipeline, _NullSink
     pipeline = Pipeline(config.load(None), _NullSink())
-    _decode(pipeline, [_IPFIX])
+    _ipfix_one_call(pipeline)
+
+
+def _ipfix_one_call(pipeline) -> None:
+    """The v9 / IPFIX decoder, then its one-call kernel (onecall.ipfix_batch, which holds it) on data
+    whose template is known."""
+    batch, scratch = _decode(pipeline, [_IPFIX])
+    pipeline.onecall.run(DatagramBatch.from_payloads([_IPFIX_EARLY], ts=0.0), scratch, batch, pipeline.detector)

@@ -35,6 +35,8 @@ def test_live_batches_load_no_kernel_after_the_warm_up():
         payloads = ([ex.template] if ex.template is not None else []) + [r.tobytes() for r in ex.data]
         for k in range(2):                           # the second time, hits fold into pending alerts
             p.process(DatagramBatch.from_payloads(payloads, src=("192.0.2.1", 2055), ts=1.7e9 + k))
+        if ex.template is not None:                  # data alone, its template known: the one-call path
+            p.process(DatagramBatch.from_payloads(payloads[1:], src=("192.0.2.1", 2055), ts=1.7e9 + 2))
     for k in range(2):
         p.process(DatagramBatch.from_payloads(sflow_datagrams(16, 8, 128, 0.3), src=("192.0.2.2", 6343),
                                               ts=1.7e9 + k))

@@ -16,7 +16,7 @@ from .fields import NSLOT
 from .v9ipfix import OPTION, SET, decode_sets
 from .walk import key_sets, most_records, sequence, tally, walk_sets
 
-__all__ = ["prepare", "finish", "Prepared"]
+__all__ = ["prepare", "finish", "Prepared", "buffers"]
 
 _BAD_SET = reason_code("bad_set_length")
 _BAD_TEMPLATE = reason_code("bad_template")
@@ -38,8 +38,10 @@ class _Buffers:
 
     def __init__(self):
         self.datagrams = self.sets = 0
-        self._grow(64, 64)
         self.so, self.sl = np.empty(NSLOT, np.int64), np.empty(NSLOT, np.int64)   # decode_sets' scratch
+        self.found = np.empty(0, np.int64)
+        self._kernel: tuple | None = None             # kernel_scratch(), until a buffer grows
+        self._grow(64, 64)
 
     def _grow(self, datagrams: int, sets: int) -> None:
         if datagrams > self.datagrams:
@@ -49,11 +51,30 @@ class _Buffers:
             self.seq = np.zeros(self.datagrams, np.uint32)
             self.domain = np.zeros(self.datagrams, np.uint32)
             self.scope = np.zeros(self.datagrams, np.int64)
+            self.per_dg = np.zeros(self.datagrams, np.int64)
+            self.unknown = np.zeros(self.datagrams, np.bool_)
+            self._kernel = None
         if sets > self.sets:
             self.sets = 1 << (sets - 1).bit_length()
             self.s_dg, self.s_id, self.s_off, self.s_len, self.tmpl, self.pos, self.inverse, self.uniq = \
                 (np.empty(self.sets, np.int64) for _ in range(8))
             self.table = np.empty(2 * self.sets, np.int64)
+            self.set_rows = np.empty(self.sets, SET)
+            self._kernel = None
+        keys = max(self.datagrams, self.sets)
+        if keys > len(self.found):
+            self.keys, self.found = np.zeros((3, keys), np.uint64), np.empty(keys, np.int64)
+
+    def kernel_scratch(self, datagrams: int) -> tuple:
+        """The buffers onecall.ipfix_batch walks and resolves a batch of `datagrams` in: room for
+        four sets a datagram (it declines a batch with more; walk() grows them then)."""
+        if datagrams > self.datagrams or 4 * datagrams > self.sets:
+            self._grow(datagrams, 4 * datagrams)
+        if self._kernel is None:
+            self._kernel = (self.uptime, self.secs, self.seq, self.domain, self.scope, self.s_dg, self.s_id,
+                            self.s_off, self.s_len, self.tmpl, self.pos, self.inverse, self.uniq, self.table,
+                            self.set_rows, self.keys, self.found, self.per_dg, self.unknown, self.so, self.sl)
+        return self._kernel
 
     def walk(self, dg, sel: np.ndarray, version: np.ndarray, status: np.ndarray) -> int:
         """walk_sets into the buffers (grown and walked again when the sets do not fit); returns the
@@ -67,12 +88,17 @@ class _Buffers:
             self._grow(0, 2 * self.sets)
 
 
-def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, exporters, status: np.ndarray) -> Prepared:
-    """Walk every v9 / IPFIX datagram of `sel`, take their templates, resolve every data set to a plan."""
-    cache = exporters.templates
+def buffers(cache) -> _Buffers:
+    """The scope table's scratch buffers (made at its first v9 / IPFIX batch)."""
     if cache.buffers is None:
         cache.buffers = _Buffers()
-    w = cache.buffers
+    return cache.buffers
+
+
+def prepare(dg, sel: np.ndarray, version: np.ndarray, exp_ids: np.ndarray, exporters, status: np.ndarray) -> Prepared:
+    """Walk every v9 / IPFIX datagram of `sel`, take their templates, resolve every data set to a plan."""
+    w = buffers(exporters.templates)
+    cache = exporters.templates
     n = dg.n
     k = w.walk(dg, sel, version, status)
     walked = sel[(status[sel] == 0) | (status[sel] == _BAD_SET)]

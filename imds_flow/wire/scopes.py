@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..grow import grow
+from ..keymap import KeyMap
 
 from .plans import PlanTable
 from .templates import VAR, SetParse, Template, parse_template_set, record_lengths
@@ -61,11 +62,16 @@ class ScopeTable:
         self._scopes: dict[tuple, int] = {}           # (address, port or 0, version, domain) -> scope id
         self.scope_keys: list[tuple] = []
         self._by_exporter: dict[tuple[int, int, int], int] = {}   # (exporter index, version, domain)
-        from ..keymap import KeyMap
         self._scope_ids = KeyMap()                    # the same, for a batch in one kernel call
         self.templates: dict[int, tuple[int, float, Template]] = {}  # key -> (plan, received, template)
-        self.dirty = False
         cap = 16
+        # The same, for a batch in one kernel call (onecall.ipfix_batch): key -> slot in a KeyMap,
+        # the slot's plan (-1: forgotten) and received time in arrays; kept by _hold and _forget.
+        self._slots: dict[int, int] = {}
+        self._slot_ids = KeyMap()
+        self.slot_plan = np.full(cap, -1, np.int32)
+        self.slot_received = np.zeros(cap, np.float64)
+        self.dirty = False
         self.scope_exporter = np.zeros(cap, np.int32)
         self.seq_next = np.zeros(cap, np.uint32)
         self.seq_seen = np.zeros(cap, np.bool_)
@@ -167,7 +173,7 @@ class ScopeTable:
         if old is not None and old[2] is t:          # resent unchanged (parse_set): refresh only
             if received - old[1] > 60.0:
                 self.dirty = True
-            self.templates[key] = (old[0], received, t)
+            self._hold(key, old[0], received, t)
             return old[0]
         nf = len(t.fields)
         if old is None and (self.scope_templates[sid] >= b.max_templates_per_scope or len(self.templates) >= b.max_templates):
@@ -184,27 +190,64 @@ class ScopeTable:
         if old is None:
             self.scope_templates[sid] += 1
         self._fields += grow
-        self.templates[key] = (pid, received, t)
+        self._hold(key, pid, received, t)
         return pid
+
+    def compaction_due(self) -> bool:
+        """Compiled plans take more room than the bounds allow live definitions (begin_batch)."""
+        return self.plans.n > self.bounds.max_templates or self.plans.nf_used > self.bounds.max_template_fields
 
     def begin_batch(self) -> None:
         """Between two batches: drop compiled plans no definition uses any more, once they take more
         room than the bounds allow live definitions (plan ids change: never call it mid-batch)."""
-        b = self.bounds
-        if self.plans.n <= b.max_templates and self.plans.nf_used <= b.max_template_fields:
+        if not self.compaction_due():
             return
         new = PlanTable()
         remap: dict[int, int] = {}
-        for key, (pid, received, t) in self.templates.items():
+        for key, (pid, received, t) in list(self.templates.items()):
             if pid not in remap:
                 remap[pid] = new.plan(t)
-            self.templates[key] = (remap[pid], received, t)
+            self._hold(key, remap[pid], received, t)
         self.plans = new
+
+    def _hold(self, key: int, pid: int, received: float, t: Template) -> None:
+        """The one place a definition is stored: the dict and its mirror for the kernels."""
+        self.templates[key] = (pid, received, t)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = len(self._slots)
+            self.slot_plan = grow(self.slot_plan, slot + 1, fill=-1)
+            self.slot_received = grow(self.slot_received, slot + 1)
+            self._slot_ids.insert(key, 0, 0, slot)
+        self.slot_plan[slot] = pid
+        self.slot_received[slot] = received
 
     def _forget(self, key: int) -> None:
         _, _, t = self.templates.pop(key)
+        self.slot_plan[self._slots[key]] = -1
         self.scope_templates[key >> 16] -= 1
         self._fields -= len(t.fields)
+
+    def _compact_slots(self) -> None:
+        """Slots of forgotten keys are kept (a key usually comes back) until they outnumber the live
+        ones: then the mirror is rebuilt from the dict, so memory follows the bounds."""
+        if len(self._slots) <= 2 * len(self.templates) + 64:
+            return
+        held = self.templates
+        self._slots, self._slot_ids = {}, KeyMap()
+        self.slot_plan[:] = -1
+        for key, (pid, received, t) in list(held.items()):
+            self._hold(key, pid, received, t)
+
+    def kernel_state(self) -> tuple:
+        """What onecall.ipfix_batch reads and updates: the scopes' KeyMap (t0, t1, t2, val; keys
+        (exporter, version, domain)), scope_exporter, the sequence state (seq_next, seq_seen,
+        seq_lost, seq_count), the templates' KeyMap (keys (scope << 16 | template id, 0, 0)) with
+        slot_plan and slot_received, the lifetime, the sampling rates (keys, rates) and the pending
+        buffer (no set of the batch reads it). Current arrays: they are replaced when they grow."""
+        return self._scope_ids.arrays() + (self.scope_exporter, self.seq_next, self.seq_seen, self.seq_lost,
+                                           self.seq_count) + self._slot_ids.arrays() + (
+            self.slot_plan, self.slot_received, self.lifetime, (self.samp_keys, self.samp_rates), self.pending.buf)
 
     def lookup(self, key: int, now: float) -> int:
         """Plan id for a key, or -1 when unknown or expired."""
@@ -223,6 +266,7 @@ class ScopeTable:
             self._forget(k)
         if old:
             self.dirty = True
+            self._compact_slots()
         return len(old)
 
     # --- sampling ----------------------------------------------------------------------------

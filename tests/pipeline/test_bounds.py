@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imds_flow import app, config
+from imds_flow import app, config, kernels
 from imds_flow.config import ConfigError, Limits
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.exporters import COUNTERS
@@ -139,10 +139,13 @@ def test_templates_per_scope_and_in_all():
     send(p, [templates(range(300, 305), domain=9)])                           # 2 more in all, then refused
     assert len(p.exporters.templates.templates) == 6
     assert col(p, "templates_over_limit") == 2 + 3
+    assert_mirrored(p.exporters.templates)
     p.tick(T0 + 4000)                                                         # expiry frees the room
     assert len(p.exporters.templates.templates) == 0
+    assert_mirrored(p.exporters.templates)
     send(p, [templates(range(400, 404))], t=T0 + 4001)
     assert len(p.exporters.templates.templates) == 4
+    assert_mirrored(p.exporters.templates)
 
 
 def test_template_fields_in_all():
@@ -163,7 +166,35 @@ def test_plans_of_dropped_layouts_are_compacted_between_batches():
         assert send(p, [pkt], t=T0 + k) == 2
         assert cache.plans.n <= 2 * 8 + 1
         assert int(p.batch.cols.sport[0]) == 40000
+        assert_mirrored(cache)                                                # plan ids remapped there too
     assert len(cache.templates) == 1
+
+
+def assert_mirrored(cache) -> None:
+    """The templates as onecall.ipfix_batch reads them (ScopeTable.kernel_state: a KeyMap of slots,
+    each slot's plan and received time) agree with the dict the Python side reads."""
+    t0, t1, t2, val, slot_plan, slot_received = cache.kernel_state()[9:15]
+    keys = np.array(sorted(cache._slots), np.uint64)
+    slot = np.empty(len(keys), np.int64)
+    zero = np.zeros(len(keys), np.uint64)
+    assert kernels.key_lookup(keys, zero, zero, t0, t1, t2, val, slot) == 0
+    for key, s in zip(keys.tolist(), slot.tolist()):
+        held = cache.templates.get(key)
+        assert (slot_plan[s], slot_received[s]) == ((held[0], held[1]) if held else (-1, slot_received[s]))
+    assert set(cache.templates) <= set(cache._slots)
+
+
+def test_forgotten_templates_leave_the_mirror():
+    """Keys forgotten by expiry keep their slot (plan -1) until they outnumber the live ones; then
+    the mirror is rebuilt from the live definitions: its memory follows the bounds."""
+    p = pipeline()
+    cache = p.exporters.templates
+    for k in range(5):
+        send(p, [templates(range(256 + 100 * k, 356 + 100 * k))], t=T0 + 2000 * k)
+        p.tick(T0 + 2000 * k + 1)                                             # the earlier ones expire
+        assert len(cache.templates) == 100
+        assert len(cache._slots) <= 2 * 100 + 64 + 100
+        assert_mirrored(cache)
 
 
 def test_pending_bytes_per_exporter_and_in_all():
@@ -215,7 +246,7 @@ def test_prometheus_shows_the_limit_counters():
 
 FLOOD = textwrap.dedent('''
     import gc, json, struct, sys, time
-    from imds_flow import app, config
+    from imds_flow import app, config, kernels
     from imds_flow.datagrams import DatagramBatch
 
     def rss_mb(key="VmRSS"):

@@ -1,11 +1,13 @@
 """The one-call path (onecall.py) against the general path it stands in for: on random batches of
 v5 datagrams (hits, suppressed sources, sequence gaps, datagrams too short or whose count overruns
-them, unknown versions) and of sFlow datagrams (hits by address, URL and header name, suppressed
+them, unknown versions), of sFlow datagrams (hits by address, URL and header name, suppressed
 sources and VLANs, IPv4 and IPv6 agents and sub-agents, datagram and sample sequence gaps, samples
-that do not fit, datagrams without an agent), the same alerts byte for byte, the same counters,
-sequence state, snapshot and summary; and the batches it must leave to the general path (a new
-exporter or agent, IPFIX, formats mixed, a datagram cut short by the socket) are left untouched,
-whatever came before them."""
+that do not fit, datagrams without an agent) and of v9 and IPFIX datagrams (fixed and variable
+layouts, hits by address and URL, sequence gaps, datagrams too short, of a bad length or with a set
+longer than what is left, records that overrun their set), the same alerts byte for byte, the same
+counters, sequence state, snapshot and summary; and the batches it must leave to the general path
+(a new exporter, agent or scope, a template or options set, data waiting for its template, formats
+mixed, a datagram cut short by the socket) are left untouched, whatever came before them."""
 from __future__ import annotations
 
 import collections
@@ -74,6 +76,59 @@ def _sflow(rng: random.Random, seq: dict, src, agent) -> bytes:
     return build.sflow(samples, d, agent=agent[0], sub_agent=agent[1])
 
 
+# NetFlow v9 / IPFIX: a fixed layout, a variable one with an HTTP target, sampling options data
+_URL = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (461, build.VAR)]
+_OPT_SCOPE, _OPT = [(144, 4)], [(34, 4)]
+TARGETS = [b"/latest/meta-data/iam/", b"/index.html", b"/LATEST/API/TOKEN", b""]
+VERSIONS = {EXPORTERS[0]: 10, EXPORTERS[1]: 9, EXPORTERS[2]: 10}   # what each source exports as v9 / IPFIX
+
+
+def _templates(version: int, late: bool = False) -> bytes:
+    return build.template_set(version, {256: _IPFIX, 257: _URL} | ({300: _IPFIX} if late else {}))
+
+
+def _flow(rng: random.Random, seq: dict, src, defined: set) -> bytes:
+    """A v9 or IPFIX datagram of `src`: data sets of both templates (its first one in each scope
+    defines them); now and then a datagram too short or of a bad length, a set a record overruns, a
+    set longer than the datagram; rarely (most batches stay whole for the one-call path) templates
+    resent, with them the one of data that waited for it, options data, data for a template not
+    defined yet (it waits)."""
+    version = VERSIONS[src]
+    domain = 0 if rng.random() < 0.995 else 1
+    kind = rng.random()
+    if kind < 0.04:
+        return bytes((0, version)) + bytes(rng.randrange(0, 22))                    # too short / bad length
+    sets = []
+    if (src, domain) not in defined or kind < 0.045:
+        defined.add((src, domain))
+        sets.append(_templates(version, late=kind < 0.045))                        # (re)sent
+    records = 0
+    for _ in range(rng.randrange(1, 4)):
+        if rng.random() < 0.6:
+            recs = [build.record(_IPFIX, [rng.choice(ADDRESSES), rng.choice(ADDRESSES), rng.randrange(1024, 65536),
+                                          80, 6]) for _ in range(rng.randrange(1, 12))]
+            sets.append(build.data_set(256, recs))
+        else:
+            recs = [build.record(_URL, [rng.choice(ADDRESSES), rng.choice(ADDRESSES), 40000, 80, 6, 600, 3,
+                                        rng.choice(TARGETS)]) for _ in range(rng.randrange(1, 6))]
+            sets.append(build.data_set(257, recs, pad_to=1))
+        records += len(recs)
+    odd = rng.random()
+    if odd < 0.005:
+        sets.append(build.options_template_set(version, 258, _OPT_SCOPE, _OPT))
+        sets.append(build.data_set(258, [build.record(_OPT_SCOPE + _OPT, [1, rng.choice((1, 100))])]))
+    elif odd < 0.01:
+        sets.append(build.data_set(300, [build.record(_IPFIX, ["10.1.2.3", "169.254.169.254", 1, 80, 6])]))
+    elif odd < 0.1 and sets[-1][:2] == b"\x01\x01":
+        sets[-1] = sets[-1][:2] + (len(sets[-1]) - 3).to_bytes(2, "big") + sets[-1][4:-3]   # a record overruns
+    elif odd < 0.13:
+        sets.append(b"\x01\x00\x00\x40" + bytes(8))                                     # longer than what is left
+    key = (src, domain, "flow")
+    q = seq.get(key, 0) + (rng.randrange(1, 40) if rng.random() < 0.1 else 0)
+    seq[key] = q + (records if version == 10 else 1)
+    return build.ipfix(sets, seq=q, domain=domain) if version == 10 else build.v9(sets, seq=q, source_id=domain)
+
+
 def _batches(seed: int):
     """(payloads, sources, truncated) per batch: mostly v5 or sFlow from known exporters and agents,
     now and then a batch the one-call path must decline."""
@@ -81,11 +136,15 @@ def _batches(seed: int):
     seq: dict = {}
     known = EXPORTERS[:2]
     agents = {}                                        # the agent each source sends sFlow for now
-    for b in range(rng.randrange(3, 12)):
+    defined: set = set()                               # the v9 / IPFIX scopes whose templates were sent
+    for b in range(rng.randrange(3, 16)):
         n = rng.randrange(1, 40)
         src = [rng.choice(known) for _ in range(n)]
-        if rng.random() < 0.5:
+        fmt = rng.random()
+        if fmt < 0.3:
             payloads = [_v5(rng, seq, s) for s in src]
+        elif fmt < 0.7:
+            payloads = [_flow(rng, seq, s, defined) for s in src]
         else:
             if rng.random() < 0.2:                     # a source that sends for another agent now
                 agents[rng.choice(known)] = rng.choice(AGENTS)
@@ -110,13 +169,13 @@ def _batches(seed: int):
 
 def _run(seed: int, onecall: bool, cfg: str = CFG):
     p = app.Pipeline(config.parse(cfg), AlertList(), clock=lambda: T0)
-    taken = {"v5": 0, "sflow": 0}              # batches the one-call path took, by format
+    taken = {"v5": 0, "sflow": 0, "ipfix": 0}  # batches the one-call path took, by format
     run = p.onecall.run
 
     def counted(dg, *args):
         got = run(dg, *args) if onecall else None
         if got is not None:
-            taken["v5" if dg.buf[dg.offs[0] + 1] == 5 else "sflow"] += 1
+            taken[{5: "v5", 0: "sflow"}.get(int(dg.buf[dg.offs[0] + 1]), "ipfix")] += 1
         return got
     p.onecall.run = counted
     rows = []
@@ -127,7 +186,9 @@ def _run(seed: int, onecall: bool, cfg: str = CFG):
     m = len(p.exporters)
     state = (p.exporters.counters[:m].tolist(), p.exporters.seq_next[:m].tolist(), p.exporters.seq_seen[:m].tolist(),
              p.exporters.seq_lost[:m].tolist(), p.exporters.last_seen[:m].tolist(),
-             p.exporters.sflow.src_key.tolist(), p.exporters.sflow.src_next.tolist())
+             p.exporters.sflow.src_key.tolist(), p.exporters.sflow.src_next.tolist(),
+             [getattr(p.exporters.templates, name).tolist() for name in ("seq_next", "seq_seen", "seq_lost",
+                                                                         "seq_count")])
     snapshot, summary = p.snapshot(), p.summary(latency=False)
     p.close()
     return {"alerts": p.sink.alerts, "rows": rows, "state": state, "snapshot": snapshot, "summary": summary,
@@ -160,13 +221,14 @@ def _one(p, payloads, src=EXPORTERS[0]):
 
 
 def test_it_takes_known_batches_and_declines_the_rest():
-    """Not a vacuous comparison: the one-call path takes many v5 and sFlow batches of the random runs
-    above, and leaves the general path a new exporter or agent, another format, formats mixed and
-    a truncated datagram, changing nothing."""
+    """Not a vacuous comparison: the one-call path takes many v5, sFlow and IPFIX batches of the
+    random runs above, and leaves the general path a new exporter, agent or scope, a template set,
+    data for a template not defined or expired, formats mixed and a truncated datagram, changing
+    nothing."""
     taken = collections.Counter()
     for seed in range(20):
         taken.update(_run(seed, onecall=True)[1])
-    assert taken["v5"] >= 30 and taken["sflow"] >= 12
+    assert taken["v5"] >= 30 and taken["sflow"] >= 12 and taken["ipfix"] >= 6
     p = app.Pipeline(config.parse(CFG), AlertList(), clock=lambda: T0)
     v5 = build.v5([("10.1.2.3", "169.254.169.254", 1, 80)])
     sflow = build.sflow([build.packet_sample(1, build.frame("10.1.2.3", "169.254.169.254", 4000, 80))])
@@ -186,3 +248,15 @@ def test_it_takes_known_batches_and_declines_the_rest():
     assert (p.exporters.sflow.src_next == before[2]).all()
     p.process(DatagramBatch.from_payloads([other_agent], src=EXPORTERS[0], ts=T0))
     assert _one(p, [sflow, other_agent, sflow]) == (0, 3, 0)                 # two agents behind one source
+    data = build.data_set(256, [build.record(_IPFIX, ["10.1.2.3", "169.254.169.254", 4000, 80, 6])])
+    p.process(DatagramBatch.from_payloads([IPFIX], src=EXPORTERS[0], ts=T0))
+    assert _one(p, [build.ipfix([data], seq=1)] * 2) == (0, 2, 0)           # its template is known now
+    before = p.exporters.counters.copy(), p.exporters.templates.seq_next.copy()
+    for payloads in ([IPFIX],                                                # a template set
+                     [build.ipfix([data], domain=7)],                        # a new observation domain
+                     [build.ipfix([build.data_set(300, [bytes(13)])])],      # a template not defined
+                     [build.v9([data])]):                                    # v9: another scope
+        assert _one(p, payloads) is None
+    late = DatagramBatch.from_payloads([build.ipfix([data], seq=3)], src=EXPORTERS[0], ts=T0 + 1801.0)
+    assert p.onecall.run(late, p.exporters, p.batch, p.detector) is None    # past templates.lifetime_seconds
+    assert (p.exporters.counters == before[0]).all() and (p.exporters.templates.seq_next == before[1]).all()
