@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .exporters import COUNTERS
 from .jit import kernel, njit
 from .wire import _classify
 from .wire.errors import reason_code
@@ -43,6 +44,7 @@ _GROW = np.int64(-2)                 # ipfix_batch: the batch needs room for out
 _BAD_SET = reason_code("bad_set_length")
 _BAD_RECORD = reason_code("bad_record")
 _NO_OPTIONS = np.empty(0, OPTION)
+_TEMPLATES = COUNTERS.index("templates")       # the exporter counter of templates received
 
 
 @njit
@@ -130,26 +132,57 @@ def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scr
     return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out)
 
 
+@njit
+def _known_sets(buf, s_id, s_off, s_len, s_dg, scope, tmpl, keys, entries, slot_plan, known):
+    """Every template set of walk positions `tmpl` is one ScopeTable.remember_set kept for its scope,
+    byte for byte, and each template it defined is held with the plan it gave: its entry into
+    `entries`. False otherwise."""
+    t0, t1, t2, val, set_off, set_first, set_count, set_bytes, set_slots, set_pids = known
+    nt = tmpl.shape[0]
+    for i in range(nt):
+        r = tmpl[i]
+        keys[0, i] = np.uint64(scope[s_dg[r]])
+        keys[1, i] = np.uint64(s_id[r])
+        keys[2, i] = np.uint64(s_len[r])
+    if kernels.key_lookup(keys[0, :nt], keys[1, :nt], keys[2, :nt], t0, t1, t2, val, entries[:nt]):
+        return False
+    for i in range(nt):
+        e = entries[i]
+        o = s_off[tmpl[i]]
+        at = set_off[e]
+        for j in range(s_len[tmpl[i]]):
+            if buf[o + j] != set_bytes[at + j]:
+                return False
+        for q in range(set_first[e], set_first[e] + set_count[e]):
+            if slot_plan[set_slots[q]] != set_pids[q]:
+                return False
+    return True
+
+
 @kernel
 def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, walk, scopes, plans, http, no_opts,
-                rows, ep, tables, out):
+                templates_col, rows, ep, tables, out):
     """The first n datagrams as one NetFlow v9 / IPFIX batch end to end, as v5_batch does for v5: -1
     when they are not one, -2 when `rows` must first hold out[0] rows (nothing changed either
-    way). Besides registered sources, every datagram's scope must exist and every data set's
-    template be held and alive (ScopeTable.kernel_state(): the scopes' and templates' KeyMaps); a
-    batch with a template set, an options data set or more sets than `walk` holds
+    way). Besides registered sources, every datagram's scope must exist, every data set's template
+    be held and alive and every template set be one remembered byte for byte whose templates are
+    held as it defined them (ScopeTable.kernel_state(): the scopes', templates' and sets' KeyMaps);
+    it then counts their templates and refreshes their received times as define() would (out[4]:
+    how many sets, their entries in walk[21], out[5]: a refresh came over 60 s after the last). A
+    batch with any other template set, an options data set or more sets than `walk` holds
     (resolve._Buffers.kernel_scratch()) is declined, and so is every batch while data waits for
-    its template (OneCall checks that). The rules are wire/resolve.py's for a batch that defines
-    nothing: the same kernels (walk_sets, key_sets, most_records, decode_sets, tally, sequence)
+    its template (OneCall checks that). The rules are wire/resolve.py's for a batch that changes no
+    definition: the same kernels (walk_sets, key_sets, most_records, decode_sets, tally, sequence)
     in the same order."""
     known, k5, kt, ks = _sources_and_formats(buf, offs, lens, src_hi, src_lo, sport, n, state, scratch)
     exp_ids, version, status, sel = scratch[0], scratch[1], scratch[2], scratch[3]
     if not known or k5 or ks or kt == 0:
         return _NO
     (uptime, secs, seq, domain, scope, s_dg, s_id, s_off, s_len, tmpl, pos, inverse, uniq, table, sets, keys, found,
-     per_dg, unknown, so, sl) = walk
+     per_dg, unknown, so, sl, entries) = walk
     sc0, sc1, sc2, sc_val, scope_exporter, seq_next, seq_seen, seq_lost, seq_count = scopes[:9]
-    tk0, tk1, tk2, tk_val, slot_plan, slot_received, lifetime, rates, pbuf = scopes[9:]
+    tk0, tk1, tk2, tk_val, slot_plan, slot_received, lifetime, rates, pbuf = scopes[9:18]
+    st0, st1, st2, st_val, set_off, set_first, set_count, set_bytes, set_slots, set_pids = scopes[18:]
     dsel = sel[1, :kt]
     k = walk_sets(buf, offs, lens, dsel, version, status, uptime, secs, seq, domain, s_dg, s_id, s_off, s_len)
     if k < 0:
@@ -176,8 +209,9 @@ def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, w
         size *= 2
     nd, nt, nu = key_sets(s_dg, s_id, s_off, s_len, k, scope, version, exp_ids, ts, uptime, secs, sets, pos, tmpl,
                           uniq, inverse, table[:size])
-    if nt:
-        return _NO                      # a template set: resolve.py defines it
+    if nt and not _known_sets(buf, s_id, s_off, s_len, s_dg, scope, tmpl[:nt], keys, entries, slot_plan,
+                              (st0, st1, st2, st_val, set_off, set_first, set_count, set_bytes, set_slots, set_pids)):
+        return _NO                      # a template set that defines something: resolve.py takes it
     for u in range(nu):
         keys[0, u] = np.uint64(uniq[u])
         keys[1, u] = 0
@@ -205,8 +239,20 @@ def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, w
         d = dsel[i]
         if scope[d] >= 0:
             scope_exporter[scope[d]] = exp_ids[d]
+    counters = state[4]
+    long_ago = False
+    for i in range(nt):                 # the template sets resent: ScopeTable.define's refresh
+        d = s_dg[tmpl[i]]
+        e = entries[i]
+        counters[exp_ids[d], templates_col] += set_count[e]
+        for q in range(set_first[e], set_first[e] + set_count[e]):
+            slot = set_slots[q]
+            long_ago |= ts[d] - slot_received[slot] > 60.0
+            slot_received[slot] = ts[d]
+    out[4] = nt
+    out[5] = long_ago
     m, _ = decode_sets(buf, pbuf, data, plans, rates, http, False, rows, 0, no_opts, ep, True, so, sl)
-    counters, records_col = state[4], state[7]
+    records_col = state[7]
     for d in range(n):
         per_dg[d] = 0
         unknown[d] = False
@@ -225,7 +271,7 @@ class OneCall:
 
     def __init__(self, size: int = 512):
         self._scratch(size)
-        self.out = np.zeros(4, np.int64)
+        self.out = np.zeros(6, np.int64)
 
     def _scratch(self, size: int) -> None:
         self.exp_ids = np.empty(size, np.int32)
@@ -260,7 +306,7 @@ class OneCall:
         if done < 0:
             return None
         batch.buf = batch.late_buf = dg.buf
-        batch.n, bad, hits, suppressed = self.out.tolist()
+        batch.n, bad, hits, suppressed = self.out[:4].tolist()
         return bad, hits, suppressed
 
     def _ipfix(self, dg, exporters, batch, detector) -> int:
@@ -268,14 +314,16 @@ class OneCall:
         if len(cache.pending) or cache.compaction_due():
             return _NO                          # waiting data, or plans to compact (begin_batch)
         s = exporters.sflow
+        walk = buffers(cache).kernel_scratch(dg.n)
         for _ in range(2):                      # again once with room for the rows, when it asked for it
             done = ipfix_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, dg.n,
-                               exporters.kernel_state(), self.scratch, buffers(cache).kernel_scratch(dg.n),
-                               cache.kernel_state(), cache.plans.arrays(),
-                               (cache.pat_buf, cache.pat_off, s.hdr, s.hdr_off, s.scratch), _NO_OPTIONS,
+                               exporters.kernel_state(), self.scratch, walk, cache.kernel_state(), cache.plans.arrays(),
+                               (cache.pat_buf, cache.pat_off, s.hdr, s.hdr_off, s.scratch), _NO_OPTIONS, _TEMPLATES,
                                batch.rows, detector.endpoints, detector.tables, self.out)
             if done != _GROW:
                 break
             batch.reset(int(self.out[0]))
             detector.room(batch.capacity)
+        if done == 0 and self.out[4]:           # template sets resent: their received times into the dict
+            cache.refreshed(walk[21][: self.out[4]], bool(self.out[5]))
         return done

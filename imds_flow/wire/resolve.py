@@ -60,6 +60,7 @@ class _Buffers:
                 (np.empty(self.sets, np.int64) for _ in range(8))
             self.table = np.empty(2 * self.sets, np.int64)
             self.set_rows = np.empty(self.sets, SET)
+            self.entries = np.empty(self.sets, np.int64)
             self._kernel = None
         keys = max(self.datagrams, self.sets)
         if keys > len(self.found):
@@ -73,7 +74,8 @@ class _Buffers:
         if self._kernel is None:
             self._kernel = (self.uptime, self.secs, self.seq, self.domain, self.scope, self.s_dg, self.s_id,
                             self.s_off, self.s_len, self.tmpl, self.pos, self.inverse, self.uniq, self.table,
-                            self.set_rows, self.keys, self.found, self.per_dg, self.unknown, self.so, self.sl)
+                            self.set_rows, self.keys, self.found, self.per_dg, self.unknown, self.so, self.sl,
+                            self.entries)
         return self._kernel
 
     def walk(self, dg, sel: np.ndarray, version: np.ndarray, status: np.ndarray) -> int:
@@ -136,8 +138,10 @@ def _take_templates(rows: np.ndarray, w: _Buffers, version, scope_dg, dg, exp_id
         d = int(w.s_dg[row])
         o = int(w.s_off[row])
         scope = int(scope_dg[d])
-        parsed = cache.parse_set(buf[o:o + int(w.s_len[row])].tobytes(), int(version[d]), int(w.s_id[row]))
+        body = buf[o:o + int(w.s_len[row])].tobytes()
+        parsed = cache.parse_set(body, int(version[d]), int(w.s_id[row]))
         e = int(exp_ids[d])
+        whole = not parsed.rejected and not parsed.withdrawals
         exporters.add_count("templates", e, len(parsed.templates))
         if parsed.rejected:
             exporters.add_count("templates_rejected", e, parsed.rejected)
@@ -153,10 +157,13 @@ def _take_templates(rows: np.ndarray, w: _Buffers, version, scope_dg, dg, exp_id
             pid = cache.define(scope, t, float(dg.ts[d]))
             if pid < 0:                              # past a [limits] bound: not stored, counted
                 exporters.add_count("templates_over_limit", e)
+                whole = False
                 continue
             if held is not None and held[0] != pid:  # the same id with another layout
                 exporters.add_count("template_redefinitions", e)
             defs.setdefault(key, []).append((row, pid))
+        if whole:                                    # resent as it is, the one-call path takes it
+            cache.remember_set(scope, int(w.s_id[row]), body, [(scope << 16) | t.template_id for t in parsed.templates])
     return defs, before
 
 

@@ -71,6 +71,8 @@ class ScopeTable:
         self._slot_ids = KeyMap()
         self.slot_plan = np.full(cap, -1, np.int32)
         self.slot_received = np.zeros(cap, np.float64)
+        self._slot_keys: list[int] = []               # slot -> key
+        self._forget_sets()
         self.dirty = False
         self.scope_exporter = np.zeros(cap, np.int32)
         self.seq_next = np.zeros(cap, np.uint32)
@@ -216,6 +218,7 @@ class ScopeTable:
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = len(self._slots)
+            self._slot_keys.append(key)
             self.slot_plan = grow(self.slot_plan, slot + 1, fill=-1)
             self.slot_received = grow(self.slot_received, slot + 1)
             self._slot_ids.insert(key, 0, 0, slot)
@@ -234,20 +237,91 @@ class ScopeTable:
         if len(self._slots) <= 2 * len(self.templates) + 64:
             return
         held = self.templates
-        self._slots, self._slot_ids = {}, KeyMap()
+        self._slots, self._slot_ids, self._slot_keys = {}, KeyMap(), []
         self.slot_plan[:] = -1
         for key, (pid, received, t) in list(held.items()):
             self._hold(key, pid, received, t)
+        self._forget_sets()                           # they name slots by number
+
+    # Template sets as last taken, for onecall.ipfix_batch: a set resent byte for byte redefines
+    # nothing, so the kernel can take its batch and refresh its templates' received times itself.
+    # Keyed (scope, set id, length) in a KeyMap; each entry's bytes in set_bytes and its templates'
+    # slots and plans in set_slots / set_pids (from set_first, set_count of them).
+
+    KNOWN_SETS = 65536        # entries at most; past that (or bytes past twice the live ones) all are forgotten
+
+    def _forget_sets(self) -> None:
+        self._known: dict[tuple[int, int, int], int] = {}
+        self._set_ids = KeyMap()
+        self.set_off = np.zeros(16, np.int64)
+        self.set_first = np.zeros(16, np.int64)
+        self.set_count = np.zeros(16, np.int64)
+        self.set_bytes = np.zeros(1024, np.uint8)
+        self.set_slots = np.zeros(64, np.int64)
+        self.set_pids = np.zeros(64, np.int32)
+        self._set_bytes_used = self._set_slots_used = self._set_bytes_live = 0
+
+    def remember_set(self, scope: int, set_id: int, body: bytes, keys: list[int]) -> None:
+        """A template set taken whole (nothing rejected, withdrawn or over a bound): `keys`, the
+        keys it defined in order, hold its templates now."""
+        if len(body) > self.PARSED_SET_BYTES or len(set(keys)) < len(keys):   # an id twice: redefined in it
+            return
+        slots = [self._slots[k] for k in keys]
+        pids = [self.templates[k][0] for k in keys]
+        at = (scope, set_id, len(body))
+        e = self._known.get(at)
+        if e is not None:
+            first, count, off = int(self.set_first[e]), int(self.set_count[e]), int(self.set_off[e])
+            if self.set_bytes[off:off + len(body)].tobytes() == body and count == len(keys) \
+                    and self.set_slots[first:first + count].tolist() == slots \
+                    and self.set_pids[first:first + count].tolist() == pids:
+                return                                # as remembered (the usual case)
+        else:
+            if len(self._known) >= self.KNOWN_SETS or self._set_bytes_used > 2 * self._set_bytes_live + (1 << 20):
+                self._forget_sets()
+            e = self._known[at] = len(self._known)
+            for name in ("set_off", "set_first", "set_count"):
+                setattr(self, name, grow(getattr(self, name), e + 1))
+            self._set_ids.insert(scope, set_id, len(body), e)
+            self._set_bytes_live += len(body)
+        off = self._set_bytes_used                    # appended: an entry's old bytes are left behind
+        self.set_bytes = grow(self.set_bytes, off + len(body))
+        self.set_bytes[off:off + len(body)] = np.frombuffer(body, np.uint8)
+        self._set_bytes_used += len(body)
+        first = self._set_slots_used
+        self.set_slots = grow(self.set_slots, first + len(keys))
+        self.set_pids = grow(self.set_pids, first + len(keys))
+        self.set_slots[first:first + len(keys)] = slots
+        self.set_pids[first:first + len(keys)] = pids
+        self._set_slots_used += len(keys)
+        self.set_off[e], self.set_first[e], self.set_count[e] = off, first, len(keys)
+
+    def refreshed(self, entries: np.ndarray, long_ago: bool) -> None:
+        """After onecall.ipfix_batch took template sets (their `entries`) and refreshed slot_received:
+        the same received times into the dict, as define() would have set them."""
+        received = self.slot_received
+        for e in set(entries.tolist()):
+            first, count = int(self.set_first[e]), int(self.set_count[e])
+            for slot in self.set_slots[first:first + count].tolist():
+                key = self._slot_keys[slot]
+                pid, _, t = self.templates[key]
+                self.templates[key] = (pid, float(received[slot]), t)
+        if long_ago:                                  # a refresh more than 60 s after the last: save it
+            self.dirty = True
 
     def kernel_state(self) -> tuple:
         """What onecall.ipfix_batch reads and updates: the scopes' KeyMap (t0, t1, t2, val; keys
         (exporter, version, domain)), scope_exporter, the sequence state (seq_next, seq_seen,
         seq_lost, seq_count), the templates' KeyMap (keys (scope << 16 | template id, 0, 0)) with
-        slot_plan and slot_received, the lifetime, the sampling rates (keys, rates) and the pending
-        buffer (no set of the batch reads it). Current arrays: they are replaced when they grow."""
+        slot_plan and slot_received, the lifetime, the sampling rates (keys, rates), the pending
+        buffer (no set of the batch reads it), and the template sets remembered (remember_set: their
+        KeyMap, set_off, set_first, set_count, set_bytes, set_slots, set_pids). Current arrays: they
+        are replaced when they grow."""
         return self._scope_ids.arrays() + (self.scope_exporter, self.seq_next, self.seq_seen, self.seq_lost,
                                            self.seq_count) + self._slot_ids.arrays() + (
-            self.slot_plan, self.slot_received, self.lifetime, (self.samp_keys, self.samp_rates), self.pending.buf)
+            self.slot_plan, self.slot_received, self.lifetime, (self.samp_keys, self.samp_rates), self.pending.buf
+        ) + self._set_ids.arrays() + (self.set_off, self.set_first, self.set_count, self.set_bytes, self.set_slots,
+                                      self.set_pids)
 
     def lookup(self, key: int, now: float) -> int:
         """Plan id for a key, or -1 when unknown or expired."""

@@ -328,3 +328,14 @@ def test_flood_of_template_ids_from_forged_exporters_stays_bounded():
     assert r["scopes"] <= lim.max_exporters * 3
     assert r["pending_bytes"] <= lim.max_pending_bytes and r["pending_dropped_sets"] > 0
     assert r["peak_growth_mb"] < FLOOD_RSS_MB, r
+
+
+def test_template_sets_remembered_stay_bounded(monkeypatch):
+    """The template sets kept byte for byte for the one-call path (ScopeTable.remember_set) are
+    forgotten all at once past KNOWN_SETS entries: a flood of ever new sets cannot grow them."""
+    p = pipeline()
+    cache = p.exporters.templates
+    monkeypatch.setattr(cache, "KNOWN_SETS", 4)
+    for k in range(10):
+        send(p, [templates(range(256, 257 + k))])                             # a set of another length each time
+        assert 1 <= len(cache._known) <= 4

@@ -83,25 +83,28 @@ TARGETS = [b"/latest/meta-data/iam/", b"/index.html", b"/LATEST/API/TOKEN", b""]
 VERSIONS = {EXPORTERS[0]: 10, EXPORTERS[1]: 9, EXPORTERS[2]: 10}   # what each source exports as v9 / IPFIX
 
 
-def _templates(version: int, late: bool = False) -> bytes:
-    return build.template_set(version, {256: _IPFIX, 257: _URL} | ({300: _IPFIX} if late else {}))
+def _templates(version: int, late: bool = False, other: bool = False) -> bytes:
+    """The template set of both layouts; `late` adds the one of data that waited, `other` redefines
+    257 with another layout."""
+    return build.template_set(version, {256: _IPFIX, 257: _IPFIX if other else _URL} | ({300: _IPFIX} if late else {}))
 
 
 def _flow(rng: random.Random, seq: dict, src, defined: set) -> bytes:
     """A v9 or IPFIX datagram of `src`: data sets of both templates (its first one in each scope
-    defines them); now and then a datagram too short or of a bad length, a set a record overruns, a
-    set longer than the datagram; rarely (most batches stay whole for the one-call path) templates
-    resent, with them the one of data that waited for it, options data, data for a template not
-    defined yet (it waits)."""
+    defines them), now and then their templates resent as they were (the one-call path takes
+    those); now and then a datagram too short or of a bad length, a set a record overruns, a set
+    longer than the datagram; rarely (most batches stay whole for the one-call path) templates
+    resent with the one of data that waited for it, or with a layout changed, options data, data for
+    a template not defined yet (it waits)."""
     version = VERSIONS[src]
     domain = 0 if rng.random() < 0.995 else 1
     kind = rng.random()
     if kind < 0.04:
         return bytes((0, version)) + bytes(rng.randrange(0, 22))                    # too short / bad length
     sets = []
-    if (src, domain) not in defined or kind < 0.045:
+    if (src, domain) not in defined or kind < 0.14:
         defined.add((src, domain))
-        sets.append(_templates(version, late=kind < 0.045))                        # (re)sent
+        sets.append(_templates(version, late=kind < 0.045, other=0.045 <= kind < 0.05))   # (re)sent
     records = 0
     for _ in range(rng.randrange(1, 4)):
         if rng.random() < 0.6:
@@ -188,7 +191,9 @@ def _run(seed: int, onecall: bool, cfg: str = CFG):
              p.exporters.seq_lost[:m].tolist(), p.exporters.last_seen[:m].tolist(),
              p.exporters.sflow.src_key.tolist(), p.exporters.sflow.src_next.tolist(),
              [getattr(p.exporters.templates, name).tolist() for name in ("seq_next", "seq_seen", "seq_lost",
-                                                                         "seq_count")])
+                                                                         "seq_count")],
+             sorted((key, pid, received) for key, (pid, received, _) in p.exporters.templates.templates.items()),
+             p.exporters.templates.dirty)
     snapshot, summary = p.snapshot(), p.summary(latency=False)
     p.close()
     return {"alerts": p.sink.alerts, "rows": rows, "state": state, "snapshot": snapshot, "summary": summary,
@@ -251,12 +256,24 @@ def test_it_takes_known_batches_and_declines_the_rest():
     data = build.data_set(256, [build.record(_IPFIX, ["10.1.2.3", "169.254.169.254", 4000, 80, 6])])
     p.process(DatagramBatch.from_payloads([IPFIX], src=EXPORTERS[0], ts=T0))
     assert _one(p, [build.ipfix([data], seq=1)] * 2) == (0, 2, 0)           # its template is known now
+    assert _one(p, [IPFIX]) == (0, 1, 0)                                     # its template set resent as it was
+    cache = p.exporters.templates
+    cache.dirty = False
+    again = DatagramBatch.from_payloads([IPFIX], src=EXPORTERS[0], ts=T0 + 61.0)
+    assert p.onecall.run(again, p.exporters, p.batch, p.detector) == (0, 1, 0)
+    assert cache.dirty and [received for _, received, _ in cache.templates.values()] == [T0 + 61.0]   # to be saved
     before = p.exporters.counters.copy(), p.exporters.templates.seq_next.copy()
-    for payloads in ([IPFIX],                                                # a template set
+    changed = build.template_set(10, {256: _IPFIX[:4]})
+    swapped = build.template_set(10, {256: [_IPFIX[1], _IPFIX[0]] + _IPFIX[2:]})
+    for payloads in ([build.ipfix([changed, data])],                         # a template set that changes one
+                     [build.ipfix([swapped, data])],                         # ... in as many bytes
+                     [build.ipfix([build.template_set(10, {256: _IPFIX, 258: _URL}), data])],   # or adds one
                      [build.ipfix([data], domain=7)],                        # a new observation domain
                      [build.ipfix([build.data_set(300, [bytes(13)])])],      # a template not defined
                      [build.v9([data])]):                                    # v9: another scope
         assert _one(p, payloads) is None
-    late = DatagramBatch.from_payloads([build.ipfix([data], seq=3)], src=EXPORTERS[0], ts=T0 + 1801.0)
+    late = DatagramBatch.from_payloads([build.ipfix([data], seq=3)], src=EXPORTERS[0], ts=T0 + 61.0 + 1801.0)
     assert p.onecall.run(late, p.exporters, p.batch, p.detector) is None    # past templates.lifetime_seconds
     assert (p.exporters.counters == before[0]).all() and (p.exporters.templates.seq_next == before[1]).all()
+    p.process(DatagramBatch.from_payloads([build.ipfix([swapped])], src=EXPORTERS[0], ts=T0 + 62.0))
+    assert _one(p, [IPFIX]) is None                                          # the set it remembers no longer holds
