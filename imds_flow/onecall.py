@@ -15,10 +15,12 @@ sequence state on random batches.
 It takes a batch only when nothing else is needed: every datagram's source already registered (so
 allowed and within limits.max_exporters), every datagram of the first one's format (v5, v9 / IPFIX
 or sFlow) or rejected by its first bytes, every sFlow agent already known behind its source, every
-v9 / IPFIX scope known and every data set's template held, records compacted to the rows that may
-alert. Anything else (a new exporter, agent or scope, a template or options set, data waiting for its
-template, formats mixed in a batch, a truncated datagram, a batch over limits.max_batch_records) is
-left untouched for the general path: the kernel decides before it changes any state.
+v9 / IPFIX scope known, every data set's template held and every template set one resent byte for
+byte, records compacted to the rows that may alert. Anything else (a new exporter, agent or scope, a
+template set that defines something, options data, data waiting for a template that this batch
+would release or expire, formats mixed in a batch, a truncated datagram, a batch over
+limits.max_batch_records) is left untouched for the general path: the kernel decides before it
+changes any state.
 """
 from __future__ import annotations
 
@@ -133,9 +135,11 @@ def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scr
 
 
 @njit
-def _known_sets(buf, s_id, s_off, s_len, s_dg, scope, tmpl, keys, entries, slot_plan, known):
+def _known_sets(buf, s_id, s_off, s_len, s_dg, scope, tmpl, keys, entries, slot_plan, slot_received, now, lifetime,
+                known):
     """Every template set of walk positions `tmpl` is one ScopeTable.remember_set kept for its scope,
-    byte for byte, and each template it defined is held with the plan it gave: its entry into
+    byte for byte, and each template it defined is held with the plan it gave and alive at `now`
+    (so no data waits for it: it would be released by the general path): its entry into
     `entries`. False otherwise."""
     t0, t1, t2, val, set_off, set_first, set_count, set_bytes, set_slots, set_pids = known
     nt = tmpl.shape[0]
@@ -154,7 +158,7 @@ def _known_sets(buf, s_id, s_off, s_len, s_dg, scope, tmpl, keys, entries, slot_
             if buf[o + j] != set_bytes[at + j]:
                 return False
         for q in range(set_first[e], set_first[e] + set_count[e]):
-            if slot_plan[set_slots[q]] != set_pids[q]:
+            if slot_plan[set_slots[q]] != set_pids[q] or now - slot_received[set_slots[q]] > lifetime:
                 return False
     return True
 
@@ -169,11 +173,11 @@ def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, w
     held as it defined them (ScopeTable.kernel_state(): the scopes', templates' and sets' KeyMaps);
     it then counts their templates and refreshes their received times as define() would (out[4]:
     how many sets, their entries in walk[21], out[5]: a refresh came over 60 s after the last). A
-    batch with any other template set, an options data set or more sets than `walk` holds
-    (resolve._Buffers.kernel_scratch()) is declined, and so is every batch while data waits for
-    its template (OneCall checks that). The rules are wire/resolve.py's for a batch that changes no
-    definition: the same kernels (walk_sets, key_sets, most_records, decode_sets, tally, sequence)
-    in the same order."""
+    batch with any other template set, a template expired, an options data set or more sets than
+    `walk` holds (resolve._Buffers.kernel_scratch()) is declined, and so is a batch that would
+    release or expire data waiting for its template (OneCall checks that: Pending.quiet). The rules
+    are wire/resolve.py's for a batch that changes no definition: the same kernels (walk_sets,
+    key_sets, most_records, decode_sets, tally, sequence) in the same order."""
     known, k5, kt, ks = _sources_and_formats(buf, offs, lens, src_hi, src_lo, sport, n, state, scratch)
     exp_ids, version, status, sel = scratch[0], scratch[1], scratch[2], scratch[3]
     if not known or k5 or ks or kt == 0:
@@ -209,7 +213,11 @@ def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, w
         size *= 2
     nd, nt, nu = key_sets(s_dg, s_id, s_off, s_len, k, scope, version, exp_ids, ts, uptime, secs, sets, pos, tmpl,
                           uniq, inverse, table[:size])
+    now = ts[0]
+    for d in range(1, n):
+        now = max(now, ts[d])
     if nt and not _known_sets(buf, s_id, s_off, s_len, s_dg, scope, tmpl[:nt], keys, entries, slot_plan,
+                              slot_received, now, lifetime,
                               (st0, st1, st2, st_val, set_off, set_first, set_count, set_bytes, set_slots, set_pids)):
         return _NO                      # a template set that defines something: resolve.py takes it
     for u in range(nu):
@@ -218,9 +226,6 @@ def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, w
         keys[2, u] = 0
     if kernels.key_lookup(keys[0, :nu], keys[1, :nu], keys[2, :nu], tk0, tk1, tk2, tk_val, found[:nu]):
         return _NO                      # data for a template never defined: it waits (pending)
-    now = ts[0]
-    for d in range(1, n):
-        now = max(now, ts[d])
     for u in range(nu):                 # ScopeTable.lookup_many
         p = slot_plan[found[u]]
         if p < 0 or now - slot_received[found[u]] > lifetime:
@@ -311,8 +316,8 @@ class OneCall:
 
     def _ipfix(self, dg, exporters, batch, detector) -> int:
         cache = exporters.templates
-        if len(cache.pending) or cache.compaction_due():
-            return _NO                          # waiting data, or plans to compact (begin_batch)
+        if cache.compaction_due() or not cache.pending.quiet(float(dg.ts[: dg.n].max()), cache.pending_max_seconds):
+            return _NO                          # plans to compact (begin_batch), or waiting data to release or expire
         s = exporters.sflow
         walk = buffers(cache).kernel_scratch(dg.n)
         for _ in range(2):                      # again once with room for the rows, when it asked for it

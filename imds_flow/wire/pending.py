@@ -83,6 +83,11 @@ class Pending:
         drop |= np.cumsum(lens[::-1])[::-1] > self.max_bytes
         return self._remove(drop)
 
+    def quiet(self, now: float, max_seconds: float) -> bool:
+        """A batch at `now` that defines nothing would release and expire nothing here (no set held
+        back from an earlier release, none older than max_seconds)."""
+        return not len(self) or (not self.held and now - float(self.cols["ts"].min()) <= max_seconds)
+
     def expire(self, now: float, max_seconds: float) -> np.ndarray:
         """Remove sets older than max_seconds; returns their exporters."""
         if not len(self):

@@ -277,3 +277,33 @@ def test_it_takes_known_batches_and_declines_the_rest():
     assert (p.exporters.counters == before[0]).all() and (p.exporters.templates.seq_next == before[1]).all()
     p.process(DatagramBatch.from_payloads([build.ipfix([swapped])], src=EXPORTERS[0], ts=T0 + 62.0))
     assert _one(p, [IPFIX]) is None                                          # the set it remembers no longer holds
+
+
+def test_data_waiting_for_a_template_holds_back_only_what_would_release_or_expire_it():
+    """Data for a template not held waits (wire.pending); the one-call path still takes other
+    batches meanwhile, but not a resent template set that would release it (its template expired
+    since it was last sent), nor a batch that would expire it (templates.pending_max_seconds)."""
+    p = app.Pipeline(config.parse(CFG), AlertList(), clock=lambda: T0)
+    data = build.data_set(256, [build.record(_IPFIX, ["10.1.2.3", "169.254.169.254", 4000, 80, 6])])
+    for src in EXPORTERS[:2]:
+        p.process(DatagramBatch.from_payloads([IPFIX], src=src, ts=T0))
+    p.process(DatagramBatch.from_payloads([build.ipfix([data], seq=1)], src=EXPORTERS[0], ts=T0 + 1801.0))
+    pending = p.exporters.templates.pending
+    assert len(pending) == 1                                                 # its template expired: it waits
+    later = [build.ipfix([data], seq=1)]
+    other = DatagramBatch.from_payloads(later, src=EXPORTERS[1], ts=T0 + 1801.0)
+    assert p.onecall.run(other, p.exporters, p.batch, p.detector) is None   # the other one's expired too
+    p.process(DatagramBatch.from_payloads([IPFIX], src=EXPORTERS[1], ts=T0 + 1801.0))
+    taken = p.onecall.run(DatagramBatch.from_payloads(later, src=EXPORTERS[1], ts=T0 + 1802.0), p.exporters,
+                          p.batch, p.detector)
+    assert taken == (0, 1, 0) and len(pending) == 1                          # taken, the waiting data untouched
+    resent = DatagramBatch.from_payloads([build.ipfix([build.template_set(10, {256: _IPFIX})])], src=EXPORTERS[0],
+                                         ts=T0 + 1802.0)
+    assert p.onecall.run(resent, p.exporters, p.batch, p.detector) is None   # it would release the data
+    p.process(resent)
+    assert len(pending) == 0 and p.exporters.total("sets_late") == 1
+    p.process(DatagramBatch.from_payloads([build.ipfix([build.data_set(300, [bytes(13)])])], src=EXPORTERS[1],
+                                          ts=T0 + 1803.0))
+    assert len(pending) == 1
+    expiring = DatagramBatch.from_payloads(later, src=EXPORTERS[1], ts=T0 + 1803.0 + 61.0)
+    assert p.onecall.run(expiring, p.exporters, p.batch, p.detector) is None   # it would expire the data
