@@ -132,9 +132,10 @@ def _flow(rng: random.Random, seq: dict, src, defined: set) -> bytes:
     return build.ipfix(sets, seq=q, domain=domain) if version == 10 else build.v9(sets, seq=q, source_id=domain)
 
 
-def _batches(seed: int):
-    """(payloads, sources, truncated) per batch: mostly v5 or sFlow from known exporters and agents,
-    now and then a batch the one-call path must decline."""
+def _batches(seed: int, mangle: bool = False):
+    """(payloads, sources, truncated) per batch: mostly v5, v9 / IPFIX or sFlow from known exporters,
+    agents and scopes, now and then a batch the one-call path must decline; with `mangle`, a few
+    bytes of every batch's datagrams past their version word overwritten at random."""
     rng = random.Random(seed)
     seq: dict = {}
     known = EXPORTERS[:2]
@@ -167,10 +168,17 @@ def _batches(seed: int):
         elif odd < 0.35:
             payloads[rng.randrange(n)] = rng.choice((_v5(rng, seq, src[0]),   # formats mixed
                                                      _sflow(rng, seq, src[0], agents.get(src[0], AGENTS[0]))))
+        if mangle:
+            for _ in range(rng.randrange(1, 5)):
+                d = rng.randrange(n)
+                if len(payloads[d]) > 2:
+                    b = bytearray(payloads[d])
+                    b[rng.randrange(2, len(b))] = rng.randrange(256)
+                    payloads[d] = bytes(b)
         yield payloads, src, truncated
 
 
-def _run(seed: int, onecall: bool, cfg: str = CFG):
+def _run(seed: int, onecall: bool, cfg: str = CFG, mangle: bool = False):
     p = app.Pipeline(config.parse(cfg), AlertList(), clock=lambda: T0)
     taken = {"v5": 0, "sflow": 0, "ipfix": 0}  # batches the one-call path took, by format
     run = p.onecall.run
@@ -182,7 +190,7 @@ def _run(seed: int, onecall: bool, cfg: str = CFG):
         return got
     p.onecall.run = counted
     rows = []
-    for k, (payloads, src, truncated) in enumerate(_batches(seed)):
+    for k, (payloads, src, truncated) in enumerate(_batches(seed, mangle)):
         p.process(DatagramBatch.from_payloads(payloads, src=src, ts=T0 + k * 0.25), truncated)
         kept = p.batch.rows[: p.batch.n]
         rows.append([kept[name].tobytes() for name in V5_FIELDS])
@@ -208,6 +216,17 @@ def test_the_one_call_path_leaves_what_the_general_path_leaves(seed):
     assert one == general
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1))
+def test_bytes_overwritten_at_random_leave_the_same_too(seed):
+    """Any byte of a datagram may be wrong (a length, a count, a set id, an address, a template
+    field): the one-call path takes or declines such batches exactly as the general path decodes
+    them, counts and all; test_it_takes_known_batches_and_declines_the_rest checks it takes some."""
+    one, _ = _run(seed, onecall=True, mangle=True)
+    general, _ = _run(seed, onecall=False, mangle=True)
+    assert one == general
+
+
 @pytest.mark.parametrize("limits", ['[listen]\nallowed_exporters = ["192.0.2.0/24"]\n', "[limits]\nmax_exporters = 2\n"])
 def test_sources_refused_stay_refused(limits):
     """A source outside listen.allowed_exporters or past limits.max_exporters never gets a row, so
@@ -230,10 +249,12 @@ def test_it_takes_known_batches_and_declines_the_rest():
     random runs above, and leaves the general path a new exporter, agent or scope, a template set,
     data for a template not defined or expired, formats mixed and a truncated datagram, changing
     nothing."""
-    taken = collections.Counter()
+    taken, mangled = collections.Counter(), collections.Counter()
     for seed in range(20):
         taken.update(_run(seed, onecall=True)[1])
+        mangled.update(_run(seed, onecall=True, mangle=True)[1])
     assert taken["v5"] >= 30 and taken["sflow"] >= 12 and taken["ipfix"] >= 6
+    assert mangled["v5"] >= 12 and mangled["sflow"] >= 7 and mangled["ipfix"] >= 7
     p = app.Pipeline(config.parse(CFG), AlertList(), clock=lambda: T0)
     v5 = build.v5([("10.1.2.3", "169.254.169.254", 1, 80)])
     sflow = build.sflow([build.packet_sample(1, build.frame("10.1.2.3", "169.254.169.254", 4000, 80))])
