@@ -276,9 +276,10 @@ class ScopeTable:
                     and self.set_slots[first:first + count].tolist() == slots \
                     and self.set_pids[first:first + count].tolist() == pids:
                 return                                # as remembered (the usual case)
-        else:
-            if len(self._known) >= self.KNOWN_SETS or self._set_bytes_used > 2 * self._set_bytes_live + (1 << 20):
-                self._forget_sets()
+        if len(self._known) >= self.KNOWN_SETS or self._set_bytes_used > 2 * self._set_bytes_live + (1 << 20):
+            self._forget_sets()                       # (a set that changes keeps appending its bytes)
+            e = None
+        if e is None:
             e = self._known[at] = len(self._known)
             for name in ("set_off", "set_first", "set_count"):
                 setattr(self, name, grow(getattr(self, name), e + 1))
@@ -305,7 +306,7 @@ class ScopeTable:
             for slot in self.set_slots[first:first + count].tolist():
                 key = self._slot_keys[slot]
                 pid, _, t = self.templates[key]
-                self.templates[key] = (pid, float(received[slot]), t)
+                self._hold(key, pid, float(received[slot]), t)
         if long_ago:                                  # a refresh more than 60 s after the last: save it
             self.dirty = True
 

@@ -339,3 +339,16 @@ def test_template_sets_remembered_stay_bounded(monkeypatch):
     for k in range(10):
         send(p, [templates(range(256, 257 + k))])                             # a set of another length each time
         assert 1 <= len(cache._known) <= 4
+
+
+def test_a_template_set_that_keeps_changing_stays_bounded():
+    """One scope alternating two template sets of the same length (another layout each time): each
+    change appends the set's bytes; past twice the live bytes plus 1 MiB they are all forgotten."""
+    p = pipeline()
+    cache = p.exporters.templates
+    wide = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8)] * 20                # 140 fields
+    other = [(12, 4), (8, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8)] * 20
+    for k in range(2000):                                                    # ~1.1 MiB appended each 1000
+        send(p, [templates(range(256, 258), fields=wide if k % 2 else other)], t=T0 + k)
+        assert cache._set_bytes_used <= 2 * cache._set_bytes_live + (1 << 20) + 4096
+    assert len(cache._known) == 1
