@@ -316,8 +316,10 @@ class OneCall:
 
     def _ipfix(self, dg, exporters, batch, detector) -> int:
         cache = exporters.templates
-        if cache.compaction_due() or not cache.pending.quiet(float(dg.ts[: dg.n].max()), cache.pending_max_seconds):
-            return _NO                          # plans to compact (begin_batch), or waiting data to release or expire
+        pend = cache.pending                    # plans to compact (begin_batch), or waiting data to release or expire
+        if cache.compaction_due() or len(pend) and not pend.quiet(float(dg.ts[: dg.n].max()),
+                                                                  cache.pending_max_seconds):
+            return _NO
         s = exporters.sflow
         walk = buffers(cache).kernel_scratch(dg.n)
         for _ in range(2):                      # again once with room for the rows, when it asked for it
