@@ -246,7 +246,7 @@ def test_prometheus_shows_the_limit_counters():
 
 FLOOD = textwrap.dedent('''
     import gc, json, struct, sys, time
-    from imds_flow import app, config, kernels
+    from imds_flow import app, config
     from imds_flow.datagrams import DatagramBatch
 
     def rss_mb(key="VmRSS"):
