@@ -5,9 +5,10 @@ sources and VLANs, IPv4 and IPv6 agents and sub-agents, datagram and sample sequ
 that do not fit, datagrams without an agent) and of v9 and IPFIX datagrams (fixed and variable
 layouts, hits by address and URL, sequence gaps, datagrams too short, of a bad length or with a set
 longer than what is left, records that overrun their set), the same alerts byte for byte, the same
-counters, sequence state, snapshot and summary; and the batches it must leave to the general path
-(a new exporter, agent or scope, a template or options set, data waiting for its template, formats
-mixed, a datagram cut short by the socket) are left untouched, whatever came before them."""
+counters, sequence state, template state, snapshot and summary, also with bytes overwritten at
+random; and the batches it must leave to the general path (a new exporter, agent or scope, a
+template set that defines something, options data, waiting data the batch would release or expire,
+formats mixed, a datagram cut short by the socket) are left untouched, whatever came before them."""
 from __future__ import annotations
 
 import collections
