@@ -105,7 +105,7 @@ class Pipeline:
             return
         one = self.onecall.run(dg, self.exporters, self.batch, self.detector) \
             if truncated is None and self.compact else None
-        if one is not None:                   # v5 or sFlow from known exporters: one kernel call did it all
+        if one is not None:                   # known exporters' v5, v9 / IPFIX or sFlow: one kernel call did it all
             bad, count, suppressed = one
             now = float(dg.ts[dg.n - 1])
             if bad:

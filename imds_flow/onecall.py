@@ -31,7 +31,7 @@ from .exporters import COUNTERS
 from .jit import kernel, njit
 from .wire import _classify
 from .wire.errors import reason_code
-from .wire.resolve import buffers
+from .wire.resolve import buffers, http_tables
 from .wire.v9ipfix import OPTION, decode_sets
 from .wire.walk import key_sets, most_records, sequence, tally, walk_sets
 from .wire.sflow import MIN_ROW_BYTES, agent, decode_datagrams
@@ -39,7 +39,7 @@ from .wire.v5 import RECORD as V5_RECORD, decode_v5
 
 __all__ = ["OneCall", "v5_batch", "sflow_batch", "ipfix_batch"]
 
-_ROW_BYTES = min(V5_RECORD, MIN_ROW_BYTES)   # the fewest datagram bytes a row of either format takes
+_ROW_BYTES = min(V5_RECORD, MIN_ROW_BYTES)   # the fewest datagram bytes a v5 or sFlow row takes
 
 _NO = np.int64(-1)
 _GROW = np.int64(-2)                 # ipfix_batch: the batch needs room for out[0] rows first
@@ -172,7 +172,7 @@ def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, w
     be held and alive and every template set be one remembered byte for byte whose templates are
     held as it defined them (ScopeTable.kernel_state(): the scopes', templates' and sets' KeyMaps);
     it then counts their templates and refreshes their received times as define() would (out[4]:
-    how many sets, their entries in walk[21], out[5]: a refresh came over 60 s after the last). A
+    how many sets, their entries in walk's `entries`, out[5]: a refresh came over 60 s after the last). A
     batch with any other template set, a template expired, an options data set or more sets than
     `walk` holds (resolve._Buffers.kernel_scratch()) is declined, and so is a batch that would
     release or expire data waiting for its template (OneCall checks that: Pending.quiet). The rules
@@ -320,17 +320,17 @@ class OneCall:
         if cache.compaction_due() or len(pend) and not pend.quiet(float(dg.ts[: dg.n].max()),
                                                                   cache.pending_max_seconds):
             return _NO
-        s = exporters.sflow
-        walk = buffers(cache).kernel_scratch(dg.n)
+        w = buffers(cache)
+        walk = w.kernel_scratch(dg.n)
         for _ in range(2):                      # again once with room for the rows, when it asked for it
             done = ipfix_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, dg.n,
                                exporters.kernel_state(), self.scratch, walk, cache.kernel_state(), cache.plans.arrays(),
-                               (cache.pat_buf, cache.pat_off, s.hdr, s.hdr_off, s.scratch), _NO_OPTIONS, _TEMPLATES,
+                               http_tables(exporters), _NO_OPTIONS, _TEMPLATES,
                                batch.rows, detector.endpoints, detector.tables, self.out)
             if done != _GROW:
                 break
             batch.reset(int(self.out[0]))
             detector.room(batch.capacity)
         if done == 0 and self.out[4]:           # template sets resent: their received times into the dict
-            cache.refreshed(walk[21][: self.out[4]], bool(self.out[5]))
+            cache.refreshed(w.entries[: self.out[4]], bool(self.out[5]))
         return done

@@ -69,9 +69,9 @@ def warm_up(pipeline) -> None:
                 helper.wait(timeout=_CHILD_SECONDS)
             except subprocess.TimeoutExpired:    # killed below; the decoder then compiles here
                 pass
-        _decode(pipeline, [_V5, _JUNK, _IPFIX, SFLOW])
+        batch, scratch = _decode(pipeline, [_V5, _JUNK, _IPFIX, SFLOW])
         _decode(pipeline, [_IPFIX_EARLY], [_IPFIX])  # data a batch before its template waits in wire.pending
-        _ipfix_one_call(pipeline)
+        _ipfix_one_call(pipeline, batch, scratch)
     finally:
         if helper is not None and helper.poll() is None:
             helper.kill()
@@ -116,11 +116,10 @@ def compile_decoder() -> None:
     from . import config
     from .app import Pipeline, _NullSink
     pipeline = Pipeline(config.load(None), _NullSink())
-    _ipfix_one_call(pipeline)
+    _ipfix_one_call(pipeline, *_decode(pipeline, [_IPFIX]))
 
 
-def _ipfix_one_call(pipeline) -> None:
-    """The v9 / IPFIX decoder, then its one-call kernel (onecall.ipfix_batch, which holds it) on data
-    whose template is known."""
-    batch, scratch = _decode(pipeline, [_IPFIX])
+def _ipfix_one_call(pipeline, batch: FlowBatch, scratch: ExporterTable) -> None:
+    """The one-call v9 / IPFIX kernel (onecall.ipfix_batch, which holds the decoder) on data whose
+    template `scratch` knows (from _decode of _IPFIX)."""
     pipeline.onecall.run(DatagramBatch.from_payloads([_IPFIX_EARLY], ts=0.0), scratch, batch, pipeline.detector)

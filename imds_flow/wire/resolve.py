@@ -16,7 +16,7 @@ from .fields import NSLOT
 from .v9ipfix import OPTION, SET, decode_sets
 from .walk import key_sets, most_records, sequence, tally, walk_sets
 
-__all__ = ["prepare", "finish", "Prepared", "buffers"]
+__all__ = ["prepare", "finish", "Prepared", "buffers", "http_tables"]
 
 _BAD_SET = reason_code("bad_set_length")
 _BAD_TEMPLATE = reason_code("bad_template")
@@ -88,6 +88,13 @@ class _Buffers:
             if k >= 0:
                 return k
             self._grow(0, 2 * self.sets)
+
+
+def http_tables(exporters) -> tuple:
+    """The packet kernel's tables as decode_sets takes them: the URL substrings (the scope table's)
+    and the header names with their scratch (the sFlow state's)."""
+    cache, s = exporters.templates, exporters.sflow
+    return cache.pat_buf, cache.pat_off, s.hdr, s.hdr_off, s.scratch
 
 
 def buffers(cache) -> _Buffers:
@@ -257,8 +264,7 @@ def finish(prep: Prepared, exporters, out, status: np.ndarray, keep: bool = Fals
     n = out.n
     if len(sets):
         plans = pl.arrays()
-        s = exporters.sflow                          # the packet kernel's tables live with the sFlow state
-        http = (cache.pat_buf, cache.pat_off, s.hdr, s.hdr_off, s.scratch)
+        http = http_tables(exporters)
         if prep.options:
             options = pl.options[sets["plan"]]
             opts = np.empty(prep.need + 1, OPTION)
