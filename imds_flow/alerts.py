@@ -217,8 +217,8 @@ class Folder:
         self._times = np.zeros((64, 3), np.float64)
         self._tail = np.zeros((64, 3), np.int64)
         self._free = list(range(63, -1, -1))  # rows not in use
-        self._table = np.empty(0, np.int64)   # group_hits scratch, reused
-        self._counters = np.zeros(2, np.int64)
+        self._scratch(256)
+        self._counters = np.zeros(4, np.int64)   # kernels.fold_batch's: next id, windows opened, rest, groups
 
     # --- pending alerts: the dict, and its folded numbers in a row of the arrays -------------------
 
@@ -268,10 +268,11 @@ class Folder:
 
     def add_hits(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> None:
         """Fold a batch's hits; the same alerts as add(hit_alerts(...)), built per group instead of
-        per hit. Hits are grouped by fold key in one kernel call with their sums; a second merges
-        the groups that fold into a pending alert and opens the windows of those that open one, so
-        Python runs per group only for an alert that leaves or is held, never per key. A group that
-        straddles a window boundary takes the per-hit path."""
+        per hit. Hits are grouped by fold key, the groups that fold into a pending alert merged and
+        the windows of those that open one opened, in one kernel call (kernels.fold_batch; the
+        one-call kernels make the same call themselves, onecall.py), so Python runs per group only
+        for an alert that leaves or is held, never per key. A group that straddles a window
+        boundary takes the per-hit path."""
         m = len(hits)
         if not m:
             return
@@ -281,29 +282,43 @@ class Folder:
             else:
                 self.add(hit_alerts(batch, hits, names, exporters))
             return
-        size = 1 << (2 * m - 1).bit_length()
-        if len(self._table) < size:              # scratch, grown as needed and reused
-            self._table = np.empty(size, np.int64)
-            self._ints = np.empty((7, size), np.int64)
-            self._g_sums = np.empty((size, 8), np.uint64)
-            self._g_times = np.empty((size, 7), np.float64)
-            self._kind = np.empty(size, np.int8)
-        group, first, second, last, count, kid, released = self._ints
-        sums, times = self._g_sums, self._g_times
-        g = kernels.group_hits(batch.rows, hits.idx, hits.endpoint, hits.direction, self._table[:size],
-                               group, first, second, last, count, sums, times)
-        kind = self._kind[:g]
-        self._keys.reserve(g)                    # room for every group's key to be new
+        if len(self._table) < 2 * m:
+            self._scratch(2 * m)                 # twice what this batch needs: grown seldom
+        g = kernels.fold_batch(batch.rows, hits.idx, hits.endpoint, hits.direction, m, self.kernel_fold())
+        if g < 0:                                # room for every group to be a new key first
+            self._keys.reserve(int(self._counters[3]))
+            g = kernels.fold_batch(batch.rows, hits.idx, hits.endpoint, hits.direction, m, self.kernel_fold())
+        if self.folded():
+            self.finish(g, batch, hits, names, exporters)
+
+    def _scratch(self, hits: int) -> None:
+        """Grouping scratch (kernels.group_hits) for batches of up to `hits` hits, reused."""
+        size = 1 << (2 * hits - 1).bit_length()
+        self._table = np.empty(size, np.int64)
+        self._ints = np.empty((7, size), np.int64)     # per group: group, first, second, last, count, kid, released
+        self._g_sums = np.empty((size, 8), np.uint64)
+        self._g_times = np.empty((size, 7), np.float64)
+        self._kind = np.empty(size, np.int8)
+
+    def kernel_fold(self) -> tuple:
+        """kernels.fold_batch's last argument: this folder's scratch and state as they are now."""
         counters = self._counters
-        counters[:] = (self._keys.n, 0)
-        rest = kernels.fold_groups(batch.rows, hits.idx, hits.endpoint, hits.direction,
-                                   (first, last, count, sums, times), g, self._keys.arrays(),
-                                   (self._count, self._sums, self._times, self._tail), self.window,
-                                   max(self.max_keys - self.windows, 0), kind, (kid, released, counters))
-        self._keys.n, opened = int(counters[0]), int(counters[1])
+        counters[0], counters[1] = self._keys.n, 0
+        return (self._table, self._ints, self._g_sums, self._g_times, self._kind, self._keys.arrays(),
+                (self._count, self._sums, self._times, self._tail), counters, float(self.window),
+                max(self.max_keys - self.windows, 0))
+
+    def folded(self) -> bool:
+        """Take in what kernels.fold_batch did with a batch's groups (ids handed out, windows
+        opened); True when some are left to finish()."""
+        self._keys.n, opened, rest = self._counters[:3].tolist()
         self.windows += opened
-        if rest:
-            self._open_groups(np.flatnonzero(kind), kind, batch, hits, names, exporters)
+        return rest > 0
+
+    def finish(self, groups: int, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> None:
+        """The groups kernels.fold_batch left to Python: alerts that leave or are held."""
+        kind = self._kind[:groups]
+        self._open_groups(np.flatnonzero(kind), kind, batch, hits, names, exporters)
 
     def _emit_all(self, batch: FlowBatch, hits: Hits, names, exporters) -> None:
         """No folding: every hit's alert leaves at once, packed (a dict where pack cannot say)."""

@@ -103,7 +103,7 @@ class Pipeline:
         if dg.n > 1 and dg.nbytes() > self.batch.limit:
             self._process_in_parts(dg, truncated)
             return
-        one = self.onecall.run(dg, self.exporters, self.batch, self.detector) \
+        one = self.onecall.run(dg, self.exporters, self.batch, self.detector, self.folder) \
             if truncated is None and self.compact else None
         if one is not None:                   # known exporters' v5, v9 / IPFIX or sFlow: one kernel call did it all
             bad, count, suppressed = one
@@ -111,7 +111,14 @@ class Pipeline:
             if bad:
                 self.errors.report(self.onecall.exp_ids[: dg.n], self.onecall.status[: dg.n], now)
             self.limit_log.report(now)
-            hits = self.detector.hits(count, suppressed) if count else None
+            hits = None
+            if count:
+                groups = self.onecall.grouped     # folded in the kernel too, unless -1
+                if groups < 0:
+                    hits = self.detector.hits(count, suppressed)
+                elif self.folder.folded():        # groups left to Python: alerts that leave or are held
+                    self.folder.finish(groups, self.batch, self.detector.hits(count, suppressed),
+                                       self.detector.names, self.exporters)
         else:
             hits = self._decode_and_detect(dg, truncated)
             if hits is None:

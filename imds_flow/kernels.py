@@ -491,6 +491,34 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
 
 
 @kernel
+def fold_batch(c, idx, ep, direction, m, fold):
+    """A batch's first m hits grouped (group_hits) and folded (fold_groups) in one call, in the
+    Folder's scratch and state (Folder.kernel_fold: table, ints, sums, times, kind, keys, pending,
+    counters, window, room). Returns the number of groups, or -1 when it could not fold them here
+    (no folding window, scratch too small for m hits, or the key table and arrays without room for
+    every group to be a new key: Folder.add_hits makes room and folds them). counters: the next
+    free id and the windows opened (fold_groups), the groups left to Python, and the groups made.
+    Grouping writes only scratch, so a batch declined after it is grouped again, unchanged."""
+    table, ints, g_sums, g_times, kind, keys, pending, counters, window, room = fold
+    if window <= 0:
+        return np.int64(-1)
+    size = 2
+    while size < 2 * m:
+        size *= 2
+    if size > table.shape[0]:
+        return np.int64(-1)
+    group, first, second, last, count, kid, released = ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6]
+    g = group_hits(c, idx[:m], ep[:m], direction[:m], table[:size], group, first, second, last, count, g_sums, g_times)
+    counters[3] = g
+    need = counters[0] + g
+    if need > keys[2].shape[0] or 2 * need > keys[1].shape[0]:
+        return np.int64(-1)
+    counters[2] = fold_groups(c, idx[:m], ep[:m], direction[:m], (first, last, count, g_sums, g_times), g, keys,
+                              pending, window, room, kind, (kid, released, counters))
+    return np.int64(g)
+
+
+@kernel
 def fold_compact(old_keys, old_val, new_id, t_keys, t_val):
     """The keys of a fold key table whose id has a new one (new_id[id] >= 0), under it, into a new
     table: ids of closed windows dropped (Folder.tick), or every key kept (new_id the identity: a

@@ -65,9 +65,10 @@ def _sources_and_formats(buf, offs, lens, src_hi, src_lo, sport, n, state, scrat
 
 
 @njit
-def _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out):
-    """The batch's datagrams counted and its m rows matched, as the general path does; out = (rows,
-    rejected datagrams, hits, suppressed)."""
+def _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, fold, out):
+    """The batch's datagrams counted, its m rows matched and its hits folded, as the general path
+    does; out = (rows, rejected datagrams, hits, suppressed, -, -, hit groups folded: -1 when
+    kernels.fold_batch left the hits to Folder.add_hits)."""
     counters, reason_col, datagrams_col = state[4:7]
     suppressed_col, alerted_col, last_seen = state[8:11]
     exp_ids, status = scratch[0], scratch[2]
@@ -79,15 +80,16 @@ def _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out):
     out[1] = bad
     out[2] = hits
     out[3] = suppressed
+    out[6] = kernels.fold_batch(rows, tables[4], tables[5], tables[6], hits, fold) if hits else _NO
     return np.int64(0)
 
 
 @kernel
-def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows, ep, tables, out):
+def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows, ep, tables, fold, out):
     """The first n datagrams as one v5 batch end to end (module docstring): -1 when they are not one
     (nothing changed), else 0 with out = (rows, rejected datagrams, hits, suppressed). state is
-    ExporterTable.kernel_state(), tables Detector.tables, scratch (exp_ids, version, status, sel,
-    size) of n datagrams at least."""
+    ExporterTable.kernel_state(), tables Detector.tables, fold Folder.kernel_fold(), scratch
+    (exp_ids, version, status, sel, size) of n datagrams at least."""
     known, k5, kt, ks = _sources_and_formats(buf, offs, lens, src_hi, src_lo, sport, n, state, scratch)
     exp_ids, status, sel, size = scratch[0], scratch[2], scratch[3], scratch[4]
     if not known or kt or ks or size[0] // V5_RECORD + 1 > rows.shape[0]:
@@ -95,11 +97,12 @@ def v5_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, rows
     counters, records_col, seq_next, seq_seen, seq_lost = state[4], state[7], state[11], state[12], state[13]
     m = decode_v5(buf, offs, lens, sel[0, :k5], exp_ids, ts, rows, 0, status, seq_next, seq_seen, seq_lost,
                   counters[:, records_col], True, ep)
-    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out)
+    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, fold, out)
 
 
 @kernel
-def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scratch, rows, ep, tables, out):
+def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scratch, rows, ep, tables, fold,
+                out):
     """The first n datagrams as one sFlow batch end to end, as v5_batch does for v5: -1 when they are
     not one (nothing changed). Besides registered sources, every datagram's (source, agent,
     sub-agent id) must have its row already (the sFlow rows' KeyMap in state), which it is counted
@@ -131,7 +134,7 @@ def sflow_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, sflow, scr
              counters[:, tally_cols[3]])
     m = decode_datagrams((buf, offs, lens, ts), sel[2, :ks], exp_ids, rows, 0, status, tally,
                          (state[11], state[12], state[13]), sources, http, True, ep)
-    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out)
+    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, fold, out)
 
 
 @njit
@@ -165,7 +168,7 @@ def _known_sets(buf, s_id, s_off, s_len, s_dg, scope, tmpl, keys, entries, slot_
 
 @kernel
 def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, walk, scopes, plans, http, no_opts,
-                templates_col, rows, ep, tables, out):
+                templates_col, rows, ep, tables, fold, out):
     """The first n datagrams as one NetFlow v9 / IPFIX batch end to end, as v5_batch does for v5: -1
     when they are not one, -2 when `rows` must first hold out[0] rows (nothing changed either
     way). Besides registered sources, every datagram's scope must exist, every data set's template
@@ -263,7 +266,7 @@ def ipfix_batch(buf, offs, lens, src_hi, src_lo, sport, ts, n, state, scratch, w
         unknown[d] = False
     tally(data, plans.options, counters[:, records_col], per_dg, status, _BAD_RECORD)
     sequence(dsel, scope, version, seq, per_dg, unknown, seq_next, seq_seen, seq_lost, seq_count)
-    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, out)
+    return _count_and_detect(rows, m, n, ts, state, scratch, ep, tables, fold, out)
 
 
 _WORDS = (b"\x00\x05", b"\x00\x00", b"\x00\x09", b"\x00\x0a")   # v5, sFlow, v9, IPFIX
@@ -276,7 +279,8 @@ class OneCall:
 
     def __init__(self, size: int = 512):
         self._scratch(size)
-        self.out = np.zeros(6, np.int64)
+        self.out = np.zeros(7, np.int64)
+        self.grouped = -1                       # the last batch's hit groups folded in the kernel (-1: none)
 
     def _scratch(self, size: int) -> None:
         self.exp_ids = np.empty(size, np.int32)
@@ -285,8 +289,9 @@ class OneCall:
                         np.zeros(3, np.int64))
         self.agents = (np.empty((3, size), np.uint64), np.empty(size, np.int64), np.empty(size, np.int32))
 
-    def run(self, dg, exporters, batch, detector) -> tuple[int, int, int] | None:
-        """`dg` (no datagram truncated, within limits.max_batch_records) into `batch`, compacted."""
+    def run(self, dg, exporters, batch, detector, folder) -> tuple[int, int, int] | None:
+        """`dg` (no datagram truncated, within limits.max_batch_records) into `batch`, compacted, its
+        hits folded by `folder` (alerts.Folder) unless `grouped` is then -1."""
         n = dg.n
         first = int(dg.offs[0])
         word = dg.buf[first:first + 2].tobytes()  # the first datagram's: a batch is usually one exporter's
@@ -297,24 +302,25 @@ class OneCall:
         batch.reset(dg.nbytes() // _ROW_BYTES + 1)   # the most rows v5 or sFlow datagrams of these bytes give
         # (v9 / IPFIX records can be shorter: ipfix_batch asks for more room when they need it)
         detector.room(batch.capacity)
+        fold = folder.kernel_fold()
         if word == b"\x00\x05":
             done = v5_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n,
                             exporters.kernel_state(), self.scratch, batch.rows, detector.endpoints, detector.tables,
-                            self.out)
+                            fold, self.out)
         elif word != b"\x00\x00":
-            done = self._ipfix(dg, exporters, batch, detector)
+            done = self._ipfix(dg, exporters, batch, detector, fold)
         else:
             s = exporters.sflow
             done = sflow_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n,
                                exporters.kernel_state(), (s.sources, s.http) + self.agents, self.scratch, batch.rows,
-                               detector.endpoints, detector.tables, self.out)
+                               detector.endpoints, detector.tables, fold, self.out)
         if done < 0:
             return None
         batch.buf = batch.late_buf = dg.buf
-        batch.n, bad, hits, suppressed = self.out[:4].tolist()
+        batch.n, bad, hits, suppressed, _, _, self.grouped = self.out.tolist()
         return bad, hits, suppressed
 
-    def _ipfix(self, dg, exporters, batch, detector) -> int:
+    def _ipfix(self, dg, exporters, batch, detector, fold) -> int:
         cache = exporters.templates
         pend = cache.pending                    # plans to compact (begin_batch), or waiting data to release or expire
         if cache.compaction_due() or len(pend) and not pend.quiet(float(dg.ts[: dg.n].max()),
@@ -326,7 +332,7 @@ class OneCall:
             done = ipfix_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, dg.n,
                                exporters.kernel_state(), self.scratch, walk, cache.kernel_state(), cache.plans.arrays(),
                                http_tables(exporters), _NO_OPTIONS, _TEMPLATES,
-                               batch.rows, detector.endpoints, detector.tables, self.out)
+                               batch.rows, detector.endpoints, detector.tables, fold, self.out)
             if done != _GROW:
                 break
             batch.reset(int(self.out[0]))

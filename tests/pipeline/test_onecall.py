@@ -181,13 +181,14 @@ def _batches(seed: int, mangle: bool = False):
 
 def _run(seed: int, onecall: bool, cfg: str = CFG, mangle: bool = False):
     p = app.Pipeline(config.parse(cfg), AlertList(), clock=lambda: T0)
-    taken = {"v5": 0, "sflow": 0, "ipfix": 0}  # batches the one-call path took, by format
-    run = p.onecall.run
+    taken = {"v5": 0, "sflow": 0, "ipfix": 0, "folded": 0}  # batches the one-call path took, by format;
+    run = p.onecall.run                                    # and those whose hits it folded too
 
     def counted(dg, *args):
         got = run(dg, *args) if onecall else None
         if got is not None:
             taken[{5: "v5", 0: "sflow"}.get(int(dg.buf[dg.offs[0] + 1]), "ipfix")] += 1
+            taken["folded"] += p.onecall.grouped >= 0
         return got
     p.onecall.run = counted
     rows = []
@@ -228,6 +229,21 @@ def test_bytes_overwritten_at_random_leave_the_same_too(seed):
     assert one == general
 
 
+@pytest.mark.parametrize("alerts", ["[alerts]\nfold_window_seconds = 1.0\n", "[limits]\nmax_fold_keys = 2\n",
+                                    "[alerts]\nfold_window_seconds = 0.0\n"])
+def test_hits_folded_in_the_kernel_leave_what_add_hits_leaves(alerts):
+    """The one-call kernels fold a batch's hits themselves (kernels.fold_batch); with windows that
+    close and reopen every few batches (1 s, batches 0.25 s apart), with the fold keys' limit
+    reached, and with no folding at all the alerts, counters and state are the general path's."""
+    folded = 0
+    for seed in range(8):
+        one, taken = _run(seed, True, CFG + alerts)
+        general, _ = _run(seed, False, CFG + alerts)
+        assert one == general
+        folded += taken["folded"]
+    assert folded > 0 if "= 0.0" not in alerts else folded == 0
+
+
 @pytest.mark.parametrize("limits", ['[listen]\nallowed_exporters = ["192.0.2.0/24"]\n', "[limits]\nmax_exporters = 2\n"])
 def test_sources_refused_stay_refused(limits):
     """A source outside listen.allowed_exporters or past limits.max_exporters never gets a row, so
@@ -242,7 +258,8 @@ def test_sources_refused_stay_refused(limits):
 
 
 def _one(p, payloads, src=EXPORTERS[0]):
-    return p.onecall.run(DatagramBatch.from_payloads(payloads, src=src, ts=T0), p.exporters, p.batch, p.detector)
+    return p.onecall.run(DatagramBatch.from_payloads(payloads, src=src, ts=T0), p.exporters, p.batch, p.detector,
+                         p.folder)
 
 
 def test_it_takes_known_batches_and_declines_the_rest():
@@ -254,7 +271,7 @@ def test_it_takes_known_batches_and_declines_the_rest():
     for seed in range(20):
         taken.update(_run(seed, onecall=True)[1])
         mangled.update(_run(seed, onecall=True, mangle=True)[1])
-    assert taken["v5"] >= 30 and taken["sflow"] >= 12 and taken["ipfix"] >= 6
+    assert taken["v5"] >= 30 and taken["sflow"] >= 12 and taken["ipfix"] >= 6 and taken["folded"] >= 20
     assert mangled["v5"] >= 12 and mangled["sflow"] >= 7 and mangled["ipfix"] >= 7
     p = app.Pipeline(config.parse(CFG), AlertList(), clock=lambda: T0)
     v5 = build.v5([("10.1.2.3", "169.254.169.254", 1, 80)])
@@ -282,7 +299,7 @@ def test_it_takes_known_batches_and_declines_the_rest():
     cache = p.exporters.templates
     cache.dirty = False
     again = DatagramBatch.from_payloads([IPFIX], src=EXPORTERS[0], ts=T0 + 61.0)
-    assert p.onecall.run(again, p.exporters, p.batch, p.detector) == (0, 1, 0)
+    assert p.onecall.run(again, p.exporters, p.batch, p.detector, p.folder) == (0, 1, 0)
     assert cache.dirty and [received for _, received, _ in cache.templates.values()] == [T0 + 61.0]   # to be saved
     before = p.exporters.counters.copy(), p.exporters.templates.seq_next.copy()
     changed = build.template_set(10, {256: _IPFIX[:4]})
@@ -295,7 +312,7 @@ def test_it_takes_known_batches_and_declines_the_rest():
                      [build.v9([data])]):                                    # v9: another scope
         assert _one(p, payloads) is None
     late = DatagramBatch.from_payloads([build.ipfix([data], seq=3)], src=EXPORTERS[0], ts=T0 + 61.0 + 1801.0)
-    assert p.onecall.run(late, p.exporters, p.batch, p.detector) is None    # past templates.lifetime_seconds
+    assert p.onecall.run(late, p.exporters, p.batch, p.detector, p.folder) is None    # past templates.lifetime_seconds
     assert (p.exporters.counters == before[0]).all() and (p.exporters.templates.seq_next == before[1]).all()
     p.process(DatagramBatch.from_payloads([build.ipfix([swapped])], src=EXPORTERS[0], ts=T0 + 62.0))
     assert _one(p, [IPFIX]) is None                                          # the set it remembers no longer holds
@@ -314,18 +331,18 @@ def test_data_waiting_for_a_template_holds_back_only_what_would_release_or_expir
     assert len(pending) == 1                                                 # its template expired: it waits
     later = [build.ipfix([data], seq=1)]
     other = DatagramBatch.from_payloads(later, src=EXPORTERS[1], ts=T0 + 1801.0)
-    assert p.onecall.run(other, p.exporters, p.batch, p.detector) is None   # the other one's expired too
+    assert p.onecall.run(other, p.exporters, p.batch, p.detector, p.folder) is None   # the other one's expired too
     p.process(DatagramBatch.from_payloads([IPFIX], src=EXPORTERS[1], ts=T0 + 1801.0))
     taken = p.onecall.run(DatagramBatch.from_payloads(later, src=EXPORTERS[1], ts=T0 + 1802.0), p.exporters,
-                          p.batch, p.detector)
+                          p.batch, p.detector, p.folder)
     assert taken == (0, 1, 0) and len(pending) == 1                          # taken, the waiting data untouched
     resent = DatagramBatch.from_payloads([build.ipfix([build.template_set(10, {256: _IPFIX})])], src=EXPORTERS[0],
                                          ts=T0 + 1802.0)
-    assert p.onecall.run(resent, p.exporters, p.batch, p.detector) is None   # it would release the data
+    assert p.onecall.run(resent, p.exporters, p.batch, p.detector, p.folder) is None   # it would release the data
     p.process(resent)
     assert len(pending) == 0 and p.exporters.total("sets_late") == 1
     p.process(DatagramBatch.from_payloads([build.ipfix([build.data_set(300, [bytes(13)])])], src=EXPORTERS[1],
                                           ts=T0 + 1803.0))
     assert len(pending) == 1
     expiring = DatagramBatch.from_payloads(later, src=EXPORTERS[1], ts=T0 + 1803.0 + 61.0)
-    assert p.onecall.run(expiring, p.exporters, p.batch, p.detector) is None   # it would expire the data
+    assert p.onecall.run(expiring, p.exporters, p.batch, p.detector, p.folder) is None   # it would expire the data
