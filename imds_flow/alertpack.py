@@ -86,8 +86,8 @@ class Packer:
         return got
 
     def pack(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> tuple[list[bytes | None], list[float]]:
-        """(msgpack of each hit's alert with count 1, None where only hit_alerts can say: an estimate
-        past 64 bits; the alert's ts), for the same arguments as alerts.hit_alerts."""
+        """(msgpack of each hit's alert with count 1, None where only hit_alerts can say: a method
+        index out of range; the alert's ts), for the same arguments as alerts.hit_alerts."""
         idx, endpoint, direction = hits.idx, hits.endpoint, hits.direction
         m = len(idx)
         ints, floats = np.empty((m, len(kernels.HIT_INTS)), np.uint64), np.empty((m, len(kernels.HIT_FLOATS)), np.float64)
@@ -283,15 +283,13 @@ _SKIP, _UINT, _FLOAT, _NIL, _CONST, _EXPORTER, _ADDRESS, _TEXT, _HEADERS, _TRUE 
 
 @njit(_nrt=False)
 def _fields(i, ints, fbits, floats, ep, direction, base, test, kind, val):
-    """kind[k] / val[k] of alert i's field KEYS[k]; False where the dict path must decide (an
-    estimate past 64 bits, a method index out of range)."""
+    """kind[k] / val[k] of alert i's field KEYS[k]; False where the dict path must decide (a
+    method index out of range)."""
     version, flags, method = ints[i, 1], ints[i, 12], ints[i, 13]
     nbytes, packets, sampling = ints[i, 9], ints[i, 10], ints[i, 11]
     if sampling == 0:
         sampling = np.uint64(1)
-    b_est, p_est = nbytes * sampling, packets * sampling
-    if (nbytes != 0 and b_est // nbytes != sampling) or (packets != 0 and p_est // packets != sampling):
-        return False                                # past 64 bits: Python's ints do not wrap
+    b_est, p_est = kernels.sat_mul(nbytes, sampling), kernels.sat_mul(packets, sampling)
     http = flags & np.uint64(HTTP) != 0
     if http and method >= np.uint64(len(METHODS)):
         return False

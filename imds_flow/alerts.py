@@ -48,6 +48,16 @@ def _vlans(batch: FlowBatch, idx: np.ndarray) -> list[int | None]:
     return [None if x < 0 else x for x in out.tolist()]
 
 
+_U64_MAX = (1 << 64) - 1
+
+
+def saturate(value: int) -> int:
+    """An alert's bytes, packets or estimate, at most 2**64 - 1: a counter scaled by a sampling rate,
+    or folded, can pass 64 bits (a bogus or hostile record), and msgpack holds no more. The kernels
+    saturate the same way (kernels.sat_add, sat_mul)."""
+    return value if value <= _U64_MAX else _U64_MAX
+
+
 def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> list[tuple[tuple, dict]]:
     """(fold key, alert with count 1) for every hit; Python work only for hits."""
     m = len(hits)
@@ -71,7 +81,7 @@ def hit_alerts(batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) 
             "bytes": b, "packets": p, "first_seen": _time(first), "last_seen": _time(last),
             "count": 1, "sampling_rate": sampling,
             # bytes / packets as the exporter reported them; estimates scaled by its sampling rate
-            "bytes_estimate": b * sampling, "packets_estimate": p * sampling,
+            "bytes_estimate": saturate(b * sampling), "packets_estimate": saturate(p * sampling),
         }
         if in_if:                             # interface index 0: the exporter did not say
             alert["in_if"] = in_if
@@ -256,7 +266,7 @@ class Folder:
         """One more record's alert into the pending one in `row`."""
         self._count[row] += alert["count"]
         for q, name in enumerate(_SUMS):
-            self._sums[row, q] += alert.get(name, 0)
+            self._sums[row, q] = saturate(int(self._sums[row, q]) + alert.get(name, 0))
         t = self._times[row]
         for q, name, pick in ((0, "first_seen", min), (1, "last_seen", max)):
             if alert[name] is not None:

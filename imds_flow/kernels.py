@@ -298,6 +298,25 @@ def hit_fields(c, idx, ints, floats):
             j += 1
 
 
+_U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@njit
+def sat_add(a, b):
+    """a + b of two uint64, at most 2**64 - 1: an alert's bytes, packets and estimates saturate
+    rather than wrap (alerts.saturate is the same rule in Python)."""
+    s = a + b
+    return s if s >= a else _U64_MAX
+
+
+@njit
+def sat_mul(a, b):
+    """a * b of two uint64, at most 2**64 - 1 (a counter scaled by a sampling rate)."""
+    if a != 0 and b > _U64_MAX // a:
+        return _U64_MAX
+    return a * b
+
+
 @njit
 def _merge(c, i, r, g, g_count, g_sums, g_times, pending):
     """Fold group g (group_hits; i: the batch row of its last hit) into row r of the pending
@@ -306,7 +325,7 @@ def _merge(c, i, r, g, g_count, g_sums, g_times, pending):
     a_count, a_sums, a_times, a_tail = pending
     a_count[r] += g_count[g]
     for q in range(4):
-        a_sums[r, q] += g_sums[g, q]
+        a_sums[r, q] = sat_add(a_sums[r, q], g_sums[g, q])
     first, last = g_times[g, 0], g_times[g, 1]
     if first == first and not (a_times[r, 0] <= first):      # NaN never wins, a number beats NaN
         a_times[r, 0] = first
@@ -368,11 +387,12 @@ def group_hits(c, idx, ep, direction, table, hit_group, g_first, g_second, g_las
         b = c.bytes[i]
         p = c.packets[i]
         lo = 0 if g_count[g] == 1 else 4
+        b_est, p_est = sat_mul(b, samp), sat_mul(p, samp)
         for at in range(0, lo + 1, 4):
-            g_sums[g, at] += b
-            g_sums[g, at + 1] += p
-            g_sums[g, at + 2] += b * samp
-            g_sums[g, at + 3] += p * samp
+            g_sums[g, at] = sat_add(g_sums[g, at], b)
+            g_sums[g, at + 1] = sat_add(g_sums[g, at + 1], p)
+            g_sums[g, at + 2] = sat_add(g_sums[g, at + 2], b_est)
+            g_sums[g, at + 3] = sat_add(g_sums[g, at + 3], p_est)
         t0 = 0 if g_count[g] == 1 else 3
         for at in range(0, t0 + 1, 3):
             v = c.first_seen[i]

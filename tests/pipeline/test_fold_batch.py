@@ -5,6 +5,7 @@ import math
 
 import msgpack
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from imds_flow import alerts, app, config
@@ -181,3 +182,42 @@ def test_a_flood_of_new_fold_keys_makes_no_python_object_per_key():
     gc.collect()
     assert f.windows == 5000 and f.pending == 0
     assert len(gc.get_objects()) - before < 500
+
+
+_HUGE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (34, 4)]
+
+
+class _DictPath(alerts.Encoder):
+    """msgpack as the collector writes it, but every alert made as a dict (hit_alerts), not packed:
+    Pipeline packs in a kernel only with the plain Encoder."""
+
+
+@pytest.mark.parametrize("window", [60.0, 0.0])
+@pytest.mark.parametrize("batches", [1, 3])
+@pytest.mark.parametrize("encoder", [alerts.Encoder, _DictPath])
+def test_counters_past_64_bits_saturate(window, batches, encoder):
+    """A record's bytes or packets times its sampling rate (and folded sums) can pass 64 bits, which
+    msgpack cannot hold: a bogus or hostile record once made the alert's encoding fail and took its
+    batch's alerts with it. Estimates and folded sums saturate at 2**64 - 1 on every path (dict,
+    packed, grouped and folded in the kernel, merged into a pending alert)."""
+    from imds_flow import build
+    from tests.support.alerts import AlertList
+    top = (1 << 64) - 1
+    row = build.record(_HUGE, ["10.1.2.3", "169.254.169.254", 40000, 80, 6, top - 4, top - 2, 100])
+    tmpl = build.template_set(10, {256: _HUGE})
+    p = app.Pipeline(config.parse('[[endpoints]]\nname = "imds"\naddress = "169.254.169.254"\n'
+                                  f'[alerts]\nfold_window_seconds = {window}\n'), AlertList(),
+                     clock=lambda: 1.7e9, encoder=encoder())
+    p.process(DatagramBatch.from_payloads([build.ipfix([tmpl, build.data_set(256, [row])])], ts=1.7e9))
+    for k in range(batches):                  # the one-call path, its hits folded in the kernel
+        p.process(DatagramBatch.from_payloads([build.ipfix([build.data_set(256, [row, row])], seq=1 + 2 * k)],
+                                              ts=1.7e9 + k))
+        assert p.onecall.grouped >= 0 if window else p.onecall.grouped < 0
+    p.close()
+    got = p.sink.alerts
+    assert [a["count"] for a in got] == ([1, 2 * batches] if window else [1] * (1 + 2 * batches))
+    first = got[0]
+    assert (first["bytes"], first["packets"], first["bytes_estimate"], first["packets_estimate"]) == \
+        (top - 4, top - 2, top, top)
+    if window:
+        assert all(got[1][name] == top for name in ("bytes", "packets", "bytes_estimate", "packets_estimate"))
