@@ -77,7 +77,7 @@ def installed(names: list[str], say) -> list[str]:
     (say(message)) and skipped, so a run compares what it can; imds-flow is kept."""
     keep = []
     for name in names:
-        if name == "imds-flow" or available(name):
+        if name in ("imds-flow", "floor") or available(name):      # the floor is ours: bench/floor.py
             keep.append(name)
         else:
             say(f"{name} is not installed: skipped (Debian: apt-get install {RIVALS[name][0]})")

@@ -219,6 +219,9 @@ RCVBUF = {"bytes": 64 << 20}
 def start_collector(name: str, workdir: Path, workers: int, exporters: int = 4):
     if name == "imds-flow":
         return Ours(workdir, workers, rcvbuf=RCVBUF["bytes"], exporters=exporters)
+    if name == "floor":
+        from .floor import Floor
+        return Floor(workdir, RCVBUF["bytes"])
     from . import compare
     return compare.start(name, workdir)
 
@@ -425,7 +428,7 @@ def machine() -> dict:
 
 def check(st: Settings) -> None:
     """Settings click cannot check alone; raises BenchError (one line for the user)."""
-    known = ("sfcapd", "sfacctd") if st.export == "sflow" else ("nfcapd", "nfacctd")
+    known = ("sfcapd", "sfacctd") if st.export == "sflow" else ("nfcapd", "nfacctd") + (("floor",) if st.version == 5 else ())
     for r in st.compare:
         if r not in known:
             raise BenchError(f"--compare {r}: for --export {st.export} the known collectors are {', '.join(known)}")

@@ -245,9 +245,9 @@ def _rates(ctx, param, value: str) -> tuple[float, ...]:
 def _rivals(ctx, param, value: str) -> tuple[str, ...]:
     names = tuple(r.strip() for r in value.split(",") if r.strip())
     for r in names:
-        if r not in ("nfcapd", "nfacctd", "sfcapd", "sfacctd"):
+        if r not in ("nfcapd", "nfacctd", "sfcapd", "sfacctd", "floor"):
             raise click.BadParameter(f"{r}: known collectors are nfcapd, nfacctd (NetFlow / IPFIX), "
-                                     "sfcapd, sfacctd (sFlow)")
+                                     "sfcapd, sfacctd (sFlow), and floor (NetFlow v5: imds-flow's receive loop alone)")
     return names
 
 
@@ -276,7 +276,8 @@ def _rivals(ctx, param, value: str) -> tuple[str, ...]:
               help="Each exporter resends its templates every N datagrams (0: once, at the start).")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="imds-flow listen --workers.")
-@click.option("--compare", default="", callback=_rivals, help="Also measure these C collectors: nfcapd,nfacctd (NetFlow / IPFIX) or sfcapd,sfacctd (sFlow).")
+@click.option("--compare", default="", callback=_rivals, help="Also measure these C collectors: nfcapd,nfacctd (NetFlow / IPFIX) or sfcapd,sfacctd (sFlow); "
+                   "and floor (v5): imds-flow's receive loop with nothing behind it, what waking up and reading cost.")
 @click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Measure every rate this many times (interleaved across collectors); the table gives medians.")
 @click.option("--inprocess/--no-inprocess", default=True, show_default=True,
