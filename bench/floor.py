@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .compare import tree_cpu_seconds, udp_drops
+from .flowbench import Listening
 
 __all__ = ["Floor", "main"]
 
@@ -55,43 +52,23 @@ def serve(port: int, rcvbuf: int) -> None:
     receiver = receive.Receiver(sock, lc.batch_datagrams, lc.max_datagram_bytes)
     receive.warm_up()
     count = _Count()
-    print(f"listening on 127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
-    live.serve(count, [receiver], coalesce=lc.coalesce_seconds)
+    port = sock.getsockname()[1]
+    live.serve(count, [receiver], coalesce=lc.coalesce_seconds,    # said once SIGTERM is handled
+               ready=lambda: print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True))
     print(f"floor: {count.datagrams} datagrams, {count.records} records", file=sys.stderr, flush=True)
 
 
-class Floor:
+class Floor(Listening):
     """The floor as a separate process on 127.0.0.1, a fresh one per point (flowbench.measure)."""
 
     name = "floor"
 
     def __init__(self, workdir: Path, rcvbuf: int):
-        self.workdir = workdir
-        self._log = open(workdir / "floor.log", "w")
-        root = Path(__file__).parent.parent
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.floor", "--port", "0", "--rcvbuf", str(rcvbuf)],
-                                     stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL, cwd=root)
-        deadline = time.monotonic() + 60
-        while not (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", (workdir / "floor.log").read_text())):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise RuntimeError("the floor did not start: " + (workdir / "floor.log").read_text()[-2000:])
-            time.sleep(0.02)
-        self.port = int(m.group(1))
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.proc.pid)
+        super().__init__([sys.executable, "-m", "bench.floor", "--port", "0", "--rcvbuf", str(rcvbuf)],
+                         workdir / "floor.log", "the floor", cwd=Path(__file__).parent.parent)
 
     def stop(self) -> dict:
-        drops = udp_drops(self.port)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._log.close()
-        text = (self.workdir / "floor.log").read_text()
+        drops, text = self._stop()
         m = _DONE.search(text)
         if not m:
             raise RuntimeError("no count from the floor: " + text[-2000:])

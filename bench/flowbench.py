@@ -146,7 +146,41 @@ _SUMMARY = re.compile(r"stopped(?: \(\d+ workers\))?: (\d+) exporters, (\d+) dat
                       r"(?:.*?alert latency p50 ([\d.]+) ms p99 ([\d.]+) ms)?")
 
 
-class Ours:
+class Listening:
+    """A collector run as a separate process on 127.0.0.1 whose log (its stderr) says "listening on
+    127.0.0.1:PORT" once bound: started, its CPU read, stopped with SIGTERM and its log read back."""
+
+    def __init__(self, cmd: list[str], log: Path, what: str, **popen):
+        self._log_path = log
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
+                                     **popen)
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"{what} did not start: " + log.read_text()[-2000:])
+            time.sleep(0.02)
+        self.port = int(m.group(1))
+        self.started_s = time.monotonic()
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.proc.pid)
+
+    def _stop(self) -> tuple[int, str]:
+        """(datagrams the kernel dropped at its socket, its whole log) once it has exited."""
+        drops = udp_drops(self.port)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log.close()
+        return drops, self._log_path.read_text()
+
+
+class Ours(Listening):
     """`imds-flow listen` as a separate process on 127.0.0.1, a fresh one per point."""
 
     name = "imds-flow"
@@ -156,35 +190,14 @@ class Ours:
         # limits.max_exporters (default 4096) raised to the run's exporters: a bench of 5,000 measures
         # 5,000 exporters decoded, as an operator with that many sets it, not 904 refused
         (workdir / "cfg.toml").write_text(CONFIG.format(rcvbuf=rcvbuf, batch=batch, max_exporters=max(4096, exporters)))
-        self._log = open(workdir / "log", "w")
         cmd = [sys.executable, "-m", "imds_flow.cli", "listen", "127.0.0.1:0", "--config", str(workdir / "cfg.toml"),
                "--alerts", str(workdir / "alerts.mp"), "--workers", str(workers)]
         env = {**os.environ, "XDG_STATE_HOME": str(workdir / "state")}     # no template state between points
         env.pop("STATE_DIRECTORY", None)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
-                                     env=env)
-        deadline = time.monotonic() + 60
-        while not (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", (workdir / "log").read_text())):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise RuntimeError("imds-flow did not start: " + (workdir / "log").read_text()[-2000:])
-            time.sleep(0.02)
-        self.port = int(m.group(1))
-        self.started_s = time.monotonic()
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.proc.pid)
+        super().__init__(cmd, workdir / "log", "imds-flow", env=env)
 
     def stop(self) -> dict:
-        drops = udp_drops(self.port)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._log.close()
-        text = (self.workdir / "log").read_text()
+        drops, text = self._stop()
         m = _SUMMARY.search(text)
         if not m:
             raise RuntimeError("no summary from imds-flow: " + text[-2000:])
