@@ -192,3 +192,18 @@ def test_hit_fields_are_the_columns(seed, n, picks):
         assert ints[k].tolist() == want
         got, want_f = floats[k].tolist(), [float(getattr(fb.cols, name)[i]) for name in HIT_FLOATS]
         assert [g == w or (g != g and w != w) for g, w in zip(got, want_f)] == [True] * 3
+
+
+_U64 = st.one_of(st.integers(0, 2 ** 64 - 1), st.sampled_from([0, 1, 2 ** 32, 2 ** 63, 2 ** 64 - 1]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_U64, _U64)
+def test_saturating_add_and_multiply_are_plain_arithmetic_capped_at_64_bits(a, b):
+    """kernels.sat_add / sat_mul (an alert's sums and estimates) against Python's ints, and
+    alerts.saturate, the same rule on the Python side."""
+    from imds_flow.alerts import saturate
+    from imds_flow.kernels import sat_add, sat_mul
+    top = 2 ** 64 - 1
+    assert int(sat_add(np.uint64(a), np.uint64(b))) == min(a + b, top) == saturate(a + b)
+    assert int(sat_mul(np.uint64(a), np.uint64(b))) == min(a * b, top) == saturate(a * b)
