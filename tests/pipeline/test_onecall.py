@@ -179,7 +179,7 @@ def _batches(seed: int, mangle: bool = False):
         yield payloads, src, truncated
 
 
-def _run(seed: int, onecall: bool, cfg: str = CFG, mangle: bool = False):
+def _run(seed: int, onecall: bool, cfg: str = CFG, mangle: bool = False, ticks: bool = False):
     p = app.Pipeline(config.parse(cfg), AlertList(), clock=lambda: T0)
     taken = {"v5": 0, "sflow": 0, "ipfix": 0, "folded": 0}  # batches the one-call path took, by format;
     run = p.onecall.run                                    # and those whose hits it folded too
@@ -194,6 +194,8 @@ def _run(seed: int, onecall: bool, cfg: str = CFG, mangle: bool = False):
     rows = []
     for k, (payloads, src, truncated) in enumerate(_batches(seed, mangle)):
         p.process(DatagramBatch.from_payloads(payloads, src=src, ts=T0 + k * 0.25), truncated)
+        if ticks and k % 3 == 2:              # windows closed, pending alerts released, fold keys dropped
+            p.tick(T0 + k * 0.25)
         kept = p.batch.rows[: p.batch.n]
         rows.append([kept[name].tobytes() for name in V5_FIELDS])
     m = len(p.exporters)
@@ -234,11 +236,13 @@ def test_bytes_overwritten_at_random_leave_the_same_too(seed):
 def test_hits_folded_in_the_kernel_leave_what_add_hits_leaves(alerts):
     """The one-call kernels fold a batch's hits themselves (kernels.fold_batch); with windows that
     close and reopen every few batches (1 s, batches 0.25 s apart), with the fold keys' limit
-    reached, and with no folding at all the alerts, counters and state are the general path's."""
+    reached, and with no folding at all, with and without the loop's tick between batches (which
+    releases pending alerts and drops closed keys), the alerts, counters and state are the general
+    path's."""
     folded = 0
     for seed in range(8):
-        one, taken = _run(seed, True, CFG + alerts)
-        general, _ = _run(seed, False, CFG + alerts)
+        one, taken = _run(seed, True, CFG + alerts, ticks=seed % 2 == 1)
+        general, _ = _run(seed, False, CFG + alerts, ticks=seed % 2 == 1)
         assert one == general
         folded += taken["folded"]
     assert folded > 0 if "= 0.0" not in alerts else folded == 0
