@@ -292,8 +292,8 @@ class Folder:
             else:
                 self.add(hit_alerts(batch, hits, names, exporters))
             return
-        if len(self._table) < 2 * m:
-            self._scratch(2 * m)                 # twice what this batch needs: grown seldom
+        if len(self._table) < 2 * m:             # (a power of two: grown seldom)
+            self._scratch(m)
         g = kernels.fold_batch(batch.rows, hits.idx, hits.endpoint, hits.direction, m, self.kernel_fold())
         if g < 0:                                # room for every group to be a new key first
             self._keys.reserve(int(self._counters[3]))
