@@ -8,7 +8,9 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pytest
 
+from imds_flow.wire import pending
 from imds_flow.wire.pending import Pending
 from tests.support import mutate
 
@@ -100,3 +102,101 @@ def test_sets_older_than_max_seconds_expire():
     assert p.expire(T0 + 61, max_seconds=60).tolist() == [1, 1]
     assert waiting(p) == [raw(2)]
     assert p.expire(T0 + 91, max_seconds=60).tolist() == [2] and len(p) == 0
+
+
+class Oracle:
+    """The rules of the module docstring, set by set in Python: a list of (columns, bytes) in arrival
+    order."""
+
+    def __init__(self, max_bytes_per_exporter: int, max_bytes: int):
+        self.per_exporter, self.in_all = max_bytes_per_exporter, max_bytes
+        self.sets: list[tuple[dict, bytes]] = []
+
+    def add(self, rows: dict, src: np.ndarray, max_sets: int) -> list[int]:
+        for i in range(len(rows["key"])):
+            o, n = int(rows["off"][i]), int(rows["len"][i])
+            self.sets.append(({k: v[i].item() for k, v in rows.items() if k != "off"}, src[o:o + n].tobytes()))
+        drop = [False] * len(self.sets)
+        newest_first = list(range(len(self.sets)))[::-1]
+        seen: dict[int, int] = {}
+        for i in newest_first:                           # per scope, the newest max_sets stay
+            s = self.sets[i][0]["scope"]
+            seen[s] = seen.get(s, 0) + 1
+            drop[i] = seen[s] > max_sets
+        held: dict[int, int] = {}
+        for i in newest_first:                           # per exporter, newest first, within its bytes
+            e = self.sets[i][0]["exp"]
+            held[e] = held.get(e, 0) + (0 if drop[i] else self.sets[i][0]["len"])
+            drop[i] = drop[i] or held[e] > self.per_exporter
+        total = 0
+        for i in newest_first:                           # in all, newest first
+            total += 0 if drop[i] else self.sets[i][0]["len"]
+            drop[i] = drop[i] or total > self.in_all
+        return self._remove(drop)
+
+    def expire(self, now: float, max_seconds: float) -> list[int]:
+        return self._remove([now - c["ts"] > max_seconds for c, _ in self.sets])
+
+    def take(self, mask) -> list[tuple[dict, bytes]]:
+        taken = [item for item, m in zip(self.sets, mask) if m]
+        self._remove(mask)
+        return taken
+
+    def _remove(self, mask) -> list[int]:
+        gone = [c["exp"] for (c, _), m in zip(self.sets, mask) if m]
+        self.sets = [item for item, m in zip(self.sets, mask) if not m]
+        return gone
+
+
+def held(p: Pending, buf=None, cols=None) -> list[tuple[dict, bytes]]:
+    cols = p.cols if cols is None else cols
+    buf = p.buf if buf is None else buf
+    names = [k for k in cols if k != "off"]
+    return [({k: cols[k][i].item() for k in names}, buf[int(cols["off"][i]):int(cols["off"][i]) + int(cols["len"][i])]
+             .tobytes()) for i in range(len(cols["key"]))]
+
+
+@pytest.mark.parametrize("slack", [0, 4096])
+def test_random_adds_takes_and_expiries_match_the_oracle(monkeypatch, slack):
+    """Any sequence of operations: the same sets wait, byte for byte, the same leave, and what a take
+    returned is still intact in its buffer after later adds; the buffer stays within twice max_bytes
+    and a batch, and its bytes are copied seldom (amortised), not at every call."""
+    monkeypatch.setattr(pending, "SLACK", slack)
+    copied = [0]
+    gather = pending._gather
+
+    def counted(src, offs, lens, dst, dst_offs):
+        copied[0] += int(lens.sum())
+        gather(src, offs, lens, dst, dst_offs)
+    monkeypatch.setattr(pending, "_gather", counted)
+    rng = np.random.default_rng(7 + slack)
+    src = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
+    p, o = Pending(20000, 60000), Oracle(20000, 60000)
+    added, taken_before = 0, []
+    for step in range(1500):
+        op = rng.random()
+        now = T0 + step
+        if op < 0.6:
+            k = int(rng.integers(1, 5))
+            rows = {"key": rng.integers(0, 6, k).astype(np.int64), "scope": rng.integers(0, 12, k).astype(np.int64),
+                    "exp": rng.integers(0, 8, k).astype(np.int32), "ver": np.full(k, 10, np.uint8),
+                    "ts": np.full(k, now), "uptime": rng.integers(0, 1 << 32, k).astype(np.uint32),
+                    "secs": np.full(k, now + 0.5), "off": rng.integers(0, 60000, k).astype(np.int64),
+                    "len": rng.integers(1, 1500, k).astype(np.int64)}
+            max_sets = int(rng.integers(4, 16))
+            added += int(rows["len"].sum())
+            assert p.add(rows, src, max_sets).tolist() == o.add(rows, src, max_sets)
+        elif op < 0.7 and len(p):
+            mask = rng.random(len(p)) < 0.2
+            cols, buf = p.take(mask)
+            got = held(p, buf, cols)
+            assert got == o.take(mask)
+            taken_before.append((buf, cols, got))
+        else:
+            max_seconds = float(rng.integers(5, 40))
+            assert p.expire(now, max_seconds).tolist() == o.expire(now, max_seconds)
+        assert held(p) == o.sets
+        assert len(p.buf) <= 2 * (60000 + 4 * 1500)       # twice max_bytes and a batch
+    for buf, cols, got in taken_before:                  # never overwritten by what came after
+        assert held(p, buf, cols) == got
+    assert copied[0] <= 3 * added                        # was the whole buffer at each add and removal
