@@ -48,7 +48,7 @@ def _vlans(batch: FlowBatch, idx: np.ndarray) -> list[int | None]:
     return [None if x < 0 else x for x in out.tolist()]
 
 
-_U64_MAX = (1 << 64) - 1
+_U64_MAX = int(kernels.U64_MAX)
 
 
 def saturate(value: int) -> int:

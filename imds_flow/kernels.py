@@ -298,7 +298,7 @@ def hit_fields(c, idx, ints, floats):
             j += 1
 
 
-_U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)         # bytes, packets and estimates saturate here
 
 
 @njit
@@ -306,14 +306,14 @@ def sat_add(a, b):
     """a + b of two uint64, at most 2**64 - 1: an alert's bytes, packets and estimates saturate
     rather than wrap (alerts.saturate is the same rule in Python)."""
     s = a + b
-    return s if s >= a else _U64_MAX
+    return s if s >= a else U64_MAX
 
 
 @njit
 def sat_mul(a, b):
     """a * b of two uint64, at most 2**64 - 1 (a counter scaled by a sampling rate)."""
-    if a != 0 and b > _U64_MAX // a:
-        return _U64_MAX
+    if a != 0 and b > U64_MAX // a:
+        return U64_MAX
     return a * b
 
 

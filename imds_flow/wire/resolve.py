@@ -195,8 +195,9 @@ def _plans(sets: np.ndarray, pos: np.ndarray, uniq: np.ndarray, inverse: np.ndar
         dpid = np.fromiter((p for _, p in flat), np.int32, len(flat))
         order = np.argsort(np.repeat(dkeys, count), kind="stable")
         drow, dpid = drow[order], dpid[order]
-        ukeys = np.sort(dkeys)
-        dk = np.repeat(np.arange(len(ukeys)), count[np.argsort(dkeys, kind="stable")])   # its key's rank
+        by_key = np.argsort(dkeys)                 # (dict keys: distinct)
+        ukeys = dkeys[by_key]
+        dk = np.repeat(np.arange(len(ukeys)), count[by_key])   # each definition's key, as its rank
         first = np.searchsorted(dk, np.arange(len(ukeys)))
         earlier = np.array([before[k] for k in ukeys.tolist()], np.int32)
         earlier = np.where(earlier >= 0, earlier, dpid[first])  # none held before: the first definition
