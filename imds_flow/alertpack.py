@@ -43,6 +43,7 @@ def _table(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 
 _NOTHING = np.empty(0, np.uint8)                 # _pack's out when it only measures
+_ROOM = -1                                        # _pack_leaving: out must first grow
 
 
 class Packer:
@@ -55,6 +56,9 @@ class Packer:
         self._consts: dict[tuple, tuple] = {}
         self._owner = None                        # the exporter table whose rows _exporters holds
         self._e_buf, self._e_off, self._e_port = np.zeros(64, np.uint8), np.zeros(1, np.int64), np.zeros(0, np.uint64)
+        self._leaving_scratch(64)
+        self._field_scratch = np.empty(len(KEYS), np.int64), np.empty(len(KEYS), np.uint64)   # _fields' kind, val
+        self._out, self._res = np.empty(4096, np.uint8), np.zeros(2, np.int64)   # pack_leaving's bytes; (alerts, size)
 
     def _exporters(self, exporters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each exporter row's address as a packed str (buffer, offsets) and its port, rows added as
@@ -85,6 +89,11 @@ class Packer:
                 self._consts.pop(next(iter(self._consts)))
         return got
 
+    def _strings(self, hits: Hits, names: tuple[str, ...]) -> tuple:
+        """_constants for these hits' endpoint names, signals and header names."""
+        signals = hits.signals + ("address",) * max(0, len(names) - len(hits.signals))
+        return self._constants(names, signals, hits.header_names)
+
     def pack(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> tuple[list[bytes | None], list[float]]:
         """(msgpack of each hit's alert with count 1, None where only hit_alerts can say: a method
         index out of range; the alert's ts), for the same arguments as alerts.hit_alerts."""
@@ -92,8 +101,7 @@ class Packer:
         m = len(idx)
         ints, floats = np.empty((m, len(kernels.HIT_INTS)), np.uint64), np.empty((m, len(kernels.HIT_FLOATS)), np.float64)
         kernels.hit_fields(batch.rows, np.ascontiguousarray(idx, np.int64), ints, floats)
-        signals = hits.signals + ("address",) * max(0, len(names) - len(hits.signals))
-        consts, c_off, base, n_headers = self._constants(names, signals, hits.header_names)
+        consts, c_off, base, n_headers = self._strings(hits, names)
         test, n_test, test_port = self._test
         args = (ints, floats, floats.view(np.uint64), *self._exporters(exporters),
                 np.ascontiguousarray(endpoint, np.int64), np.ascontiguousarray(direction, np.int64),
@@ -107,6 +115,42 @@ class Packer:
         starts = [0] + ends[:-1].tolist()
         packed = [blob[a:b] if good else None for a, b, good in zip(starts, ends.tolist(), ok.tolist())]
         return packed, floats[:, 0].tolist()
+
+    def pack_leaving(self, kind: np.ndarray, groups_ints: np.ndarray, groups: int, batch: FlowBatch, hits: Hits,
+                     names: tuple[str, ...], exporters) -> tuple[list[bytes], list[float]]:
+        """The alerts of the groups kernels.fold_batch left to alerts.Folder.finish (`kind`, and
+        Folder's per-group ints) that only leave: each a window opened by one hit, releasing no
+        held alert (an alert flood: nearly every matching record a new fold key). Returns (msgpack
+        of each such group's alert, its ts) in group order, the bytes pack() makes, from one kernel
+        call and no Python per alert but its slice, and sets those groups' kind to 0: the others
+        are Folder._open_groups' as before."""
+        if groups > len(self._leaving[0]):
+            self._leaving_scratch(2 * groups)
+        test, n_test, test_port = self._test
+        args = (kind, groups_ints, groups, hits.idx, hits.endpoint, hits.direction, batch.rows, self._leaving,
+                *self._exporters(exporters), *self._strings(hits, names), *self._keys, batch.buf, batch.late_buf,
+                test, n_test, test_port, self._field_scratch)
+        if _pack_leaving(*args, self._out, self._res) == _ROOM:
+            self._out = np.empty(2 * int(self._res[1]), np.uint8)
+            _pack_leaving(*args, self._out, self._res)
+        k, size = self._res.tolist()
+        if not k:
+            return [], []
+        blob = self._out[:size].tobytes()
+        ends, stamps, ok = self._leaving[7], self._leaving[5], self._leaving[8]
+        starts = [0] + ends[: k - 1].tolist()
+        if ok[:k].all():                          # the usual: every one packed
+            return [blob[a:b] for a, b in zip(starts, ends[:k].tolist())], stamps[:k, 0].tolist()
+        good = np.flatnonzero(ok[:k])
+        return [blob[starts[i]:ends[i]] for i in good.tolist()], stamps[good, 0].tolist()
+
+    def _leaving_scratch(self, size: int) -> None:
+        """pack_leaving's scratch for `size` groups: their numbers, hit rows, endpoints, directions,
+        ints, floats (and their bits), ends, ok, is_test."""
+        floats = np.empty((size, len(kernels.HIT_FLOATS)), np.float64)
+        numbers = tuple(np.empty(size, np.int64) for _ in range(4))
+        self._leaving = numbers + (np.empty((size, len(kernels.HIT_INTS)), np.uint64), floats, floats.view(np.uint64),
+                                   np.empty(size, np.int64), np.empty(size, np.bool_), np.empty(size, np.bool_))
 
 
 # --- the kernel: msgpack by hand (the msgpack-python packer's choices: the shortest int, float64,
@@ -414,3 +458,41 @@ def _pack(ints, floats, fbits, e_buf, e_off, e_port, ep, direction, consts, c_of
                          buf, late_buf, kind, val, write)
         ends[i] = pos
     return pos
+
+
+@kernel
+def _pack_leaving(kind, g, groups, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_off, e_port, consts, c_off, base,
+                  n_headers, keys, k_off, buf, late_buf, test, n_test, port, field_scratch, out, res):
+    """Packer.pack_leaving's kernel: the alert of the first hit (g[1], a position in the hits) of
+    every group of kind 2 with one hit (g[4], its count) and no released row (g[6] < 0) into out,
+    in group order, as _pack writes it for Packer.pack, and that group's kind set to 0 where it
+    was packed (ok); res = (such groups, bytes). Returns _ROOM, changing nothing but scratch, res
+    and out, when out must first hold res[1] bytes; else 0."""
+    grp, sel, ep, direction, ints, floats, fbits, ends, ok, is_test = scratch
+    f_kind, f_val = field_scratch
+    k = 0
+    for j in range(groups):
+        if kind[j] == 2 and g[4, j] == 1 and g[6, j] < 0:
+            at = g[1, j]
+            grp[k] = j
+            sel[k] = h_idx[at]
+            ep[k] = h_ep[at]
+            direction[k] = h_dir[at]
+            k += 1
+    res[0] = k
+    res[1] = 0
+    if k == 0:
+        return 0
+    kernels.hit_fields(rows, sel[:k], ints[:k], floats[:k])
+    res[1] = _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off,
+                   base, n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k],
+                   is_test[:k], out, False)
+    if res[1] > out.shape[0]:
+        return _ROOM
+    _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off, base,
+          n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k], is_test[:k],
+          out, True)
+    for i in range(k):
+        if ok[i]:
+            kind[grp[i]] = 0
+    return 0

@@ -208,15 +208,19 @@ class _FoldKeys:
 
 
 class Folder:
-    """`emit` takes each alert dict as it leaves. With `pack` (alertpack.Packer.pack) and
+    """`emit` takes each alert dict as it leaves. With `packer` (alertpack.Packer) and
     `emit_packed` (its bytes and ts), an alert that leaves as it is made, never held to fold, is
-    made as msgpack bytes in one kernel call per batch instead (an alert flood's every alert)."""
+    made as msgpack bytes in one kernel call per batch instead (an alert flood's every alert);
+    `emit_packed_many` (bytes, ts: lists) takes a batch's at once where given."""
 
     def __init__(self, window: float, emit: Callable[[dict], None], max_keys: int = 1 << 62,
-                 pack: Callable | None = None, emit_packed: Callable[[bytes, float], None] | None = None):
+                 packer=None, emit_packed: Callable[[bytes, float], None] | None = None,
+                 emit_packed_many: Callable[[list, list], None] | None = None):
         self.window = window
         self.emit = emit
-        self.pack, self.emit_packed = pack, emit_packed
+        self.packer, self.emit_packed = packer, emit_packed
+        self.pack = packer.pack if packer is not None else None
+        self.emit_packed_many = emit_packed_many or self._emit_each
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
         self.windows = 0                     # fold keys with an open window
@@ -326,9 +330,21 @@ class Folder:
         return rest > 0
 
     def finish(self, groups: int, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> None:
-        """The groups kernels.fold_batch left to Python: alerts that leave or are held."""
+        """The groups kernels.fold_batch left to Python: alerts that leave or are held. New keys'
+        lone hits leave first (Packer.pack_leaving), then the other groups' alerts in group order:
+        a key has one group per batch, so each key's alerts keep their order."""
+        if self.packer is not None:              # new keys' lone hits (an alert flood's): packed in one call,
+            blobs, stamps = self.packer.pack_leaving(self._kind, self._ints, groups, batch, hits, names, exporters)
+            if blobs:                            # leaving first; their groups' kind is now 0
+                self.emit_packed_many(blobs, stamps)
         kind = self._kind[:groups]
-        self._open_groups(np.flatnonzero(kind), kind, batch, hits, names, exporters)
+        at = np.flatnonzero(kind)
+        if len(at):
+            self._open_groups(at, kind, batch, hits, names, exporters)
+
+    def _emit_each(self, blobs: list[bytes], stamps: list[float]) -> None:
+        for blob, ts in zip(blobs, stamps):
+            self.emit_packed(blob, ts)
 
     def _emit_all(self, batch: FlowBatch, hits: Hits, names, exporters) -> None:
         """No folding: every hit's alert leaves at once, packed (a dict where pack cannot say)."""

@@ -70,7 +70,8 @@ class Pipeline:
         # msgpack (the default format): alerts that leave at once are packed by one kernel per batch
         packer = Packer((PROBE_SOURCE, PROBE_SOURCE_V6), PROBE_PORT) if type(self.encoder) is Encoder else None
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit, lim.max_fold_keys,
-                             pack=packer.pack if packer else None, emit_packed=self._emit_packed)
+                             packer=packer, emit_packed=self._emit_packed,
+                             emit_packed_many=self._emit_packed_many)
         self._bounds_logged = (0, 0)          # (batches_split, folder.over_limit) at the last warning
         self._bounds_limit = RateLimit(config.logging.error_interval_seconds)
         self._redefined = 0                   # template redefinitions at the last debug line
@@ -92,6 +93,12 @@ class Pipeline:
         self._out.append(alert)
         self._out_ts.append(ts)
         self.alerts_written += 1
+
+    def _emit_packed_many(self, alerts: list[bytes], stamps: list[float]) -> None:
+        """_emit_packed for a batch's alerts at once (alerts.Folder.finish in an alert flood)."""
+        self._out += alerts
+        self._out_ts += stamps
+        self.alerts_written += len(alerts)
 
     def process(self, dg: DatagramBatch, truncated: np.ndarray | None = None) -> None:
         """Decode, detect and alert one batch of datagrams; alerts are written before it returns.

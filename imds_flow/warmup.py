@@ -51,7 +51,7 @@ def warm_up(pipeline) -> None:
         for payload in (_V5, SFLOW):         # the one-call kernels (scratch knows the sFlow agent now), with
             pipeline.onecall.run(DatagramBatch.from_payloads([payload], ts=0.0), scratch, FlowBatch(64),
                                  pipeline.detector, Folder(60.0, lambda alert: None))   # a folder of their own
-        folder = Folder(60.0, lambda alert: None, pack=pipeline.folder.pack, emit_packed=lambda alert, ts: None)
+        folder = Folder(60.0, lambda alert: None, packer=pipeline.folder.packer, emit_packed=lambda alert, ts: None)
         kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
         for _ in range(2):                   # the second time, the hits merge into the pending alert
             folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),

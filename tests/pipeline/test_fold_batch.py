@@ -77,7 +77,7 @@ def test_add_hits_is_add_of_hit_alerts(batches, window, gaps, ticks, max_keys, s
     alerts that leave at once packed by alertpack (the msgpack of every alert is the same)."""
     fast, slow = [], []
     enc = alerts.Encoder()
-    pack = dict(pack=Packer().pack, emit_packed=lambda alert, ts: fast.append(msgpack.unpackb(alert))) if packed else {}
+    pack = dict(packer=Packer(), emit_packed=lambda alert, ts: fast.append(msgpack.unpackb(alert))) if packed else {}
     f_fast, f_slow = Folder(window, fast.append, max_keys, **pack), Folder(window, slow.append, max_keys)
     names = ("imds", "other")
     t = 0.0
@@ -165,7 +165,7 @@ def test_a_flood_of_new_fold_keys_makes_no_python_object_per_key():
     did: full collections over hundreds of thousands of them took tens of ms in a flood)."""
     import gc
     out = []
-    f = Folder(60.0, out.append, pack=Packer().pack, emit_packed=lambda alert, ts: out.append(ts))
+    f = Folder(60.0, out.append, packer=Packer(), emit_packed=lambda alert, ts: out.append(ts))
     names = ("imds", "other")
     batches = []
     for b in range(50):
@@ -182,6 +182,48 @@ def test_a_flood_of_new_fold_keys_makes_no_python_object_per_key():
     gc.collect()
     assert f.windows == 5000 and f.pending == 0
     assert len(gc.get_objects()) - before < 500
+
+
+def test_new_keys_lone_hits_leave_in_one_kernel_call_and_nothing_else_does():
+    """Packer.pack_leaving takes the groups left to Folder.finish that are a lone hit opening a
+    window: they leave through emit_packed_many, in group order, the bytes the dict path makes. A
+    lone hit in an open window (held), a lone hit that reopens a window over a held alert (which
+    must leave first) and a new key's group of two (whose second is held) go the general way, in a
+    batch of their own or beside lone new keys (which then leave first); each key's alerts in the
+    order the dict path emits them."""
+    names = ("imds", "other")
+    many, each, slow = [], [], []
+    f = Folder(2.0, each.append, packer=Packer(), emit_packed=lambda alert, ts: each.append(msgpack.unpackb(alert)),
+               emit_packed_many=lambda alerts, stamps: many.append([msgpack.unpackb(a) for a in alerts]))
+    ref = Folder(2.0, slow.append)
+
+    def batch(*rows):
+        m = len(rows)
+        fb = _batch_of_hits([(key, ts, 100 + i, math.nan, math.nan, 1024 + i, -1) for i, (key, ts) in enumerate(rows)])
+        hits = Hits(np.arange(m, dtype=np.int64), np.zeros(m, np.int32), np.zeros(m, np.uint8), 0)
+        f.add_hits(fb, hits, names, _Exporters)
+        ref.add(hit_alerts(fb, hits, names, _Exporters))
+
+    src = lambda key: f"10.0.0.{1 + key}"                   # noqa: E731 - _batch_of_hits' source of a key
+    batch(*[(k, 1.0) for k in range(6)])                    # six new keys, one hit each
+    assert [[a["src"] for a in b] for b in many] == [[src(k) for k in range(6)]] and each == []
+    batch((1, 1.5), (1, 1.6))                               # key 1's window: a pending alert of count 2
+    batch((2, 1.7))                                         # a lone hit in key 2's open window: held
+    assert len(many) == 1 and each == [] and f.pending == 2
+    batch((1, 5.0))                                         # reopens key 1's window: its held alert leaves first
+    assert len(many) == 1 and [a["count"] for a in each] == [2, 1] and f.pending == 1
+    batch((7, 6.0), (7, 6.1))                               # a new key, two hits: the first leaves, the second is held
+    assert len(many) == 1 and len(each) == 3 and f.pending == 2
+    batch((20, 6.2), (2, 6.2), (21, 6.2))                   # lone new keys beside one that reopens over a held alert
+    assert [a["src"] for a in many[1]] == [src(20), src(21)] and len(many) == 2
+    assert [(a["src"], a["count"]) for a in each[3:]] == [(src(2), 1), (src(2), 1)] and f.pending == 1
+    f.close()
+    ref.close()
+    got = [a for b in many for a in b] + each
+    enc = alerts.Encoder()
+    assert sorted(map(enc.encode, got)) == sorted(map(enc.encode, slow)) and len(got) == len(slow)
+    for key in (1, 2, 7):
+        assert [a for a in got if a["src"] == src(key)] == [a for a in slow if a["src"] == src(key)]
 
 
 _HUGE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (34, 4)]
