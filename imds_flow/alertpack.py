@@ -137,12 +137,8 @@ class Packer:
         if not k:
             return [], []
         blob = self._out[:size].tobytes()
-        ends, stamps, ok = self._leaving[7], self._leaving[5], self._leaving[8]
-        starts = [0] + ends[: k - 1].tolist()
-        if ok[:k].all():                          # the usual: every one packed
-            return [blob[a:b] for a, b in zip(starts, ends[:k].tolist())], stamps[:k, 0].tolist()
-        good = np.flatnonzero(ok[:k])
-        return [blob[starts[i]:ends[i]] for i in good.tolist()], stamps[good, 0].tolist()
+        ends = self._leaving[7][:k].tolist()
+        return [blob[a:b] for a, b in zip([0] + ends[:-1], ends)], self._leaving[5][:k, 0].tolist()
 
     def _leaving_scratch(self, size: int) -> None:
         """pack_leaving's scratch for `size` groups: their numbers, hit rows, endpoints, directions,
@@ -465,9 +461,10 @@ def _pack_leaving(kind, g, groups, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_o
                   n_headers, keys, k_off, buf, late_buf, test, n_test, port, field_scratch, out, res):
     """Packer.pack_leaving's kernel: the alert of the first hit (g[1], a position in the hits) of
     every group of kind 2 with one hit (g[4], its count) and no released row (g[6] < 0) into out,
-    in group order, as _pack writes it for Packer.pack, and that group's kind set to 0 where it
-    was packed (ok); res = (such groups, bytes). Returns _ROOM, changing nothing but scratch, res
-    and out, when out must first hold res[1] bytes; else 0."""
+    in group order, as _pack writes it for Packer.pack, and those groups' kind set to 0; res =
+    (such groups, bytes). Returns _ROOM, changing nothing but scratch, res and out, when out must
+    first hold res[1] bytes; else 0. (One kernel: packing from Python, in four calls, cost twice as
+    much a batch on the live core; holding _pack makes the first start's compile ~5 s longer.)"""
     grp, sel, ep, direction, ints, floats, fbits, ends, ok, is_test = scratch
     f_kind, f_val = field_scratch
     k = 0
@@ -479,20 +476,24 @@ def _pack_leaving(kind, g, groups, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_o
             ep[k] = h_ep[at]
             direction[k] = h_dir[at]
             k += 1
-    res[0] = k
+    res[0] = 0
     res[1] = 0
     if k == 0:
         return 0
     kernels.hit_fields(rows, sel[:k], ints[:k], floats[:k])
-    res[1] = _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off,
-                   base, n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k],
-                   is_test[:k], out, False)
-    if res[1] > out.shape[0]:
+    size = _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off, base,
+                 n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k],
+                 is_test[:k], out, False)
+    for i in range(k):
+        if not ok[i]:           # an alert only hit_alerts can say (none the decoders make): every group
+            return 0            # is Folder._open_groups', as before
+    res[1] = size
+    if size > out.shape[0]:
         return _ROOM
     _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off, base,
           n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k], is_test[:k],
           out, True)
     for i in range(k):
-        if ok[i]:
-            kind[grp[i]] = 0
+        kind[grp[i]] = 0
+    res[0] = k
     return 0
