@@ -219,7 +219,6 @@ class Folder:
         self.window = window
         self.emit = emit
         self.packer, self.emit_packed = packer, emit_packed
-        self.pack = packer.pack if packer is not None else None
         self.emit_packed_many = emit_packed_many or self._emit_each
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
@@ -291,7 +290,7 @@ class Folder:
         if not m:
             return
         if self.window <= 0:                     # no folding: every alert leaves at once
-            if self.pack is not None:
+            if self.packer is not None:
                 self._emit_all(batch, hits, names, exporters)
             else:
                 self.add(hit_alerts(batch, hits, names, exporters))
@@ -348,7 +347,7 @@ class Folder:
 
     def _emit_all(self, batch: FlowBatch, hits: Hits, names, exporters) -> None:
         """No folding: every hit's alert leaves at once, packed (a dict where pack cannot say)."""
-        blobs, stamps = self.pack(batch, hits, names, exporters)
+        blobs, stamps = self.packer.pack(batch, hits, names, exporters)
         rest = [k for k, blob in enumerate(blobs) if blob is None]
         made = {}
         if rest:
@@ -369,10 +368,10 @@ class Folder:
                          count[at].tolist()))
         # the first hit of a group opening a window leaves at once: packed where a packer is set
         packed = {}
-        if self.pack is not None:
+        if self.packer is not None:
             two = [first[j] for j, k, *_ in steps if k == 2]
             if two:
-                blobs, stamps = self.pack(batch, hits.subset(np.array(two, np.int64)), names, exporters)
+                blobs, stamps = self.packer.pack(batch, hits.subset(np.array(two, np.int64)), names, exporters)
                 packed = {pos: (b, t) for pos, b, t in zip(two, blobs, stamps) if b is not None}
         # alert dicts only where one is needed: the first hit of a group opening a pending alert or
         # a window (unless packed), the second hit of a group opening a window with more to fold
