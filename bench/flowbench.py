@@ -441,7 +441,7 @@ def machine() -> dict:
 
 def check(st: Settings) -> None:
     """Settings click cannot check alone; raises BenchError (one line for the user)."""
-    known = ("sfcapd", "sfacctd") if st.export == "sflow" else ("nfcapd", "nfacctd") + (("floor",) if st.version == 5 else ())
+    known = ("sfcapd", "sfacctd", "floor") if st.export == "sflow" else ("nfcapd", "nfacctd") + (("floor",) if st.version == 5 else ())
     for r in st.compare:
         if r not in known:
             raise BenchError(f"--compare {r}: for --export {st.export} the known collectors are {', '.join(known)}")

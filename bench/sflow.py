@@ -9,7 +9,9 @@ kernel on every sampled header, detection, alerts), one core, median of runs.
 End to end: each collector (`imds-flow listen`, nfdump's sfcapd, pmacct's sfacctd) in turn gets the
 same datagrams over loopback at a pace none of them drops at; the CPU time of its process tree from
 before the first datagram to the end of its drain, divided by the samples it decoded, is its CPU per
-million samples (lower is better). With --repeat R every collector runs R times, interleaved (all of
+million samples (lower is better). `floor` (bench/floor.py) is imds-flow's receive loop alone, reading
+the same datagrams and decoding none: what waking up and reading cost, which no decoder can save; it
+is shown, not counted as a rival. With --repeat R every collector runs R times, interleaved (all of
 them, then again) so that other load on the machine falls on each alike; the table gives medians.
 CPU is read from /proc in 10 ms ticks: a run of a few seconds measures to a few per cent.
 
@@ -114,13 +116,23 @@ def _send(port: int, payloads: list[bytes], rate: float) -> float:
         return time.perf_counter() - t0
 
 
-def _collector(name: str, work, rcvbuf: int):
-    """(process, port, count()) of a collector listening on 127.0.0.1."""
+def _collector(name: str, work, rcvbuf: int, samples: int = 8):
+    """(process, port, count(), stop signal) of a collector listening on 127.0.0.1; count() gives the
+    samples it decoded (the floor: the samples in the datagrams it read, `samples` in each)."""
     import re
     import subprocess
     from pathlib import Path
     from .compare import _free_port
     work = Path(work)
+    if name == "floor":
+        from .floor import Floor
+        floor = Floor(work, rcvbuf)
+        floor._log.close()             # the floor's process keeps its own handle; count() reads the file
+
+        def count() -> int:
+            m = re.search(r"floor: (\d+) datagrams", (work / "floor.log").read_text())
+            return int(m.group(1)) * samples
+        return floor.proc, floor.port, count, "SIGTERM"
     if name == "imds-flow":
         (work / "cfg.toml").write_text(
             f'[[endpoints]]\nname = "aws-imds-ipv4"\naddress = "169.254.169.254"\n[listen]\nrcvbuf_bytes = {rcvbuf}\n'
@@ -171,7 +183,7 @@ def _collector(name: str, work, rcvbuf: int):
             return total
         sig = "SIGINT"
     else:
-        raise ValueError(f"unknown collector {name!r}: imds-flow, sfcapd or sfacctd")
+        raise ValueError(f"unknown collector {name!r}: imds-flow, sfcapd, sfacctd or floor")
     log = open(work / f"{name}.log", "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work,
                             start_new_session=True)
@@ -197,7 +209,8 @@ def compare(names: list[str], datagrams: int = 50_000, samples: int = 8, rate: f
         for name in names:
             rows.append(_run(name, payloads, samples, rate, rcvbuf) | {"run": k + 1})
             r = rows[-1]
-            print(f"  [{len(rows):2d}] {name:>9}: {r['samples_decoded']:,} of {r['samples_sent']:,} samples decoded, "
+            print(f"  [{len(rows):2d}] {name:>9}: {r['samples_decoded']:,} of {r['samples_sent']:,} samples "
+                  f"{'read' if name == 'floor' else 'decoded'}, "
                   f"{r['kernel_drops']} kernel drops, {r['cpu_seconds_per_million_samples']:.3f} CPU s per million "
                   "samples", file=sys.stderr)
     return rows
@@ -210,7 +223,7 @@ def _run(name: str, payloads: list[bytes], samples: int, rate: float, rcvbuf: in
     from .compare import tree_cpu_seconds, udp_drops
     sent = len(payloads) * samples
     with tempfile.TemporaryDirectory(prefix=f"sflow-bench-{name}-") as work:
-        proc, port, count, sig = _collector(name, work, rcvbuf)
+        proc, port, count, sig = _collector(name, work, rcvbuf, samples)
         try:
             time.sleep(1.0)                          # let it settle (imds-flow loads its kernels)
             cpu0 = tree_cpu_seconds(proc.pid)
@@ -246,7 +259,7 @@ def summarise(rows: list[dict]) -> dict:
                      "min_samples_decoded": min(r["samples_decoded"] for r in mine),
                      "samples_sent": mine[0]["samples_sent"],
                      "max_kernel_drops": max(r["kernel_drops"] for r in mine)}
-    rivals = [v["median_cpu_seconds_per_million_samples"] for k, v in out.items() if k != "imds-flow"]
+    rivals = [v["median_cpu_seconds_per_million_samples"] for k, v in out.items() if k not in ("imds-flow", "floor")]
     best = min(rivals, default=0.0)
     ratio = out["imds-flow"]["median_cpu_seconds_per_million_samples"] / best if best and "imds-flow" in out else None
     return {"collectors": out, "ratio_to_best_rival": ratio}
@@ -270,7 +283,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=512, help="datagrams per Pipeline.process call")
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--compare", default="", help="also run end to end against these: sfcapd, sfacctd")
+    p.add_argument("--compare", default="", help="also run end to end against these: sfcapd, sfacctd; and floor "
+                                                 "(imds-flow's receive loop alone)")
     p.add_argument("--datagrams", type=int, default=50_000, help="end to end: datagrams sent to each collector")
     p.add_argument("--rate", type=float, default=200_000, help="end to end: samples/s offered")
     p.add_argument("--repeat", type=int, default=1, help="end to end: runs of each collector, interleaved")
@@ -299,6 +313,11 @@ def main(argv=None) -> int:
         if ratio is not None:
             print(f"imds-flow uses {ratio:.2f}x the CPU per sample of the better rival (medians; target: at most "
                   "0.5x)", file=sys.stderr)
+        c = result["summary"]["collectors"]
+        if "floor" in c and "imds-flow" in c:
+            floor, ours = (c[k]["median_cpu_seconds_per_million_samples"] for k in ("floor", "imds-flow"))
+            print(f"the floor (receiving alone) is {floor:.3f} of imds-flow's {ours:.3f} CPU s per million samples: "
+                  f"decoding, detection and alerts take the other {max(ours - floor, 0.0):.3f}", file=sys.stderr)
     if a.out:
         from pathlib import Path
         path = Path(a.out) / f"bench-sflow-{stamp:%Y%m%d-%H%M%S}.json"

@@ -247,7 +247,7 @@ def _rivals(ctx, param, value: str) -> tuple[str, ...]:
     for r in names:
         if r not in ("nfcapd", "nfacctd", "sfcapd", "sfacctd", "floor"):
             raise click.BadParameter(f"{r}: known collectors are nfcapd, nfacctd (NetFlow / IPFIX), "
-                                     "sfcapd, sfacctd (sFlow), and floor (NetFlow v5: imds-flow's receive loop alone)")
+                                     "sfcapd, sfacctd (sFlow), and floor (NetFlow v5 and sFlow: imds-flow's receive loop alone)")
     return names
 
 
@@ -277,7 +277,7 @@ def _rivals(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="imds-flow listen --workers.")
 @click.option("--compare", default="", callback=_rivals, help="Also measure these C collectors: nfcapd,nfacctd (NetFlow / IPFIX) or sfcapd,sfacctd (sFlow); "
-                   "and floor (v5): imds-flow's receive loop with nothing behind it, what waking up and reading cost.")
+                   "and floor (v5, sFlow): imds-flow's receive loop with nothing behind it, what waking up and reading cost.")
 @click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Measure every rate this many times (interleaved across collectors); the table gives medians.")
 @click.option("--inprocess/--no-inprocess", default=True, show_default=True,

@@ -1,5 +1,6 @@
 """bench/floor.py: imds-flow's receive loop with nothing behind it counts every v5 record sent to
-it over loopback, and the bench takes it as a collector of NetFlow v5 only."""
+it over loopback, and the bench takes it as a collector of NetFlow v5 and sFlow only (the sFlow
+bench's use of it: tests/bench/test_sflow_bench.py)."""
 from __future__ import annotations
 
 import socket
@@ -22,7 +23,7 @@ def test_the_floor_receives_every_record(tmp_path):
     assert got["kernel_drop_datagrams"] <= 2
 
 
-def test_floor_is_a_collector_of_v5_only():
+def test_floor_is_a_collector_of_v5_and_sflow_only():
     from tests.bench.test_flowbench import bench
     r = bench("--export", "ipfix", "--compare", "floor")
     assert r.returncode == 2 and "--compare floor" in r.stderr and r.stderr.count("\n") == 1

@@ -27,16 +27,32 @@ def test_summary_gives_medians_and_the_ratio_to_the_better_rival():
     assert sflow.summarise(rows[:3])["ratio_to_best_rival"] is None          # no rival: no ratio
 
 
+def test_the_floor_is_shown_but_is_no_rival():
+    rows = [_row("imds-flow", 0.5, 1), _row("sfcapd", 1.0, 1), _row("floor", 0.3, 1)]
+    s = sflow.summarise(rows)
+    assert s["collectors"]["floor"]["median_cpu_seconds_per_million_samples"] == 0.3
+    assert s["ratio_to_best_rival"] == 0.5                                  # against sfcapd, not the floor
+    assert "floor" in sflow.table(s)
+    assert sflow.summarise([rows[0], rows[2]])["ratio_to_best_rival"] is None
+
+
+def test_the_floor_reads_every_sample_end_to_end():
+    """bench/floor.py as the sFlow bench's floor: it reads every datagram sent (and decodes none)."""
+    rows = sflow.compare(["floor"], datagrams=200, rate=20_000)
+    assert [(r["collector"], r["samples_sent"]) for r in rows] == [("floor", 1600)]
+    assert rows[0]["samples_decoded"] + 8 * rows[0]["kernel_drops"] == 1600 and rows[0]["kernel_drops"] == 0
+
+
 def test_cli_settings_reach_the_sflow_bench(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(sflow, "main", lambda argv: seen.append(argv) or 0)
     st = flowbench.Settings(export="sflow", rates=(100_000.0,), duration=2.0, repeat=3, imds_fraction=0.01,
-                            compare=("sfcapd",), inprocess=False, out=tmp_path)
+                            compare=("sfcapd", "floor"), inprocess=False, out=tmp_path)
     assert flowbench.run(st) == 0
     argv = seen[0]
     opt = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--") and argv[i] != "--no-inprocess"}
     assert "--no-inprocess" in argv
-    assert opt == {"--compare": "sfcapd", "--rate": "100000.0", "--datagrams": "25000", "--repeat": "3",
+    assert opt == {"--compare": "sfcapd,floor", "--rate": "100000.0", "--datagrams": "25000", "--repeat": "3",
                    "--imds-fraction": "0.01", "--out": str(tmp_path)}
 
 
