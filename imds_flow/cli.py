@@ -257,7 +257,8 @@ def _rivals(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--version", "version", type=click.Choice(["5", "9", "10", "sflow"]),
               help="The export protocol as a version number (10: IPFIX), instead of --export.")
 @click.option("--sweep", is_flag=True, help="Find the no-loss ceiling (doubling, then bisection); the default.")
-@click.option("--rates", default="", callback=_rates, help="Records/s to offer, comma-separated (instead of --sweep).")
+@click.option("--rates", default="", callback=_rates,
+              help="Records/s to offer (sFlow: samples/s, each rate a run of its own), comma-separated (instead of --sweep).")
 @click.option("--start", type=click.FloatRange(min=1, min_open=False), default=1e6, show_default=True,
               help="First rate of a sweep (records/s).")
 @click.option("--max-points", type=click.IntRange(1), default=8, show_default=True, help="Most points per sweep.")

@@ -56,6 +56,19 @@ def test_cli_settings_reach_the_sflow_bench(monkeypatch, tmp_path):
                    "--imds-fraction": "0.01", "--out": str(tmp_path)}
 
 
+def test_every_rate_is_a_run_of_its_own_and_a_sweep_is_refused(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(sflow, "main", lambda argv: seen.append(argv) or 0)
+    st = flowbench.Settings(export="sflow", rates=(100_000.0, 400_000.0), duration=2.0, out=tmp_path)
+    assert flowbench.run(st) == 0
+    assert [argv[argv.index("--rate") + 1] for argv in seen] == ["100000.0", "400000.0"]
+    assert [argv[argv.index("--datagrams") + 1] for argv in seen] == ["25000", "100000"]
+    assert ["--no-inprocess" in argv for argv in seen] == [False, True]      # in process once, not per rate
+    from tests.bench.test_flowbench import bench
+    r = bench("--export", "sflow", "--sweep")
+    assert r.returncode == 2 and "--sweep" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_imds_flow_end_to_end_twice(tmp_path, monkeypatch):
     """A real `imds-flow listen` takes every sample of a short run, twice; main writes the summary to --out."""
     rows = sflow.compare(["imds-flow"], datagrams=200, rate=20_000, repeat=2, imds_fraction=0.05)
