@@ -452,6 +452,14 @@ def check(st: Settings) -> None:
     if st.export == "sflow" and st.sweep:
         raise BenchError("--sweep: the sFlow bench measures CPU per sample at given rates (--rates, samples/s; "
                          "default 200000), not a no-loss ceiling")
+    if st.export == "sflow":             # options bench/sflow.py has no use for: said, not ignored
+        d = Settings()
+        for flag, name in (("--exporters", "exporters"), ("--records", "records"), ("--workers", "workers"),
+                           ("--ipv6-fraction", "ipv6_fraction"), ("--imds-sources", "imds_sources"),
+                           ("--template-every", "template_every")):
+            if getattr(st, name) != getattr(d, name):
+                raise BenchError(f"{flag}: the sFlow bench sends one agent's samples to one imds-flow worker; it takes "
+                                 "--rates, --duration, --repeat, --imds-fraction, --compare, --no-inprocess and --out")
 
 
 def run(st: Settings) -> int:

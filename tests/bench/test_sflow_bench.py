@@ -67,6 +67,9 @@ def test_every_rate_is_a_run_of_its_own_and_a_sweep_is_refused(monkeypatch, tmp_
     from tests.bench.test_flowbench import bench
     r = bench("--export", "sflow", "--sweep")
     assert r.returncode == 2 and "--sweep" in r.stderr and r.stderr.count("\n") == 1
+    for args in (["--workers", "2"], ["--exporters", "5000"], ["--template-every", "20"]):
+        r = bench("--export", "sflow", *args)
+        assert r.returncode == 2 and args[0] in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
 
 
 def test_imds_flow_end_to_end_twice(tmp_path, monkeypatch):
