@@ -449,6 +449,8 @@ def check(st: Settings) -> None:
         raise BenchError("--sweep and --rates: give one of them")
     if st.version == 5 and st.template_every:
         raise BenchError("--template-every: NetFlow v5 has no templates")
+    if st.version == 5 and st.ipv6_fraction:
+        raise BenchError("--ipv6-fraction: NetFlow v5 carries IPv4 flows only")
     if st.export == "sflow" and st.sweep:
         raise BenchError("--sweep: the sFlow bench measures CPU per sample at given rates (--rates, samples/s; "
                          "default 200000), not a no-loss ceiling")

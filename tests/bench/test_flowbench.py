@@ -30,6 +30,7 @@ def bench(*args):
     (["--version", "5", "--template-every", "20"], ["--template-every", "v5"]),
     (["--version", "v5"], ["--version", "v5"]),
     (["--export", "v5", "--template-every", "20"], ["--template-every", "v5"]),
+    (["--export", "v5", "--ipv6-fraction", "0.5"], ["--ipv6-fraction", "v5"]),
     (["--compare", "goflow2"], ["goflow2", "nfcapd, nfacctd"]),
     (["--rates", "fast"], ["--rates", "fast"]),
 ])
