@@ -447,6 +447,11 @@ def check(st: Settings) -> None:
             raise BenchError(f"--compare {r}: for --export {st.export} the known collectors are {', '.join(known)}")
     if st.sweep and st.rates:
         raise BenchError("--sweep and --rates: give one of them")
+    d = Settings()
+    if st.rates or st.export == "sflow":    # no sweep: where one starts and how far it goes do not apply
+        for flag, name in (("--start", "start"), ("--max-points", "max_points")):
+            if getattr(st, name) != getattr(d, name):
+                raise BenchError(f"{flag}: only a sweep (--sweep, NetFlow / IPFIX) takes it; --rates gives the points")
     if st.version == 5 and st.template_every:
         raise BenchError("--template-every: NetFlow v5 has no templates")
     if st.version == 5 and st.ipv6_fraction:
@@ -455,7 +460,6 @@ def check(st: Settings) -> None:
         raise BenchError("--sweep: the sFlow bench measures CPU per sample at given rates (--rates, samples/s; "
                          "default 200000), not a no-loss ceiling")
     if st.export == "sflow":             # options bench/sflow.py has no use for: said, not ignored
-        d = Settings()
         for flag, name in (("--exporters", "exporters"), ("--records", "records"), ("--workers", "workers"),
                            ("--ipv6-fraction", "ipv6_fraction"), ("--imds-sources", "imds_sources"),
                            ("--template-every", "template_every")):

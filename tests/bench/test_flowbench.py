@@ -31,6 +31,8 @@ def bench(*args):
     (["--version", "v5"], ["--version", "v5"]),
     (["--export", "v5", "--template-every", "20"], ["--template-every", "v5"]),
     (["--export", "v5", "--ipv6-fraction", "0.5"], ["--ipv6-fraction", "v5"]),
+    (["--rates", "1e6", "--start", "2e6"], ["--start", "--rates"]),
+    (["--export", "sflow", "--max-points", "3"], ["--max-points", "sweep"]),
     (["--compare", "goflow2"], ["goflow2", "nfcapd, nfacctd"]),
     (["--rates", "fast"], ["--rates", "fast"]),
 ])
