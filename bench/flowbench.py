@@ -152,9 +152,9 @@ class Listening:
 
     def __init__(self, cmd: list[str], log: Path, what: str, **popen):
         self._log_path = log
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
-                                     **popen)
+        with open(log, "w") as err:          # the child keeps its own handle; ours is not needed after
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                         **popen)
         deadline = time.monotonic() + 60
         while not (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -176,7 +176,6 @@ class Listening:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-            self._log.close()
         return drops, self._log_path.read_text()
 
 

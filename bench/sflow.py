@@ -127,7 +127,6 @@ def _collector(name: str, work, rcvbuf: int, samples: int = 8):
     if name == "floor":
         from .floor import Floor
         floor = Floor(work, rcvbuf)
-        floor._log.close()             # the floor's process keeps its own handle; count() reads the file
 
         def count() -> int:
             m = re.search(r"floor: (\d+) datagrams", (work / "floor.log").read_text())
@@ -137,10 +136,10 @@ def _collector(name: str, work, rcvbuf: int, samples: int = 8):
         (work / "cfg.toml").write_text(
             f'[[endpoints]]\nname = "aws-imds-ipv4"\naddress = "169.254.169.254"\n[listen]\nrcvbuf_bytes = {rcvbuf}\n'
             '[alerts]\nfold_window_seconds = 0\n[templates]\nstate_file = ""\n')
-        log = open(work / "log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "imds_flow.cli", "listen", "127.0.0.1:0", "--config",
-                                 str(work / "cfg.toml"), "--alerts", str(work / "alerts.mp")],
-                                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+        with open(work / "log", "w") as log:     # the child keeps its own handle
+            proc = subprocess.Popen([sys.executable, "-m", "imds_flow.cli", "listen", "127.0.0.1:0", "--config",
+                                     str(work / "cfg.toml"), "--alerts", str(work / "alerts.mp")],
+                                    stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         while not (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", (work / "log").read_text())):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -184,9 +183,9 @@ def _collector(name: str, work, rcvbuf: int, samples: int = 8):
         sig = "SIGINT"
     else:
         raise ValueError(f"unknown collector {name!r}: imds-flow, sfcapd, sfacctd or floor")
-    log = open(work / f"{name}.log", "w")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work,
-                            start_new_session=True)
+    with open(work / f"{name}.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work,
+                                start_new_session=True)
     from imds_flow.sockets import udp_sockets
     deadline = time.monotonic() + 30
     while not udp_sockets(port):
