@@ -113,25 +113,32 @@ class Pipeline:
         one = self.onecall.run(dg, self.exporters, self.batch, self.detector, self.folder) \
             if truncated is None and self.compact else None
         if one is not None:                   # known exporters' v5, v9 / IPFIX or sFlow: one kernel call did it all
-            bad, count, suppressed = one
-            now = float(dg.ts[dg.n - 1])
-            if bad:
-                self.errors.report(self.onecall.exp_ids[: dg.n], self.onecall.status[: dg.n], now)
-            self.limit_log.report(now)
-            hits = None
-            if count:
-                groups = self.onecall.grouped     # folded in the kernel too, unless -1
-                if groups < 0:
-                    hits = self.detector.hits(count, suppressed)
-                elif self.folder.folded():        # groups left to Python: alerts that leave or are held
-                    self.folder.finish(groups, self.batch, self.detector.hits(count, suppressed),
-                                       self.detector.names, self.exporters)
-        else:
-            hits = self._decode_and_detect(dg, truncated)
-            if hits is None:
-                return
+            self.taken(dg, one)
+            return
+        hits = self._decode_and_detect(dg, truncated)
+        if hits is None:
+            return
         if hits:                              # None: no hit, and no Hits made for it
             self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
+        self.flush()
+
+    def taken(self, dg: DatagramBatch, one: tuple[int, int, int]) -> None:
+        """What is left of a batch a one-call kernel took (OneCall.run, or polls.poll_loop with
+        OneCall.took): `one` = (rejected datagrams, hits, suppressed). Rejected datagrams are logged,
+        hits the kernel did not fold are folded here, and alerts written."""
+        bad, count, suppressed = one
+        now = float(dg.ts[dg.n - 1])
+        if bad:
+            self.errors.report(self.onecall.exp_ids[: dg.n], self.onecall.status[: dg.n], now)
+        self.limit_log.report(now)
+        if count:
+            groups = self.onecall.grouped         # folded in the kernel too, unless -1
+            if groups < 0:
+                self.folder.add_hits(self.batch, self.detector.hits(count, suppressed), self.detector.names,
+                                     self.exporters)
+            elif self.folder.folded():            # groups left to Python: alerts that leave or are held
+                self.folder.finish(groups, self.batch, self.detector.hits(count, suppressed),
+                                   self.detector.names, self.exporters)
         self.flush()
 
     def _decode_and_detect(self, dg: DatagramBatch, truncated: np.ndarray | None):

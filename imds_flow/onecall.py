@@ -37,7 +37,7 @@ from .wire.walk import key_sets, most_records, sequence, tally, walk_sets
 from .wire.sflow import MIN_ROW_BYTES, agent, decode_datagrams
 from .wire.v5 import RECORD as V5_RECORD, decode_v5
 
-__all__ = ["OneCall", "v5_batch", "sflow_batch", "ipfix_batch"]
+__all__ = ["OneCall", "v5_batch", "sflow_batch", "ipfix_batch", "WALK_ENTRIES"]
 
 _ROW_BYTES = min(V5_RECORD, MIN_ROW_BYTES)   # the fewest datagram bytes a v5 or sFlow row takes
 
@@ -47,6 +47,7 @@ _BAD_SET = reason_code("bad_set_length")
 _BAD_RECORD = reason_code("bad_record")
 _NO_OPTIONS = np.empty(0, OPTION)
 _TEMPLATES = COUNTERS.index("templates")       # the exporter counter of templates received
+WALK_ENTRIES = 21                    # ipfix_batch's walk: the template sets' entries, last of its buffers
 
 
 @njit
@@ -297,8 +298,7 @@ class OneCall:
         word = dg.buf[first:first + 2].tobytes()  # the first datagram's: a batch is usually one exporter's
         if word not in _WORDS:
             return None                         # junk
-        if n > len(self.status):
-            self._scratch(max(n, 2 * len(self.status)))
+        self.room(n)
         batch.reset(dg.nbytes() // _ROW_BYTES + 1)   # the most rows v5 or sFlow datagrams of these bytes give
         # (v9 / IPFIX records can be shorter: ipfix_batch asks for more room when they need it)
         detector.room(batch.capacity)
@@ -310,15 +310,36 @@ class OneCall:
         elif word != b"\x00\x00":
             done = self._ipfix(dg, exporters, batch, detector, fold)
         else:
-            s = exporters.sflow
             done = sflow_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, n,
-                               exporters.kernel_state(), (s.sources, s.http) + self.agents, self.scratch, batch.rows,
+                               exporters.kernel_state(), self.sflow_arguments(exporters), self.scratch, batch.rows,
                                detector.endpoints, detector.tables, fold, self.out)
         if done < 0:
             return None
+        return self.took(dg, batch)
+
+    def took(self, dg, batch) -> tuple[int, int, int]:
+        """After a one-call kernel took `dg` (here or in polls.poll_loop): `batch` reads its
+        buffer; returns (rejected datagrams, hits, suppressed)."""
         batch.buf = batch.late_buf = dg.buf
         batch.n, bad, hits, suppressed, _, _, self.grouped = self.out.tolist()
         return bad, hits, suppressed
+
+    def room(self, n: int) -> None:
+        """Scratch for batches of n datagrams."""
+        if n > len(self.status):
+            self._scratch(max(n, 2 * len(self.status)))
+
+    def sflow_arguments(self, exporters) -> tuple:
+        """sflow_batch's `sflow`: the sFlow state's sources and HTTP tables, then the agent lookup's scratch."""
+        s = exporters.sflow
+        return (s.sources, s.http) + self.agents
+
+    @staticmethod
+    def ipfix_arguments(exporters, n: int) -> tuple:
+        """ipfix_batch's arguments from `walk` to `templates_col`, for batches of n datagrams."""
+        cache = exporters.templates
+        return (buffers(cache).kernel_scratch(n), cache.kernel_state(), cache.plans.arrays(), http_tables(exporters),
+                _NO_OPTIONS, _TEMPLATES)
 
     def _ipfix(self, dg, exporters, batch, detector, fold) -> int:
         cache = exporters.templates
@@ -326,17 +347,15 @@ class OneCall:
         if cache.compaction_due() or len(pend) and not pend.quiet(float(dg.ts[: dg.n].max()),
                                                                   cache.pending_max_seconds):
             return _NO
-        w = buffers(cache)
-        walk = w.kernel_scratch(dg.n)
+        args = self.ipfix_arguments(exporters, dg.n)
         for _ in range(2):                      # again once with room for the rows, when it asked for it
             done = ipfix_batch(dg.buf, dg.offs, dg.lens, dg.src_hi, dg.src_lo, dg.sport, dg.ts, dg.n,
-                               exporters.kernel_state(), self.scratch, walk, cache.kernel_state(), cache.plans.arrays(),
-                               http_tables(exporters), _NO_OPTIONS, _TEMPLATES,
+                               exporters.kernel_state(), self.scratch, *args,
                                batch.rows, detector.endpoints, detector.tables, fold, self.out)
             if done != _GROW:
                 break
             batch.reset(int(self.out[0]))
             detector.room(batch.capacity)
         if done == 0 and self.out[4]:           # template sets resent: their received times into the dict
-            cache.refreshed(w.entries[: self.out[4]], bool(self.out[5]))
+            cache.refreshed(args[0][WALK_ENTRIES][: self.out[4]], bool(self.out[5]))
         return done

@@ -121,12 +121,23 @@ class Receiver:
             return self._empty, None
         # one kernel call: lengths, truncation, source addresses and arrival times of the batch,
         # and the header fields recvmmsg overwrote set back for the next call
+        size = _unpack(self._raw, self.names, self.control, n, self.clock(), self._lens, self._trunc, self._hi,
+                       self._lo, self._port, self._ts)
+        return self.batch_of(n, size)
+
+    def batch_of(self, n: int, size: int) -> tuple[DatagramBatch, np.ndarray | None]:
+        """read()'s result for the n datagrams just unpacked (`size`: _unpack's result)."""
         lens, hi, lo, port, ts, trunc = self._lens, self._hi, self._lo, self._port, self._ts, self._trunc
-        size = _unpack(self._raw, self.names, self.control, n, self.clock(), lens, trunc, hi, lo, port, ts)
         any_trunc = size < 0
         return (DatagramBatch(self.buf, self.offs[:n], lens[:n], hi[:n], lo[:n], port[:n], ts[:n], n,
                               -1 if any_trunc else size),
                 trunc[:n].copy() if any_trunc else None)
+
+    def columns(self) -> tuple:
+        """What recvmmsg fills and _unpack reads and writes, for polls.poll_loop: the mmsghdr rows,
+        names and control messages, the buffer with its slot offsets, and the batch columns."""
+        return (self._raw, self.names, self.control, self.buf, self.offs, self._lens, self._trunc, self._hi, self._lo,
+                self._port, self._ts)
 
     def drain(self, process: Callable[[DatagramBatch, np.ndarray | None], None], limit: int | None = None) -> int:
         """Hand batches to process(dg, truncated) until the socket is empty; with `limit`, stop after

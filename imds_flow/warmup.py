@@ -2,8 +2,8 @@
 
 Rules: the kernels run once on scratch data of the types the live pipeline passes, touching no
 counters. When the on-disk cache holds no v9 / IPFIX decoder yet (a first start) and the machine
-has more than one core, that decoder, the largest kernel, and the one-call kernel that holds it
-compile in a child process into the same cache while this process compiles the others, and are then
+has more than one core, that decoder, the largest kernel, the one-call kernel that holds it and
+the poll loop that holds them all compile in a child process into the same cache while this process compiles the others, and are then
 loaded from the cache: the first start takes the longer of the two instead of their sum. Should the child fail, this process
 compiles the decoder itself; nothing depends on the child but time.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import build, kernels, receive, wire
+from . import build, kernels, polls, receive, wire
 from .alerts import Folder, hit_alerts
 from .datagrams import DatagramBatch
 from .detect import Hits
@@ -72,6 +72,7 @@ def warm_up(pipeline) -> None:
         batch, scratch = _decode(pipeline, [_V5, _JUNK, _IPFIX, SFLOW])
         _decode(pipeline, [_IPFIX_EARLY], [_IPFIX])  # data a batch before its template waits in wire.pending
         _ipfix_one_call(pipeline, batch, scratch)
+        polls.warm_up(pipeline)              # the poll loop, which holds the one-call kernels
     finally:
         if helper is not None and helper.poll() is None:
             helper.kill()
@@ -117,6 +118,7 @@ def compile_decoder() -> None:
     from .app import Pipeline, _NullSink
     pipeline = Pipeline(config.load(None), _NullSink())
     _ipfix_one_call(pipeline, *_decode(pipeline, [_IPFIX]))
+    polls.warm_up(pipeline)
 
 
 def _ipfix_one_call(pipeline, batch: FlowBatch, scratch: ExporterTable) -> None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from imds_flow import config
+from imds_flow import config, polls
 from imds_flow import serve as serve_mod
 from imds_flow.app import Pipeline
 from imds_flow.build import v5
@@ -53,15 +53,23 @@ def test_ticks_and_stats_follow_the_injected_clock_until_sigterm(caplog):
     pipeline.close()
 
 
-def test_steady_datagrams_are_taken_in_coalesced_batches_and_an_idle_socket_is_watched_again():
+def test_steady_datagrams_are_taken_in_coalesced_batches_and_an_idle_socket_is_watched_again(monkeypatch):
     """With listen.coalesce_seconds, a socket that keeps receiving is read every 20 ms (batches of
     several datagrams, not one wake-up each); once a read finds it empty it is watched again, so a
-    datagram after a quiet spell is still decoded at once, before the loop stops."""
+    datagram after a quiet spell is still decoded at once, before the loop stops. The polls run
+    compiled (polls.py): each turn of the loop says what it read."""
     pipeline = Pipeline(config.load(None), AlertList())
     sock = open_socket("127.0.0.1", 0, 1 << 20)
-    sizes: list[int] = []
-    process = pipeline.process
-    pipeline.process = lambda dg, truncated=None: (sizes.append(dg.n), process(dg, truncated))
+    reads: list[tuple[int, int]] = []             # (datagrams, batches) of each turn
+    run = polls.Polls.run
+
+    def counted(self, r, n, idle):
+        before = self.batches
+        got, code = run(self, r, n, idle)
+        reads.append((got, self.batches - before))
+        return got, code
+
+    monkeypatch.setattr(polls.Polls, "run", counted)
     record = v5([("10.0.0.1", "192.0.2.1", 40000, 80)])
     done = threading.Event()
 
@@ -73,17 +81,17 @@ def test_steady_datagrams_are_taken_in_coalesced_batches_and_an_idle_socket_is_w
             time.sleep(0.3)                        # quiet: the socket goes back to epoll
             s.sendto(record, sock.getsockname())
         deadline = time.monotonic() + 5.0
-        while sum(sizes) < 41 and time.monotonic() < deadline:
+        while sum(g for g, _ in reads) < 41 and time.monotonic() < deadline:
             time.sleep(0.005)
-        if sum(sizes) == 41:                       # decoded while the loop ran, not by its last drain
+        if sum(g for g, _ in reads) == 41:         # decoded while the loop ran, not by its last drain
             done.set()
         os.kill(os.getpid(), signal.SIGTERM)
 
     thread = threading.Thread(target=exporter)
     serve(pipeline, [Receiver(sock, 64, 2048)], coalesce=0.02, ready=thread.start)
     thread.join()
-    assert done.is_set() and sum(sizes) == 41
-    assert len(sizes) <= 15, sizes                # 40 datagrams over 80 ms: a handful of reads
+    assert done.is_set() and sum(g for g, _ in reads) == 41
+    assert sum(b for _, b in reads) <= 15, reads   # 40 datagrams over 80 ms: a handful of reads
     assert pipeline.stats()["datagrams"] == 41
     pipeline.close()
 
@@ -127,6 +135,36 @@ def test_after_each_read_a_socket_is_watched_or_polled(armed, got, calls):
     live = _stand_in_loop()
     live._drain(_FakeReceiver(got), armed)
     assert live.loop.calls == calls
+
+
+class _FakePolls:
+    def __init__(self, got: int, code: int):
+        self.got, self.code, self.asked = got, code, None
+
+    def run(self, r, n: int, idle: int) -> tuple[int, int]:
+        self.asked = (n, idle)
+        return self.got, self.code
+
+
+@pytest.mark.parametrize("armed, got, code, calls", [
+    (True, 0, polls.EMPTY, []),                                       # spurious wake-up: stays watched
+    (True, 3, polls.DONE, [("remove_reader", 7), ("call_later", 0.002)]),   # data to the turn's end: polled
+    (True, 3, polls.EMPTY, []),                                       # a burst, then quiet: stays watched
+    (False, 5, polls.DONE, [("call_later", 0.002)]),                  # its polls found some: poll again
+    (False, 0, polls.EMPTY, [("add_reader", 7)]),                     # polls that found none: watched again
+    (False, 5, polls.EMPTY, [("add_reader", 7)]),                     # some, then quiet polls: watched again
+    (False, 5, polls.BUSY, [("call_later", 0.0)]),                    # its turn ran out: the next comes at once
+])
+def test_compiled_polls_leave_a_socket_watched_or_polled(armed, got, code, calls):
+    """The same rules when the polls run compiled (polls.Polls): every turn, a wake-up's or a
+    timer's, polls up to per_turn times until `idle` polls in a row find nothing, and the code it
+    ends with decides what comes next."""
+    live = _stand_in_loop()
+    live.polls, live.per_turn, live.idle = _FakePolls(got, code), 10, 4
+    r = _FakeReceiver(got)
+    r._use_mmsg = True
+    live._drain(r, armed)
+    assert live.polls.asked == (10, 4) and live.loop.calls == calls
 
 
 def test_a_poll_that_raises_leaves_the_socket_watched():
