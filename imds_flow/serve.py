@@ -150,16 +150,20 @@ class _Live:
 
 def serve(pipeline: Pipeline, receivers: list, *, clock: Callable[[], float] = time.time, coalesce: float = 0.0,
           stats_every: float = 0.0, ready: Callable[[], None] | None = None,
-          reload: Callable[[], Config] | None = None) -> None:
+          reload: Callable[[], Config] | None = None, compiled=None) -> None:
     """Run the event loop (uvloop when installed) until SIGINT / SIGTERM, then drain every socket
     and close it. `ready()` is called once the sockets are watched; SIGHUP reopens the sinks and
-    swaps `reload()`'s config into the pipeline between batches."""
+    swaps `reload()`'s config into the pipeline between batches. `compiled`: what runs the polls
+    (polls.Polls' run()) instead of the Pipeline's own (bench/floor.py's reads alone)."""
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:                      # portable fallback: asyncio's own loop
         runner = asyncio.run
-    runner(_Loop(pipeline, receivers, clock, coalesce, stats_every, reload).run(ready))
+    live = _Loop(pipeline, receivers, clock, coalesce, stats_every, reload)
+    if compiled is not None:
+        live.polls = compiled
+    runner(live.run(ready))
 
 
 TURN_BATCHES = polls.TURN_BATCHES            # most batches a socket drains per turn of the loop

@@ -1,0 +1,130 @@
+"""The compiled polls (polls.py) against Receiver.drain into Pipeline.process, over a real socket: the
+same random batches as test_onecall (v5, v9 / IPFIX and sFlow from known and new exporters, agents
+and scopes, hits, template sets resent, formats mixed, bytes overwritten at random) sent over
+loopback from one socket per exporter and read either way leave the same alerts byte for byte, the
+same counters, sequence and template state, snapshot and summary; and most batches never reach
+Python in the compiled loop."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from imds_flow import app, build, config, polls, receive
+from tests.pipeline.test_onecall import CFG, EXPORTERS, T0, _batches, outcome
+from tests.support.alerts import AlertList
+
+pytestmark = pytest.mark.skipif(not receive.HAVE_RECVMMSG or not receive._LITTLE, reason="recvmmsg on little-endian Linux")
+
+
+@pytest.fixture(scope="module")
+def senders():
+    """One socket per exporter, its own port, the same for both paths."""
+    out = {}
+    for src in EXPORTERS:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        out[src] = s
+    yield out
+    for s in out.values():
+        s.close()
+
+
+def _live(senders: dict, seed: int, compiled: bool, mangle: bool = False) -> tuple[dict, dict]:
+    now = [T0]
+    p = app.Pipeline(config.parse(CFG), AlertList(), clock=lambda: now[0])
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)      # no kernel timestamps: arrival = the clock
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    r = receive.Receiver(rx, 64, 65536, clock=lambda: now[0])
+    seen = {"batches": 0, "python": 0}                          # batches sent; batches Python saw
+    touched = [False]
+    process, taken = p.process, p.taken
+    p.process = lambda dg, truncated=None: (touched.__setitem__(0, True), process(dg, truncated))
+    p.taken = lambda dg, one: (touched.__setitem__(0, True), taken(dg, one))
+    loop = polls.Polls(p, 0.0, 64)
+    try:
+        for k, (payloads, src, _) in enumerate(_batches(seed, mangle)):
+            now[0] = T0 + k * 0.25
+            for payload, s in zip(payloads, src):
+                senders[s].sendto(payload, rx.getsockname())
+            seen["batches"] += 1
+            touched[0] = False
+            if compiled:
+                got, code = loop.run(r, 1, 1)
+                assert code in (polls.DONE, polls.EMPTY)
+            else:
+                got = r.drain(p.process)
+            assert got == len(payloads)
+            seen["python"] += touched[0]
+        return outcome(p), seen
+    finally:
+        rx.close()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_compiled_polls_leave_what_drain_and_process_leave(senders, seed):
+    compiled, seen = _live(senders, seed, compiled=True)
+    python, _ = _live(senders, seed, compiled=False)
+    assert compiled == python
+    assert seen["python"] <= seen["batches"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bytes_overwritten_at_random_leave_the_same_too(senders, seed):
+    compiled, _ = _live(senders, seed, compiled=True, mangle=True)
+    python, _ = _live(senders, seed, compiled=False, mangle=True)
+    assert compiled == python
+
+
+def test_batches_without_work_for_python_stay_in_the_kernel(senders):
+    """v5, IPFIX with its template set resent in every datagram, and sFlow, from exporters already
+    known: after the first batch of each (a new exporter: Python registers it) and the first alert
+    (it leaves through Python), batches are taken in the kernel to the end, the records counted and
+    the later hits folded into the open window; the resent templates' received time reaches the
+    templates' dict when the call returns."""
+    now = [T0]
+    p = app.Pipeline(config.parse(CFG), AlertList(), clock=lambda: now[0])
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    r = receive.Receiver(rx, 64, 65536, clock=lambda: now[0])
+    touched = []
+    process, taken = p.process, p.taken
+    p.process = lambda dg, truncated=None: (touched.append(now[0]), process(dg, truncated))
+    p.taken = lambda dg, one: (touched.append(now[0]), taken(dg, one))
+    loop = polls.Polls(p, 0.0, 64)
+    fields = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1)]
+    hit = ("10.1.2.3", "169.254.169.254", 4000, 80)
+    quiet = ("10.1.2.3", "192.0.2.99", 4000, 443)
+    streams = [lambda k: build.v5([hit if k % 5 == 0 else quiet] * 3, seq=3 * k),
+               lambda k: build.ipfix([build.template_set(10, {256: fields}),
+                                      build.data_set(256, [build.record(fields, [*(hit if k % 5 == 0 else quiet), 6])])],
+                                     seq=k),
+               lambda k: build.sflow([build.packet_sample(k + 1, build.frame(*(hit if k % 5 == 0 else quiet), b""))],
+                                     k + 1, agent="192.0.2.7")]
+    try:
+        for k in range(20):
+            now[0] = T0 + k * 0.1
+            for stream, src in zip(streams, EXPORTERS):
+                senders[src].sendto(stream(k), rx.getsockname())
+            assert loop.run(r, 1, 1)[0] == 3
+        # batch 0: new exporters; batch 1 onwards one batch of three formats from known exporters:
+        # declined as formats mixed. So one exporter a batch from here on.
+        touched.clear()
+        for k in range(20, 40):
+            now[0] = T0 + k * 0.1
+            for stream, src in zip(streams, EXPORTERS):
+                senders[src].sendto(stream(k), rx.getsockname())
+                assert loop.run(r, 1, 1)[0] == 1
+        assert touched == []
+        key = max(p.exporters.templates.templates)
+        assert p.exporters.templates.templates[key][1] == pytest.approx(T0 + 39 * 0.1, abs=1e-6)
+        stats = p.stats()
+        assert stats["datagrams"] == 120 and stats["records"] == 40 * 5 and stats["sequence_lost"] == 0
+    finally:
+        rx.close()
+    p.close()
+    alerts = p.sink.alerts
+    assert sum(a["count"] for a in alerts) == 3 * 8 + 8 + 8       # every hit: v5 3 a datagram, IPFIX 1, sFlow 1
