@@ -44,6 +44,7 @@ __all__ = ["Polls", "poll_loop", "usable", "EMPTY", "DONE", "BUSY", "PENDING", "
 
 EMPTY, DONE, BUSY, PENDING, TAKEN, FAILED = range(6)
 TURN_BATCHES = 64                          # most batches one poll drains (serve.py's turn of the loop)
+_FOLD = 12                                 # the folder's place in poll_loop's `one` (Polls.arguments)
 _RES = 8                                   # code, n, size, datagrams, poll, marked, long_ago, batches
 _EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
 _MSG_DONTWAIT = receive.MSG_DONTWAIT
@@ -189,10 +190,15 @@ class Polls:
         got = 0
         started = False
         res = self.res
+        args = None
         for _ in range(TURN_BATCHES):
             res[:] = 0
+            if args is None:
+                args = self.arguments()
+            else:                                # after Pipeline.taken only the folder's arrays may be new
+                args = args[:_FOLD] + (p.folder.kernel_fold(),) + args[_FOLD + 1:]
             poll_loop(r._fd, r._hdrs_at, self._sleep_at, polls, idle, started, p.clock(), p.batch.limit,
-                      self._ipfix_ok(), r.columns(), self.arguments(), res)
+                      self._ipfix_ok(), r.columns(), args, res)
             code, n, size, k, done, marked, long_ago, batches = res.tolist()
             got += k
             self.batches += batches
@@ -202,6 +208,7 @@ class Polls:
                 dg, truncated = r.batch_of(n, size)
                 if code == PENDING:
                     p.process(dg, truncated)
+                    args = None                  # it may have added exporters, templates, rows: all anew
                 else:
                     p.taken(dg, p.onecall.took(dg, p.batch))
                 polls -= done
