@@ -50,6 +50,22 @@ def live_batches():
     for k in range(2):
         p.process(DatagramBatch.from_payloads(sflow_datagrams(16, 8, 128, 0.3), src=("192.0.2.2", 6343),
                                               ts=1.7e9 + k))
+    # the compiled polls (polls.py) on a real socket, as serve.py runs them: a new exporter's batch
+    # goes back to Python, its next ones stay in the kernel
+    import socket
+    from imds_flow import polls
+    from imds_flow.sockets import open_socket
+    sock = open_socket("127.0.0.1", 0, 1 << 20)
+    lc = config.load(None).listen
+    r = receive.Receiver(sock, lc.batch_datagrams, lc.max_datagram_bytes, clock=p.clock)
+    loop = polls.Polls(p, lc.coalesce_seconds, lc.batch_datagrams)
+    v5 = flow_datagrams(5, 4, 30, imds_fraction=0.05)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for _ in range(3):
+            for row in v5.data:
+                tx.sendto(row.tobytes(), sock.getsockname())
+            assert loop.run(r, 1)[0] == 4
+    sock.close()
     # an exporter's data sets before its template (as after a restart of either end): they wait, and
     # are decoded when the template comes in a later batch
     ex = flow_datagrams(10, 4, 30, imds_fraction=0.05)
