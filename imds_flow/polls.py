@@ -4,8 +4,8 @@ batch and the sleep between polls, back in Python only for a batch that needs it
 Why: while datagrams keep coming the loop polls a socket every `listen.coalesce_seconds` (serve.py).
 Each poll driven from Python (a timer of the event loop, Receiver.read, Pipeline.process, the
 one-call kernel) cost ~130 us of interpreter time on a cold core, whatever the batch held: half of
-what receiving alone cost (measured with the sFlow bench's stream, 200 000 samples/s, 8 a datagram:
-0.57-0.65 CPU s per million samples with the loop in Python, 0.29-0.33 with its polls compiled).
+what receiving alone cost (bench/floor.py on the sFlow bench's stream, 200 000 samples/s, 8 a
+datagram: 0.57-0.65 CPU s per million samples with its polls in Python, 0.27-0.33 compiled).
 poll_loop runs up to `polls` polls of one socket in one call, sleeping `coalesce_seconds` between
 them, and hands each batch to the one-call kernel of its format (onecall.py: known exporters'
 v5, v9 / IPFIX or sFlow). It returns to Python (res[0]):

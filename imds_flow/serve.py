@@ -181,8 +181,8 @@ class _Loop:
         # polls it for up to POLLS_SECONDS, sleeping `coalesce` between polls, and hands it back to
         # epoll once IDLE_POLLS polls in a row found nothing: exporters that send in bursts a few
         # milliseconds apart are read by the compiled loop, without a wake-up of the event loop
-        # and its Python for each burst (v5 at 0.3 M records/s: ~360 us of CPU a burst). With more
-        # sockets, one poll a turn, so that no socket waits on another's sleep.
+        # and its Python for each burst. With more sockets, one poll a turn, so that no socket
+        # waits on another's sleep.
         self.polls = polls.Polls(pipeline, coalesce, receivers[0].batch) \
             if isinstance(pipeline, Pipeline) and pipeline.compact and receivers else None
         one = coalesce > 0 and len(receivers) == 1

@@ -3,9 +3,10 @@
 Rules: the kernels run once on scratch data of the types the live pipeline passes, touching no
 counters. When the on-disk cache holds no v9 / IPFIX decoder yet (a first start) and the machine
 has more than one core, that decoder, the largest kernel, the one-call kernel that holds it and
-the poll loop that holds them all compile in a child process into the same cache while this process compiles the others, and are then
-loaded from the cache: the first start takes the longer of the two instead of their sum. Should the child fail, this process
-compiles the decoder itself; nothing depends on the child but time.
+the poll loop that holds them all (polls.py) compile in a child process into the same cache while
+this process compiles the others, and are then loaded from the cache: the first start takes the
+longer of the two instead of their sum. Should the child fail, this process compiles them itself;
+nothing depends on the child but time.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from imds_flow import app, build, config, polls, receive
 from tests.pipeline.test_onecall import CFG, EXPORTERS, T0, _batches, outcome
 from tests.support.alerts import AlertList
 
-pytestmark = pytest.mark.skipif(not receive.HAVE_RECVMMSG or not receive._LITTLE, reason="recvmmsg on little-endian Linux")
+pytestmark = pytest.mark.skipif(not receive.HAVE_RECVMMSG or not receive._LITTLE,
+                                reason="recvmmsg on little-endian Linux")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_batches_without_work_for_python_stay_in_the_kernel(senders):
     quiet = ("10.1.2.3", "192.0.2.99", 4000, 443)
     streams = [lambda k: build.v5([hit if k % 5 == 0 else quiet] * 3, seq=3 * k),
                lambda k: build.ipfix([build.template_set(10, {256: fields}),
-                                      build.data_set(256, [build.record(fields, [*(hit if k % 5 == 0 else quiet), 6])])],
+                                      build.data_set(256, [build.record(fields, [*(quiet, hit)[k % 5 == 0], 6])])],
                                      seq=k),
                lambda k: build.sflow([build.packet_sample(k + 1, build.frame(*(hit if k % 5 == 0 else quiet), b""))],
                                      k + 1, agent="192.0.2.7")]
@@ -110,8 +111,8 @@ def test_batches_without_work_for_python_stay_in_the_kernel(senders):
             for stream, src in zip(streams, EXPORTERS):
                 senders[src].sendto(stream(k), rx.getsockname())
             assert loop.run(r, 1, 1)[0] == 3
-        # batch 0: new exporters; batch 1 onwards one batch of three formats from known exporters:
-        # declined as formats mixed. So one exporter a batch from here on.
+        # so far a batch held the three formats (new exporters first, then formats mixed: Python
+        # took every one); from here on, a batch is one exporter's datagram
         touched.clear()
         for k in range(20, 40):
             now[0] = T0 + k * 0.1
