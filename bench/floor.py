@@ -46,7 +46,13 @@ class _Count:
 
 
 def _reads():
-    """The compiled reads, made on first use (numba is imported by imds_flow's modules anyway)."""
+    """The compiled reads, made on first use (numba is imported by imds_flow's modules anyway).
+
+    read_polls is polls.poll_loop's loop with a count where poll_loop calls the one-call kernels: a
+    copy, kept in step by hand. One loop taking its per-batch work as a function (an argument, or a
+    closure's) is what numba cannot keep in its on-disk cache (tried: a function in the signature
+    or the closure makes every process compile it again), and the poll loop must load in a second.
+    """
     from imds_flow import polls, receive
     from imds_flow.jit import kernel
 
@@ -92,7 +98,8 @@ class _FloorPolls:
 
     def __init__(self, count: _Count, coalesce: float):
         self.count, self.read = count, _reads()
-        self._sleep = np.array([int(coalesce), int(round((coalesce % 1.0) * 1e9))], np.int64)
+        from imds_flow.polls import timespec
+        self._sleep = timespec(coalesce)
         self.res = np.zeros(8, np.int64)
 
     def run(self, r, polls: int, idle: int = 1) -> tuple[int, int]:

@@ -40,7 +40,7 @@ from . import receive
 from .jit import kernel
 from .onecall import WALK_ENTRIES, ipfix_batch, sflow_batch, v5_batch
 
-__all__ = ["Polls", "poll_loop", "usable", "EMPTY", "DONE", "BUSY", "PENDING", "TAKEN", "FAILED"]
+__all__ = ["Polls", "poll_loop", "usable", "timespec", "EMPTY", "DONE", "BUSY", "PENDING", "TAKEN", "FAILED"]
 
 EMPTY, DONE, BUSY, PENDING, TAKEN, FAILED = range(6)
 TURN_BATCHES = 64                          # most batches one poll drains (serve.py's turn of the loop)
@@ -165,6 +165,11 @@ def poll_loop(fd, hdrs_at, sleep_at, polls, idle, started, now, limit, ipfix_ok,
             return
 
 
+def timespec(seconds: float) -> np.ndarray:
+    """A struct timespec of `seconds`, for _nanosleep (its address: .ctypes.data)."""
+    return np.array([int(seconds), int(round((seconds % 1.0) * 1e9))], np.int64)
+
+
 def usable(receiver) -> bool:
     """The receiver reads with recvmmsg in native little-endian structs (Receiver.read's fast path)."""
     return receive.HAVE_RECVMMSG and receive._LITTLE and receiver._use_mmsg
@@ -177,7 +182,7 @@ class Polls:
     def __init__(self, pipeline, coalesce: float, slots: int):
         self.pipeline = pipeline
         self.slots = slots                     # the receivers' batch_datagrams
-        self._sleep = np.array([int(coalesce), int(round((coalesce % 1.0) * 1e9))], np.int64)   # struct timespec
+        self._sleep = timespec(coalesce)
         self._sleep_at = self._sleep.ctypes.data
         self.res = np.zeros(_RES, np.int64)
         self.batches = 0                       # batches read (recvmmsg calls that returned datagrams)
