@@ -89,10 +89,9 @@ class Packer:
                 self._consts.pop(next(iter(self._consts)))
         return got
 
-    def _strings(self, hits: Hits, names: tuple[str, ...]) -> tuple:
-        """_constants for these hits' endpoint names, signals and header names."""
-        signals = hits.signals + ("address",) * max(0, len(names) - len(hits.signals))
-        return self._constants(names, signals, hits.header_names)
+    def _strings(self, names: tuple[str, ...], signals: tuple[str, ...], header_names: tuple[str, ...]) -> tuple:
+        """_constants for these endpoint names, signals (Hits.signals) and header names."""
+        return self._constants(names, signals + ("address",) * max(0, len(names) - len(signals)), header_names)
 
     def pack(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> tuple[list[bytes | None], list[float]]:
         """(msgpack of each hit's alert with count 1, None where only hit_alerts can say: a method
@@ -101,7 +100,7 @@ class Packer:
         m = len(idx)
         ints, floats = np.empty((m, len(kernels.HIT_INTS)), np.uint64), np.empty((m, len(kernels.HIT_FLOATS)), np.float64)
         kernels.hit_fields(batch.rows, np.ascontiguousarray(idx, np.int64), ints, floats)
-        consts, c_off, base, n_headers = self._strings(hits, names)
+        consts, c_off, base, n_headers = self._strings(names, hits.signals, hits.header_names)
         test, n_test, test_port = self._test
         args = (ints, floats, floats.view(np.uint64), *self._exporters(exporters),
                 np.ascontiguousarray(endpoint, np.int64), np.ascontiguousarray(direction, np.int64),
@@ -128,17 +127,34 @@ class Packer:
             self._leaving_scratch(2 * groups)
         test, n_test, test_port = self._test
         args = (kind, groups_ints, groups, hits.idx, hits.endpoint, hits.direction, batch.rows, self._leaving,
-                *self._exporters(exporters), *self._strings(hits, names), *self._keys, batch.buf, batch.late_buf,
-                test, n_test, test_port, self._field_scratch)
+                *self._exporters(exporters), *self._strings(names, hits.signals, hits.header_names), *self._keys,
+                batch.buf, batch.late_buf, test, n_test, test_port, self._field_scratch)
         if _pack_leaving(*args, self._out, self._res) == _ROOM:
             self._out = np.empty(2 * int(self._res[1]), np.uint8)
             _pack_leaving(*args, self._out, self._res)
+        return self.packed()
+
+    def packed(self) -> tuple[list[bytes], list[float]]:
+        """The alerts _pack_leaving last packed (here, or in polls._leave), as pack_leaving returns them."""
         k, size = self._res.tolist()
         if not k:
             return [], []
         blob = self._out[:size].tobytes()
         ends = self._leaving[7][:k].tolist()
         return [blob[a:b] for a, b in zip([0] + ends[:-1], ends)], self._leaving[5][:k, 0].tolist()
+
+    def leaving_arguments(self, exporters, names: tuple[str, ...], signals: tuple[str, ...],
+                          header_names: tuple[str, ...]) -> tuple:
+        """What _pack_leaving takes besides the batch's groups, hits and buffers, for a caller in
+        compiled code (polls.poll_loop): scratch, exporters' and constant strings, keys, the probe's
+        test, field scratch, out, res. Made again when exporters are added or Python grew scratch."""
+        return (self._leaving, *self._exporters(exporters), *self._strings(names, signals, header_names),
+                *self._keys, *self._test, self._field_scratch, self._out, self._res)
+
+    def room(self, hits: int) -> None:
+        """Scratch for a batch of `hits` hits' alerts (polls._leave, with no folding window)."""
+        if hits > len(self._leaving[0]):
+            self._leaving_scratch(2 * hits)
 
     def _leaving_scratch(self, size: int) -> None:
         """pack_leaving's scratch for `size` groups: their numbers, hit rows, endpoints, directions,
@@ -465,8 +481,7 @@ def _pack_leaving(kind, g, groups, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_o
     (such groups, bytes). Returns _ROOM, changing nothing but scratch, res and out, when out must
     first hold res[1] bytes; else 0. (One kernel: packing from Python, in four calls, cost twice as
     much a batch on the live core; holding _pack makes the first start's compile ~5 s longer.)"""
-    grp, sel, ep, direction, ints, floats, fbits, ends, ok, is_test = scratch
-    f_kind, f_val = field_scratch
+    grp, sel, ep, direction = scratch[0], scratch[1], scratch[2], scratch[3]
     k = 0
     for j in range(groups):
         if kind[j] == 2 and g[4, j] == 1 and g[6, j] < 0:
@@ -476,6 +491,38 @@ def _pack_leaving(kind, g, groups, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_o
             ep[k] = h_ep[at]
             direction[k] = h_dir[at]
             k += 1
+    code = _pack_selected(k, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off, buf,
+                          late_buf, test, n_test, port, field_scratch, out, res)
+    if res[0]:
+        for i in range(k):
+            kind[grp[i]] = 0
+    return code
+
+
+@kernel
+def _pack_hits(m, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys,
+               k_off, buf, late_buf, test, n_test, port, field_scratch, out, res):
+    """The alerts of a batch's first m hits, each leaving at once (no folding window), into out as
+    Packer.pack writes them; res = (m, bytes) when every one was packed, (0, 0) when one is only
+    hit_alerts' (then Packer.pack decides). Returns _ROOM as _pack_leaving does, else 0. Scratch
+    must hold m (polls._leave, with alerts.fold_window_seconds = 0)."""
+    sel, ep, direction = scratch[1], scratch[2], scratch[3]
+    for i in range(m):
+        sel[i] = h_idx[i]
+        ep[i] = h_ep[i]
+        direction[i] = h_dir[i]
+    return _pack_selected(m, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off, buf,
+                          late_buf, test, n_test, port, field_scratch, out, res)
+
+
+@step
+def _pack_selected(k, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off, buf, late_buf,
+                   test, n_test, port, field_scratch, out, res):
+    """The alerts of the k hits in scratch's rows (sel), endpoints and directions into out; res =
+    (k, bytes), or (0, 0) when one of them only hit_alerts can say (none the decoders make) or k is 0.
+    Returns _ROOM, res[1] the bytes out must hold first, or 0."""
+    _, sel, ep, direction, ints, floats, fbits, ends, ok, is_test = scratch
+    f_kind, f_val = field_scratch
     res[0] = 0
     res[1] = 0
     if k == 0:
@@ -485,15 +532,13 @@ def _pack_leaving(kind, g, groups, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_o
                  n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k],
                  is_test[:k], out, False)
     for i in range(k):
-        if not ok[i]:           # an alert only hit_alerts can say (none the decoders make): every group
-            return 0            # is Folder._open_groups', as before
+        if not ok[i]:
+            return 0
     res[1] = size
     if size > out.shape[0]:
         return _ROOM
     _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off, base,
           n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k], is_test[:k],
           out, True)
-    for i in range(k):
-        kind[grp[i]] = 0
     res[0] = k
     return 0

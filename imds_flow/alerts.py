@@ -323,9 +323,12 @@ class Folder:
 
     def folded(self) -> bool:
         """Take in what kernels.fold_batch did with a batch's groups (ids handed out, windows
-        opened); True when some are left to finish()."""
-        self._keys.n, opened, rest = self._counters[:3].tolist()
+        opened: since the last call, over one batch or, in polls.poll_loop, several); True when
+        some are left to finish()."""
+        counters = self._counters
+        self._keys.n, opened, rest = counters[:3].tolist()
         self.windows += opened
+        counters[1] = 0
         return rest > 0
 
     def finish(self, groups: int, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> None:

@@ -100,6 +100,15 @@ class Pipeline:
         self._out_ts += stamps
         self.alerts_written += len(alerts)
 
+    def direct_sink(self) -> tuple[int, int, int] | None:
+        """The alert file compiled code may append alerts to itself (polls.py; the sink's direct():
+        descriptor, rotation size, size), when alerts are msgpack packed by the Folder's Packer
+        and their latency is measured on time.time's clock; else None."""
+        direct = getattr(self.sink, "direct", None)
+        if direct is None or self.folder.packer is None or self.clock is not time.time:
+            return None
+        return direct()
+
     def process(self, dg: DatagramBatch, truncated: np.ndarray | None = None) -> None:
         """Decode, detect and alert one batch of datagrams; alerts are written before it returns.
 

@@ -533,8 +533,10 @@ def fold_batch(c, idx, ep, direction, m, fold):
     need = counters[0] + g
     if need > keys[2].shape[0] or 2 * need > keys[1].shape[0]:
         return np.int64(-1)
+    # room: keys that may still open when the fold tuple was made, less those opened since (polls.py
+    # folds batch after batch in one call and Python hears of the windows when it returns)
     counters[2] = fold_groups(c, idx[:m], ep[:m], direction[:m], (first, last, count, g_sums, g_times), g, keys,
-                              pending, window, room, kind, (kid, released, counters))
+                              pending, window, max(room - counters[1], 0), kind, (kid, released, counters))
     return np.int64(g)
 
 

@@ -108,6 +108,21 @@ class Sinks:
             else:
                 health.ok(len(batch))
 
+    def direct(self) -> tuple[int, int, int] | None:
+        """FileSink.direct of the only sink, when it takes alerts as they come and is not failing:
+        then compiled code may append them itself (polls.py), and tells wrote() or cut()."""
+        if len(self.sinks) != 1 or self._encoders or self.health[0].failing_since is not None:
+            return None
+        direct = getattr(self.sinks[0], "direct", None)
+        return direct() if direct is not None else None
+
+    def wrote(self, alerts: int, size: int) -> None:
+        self.sinks[0].wrote(alerts, size)
+        self.health[0].ok(alerts)
+
+    def cut(self, wrote: int) -> None:
+        self.sinks[0].cut(wrote)
+
     def flush(self) -> None:
         for sink, health in zip(self.sinks, self.health):
             try:

@@ -119,6 +119,26 @@ class FileSink:
         self._fd, self._tear = fd, None
         self.size = os.fstat(fd).st_size
 
+    def direct(self) -> tuple[int, int, int] | None:
+        """(descriptor, max_bytes, size) for compiled code that appends whole alerts itself
+        (polls.py: a batch's alerts in one write, a write cut short handed back to cut()); None
+        for stdout, or while a rollback is pending."""
+        if self._fd is None or self._tear is not None:
+            return None
+        return self._fd, self.max_bytes, self.size
+
+    def wrote(self, alerts: int, size: int) -> None:
+        """Compiled code appended `alerts` alerts through direct(); the file is now `size` bytes."""
+        self.size = size
+        self.sent += alerts
+
+    def cut(self, wrote: int) -> None:
+        """Compiled code's write stopped after `wrote` bytes: those are cut off (whole alerts only)."""
+        try:
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - wrote)
+        except OSError:
+            self._tear = self.size
+
     def flush(self) -> None:
         if self._fd is None:
             self._f.flush()

@@ -213,7 +213,7 @@ def outcome(p) -> dict:
              p.exporters.templates.dirty)
     snapshot, summary = p.snapshot(), p.summary(latency=False)
     p.close()
-    return {"alerts": p.sink.alerts, "state": state, "snapshot": snapshot, "summary": summary,
+    return {"alerts": getattr(p.sink, "alerts", None), "state": state, "snapshot": snapshot, "summary": summary,
             "dropped": dict(p.exporters.dropped)}
 
 
