@@ -130,7 +130,7 @@ class Packer:
                 *self._exporters(exporters), *self._strings(names, hits.signals, hits.header_names), *self._keys,
                 batch.buf, batch.late_buf, test, n_test, test_port, self._field_scratch)
         if _pack_leaving(*args, self._out, self._res) == _ROOM:
-            self._out = np.empty(2 * int(self._res[1]), np.uint8)
+            self._out_room()
             _pack_leaving(*args, self._out, self._res)
         return self.packed()
 
@@ -152,9 +152,17 @@ class Packer:
                 *self._keys, *self._test, self._field_scratch, self._out, self._res)
 
     def room(self, hits: int) -> None:
-        """Scratch for a batch of `hits` hits' alerts (polls._leave, with no folding window)."""
+        """Scratch for a batch of `hits` hits' alerts, and out for the bytes the last packing asked
+        for (polls._leave, which cannot grow them: with no folding window Packer.pack writes the
+        batch it declined, in arrays of its own)."""
         if hits > len(self._leaving[0]):
             self._leaving_scratch(2 * hits)
+        self._out_room()
+
+    def _out_room(self) -> None:
+        """out for twice the bytes _pack_leaving / _pack_hits last found it short of (res[1])."""
+        if self._res[1] > len(self._out):
+            self._out = np.empty(2 * int(self._res[1]), np.uint8)
 
     def _leaving_scratch(self, size: int) -> None:
         """pack_leaving's scratch for `size` groups: their numbers, hit rows, endpoints, directions,

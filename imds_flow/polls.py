@@ -351,9 +351,8 @@ class Polls:
         pipeline's alerts are msgpack (packed by its Folder's Packer) and its only sink is that
         file (Pipeline.direct_sink), else the same types with acct[0] = -1."""
         p, acct = self.pipeline, self._acct
-        direct = p.direct_sink()
-        acct[:] = -1 if direct is None else direct[0], 0 if direct is None else direct[1], \
-            0 if direct is None else direct[2], 0, 0
+        fd, max_bytes, size = p.direct_sink() or (-1, 0, 0)
+        acct[:] = fd, max_bytes, size, 0, 0
         d = p.detector
         return (acct, self._spec, p.latency.counts, Latency.EDGES,
                 self._packer.leaving_arguments(p.exporters, d.names, d.signals, d.header_names))

@@ -210,7 +210,7 @@ def test_the_alert_file_the_kernel_writes_is_what_python_writes(senders, seed, t
 
 
 @pytest.mark.parametrize("case", ["flood", "max_fold_keys", "rotation", "disk_full", "no_window",
-                                  "no_window_rotation", "no_window_disk_full"])
+                                  "no_window_rotation", "no_window_disk_full", "no_window_large"])
 def test_an_alert_flood_leaves_from_the_kernel_and_limits_hold(senders, case, tmp_path, monkeypatch):
     """New keys' alerts are written by the kernel (after each exporter's first batch, which Python
     registers), the file byte for byte as Python writes it; with max_fold_keys reached within one
@@ -222,11 +222,14 @@ def test_an_alert_flood_leaves_from_the_kernel_and_limits_hold(senders, case, tm
         ("[alerts]\nfold_window_seconds = 0\n" if case.startswith("no_window") else "")
     kw = {"cfg": cfg, "max_bytes": 600 if case.endswith("rotation") else 0,
           "target": "/dev/full" if case.endswith("disk_full") else None, "slots": 2 if case == "max_fold_keys" else 64}
-    compiled = _to_file(senders, _flood(), True, tmp_path / "alerts.mp", monkeypatch, **kw)
-    python = _to_file(senders, _flood(), False, tmp_path / "alerts.mp", monkeypatch, **kw)
+    flood = _flood(per=40) if case.endswith("large") else _flood()   # batches past the packer's first 4 KiB
+    compiled = _to_file(senders, flood, True, tmp_path / "alerts.mp", monkeypatch, **kw)
+    python = _to_file(senders, flood, False, tmp_path / "alerts.mp", monkeypatch, **kw)
     assert compiled == {**python, "by_kernel": compiled["by_kernel"]}
     if case in ("flood", "no_window"):
         assert compiled["by_kernel"] >= 40 and compiled["file"]
+    elif case == "no_window_large":          # out grown after the first such batch: the rest in the kernel
+        assert compiled["by_kernel"] >= 300
     elif case == "max_fold_keys":               # reached in the kernel, batch after batch of one call
         assert compiled["by_kernel"] > 0 and compiled["windows"] == 20
     elif case.endswith("disk_full"):
