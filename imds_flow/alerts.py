@@ -18,7 +18,7 @@ import numpy as np
 from . import kernels
 from .addr import from_hilo
 from .detect import DIRECTIONS, REQUEST, Hits
-from .flows import HTTP, LATE, SFLOW, FlowBatch
+from .flows import HTTP, LATE, ROW, SFLOW, FlowBatch
 from .grow import grow
 from .wire.packet import METHODS
 
@@ -121,6 +121,16 @@ def _text(buf: np.ndarray, off: int, length: int) -> str | None:
 # numbers when it leaves (Folder._release).
 _SUMS = ("bytes", "packets", "bytes_estimate", "packets_estimate")
 _KEY_SLACK = 4096                      # ids of closed windows kept before _FoldKeys.rebuild
+_SPARE = 64                            # rows set aside for the kernel's pending alerts at first,
+_SPARE_MAX = 1 << 16                   # and at most (doubled each time a call took them all)
+
+
+class _Held:
+    """The rows kernels._hold copied, as hit_alerts reads a FlowBatch (never with HTTP columns)."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+        self.buf = self.late_buf = np.zeros(0, np.uint8)
 
 
 def _words(key) -> np.ndarray | None:
@@ -229,20 +239,33 @@ class Folder:
         self._sums = np.zeros((64, 4), np.uint64)
         self._times = np.zeros((64, 3), np.float64)
         self._tail = np.zeros((64, 3), np.int64)
+        self._held = np.zeros(64, ROW)                # a pending alert the kernel made: its first hit's row,
+        self._held_at = np.zeros((64, 3), np.int64)   # and that hit's key id, endpoint and direction
         self._free = list(range(63, -1, -1))  # rows not in use
+        self._spare = np.zeros(0, np.int64)   # rows set aside for the kernel's pending alerts (kernels._hold)
+        self._spare_size = _SPARE
         self._scratch(256)
-        self._counters = np.zeros(4, np.int64)   # kernels.fold_batch's: next id, windows opened, rest, groups
+        # kernels.fold_batch's: next id, windows opened, rest, groups, spare rows left, spare rows given
+        self._counters = np.zeros(6, np.int64)
+        # () -> (names, exporters, signals, header_names) of the hits being folded, as hit_alerts takes
+        # them: set (Pipeline), the kernel makes pending alerts itself and Python only their dicts,
+        # once per call that made any, instead of a return to Python for the batch
+        self.describe: Callable[[], tuple] | None = None
 
     # --- pending alerts: the dict, and its folded numbers in a row of the arrays -------------------
+
+    def _grow_rows(self) -> None:
+        """Twice the rows for pending alerts; the new ones free."""
+        have = len(self._count)
+        self._count, self._sums, self._times, self._tail, self._held, self._held_at = (
+            grow(a, 2 * have) for a in (self._count, self._sums, self._times, self._tail, self._held, self._held_at))
+        self._free[:0] = range(2 * have - 1, have - 1, -1)
 
     def _hold(self, kid: int, alert: dict, count: int, sums, times, tail) -> None:
         """`alert` becomes key kid's pending alert with these folded numbers (sums: bytes, packets
         and their estimates; times: first, last, ts; tail: sport, dport, vlan of the last record)."""
         if not self._free:
-            have = len(self._count)
-            self._count, self._sums, self._times, self._tail = (
-                grow(a, 2 * have) for a in (self._count, self._sums, self._times, self._tail))
-            self._free = list(range(2 * have - 1, have - 1, -1))
+            self._grow_rows()
         row = self._free.pop()
         self._keys.row[kid] = row
         self._count[row] = count
@@ -314,22 +337,52 @@ class Folder:
         self._kind = np.empty(size, np.int8)
 
     def kernel_fold(self) -> tuple:
-        """kernels.fold_batch's last argument: this folder's scratch and state as they are now."""
+        """kernels.fold_batch's last argument: this folder's scratch and state as they are now, with
+        spare rows set aside for the pending alerts the kernel makes (none without `describe`)."""
         counters = self._counters
         counters[0], counters[1] = self._keys.n, 0
+        if self.describe is not None and counters[4] < self._spare_size:
+            self._set_aside()
         return (self._table, self._ints, self._g_sums, self._g_times, self._kind, self._keys.arrays(),
-                (self._count, self._sums, self._times, self._tail), counters, float(self.window),
-                max(self.max_keys - self.windows, 0))
+                (self._count, self._sums, self._times, self._tail, self._held, self._held_at, self._spare), counters,
+                float(self.window), max(self.max_keys - self.windows, 0))
+
+    def _set_aside(self) -> None:
+        """Spare rows back up to _spare_size, from the free ones (grown when too few)."""
+        counters, size = self._counters, self._spare_size
+        left = int(counters[4])
+        if counters[5] > left:                   # made since folded() last ran (it runs after every call)
+            self._made(self._spare[left: counters[5]])
+        while len(self._free) < size - left:
+            self._grow_rows()
+        if len(self._spare) < size:
+            self._spare = grow(self._spare, size)
+        self._spare[left: size] = [self._free.pop() for _ in range(size - left)]
+        counters[4] = counters[5] = size
 
     def folded(self) -> bool:
         """Take in what kernels.fold_batch did with a batch's groups (ids handed out, windows
-        opened: since the last call, over one batch or, in polls.poll_loop, several); True when
-        some are left to finish()."""
+        opened, pending alerts made: since the last call, over one batch or, in polls.poll_loop,
+        several); True when some are left to finish()."""
         counters = self._counters
-        self._keys.n, opened, rest = counters[:3].tolist()
+        self._keys.n, opened, rest, _, left, given = counters.tolist()
         self.windows += opened
         counters[1] = 0
+        if left < given:
+            self._made(self._spare[left: given])
+            counters[5] = left
+            if not left:                         # all taken: more next time (the kernel held the rest back)
+                self._spare_size = min(2 * self._spare_size, _SPARE_MAX)
         return rest > 0
+
+    def _made(self, rows: np.ndarray) -> None:
+        """The dicts of the pending alerts the kernel made in `rows` (kernels._hold), from the copies of
+        their first hits' rows: what _open_groups would have held."""
+        names, exporters, signals, header_names = self.describe()
+        at = self._held_at[rows]
+        hits = Hits(rows, at[:, 1].astype(np.int32), at[:, 2].astype(np.uint8), 0, signals, header_names)
+        for kid, (_, alert) in zip(at[:, 0].tolist(), hit_alerts(_Held(self._held), hits, names, exporters)):
+            self._pending[kid] = alert
 
     def finish(self, groups: int, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> None:
         """The groups kernels.fold_batch left to Python: alerts that leave or are held. New keys'

@@ -72,6 +72,7 @@ class Pipeline:
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit, lim.max_fold_keys,
                              packer=packer, emit_packed=self._emit_packed,
                              emit_packed_many=self._emit_packed_many)
+        self.folder.describe = self._describe
         self._bounds_logged = (0, 0)          # (batches_split, folder.over_limit) at the last warning
         self._bounds_limit = RateLimit(config.logging.error_interval_seconds)
         self._redefined = 0                   # template redefinitions at the last debug line
@@ -99,6 +100,11 @@ class Pipeline:
         self._out += alerts
         self._out_ts += stamps
         self.alerts_written += len(alerts)
+
+    def _describe(self) -> tuple:
+        """What the folder's hits are named by (alerts.Folder.describe): the detector's of now."""
+        d = self.detector
+        return d.names, self.exporters, d.signals, d.header_names
 
     def direct_sink(self) -> tuple[int, int, int] | None:
         """The alert file compiled code may append alerts to itself (polls.py; the sink's direct():

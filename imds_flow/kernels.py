@@ -322,7 +322,7 @@ def _merge(c, i, r, g, g_count, g_sums, g_times, pending):
     """Fold group g (group_hits; i: the batch row of its last hit) into row r of the pending
     alerts' numbers: a_count; a_sums: bytes, packets and their estimates; a_times: first / last
     seen, NaN none, and ts; a_tail: sport, dport, VLAN code of the latest record."""
-    a_count, a_sums, a_times, a_tail = pending
+    a_count, a_sums, a_times, a_tail = pending[0], pending[1], pending[2], pending[3]
     a_count[r] += g_count[g]
     for q in range(4):
         a_sums[r, q] = sat_add(a_sums[r, q], g_sums[g, q])
@@ -336,6 +336,35 @@ def _merge(c, i, r, g, g_count, g_sums, g_times, pending):
     a_tail[r, 0] = c.sport[i]
     a_tail[r, 1] = c.dport[i]
     a_tail[r, 2] = vlan_code(c, i)
+
+
+@njit
+def _hold(c, i, key, ep, direction, g, last, g_count, g_sums, g_times, pending, counters):
+    """Group g's alert becomes key `key`'s pending alert here, in a row of the spare rows Python set
+    aside (counters[4] of them left in `spare`): its numbers as _merge keeps them, and a copy of its
+    first hit's row i (endpoint ep, direction) with the key's id, from which Folder.folded makes
+    the alert's dict when the kernel call returns. Returns the row, or -1 when none is spare or
+    the row's HTTP columns point into the batch's buffer (it is overwritten by the next batch):
+    Python holds it (Folder._open_groups)."""
+    a_count, a_sums, a_times, a_tail, held, held_at, spare = pending
+    left = counters[4]
+    if left <= 0 or c.row_flags[i] & HTTP:
+        return -1
+    r = spare[left - 1]
+    counters[4] = left - 1
+    a_count[r] = g_count[g]
+    for q in range(4):
+        a_sums[r, q] = g_sums[g, q]
+    for q in range(3):
+        a_times[r, q] = g_times[g, q]
+    a_tail[r, 0] = c.sport[last]
+    a_tail[r, 1] = c.dport[last]
+    a_tail[r, 2] = vlan_code(c, last)
+    held[r] = c[i]
+    held_at[r, 0] = key
+    held_at[r, 1] = ep
+    held_at[r, 2] = direction
+    return r
 
 
 @kernel
@@ -461,13 +490,13 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
     only for the rest. `keys`: the fold keys seen (table t_keys / t_val: key -> id) and per id the
     open window's start, whether a window is open, its pending alert's row (-1: none); `pending`:
     the pending alerts' numbers (see _merge); `room`: keys that may still open
-    (limits.max_fold_keys). kind[g]: 0 merged into its pending alert here, 1 opens a pending
-    alert in its window, 2 opens a window (opened here: a new key gets the next id, the caller
+    (limits.max_fold_keys). kind[g]: 0 merged into its pending alert here, or made one here
+    (_hold), 1 opens a pending alert in its window (Python makes it), 2 opens a window (opened here: a new key gets the next id, the caller
     having made room in the table and the arrays), 3 goes hit by hit (straddles a window boundary,
     or past the limit). `opened`: per group its key's id (-1: none) and, for a kind 2 that reopens
     a window holding a pending alert, that alert's row (the caller releases it; else -1); and
-    counters: the next free id, and how many windows opened that were not open. Returns how many
-    groups are not merged."""
+    counters: the next free id, how many windows opened that were not open, and at [4] the spare
+    rows _hold may still take. Returns how many groups are left to Python."""
     g_first, g_last, g_count, g_sums, g_times = groups
     t_keys, t_val, k_start, k_open, k_row = keys
     g_kid, g_released, counters = opened
@@ -489,6 +518,12 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
         if is_open and t_max - k_start[key] < window:
             if k_row[key] >= 0:
                 _merge(c, idx[g_last[g]], k_row[key], g, g_count, g_sums, g_times, pending)
+                kind[g] = 0
+                continue
+            r = _hold(c, idx[f], key, ep[f], direction[f], g, idx[g_last[g]], g_count, g_sums, g_times, pending,
+                      counters)
+            if r >= 0:
+                k_row[key] = r
                 kind[g] = 0
                 continue
             kind[g] = 1

@@ -13,7 +13,7 @@ from imds_flow.alertpack import Packer
 from imds_flow.alerts import Folder, hit_alerts
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.detect import Detector, Hits
-from imds_flow.flows import FlowBatch
+from imds_flow.flows import HTTP, FlowBatch
 from imds_flow.kernels import compact
 
 from bench.synth import flow_datagrams
@@ -70,16 +70,25 @@ row = st.tuples(st.integers(0, 4), st.floats(0, 3), st.integers(0, 10_000),
 @settings(max_examples=300, deadline=None)
 @given(batches=st.lists(st.lists(row, max_size=30), max_size=4), window=st.sampled_from([0.0, 0.5, 2.0, 60.0]),
        gaps=st.lists(st.floats(0, 3), min_size=4, max_size=4), ticks=st.lists(st.booleans(), min_size=4, max_size=4),
-       max_keys=st.sampled_from([1 << 62, 1, 3]), slack=st.sampled_from([4096, 0]), packed=st.booleans())
-def test_add_hits_is_add_of_hit_alerts(batches, window, gaps, ticks, max_keys, slack, packed):
+       max_keys=st.sampled_from([1 << 62, 1, 3]), slack=st.sampled_from([4096, 0]), packed=st.booleans(),
+       spare=st.sampled_from([0, 1, 2, 64]))
+def test_add_hits_is_add_of_hit_alerts(batches, window, gaps, ticks, max_keys, slack, packed, spare):
     """Same alerts, same order of emission per key, same pending state: batch by batch; also past
-    limits.max_fold_keys, with the fold key table rebuilt at every tick (slack 0), and with the
-    alerts that leave at once packed by alertpack (the msgpack of every alert is the same)."""
+    limits.max_fold_keys, with the fold key table rebuilt at every tick (slack 0), with the
+    alerts that leave at once packed by alertpack (the msgpack of every alert is the same), and
+    with pending alerts made in the kernel from `spare` rows set aside (0: none, all in Python;
+    1 or 2: the kernel runs out and Python holds the rest)."""
     fast, slow = [], []
     enc = alerts.Encoder()
     pack = dict(packer=Packer(), emit_packed=lambda alert, ts: fast.append(msgpack.unpackb(alert))) if packed else {}
-    f_fast, f_slow = Folder(window, fast.append, max_keys, **pack), Folder(window, slow.append, max_keys)
     names = ("imds", "other")
+    saved_spare, alerts._SPARE = alerts._SPARE, max(spare, 1)
+    try:
+        f_fast, f_slow = Folder(window, fast.append, max_keys, **pack), Folder(window, slow.append, max_keys)
+    finally:
+        alerts._SPARE = saved_spare
+    if spare:
+        f_fast.describe = lambda: (names, _Exporters, (), ())
     t = 0.0
     saved, alerts._KEY_SLACK = alerts._KEY_SLACK, slack
     try:
@@ -224,6 +233,46 @@ def test_new_keys_lone_hits_leave_in_one_kernel_call_and_nothing_else_does():
     assert sorted(map(enc.encode, got)) == sorted(map(enc.encode, slow)) and len(got) == len(slow)
     for key in (1, 2, 7):
         assert [a for a in got if a["src"] == src(key)] == [a for a in slow if a["src"] == src(key)]
+
+
+def test_pending_alerts_are_made_in_the_kernel_and_python_only_names_them():
+    """With `describe` set (Pipeline sets it), a hit in a key's open window makes the pending alert in
+    the fold kernel, from a spare row: nothing is left to Folder.finish, and the alert that leaves
+    later is the one the dict path holds. When the spare rows run out Python holds the rest as
+    before, and the next call sets more aside; a row whose HTTP columns point into the batch's
+    buffer is held by Python. Checked to fail with kernels._hold never taking a row (rest > 0)."""
+    names = ("imds", "other")
+    fast, slow = [], []
+    saved, alerts._SPARE = alerts._SPARE, 2
+    try:
+        f, ref = Folder(60.0, fast.append), Folder(60.0, slow.append)
+    finally:
+        alerts._SPARE = saved
+    f.describe = lambda: (names, _Exporters, (), ())
+
+    def batch(*rows, http=()):
+        m = len(rows)
+        fb = _batch_of_hits([(key, ts, 100 + i, math.nan, 5.0 + i, 1024 + i, 10) for i, (key, ts) in enumerate(rows)])
+        for i in http:
+            fb.cols.row_flags[i] = HTTP
+            fb.cols.url_len[i] = fb.cols.host_len[i] = fb.cols.headers[i] = fb.cols.http_method[i] = 0
+        fb.cols.in_if[:m] = 7
+        hits = Hits(np.arange(m, dtype=np.int64), np.zeros(m, np.int32), np.zeros(m, np.uint8), 0)
+        f.add_hits(fb, hits, names, _Exporters)
+        ref.add(hit_alerts(fb, hits, names, _Exporters))
+        return int(f._counters[2])                          # groups left to Python
+
+    assert batch(*[(k, 1.0) for k in range(5)]) == 5        # five new keys: their windows open, alerts leave
+    assert batch((0, 1.5), (1, 1.5), (0, 1.6)) == 0         # two held in the kernel (key 0 with 2 hits)
+    assert f.pending == 2 and f._spare_size == 4
+    assert batch((2, 1.7), (3, 1.7), (4, 1.7)) == 0         # four spare now: three more
+    assert batch((0, 1.8), (1, 1.9)) == 0 and f.pending == 5   # merged into the kernel's pending alerts
+    assert batch((5, 2.0)) == 1 and batch((5, 2.1), http=(0,)) == 1 and f.pending == 6   # HTTP: Python's
+    assert f.pending == ref.pending
+    f.close()
+    ref.close()
+    enc = alerts.Encoder()
+    assert len(fast) == len(slow) == 12 and sorted(map(enc.encode, fast)) == sorted(map(enc.encode, slow))
 
 
 _HUGE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (34, 4)]
