@@ -171,9 +171,11 @@ WAKE_ENOUGH = 32                             # datagrams that make an epoll wake
 # most time one turn of the loop spends polling one socket: each turn costs ~0.4 ms of Python on a
 # cold core (the event loop, Polls.run making the kernel's arguments), so a longer one costs less
 # per record; the loop's timers and signals wait at most this long (alerts do not: they leave
-# with their batch). 0.1 s against 0.02 s, alternating, medians of 3: sFlow 200 000 samples/s
-# 0.483 -> 0.375 CPU s per million samples, v5 0.3 M records/s 208 -> 158 ms per million.
-POLLS_SECONDS = 0.1
+# with their batch; a fold window closes at most this late, on a tick of its own every second).
+# 0.1 s against 0.02 s, alternating, medians of 3: sFlow 200 000 samples/s 0.483 -> 0.375 CPU s per
+# million samples, v5 0.3 M records/s 208 -> 158 ms per million; 0.25 s against 0.1 s (8 s runs):
+# v5 0.3 M records/s 121 -> 104 ms (0.5 s: 96, not worth twice the wait).
+POLLS_SECONDS = 0.25
 IDLE_POLLS = 4                               # polls in a row that find a socket empty: back to epoll
 
 
