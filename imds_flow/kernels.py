@@ -339,12 +339,13 @@ def _merge(c, i, r, g, g_count, g_sums, g_times, pending):
 
 
 @njit
-def _hold(c, i, key, ep, direction, g, last, g_count, g_sums, g_times, pending, counters):
+def _hold(c, i, key, ep, direction, g, rest, last, g_count, g_sums, g_times, pending, counters):
     """Group g's alert becomes key `key`'s pending alert here, in a row of the spare rows Python set
-    aside (counters[4] of them left in `spare`): its numbers as _merge keeps them, and a copy of its
-    first hit's row i (endpoint ep, direction) with the key's id, from which Folder.folded makes
-    the alert's dict when the kernel call returns. Returns the row, or -1 when none is spare or
-    the row's HTTP columns point into the batch's buffer (it is overwritten by the next batch):
+    aside (counters[4] of them left in `spare`): its numbers as _merge keeps them (rest: those of
+    its hits after the first, group_hits' [.., 1], the first having left), and a copy of the row i
+    of its first hit held (endpoint ep, direction) with the key's id, from which Folder.folded
+    makes the alert's dict when the kernel call returns. Returns the row, or -1 when none is spare
+    or the row's HTTP columns point into the batch's buffer (it is overwritten by the next batch):
     Python holds it (Folder._open_groups)."""
     a_count, a_sums, a_times, a_tail, held, held_at, spare = pending
     left = counters[4]
@@ -352,11 +353,11 @@ def _hold(c, i, key, ep, direction, g, last, g_count, g_sums, g_times, pending, 
         return -1
     r = spare[left - 1]
     counters[4] = left - 1
-    a_count[r] = g_count[g]
+    a_count[r] = g_count[g] - rest
     for q in range(4):
-        a_sums[r, q] = g_sums[g, q]
+        a_sums[r, q] = g_sums[g, 4 * rest + q]
     for q in range(3):
-        a_times[r, q] = g_times[g, q]
+        a_times[r, q] = g_times[g, 3 * rest + q]
     a_tail[r, 0] = c.sport[last]
     a_tail[r, 1] = c.dport[last]
     a_tail[r, 2] = vlan_code(c, last)
@@ -491,13 +492,15 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
     open window's start, whether a window is open, its pending alert's row (-1: none); `pending`:
     the pending alerts' numbers (see _merge); `room`: keys that may still open
     (limits.max_fold_keys). kind[g]: 0 merged into its pending alert here, or made one here
-    (_hold), 1 opens a pending alert in its window (Python makes it), 2 opens a window (opened here: a new key gets the next id, the caller
-    having made room in the table and the arrays), 3 goes hit by hit (straddles a window boundary,
+    (_hold), 1 opens a pending alert in its window (Python makes it), 2 opens a window (opened
+    here: a new key gets the next id, the caller having made room in the table and the arrays;
+    hits after its first, with no pending alert to release, are held here and its count set to
+    1), 3 goes hit by hit (straddles a window boundary,
     or past the limit). `opened`: per group its key's id (-1: none) and, for a kind 2 that reopens
     a window holding a pending alert, that alert's row (the caller releases it; else -1); and
     counters: the next free id, how many windows opened that were not open, and at [4] the spare
     rows _hold may still take. Returns how many groups are left to Python."""
-    g_first, g_last, g_count, g_sums, g_times = groups
+    g_first, g_second, g_last, g_count, g_sums, g_times = groups
     t_keys, t_val, k_start, k_open, k_row = keys
     g_kid, g_released, counters = opened
     rest = 0
@@ -520,7 +523,7 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
                 _merge(c, idx[g_last[g]], k_row[key], g, g_count, g_sums, g_times, pending)
                 kind[g] = 0
                 continue
-            r = _hold(c, idx[f], key, ep[f], direction[f], g, idx[g_last[g]], g_count, g_sums, g_times, pending,
+            r = _hold(c, idx[f], key, ep[f], direction[f], g, 0, idx[g_last[g]], g_count, g_sums, g_times, pending,
                       counters)
             if r >= 0:
                 k_row[key] = r
@@ -539,6 +542,13 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
             g_released[g] = k_row[key] if is_open else -1
             counters[1] += not is_open
             k_start[key], k_open[key], k_row[key] = t_first, True, -1
+            if g_count[g] > 1 and g_released[g] < 0:     # its first leaves, the rest held here: a lone
+                s2 = g_second[g]                          # hit opening a window is what is left
+                r = _hold(c, idx[s2], key, ep[s2], direction[s2], g, 1, idx[g_last[g]], g_count, g_sums, g_times,
+                          pending, counters)
+                if r >= 0:
+                    k_row[key] = r
+                    g_count[g] = 1
         else:
             kind[g] = 3
         rest += 1
@@ -570,7 +580,7 @@ def fold_batch(c, idx, ep, direction, m, fold):
         return np.int64(-1)
     # room: keys that may still open when the fold tuple was made, less those opened since (polls.py
     # folds batch after batch in one call and Python hears of the windows when it returns)
-    counters[2] = fold_groups(c, idx[:m], ep[:m], direction[:m], (first, last, count, g_sums, g_times), g, keys,
+    counters[2] = fold_groups(c, idx[:m], ep[:m], direction[:m], (first, second, last, count, g_sums, g_times), g, keys,
                               pending, window, max(room - counters[1], 0), kind, (kid, released, counters))
     return np.int64(g)
 

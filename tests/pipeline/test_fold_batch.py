@@ -268,11 +268,19 @@ def test_pending_alerts_are_made_in_the_kernel_and_python_only_names_them():
     assert batch((2, 1.7), (3, 1.7), (4, 1.7)) == 0         # four spare now: three more
     assert batch((0, 1.8), (1, 1.9)) == 0 and f.pending == 5   # merged into the kernel's pending alerts
     assert batch((5, 2.0)) == 1 and batch((5, 2.1), http=(0,)) == 1 and f.pending == 6   # HTTP: Python's
+    made, python_held = [], []
+    f._made = lambda rows, was=f._made: made.append(len(rows)) or was(rows)
+    f._hold = lambda *a, was=f._hold: python_held.append(a[0]) or was(*a)
+    batch((6, 2.2), (6, 2.3), (6, 2.4))                     # a new key, three hits: the first leaves (Python
+    assert made == [1] and python_held == [] and f.pending == 7   # here, no packer), the rest held in the kernel
+    batch((1, 99.0), (1, 99.1))                             # reopens key 1 over its held alert: Python's, as before
+    assert made == [1] and len(python_held) == 1 and f.pending == 7
     assert f.pending == ref.pending
     f.close()
     ref.close()
     enc = alerts.Encoder()
-    assert len(fast) == len(slow) == 12 and sorted(map(enc.encode, fast)) == sorted(map(enc.encode, slow))
+    assert len(fast) == len(slow) == 16 and sorted(map(enc.encode, fast)) == sorted(map(enc.encode, slow))
+    assert sum(a["count"] for a in fast) == 20                # every hit of the eight batches
 
 
 _HUGE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (34, 4)]
