@@ -225,7 +225,8 @@ class Folder:
 
     def __init__(self, window: float, emit: Callable[[dict], None], max_keys: int = 1 << 62,
                  packer=None, emit_packed: Callable[[bytes, float], None] | None = None,
-                 emit_packed_many: Callable[[list, list], None] | None = None):
+                 emit_packed_many: Callable[[list, list], None] | None = None,
+                 describe: Callable[[], tuple] | None = None):
         self.window = window
         self.emit = emit
         self.packer, self.emit_packed = packer, emit_packed
@@ -250,7 +251,7 @@ class Folder:
         # () -> (names, exporters, signals, header_names) of the hits being folded, as hit_alerts takes
         # them: set (Pipeline), the kernel makes pending alerts itself and Python only their dicts,
         # once per call that made any, instead of a return to Python for the batch
-        self.describe: Callable[[], tuple] | None = None
+        self.describe = describe
 
     # --- pending alerts: the dict, and its folded numbers in a row of the arrays -------------------
 
@@ -349,10 +350,9 @@ class Folder:
 
     def _set_aside(self) -> None:
         """Spare rows back up to _spare_size, from the free ones (grown when too few)."""
+        self._take_made()                        # (folded() ran after the last call: nothing left to take)
         counters, size = self._counters, self._spare_size
         left = int(counters[4])
-        if counters[5] > left:                   # made since folded() last ran (it runs after every call)
-            self._made(self._spare[left: counters[5]])
         while len(self._free) < size - left:
             self._grow_rows()
         if len(self._spare) < size:
@@ -365,19 +365,23 @@ class Folder:
         opened, pending alerts made: since the last call, over one batch or, in polls.poll_loop,
         several); True when some are left to finish()."""
         counters = self._counters
-        self._keys.n, opened, rest, _, left, given = counters.tolist()
+        self._keys.n, opened, rest = counters[:3].tolist()
         self.windows += opened
         counters[1] = 0
-        if left < given:
-            self._made(self._spare[left: given])
-            counters[5] = left
-            if not left:                         # all taken: more next time (the kernel held the rest back)
-                self._spare_size = min(2 * self._spare_size, _SPARE_MAX)
+        self._take_made()
         return rest > 0
 
-    def _made(self, rows: np.ndarray) -> None:
-        """The dicts of the pending alerts the kernel made in `rows` (kernels._hold), from the copies of
-        their first hits' rows: what _open_groups would have held."""
+    def _take_made(self) -> None:
+        """The dicts of the pending alerts the kernel made (kernels._hold) since this last ran, from
+        the copies of their first hits' rows: what _open_groups would have held."""
+        counters = self._counters
+        left, given = counters[4:6].tolist()
+        if left >= given:
+            return
+        rows = self._spare[left: given]
+        counters[5] = left
+        if not left:                             # all taken: more next time (the kernel held the rest back)
+            self._spare_size = min(2 * self._spare_size, _SPARE_MAX)
         names, exporters, signals, header_names = self.describe()
         at = self._held_at[rows]
         hits = Hits(rows, at[:, 1].astype(np.int32), at[:, 2].astype(np.uint8), 0, signals, header_names)

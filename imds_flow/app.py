@@ -71,8 +71,7 @@ class Pipeline:
         packer = Packer((PROBE_SOURCE, PROBE_SOURCE_V6), PROBE_PORT) if type(self.encoder) is Encoder else None
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit, lim.max_fold_keys,
                              packer=packer, emit_packed=self._emit_packed,
-                             emit_packed_many=self._emit_packed_many)
-        self.folder.describe = self._describe
+                             emit_packed_many=self._emit_packed_many, describe=self._describe)
         self._bounds_logged = (0, 0)          # (batches_split, folder.over_limit) at the last warning
         self._bounds_limit = RateLimit(config.logging.error_interval_seconds)
         self._redefined = 0                   # template redefinitions at the last debug line

@@ -238,9 +238,10 @@ def test_new_keys_lone_hits_leave_in_one_kernel_call_and_nothing_else_does():
 def test_pending_alerts_are_made_in_the_kernel_and_python_only_names_them():
     """With `describe` set (Pipeline sets it), a hit in a key's open window makes the pending alert in
     the fold kernel, from a spare row: nothing is left to Folder.finish, and the alert that leaves
-    later is the one the dict path holds. When the spare rows run out Python holds the rest as
-    before, and the next call sets more aside; a row whose HTTP columns point into the batch's
-    buffer is held by Python. Checked to fail with kernels._hold never taking a row (rest > 0)."""
+    later is the one the dict path holds; so are a new key's hits after its first in one batch.
+    When the spare rows run out Python holds the rest as before, and the next call sets more aside;
+    a row whose HTTP columns point into the batch's buffer, and a reopened window's hits over a held
+    alert, are held by Python. Checked to fail with kernels._hold never taking a row (rest > 0)."""
     names = ("imds", "other")
     fast, slow = [], []
     saved, alerts._SPARE = alerts._SPARE, 2
@@ -269,7 +270,12 @@ def test_pending_alerts_are_made_in_the_kernel_and_python_only_names_them():
     assert batch((0, 1.8), (1, 1.9)) == 0 and f.pending == 5   # merged into the kernel's pending alerts
     assert batch((5, 2.0)) == 1 and batch((5, 2.1), http=(0,)) == 1 and f.pending == 6   # HTTP: Python's
     made, python_held = [], []
-    f._made = lambda rows, was=f._made: made.append(len(rows)) or was(rows)
+
+    def take_made(was=f._take_made):                       # how many pending alerts the kernel made
+        if f._counters[5] > f._counters[4]:
+            made.append(int(f._counters[5] - f._counters[4]))
+        was()
+    f._take_made = take_made
     f._hold = lambda *a, was=f._hold: python_held.append(a[0]) or was(*a)
     batch((6, 2.2), (6, 2.3), (6, 2.4))                     # a new key, three hits: the first leaves (Python
     assert made == [1] and python_held == [] and f.pending == 7   # here, no packer), the rest held in the kernel
