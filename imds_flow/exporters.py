@@ -196,12 +196,12 @@ class ExporterTable:
         alert_records columns, last_seen, the v5 and sFlow datagram sequence state, the columns
         the sFlow kernel counts into (wire.sflow.TALLY) and the sFlow rows' KeyMap (t0, t1, t2,
         val; keys as agent_row inserts them)."""
-        s = self._kernel_state
-        if s is None or s[0] is not self._keymap.t0 or s[4] is not self.counters or s[15] is not self._agent_keymap.t0:
-            s = self._kernel_state = self._keymap.arrays() + (
+        s, keys, agents = self._kernel_state, self._keymap.arrays(), self._agent_keymap.arrays()
+        if s is None or s[0] is not keys[0] or s[4] is not self.counters or s[15] is not agents[0]:
+            s = self._kernel_state = keys + (
                 self.counters, _REASON_COL, _C["datagrams"], _C["records"], _C["suppressed"], _C["alert_records"],
                 self.last_seen, self.seq_next, self.seq_seen, self.seq_lost,
-                np.array([_C[name] for name in TALLY], np.int64)) + self._agent_keymap.arrays()
+                np.array([_C[name] for name in TALLY], np.int64)) + agents
         return s
 
     def records_column(self) -> np.ndarray:

@@ -635,6 +635,14 @@ def key_insert(k0, k1, k2, val, t0, t1, t2, t_val):
 
 
 @kernel
+def key_insert_many(k0, k1, k2, val, t0, t1, t2, t_val):
+    """key_insert of every key in order (a later value of a key replaces an earlier): KeyMap stores
+    the keys a batch added in one call, not one per key."""
+    for j in range(val.shape[0]):
+        key_insert(k0[j], k1[j], k2[j], val[j], t0, t1, t2, t_val)
+
+
+@kernel
 def key_rehash(o0, o1, o2, o_val, t0, t1, t2, t_val):
     """Every key of a table (o_*) into a larger one: KeyMap's growth in one call, not one per key."""
     for j in range(o_val.shape[0]):

@@ -64,6 +64,7 @@ def warm_up(pipeline) -> None:
                              np.full(4, -1, np.int64))   # a fold key table grows, or is compacted (Folder.tick)
         words = (np.zeros(2, np.uint64),) * 3, (np.zeros(4, np.uint64),) * 3
         kernels.key_rehash(*words[0], np.full(2, -1, np.int64), *words[1], np.full(4, -1, np.int64))  # a KeyMap grows
+        kernels.key_insert_many(*words[0], np.zeros(2, np.int64), *words[1], np.full(4, -1, np.int64))  # ... is added to
         receive.warm_up()
         if helper is not None:
             try:

@@ -24,3 +24,28 @@ def test_keymap_is_a_dict(stored, probes):
     missing = km.lookup(cols[0], cols[1], cols[2].astype(np.uint16), out)
     assert out.tolist() == [ref.get(k, -2) for k in keys]
     assert missing == sum(k not in ref for k in keys)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.one_of(st.tuples(st.just("insert"), key, st.integers(0, 2**62)),
+                                st.tuples(st.just("lookup"), st.lists(key, min_size=1, max_size=20))),
+                      max_size=60))
+def test_inserts_wait_for_the_next_read_and_keep_their_order(steps):
+    """Inserts are stored in one kernel call when the table is next read: a key inserted again takes
+    its latest value, a lookup between inserts sees every one before it, and the arrays handed to
+    the kernels (arrays()) hold them too."""
+    km, ref = KeyMap(capacity=2), {}
+    for step in steps:
+        if step[0] == "insert":
+            km.insert(*step[1], step[2])
+            ref[step[1]] = step[2]
+            continue
+        keys = step[1]
+        cols = [np.array([k[j] for k in keys], np.uint64) for j in range(3)]
+        out = np.empty(len(keys), np.int64)
+        km.lookup(*cols, out)
+        assert out.tolist() == [ref.get(k, -2) for k in keys]
+    t0, t1, t2, val = km.arrays()
+    held = {(int(a), int(b), int(c)): int(v) for a, b, c, v in zip(t0, t1, t2, val) if v >= 0}
+    assert held == ref
+    assert 2 * len(ref) <= len(val)
