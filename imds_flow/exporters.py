@@ -225,10 +225,10 @@ class ExporterTable:
     def add_count(self, counter: str, exporter: int, k: int = 1) -> None:
         self.counters[exporter, _C[counter]] += k
 
-    def add_counts(self, counter: str, exp_ids: np.ndarray) -> None:
-        """One count per entry of exp_ids (an exporter index may repeat)."""
+    def add_counts(self, counter: str, exp_ids: np.ndarray, k: int = 1) -> None:
+        """k counts per entry of exp_ids (an exporter index may repeat)."""
         if len(exp_ids):
-            np.add.at(self.counters[:, _C[counter]], exp_ids, 1)
+            np.add.at(self.counters[:, _C[counter]], exp_ids, k)
 
     def total(self, counter: str) -> int:
         return int(self.counters[: len(self.address), _C[counter]].sum())

@@ -40,6 +40,10 @@ class KeyMap:
         meeting an exporter cost."""
         self._new.append((k0, k1, k2, value))
 
+    def insert_many(self, k0, k1, k2, values) -> None:
+        """insert() of each (k0[i], k1[i], k2[i]) -> values[i], in order."""
+        self._new.extend(zip(k0, k1, k2, values))
+
     def _store(self) -> None:
         new, self._new = self._new, []
         self.n += len(new)

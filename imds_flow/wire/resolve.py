@@ -141,12 +141,19 @@ def _take_templates(rows: np.ndarray, w: _Buffers, version, scope_dg, dg, exp_id
     buf = dg.buf
     defs: dict[int, list[tuple[int, int]]] = {}
     before: dict[int, int] = {}
+    sets = []                                        # (row, datagram, scope, body, parse) in batch order
     for row in rows.tolist():
         d = int(w.s_dg[row])
         o = int(w.s_off[row])
-        scope = int(scope_dg[d])
         body = buf[o:o + int(w.s_len[row])].tobytes()
-        parsed = cache.parse_set(body, int(version[d]), int(w.s_id[row]))
+        sets.append((row, d, int(scope_dg[d]), body, cache.parse_set(body, int(version[d]), int(w.s_id[row]))))
+    alike = _new_alike(sets, version, w.s_id, cache)
+    for row, d, scope, body, parsed in sets:
+        group = alike.get(row)
+        if group is not None:
+            if group:                                # its first: every set of the group at once
+                _define_alike(group, version, w.s_id, dg.ts, exp_ids, exporters, defs, before)
+            continue
         e = int(exp_ids[d])
         whole = not parsed.rejected and not parsed.withdrawals
         exporters.add_count("templates", e, len(parsed.templates))
@@ -172,6 +179,55 @@ def _take_templates(rows: np.ndarray, w: _Buffers, version, scope_dg, dg, exp_id
         if whole:                                    # resent as it is, the one-call path takes it
             cache.remember_set(scope, int(w.s_id[row]), body, [(scope << 16) | t.template_id for t in parsed.templates])
     return defs, before
+
+
+def _new_alike(sets: list, version, set_id, cache) -> dict:
+    """The template sets a batch from many new exporters brings: sets with the same bytes, each in a
+    scope of its own that never held their ids and sends no other set in the batch, well within the
+    [limits] bounds (all the batch's templates, as new layouts, would pass none). Returns {walk
+    position: []} for each of them and, for the first of each group, the group (row, datagram,
+    scope, body, parse) instead; nothing when the bounds are near (then each goes one by one and
+    is refused where define() refuses it)."""
+    if len(sets) < 2:
+        return {}
+    per_scope: dict[int, int] = {}
+    for _, _, scope, _, _ in sets:
+        per_scope[scope] = per_scope.get(scope, 0) + 1
+    if not cache.fits(sum(len(p.templates) for *_, p in sets), sum(len(t.fields) for *_, p in sets for t in p.templates)):
+        return {}
+    room = cache.bounds.max_templates_per_scope
+    groups: dict[tuple, list] = {}
+    for s in sets:
+        row, d, scope, body, parsed = s
+        ids = [t.template_id for t in parsed.templates]
+        if scope >= 0 and per_scope[scope] == 1 and parsed.templates and not parsed.rejected \
+                and not parsed.withdrawals and len(set(ids)) == len(ids) \
+                and cache.scope_templates[scope] + len(ids) <= room and cache.fresh(scope, ids):
+            groups.setdefault((int(version[d]), int(set_id[row]), body), []).append(s)
+    alike: dict[int, list] = {}
+    for group in groups.values():
+        if len(group) > 1:
+            alike.update((s[0], []) for s in group)
+            alike[group[0][0]] = group
+    return alike
+
+
+def _define_alike(group: list, version, set_id, ts, exp_ids, exporters, defs: dict, before: dict) -> None:
+    """What _take_templates does set by set, for a group _new_alike found: define_new and
+    remember_new_sets per template for all its scopes at once."""
+    cache = exporters.templates
+    row0, d0, _, body, parsed = group[0]
+    rows = [s[0] for s in group]
+    scopes = [s[2] for s in group]
+    received = ts[np.array([s[1] for s in group], np.int64)].tolist()
+    exporters.add_counts("templates", exp_ids[np.array([s[1] for s in group], np.int64)], len(parsed.templates))
+    for t in parsed.templates:
+        pid = cache.define_new(scopes, t, received)
+        for row, scope in zip(rows, scopes):
+            key = (scope << 16) | t.template_id
+            before[key] = -1
+            defs[key] = [(row, pid)]
+    cache.remember_new_sets(scopes, int(set_id[row0]), body, [t.template_id for t in parsed.templates])
 
 
 def _plans(sets: np.ndarray, pos: np.ndarray, uniq: np.ndarray, inverse: np.ndarray, defs: dict, before: dict,

@@ -107,8 +107,9 @@ class ScopeTable:
         if sid is None:
             sid = self._scopes[key] = len(self.scope_keys)
             self.scope_keys.append(key)
-            for name in ("scope_exporter", "seq_next", "seq_seen", "seq_lost", "seq_count", "scope_templates"):
-                setattr(self, name, grow(getattr(self, name), sid + 1))
+            if sid >= len(self.scope_exporter):      # (they grow together)
+                for name in ("scope_exporter", "seq_next", "seq_seen", "seq_lost", "seq_count", "scope_templates"):
+                    setattr(self, name, grow(getattr(self, name), sid + 1))
         return sid
 
     def scopes_for(self, exp: np.ndarray, version: np.ndarray, domain: np.ndarray, exporters) -> np.ndarray:
@@ -193,6 +194,39 @@ class ScopeTable:
             self.scope_templates[sid] += 1
         self._fields += grow
         self._hold(key, pid, received, t)
+        return pid
+
+    def fits(self, templates: int, fields: int) -> bool:
+        """Whether `templates` definitions of `fields` fields in all, every one new and of a new
+        layout, would pass no bound (define_new's callers ask for a whole batch's at once)."""
+        b, pl = self.bounds, self.plans
+        return len(self.templates) + templates <= b.max_templates and self._fields + fields <= b.max_template_fields \
+            and pl.n + templates <= 2 * b.max_templates and pl.nf_used + fields <= 2 * b.max_template_fields
+
+    def fresh(self, sid: int, template_ids) -> bool:
+        """Scope `sid` never held a definition of these ids (define_new may take them)."""
+        slots = self._slots
+        return all(((sid << 16) | i) not in slots for i in template_ids)
+
+    def define_new(self, sids: list[int], t: Template, received: list[float]) -> int:
+        """define() of `t` in each of the scopes `sids`, in one step: distinct scopes, each fresh()
+        for it, with room for it under max_templates_per_scope, and fits() asked for all. A batch
+        from thousands of new exporters sending the same template set defined them one by one
+        (~10 us each in Python). Returns the plan id."""
+        pid = self.plans.plan(t)
+        keys = [(s << 16) | t.template_id for s in sids]
+        m, first = len(keys), len(self._slots)
+        self.templates.update(zip(keys, [(pid, r, t) for r in received]))
+        self.scope_templates[np.array(sids, np.int64)] += 1
+        self._fields += m * len(t.fields)
+        self.dirty = True
+        self._slots.update(zip(keys, range(first, first + m)))
+        self._slot_keys.extend(keys)
+        self.slot_plan = grow(self.slot_plan, first + m, fill=-1)
+        self.slot_received = grow(self.slot_received, first + m)
+        self.slot_plan[first:first + m] = pid
+        self.slot_received[first:first + m] = received
+        self._slot_ids.insert_many(keys, [0] * m, [0] * m, range(first, first + m))
         return pid
 
     def compaction_due(self) -> bool:
@@ -296,6 +330,36 @@ class ScopeTable:
         self.set_pids[first:first + len(keys)] = pids
         self._set_slots_used += len(keys)
         self.set_off[e], self.set_first[e], self.set_count[e] = off, first, len(keys)
+
+    def remember_new_sets(self, sids: list[int], set_id: int, body: bytes, template_ids: list[int]) -> None:
+        """remember_set of one template set taken whole in each of the scopes `sids` (distinct;
+        define_new defined its templates there), in one step, sharing one copy of its bytes."""
+        m, c, size = len(sids), len(template_ids), len(body)
+        at = [(s, set_id, size) for s in sids]
+        if size > self.PARSED_SET_BYTES or len(set(template_ids)) < c:
+            return
+        if len(self._known) + m > self.KNOWN_SETS or any(a in self._known for a in at):
+            for s in sids:                            # the one-by-one way (it forgets what it must)
+                self.remember_set(s, set_id, body, [(s << 16) | i for i in template_ids])
+            return
+        e = len(self._known)
+        self._known.update(zip(at, range(e, e + m)))
+        for name in ("set_off", "set_first", "set_count"):
+            setattr(self, name, grow(getattr(self, name), e + m))
+        self._set_ids.insert_many(sids, [set_id] * m, [size] * m, range(e, e + m))
+        self._set_bytes_live += size * m
+        off = self._set_bytes_used
+        self.set_bytes = grow(self.set_bytes, off + size)
+        self.set_bytes[off:off + size] = np.frombuffer(body, np.uint8)
+        self._set_bytes_used += size
+        first = self._set_slots_used
+        slots = [self._slots[(s << 16) | i] for s in sids for i in template_ids]
+        self.set_slots = grow(self.set_slots, first + m * c)
+        self.set_pids = grow(self.set_pids, first + m * c)
+        self.set_slots[first:first + m * c] = slots
+        self.set_pids[first:first + m * c] = [self.templates[(s << 16) | i][0] for s in sids for i in template_ids]
+        self._set_slots_used += m * c
+        self.set_off[e:e + m], self.set_first[e:e + m], self.set_count[e:e + m] = off, first + c * np.arange(m), c
 
     def refreshed(self, entries: np.ndarray, long_ago: bool) -> None:
         """After onecall.ipfix_batch took template sets (their `entries`) and refreshed slot_received:
