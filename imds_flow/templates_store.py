@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -26,8 +27,7 @@ FORMAT = 1
 _CHUNK = 256                                  # template entries per write call
 
 
-def _json(value) -> str:
-    return json.dumps(value, separators=(",", ":"))
+_json = json.JSONEncoder(separators=(",", ":")).encode   # one encoder (json.dumps with options makes one a call)
 
 
 class TemplateFile:
@@ -116,7 +116,8 @@ class TemplateFile:
             layout = layouts.get(id(t))
             if layout is None or layout[0] is not t:
                 layout = layouts[id(t)] = (t, _json(template_entry(t))[1:-1] + ',"received":')
-            out.append(scope + layout[1] + json.dumps(received) + "}")
+            # (json.dumps of a finite float is its repr, at a tenth of the cost: 10 000 a save)
+            out.append(scope + layout[1] + (repr(received) if math.isfinite(received) else json.dumps(received)) + "}")
         if len(layouts) > 2 * len(held) + 64:          # texts of templates gone: start afresh next time
             layouts.clear()
         return out
