@@ -152,7 +152,7 @@ def _take_templates(rows: np.ndarray, w: _Buffers, version, scope_dg, dg, exp_id
         group = alike.get(row)
         if group is not None:
             if group:                                # its first: every set of the group at once
-                _define_alike(group, version, w.s_id, dg.ts, exp_ids, exporters, defs, before)
+                _define_alike(group, w.s_id, dg.ts, exp_ids, exporters, defs, before)
             continue
         e = int(exp_ids[d])
         whole = not parsed.rejected and not parsed.withdrawals
@@ -212,11 +212,11 @@ def _new_alike(sets: list, version, set_id, cache) -> dict:
     return alike
 
 
-def _define_alike(group: list, version, set_id, ts, exp_ids, exporters, defs: dict, before: dict) -> None:
+def _define_alike(group: list, set_id, ts, exp_ids, exporters, defs: dict, before: dict) -> None:
     """What _take_templates does set by set, for a group _new_alike found: define_new and
     remember_new_sets per template for all its scopes at once."""
     cache = exporters.templates
-    row0, d0, _, body, parsed = group[0]
+    row0, _, _, body, parsed = group[0]
     rows = [s[0] for s in group]
     scopes = [s[2] for s in group]
     received = ts[np.array([s[1] for s in group], np.int64)].tolist()

@@ -215,18 +215,13 @@ class ScopeTable:
         (~10 us each in Python). Returns the plan id."""
         pid = self.plans.plan(t)
         keys = [(s << 16) | t.template_id for s in sids]
-        m, first = len(keys), len(self._slots)
         self.templates.update(zip(keys, [(pid, r, t) for r in received]))
         self.scope_templates[np.array(sids, np.int64)] += 1
-        self._fields += m * len(t.fields)
+        self._fields += len(keys) * len(t.fields)
         self.dirty = True
-        self._slots.update(zip(keys, range(first, first + m)))
-        self._slot_keys.extend(keys)
-        self.slot_plan = grow(self.slot_plan, first + m, fill=-1)
-        self.slot_received = grow(self.slot_received, first + m)
-        self.slot_plan[first:first + m] = pid
-        self.slot_received[first:first + m] = received
-        self._slot_ids.insert_many(keys, [0] * m, [0] * m, range(first, first + m))
+        first = self._new_slots(keys)
+        self.slot_plan[first:first + len(keys)] = pid
+        self.slot_received[first:first + len(keys)] = received
         return pid
 
     def compaction_due(self) -> bool:
@@ -251,13 +246,20 @@ class ScopeTable:
         self.templates[key] = (pid, received, t)
         slot = self._slots.get(key)
         if slot is None:
-            slot = self._slots[key] = len(self._slots)
-            self._slot_keys.append(key)
-            self.slot_plan = grow(self.slot_plan, slot + 1, fill=-1)
-            self.slot_received = grow(self.slot_received, slot + 1)
-            self._slot_ids.insert(key, 0, 0, slot)
+            slot = self._new_slots([key])
         self.slot_plan[slot] = pid
         self.slot_received[slot] = received
+
+    def _new_slots(self, keys: list[int]) -> int:
+        """Slots in the kernels' mirror for `keys` (none has one), numbered on from the last; returns
+        the first."""
+        m, first = len(keys), len(self._slots)
+        self._slots.update(zip(keys, range(first, first + m)))
+        self._slot_keys.extend(keys)
+        self.slot_plan = grow(self.slot_plan, first + m, fill=-1)
+        self.slot_received = grow(self.slot_received, first + m)
+        self._slot_ids.insert_many(keys, [0] * m, [0] * m, range(first, first + m))
+        return first
 
     def _forget(self, key: int) -> None:
         _, _, t = self.templates.pop(key)
@@ -314,51 +316,49 @@ class ScopeTable:
             self._forget_sets()                       # (a set that changes keeps appending its bytes)
             e = None
         if e is None:
-            e = self._known[at] = len(self._known)
-            for name in ("set_off", "set_first", "set_count"):
-                setattr(self, name, grow(getattr(self, name), e + 1))
-            self._set_ids.insert(scope, set_id, len(body), e)
-            self._set_bytes_live += len(body)
-        off = self._set_bytes_used                    # appended: an entry's old bytes are left behind
-        self.set_bytes = grow(self.set_bytes, off + len(body))
-        self.set_bytes[off:off + len(body)] = np.frombuffer(body, np.uint8)
-        self._set_bytes_used += len(body)
-        first = self._set_slots_used
-        self.set_slots = grow(self.set_slots, first + len(keys))
-        self.set_pids = grow(self.set_pids, first + len(keys))
-        self.set_slots[first:first + len(keys)] = slots
-        self.set_pids[first:first + len(keys)] = pids
-        self._set_slots_used += len(keys)
-        self.set_off[e], self.set_first[e], self.set_count[e] = off, first, len(keys)
+            e = self._new_entries([at])
+        self._put_sets(e, 1, body, slots, pids)       # appended: an entry's old bytes are left behind
 
     def remember_new_sets(self, sids: list[int], set_id: int, body: bytes, template_ids: list[int]) -> None:
         """remember_set of one template set taken whole in each of the scopes `sids` (distinct;
         define_new defined its templates there), in one step, sharing one copy of its bytes."""
-        m, c, size = len(sids), len(template_ids), len(body)
-        at = [(s, set_id, size) for s in sids]
-        if size > self.PARSED_SET_BYTES or len(set(template_ids)) < c:
+        m, c = len(sids), len(template_ids)
+        at = [(s, set_id, len(body)) for s in sids]
+        if len(body) > self.PARSED_SET_BYTES or len(set(template_ids)) < c:
             return
         if len(self._known) + m > self.KNOWN_SETS or any(a in self._known for a in at):
             for s in sids:                            # the one-by-one way (it forgets what it must)
                 self.remember_set(s, set_id, body, [(s << 16) | i for i in template_ids])
             return
-        e = len(self._known)
+        keys = [(s << 16) | i for s in sids for i in template_ids]
+        self._put_sets(self._new_entries(at), m, body, [self._slots[k] for k in keys],
+                       [self.templates[k][0] for k in keys])
+
+    def _new_entries(self, at: list[tuple[int, int, int]]) -> int:
+        """Remembered-set entries for the (scope, set id, length) keys `at` (none has one), numbered
+        on from the last; returns the first."""
+        m, e = len(at), len(self._known)
         self._known.update(zip(at, range(e, e + m)))
         for name in ("set_off", "set_first", "set_count"):
             setattr(self, name, grow(getattr(self, name), e + m))
-        self._set_ids.insert_many(sids, [set_id] * m, [size] * m, range(e, e + m))
-        self._set_bytes_live += size * m
+        self._set_ids.insert_many(*zip(*at), range(e, e + m))
+        self._set_bytes_live += sum(size for *_, size in at)
+        return e
+
+    def _put_sets(self, e: int, m: int, body: bytes, slots: list[int], pids: list[int]) -> None:
+        """Entries e .. e + m - 1 hold `body` (one copy, appended) and, in turn, an equal share of
+        `slots` and `pids` (their templates' slots and plans, in set order)."""
+        c = len(slots) // m
         off = self._set_bytes_used
-        self.set_bytes = grow(self.set_bytes, off + size)
-        self.set_bytes[off:off + size] = np.frombuffer(body, np.uint8)
-        self._set_bytes_used += size
+        self.set_bytes = grow(self.set_bytes, off + len(body))
+        self.set_bytes[off:off + len(body)] = np.frombuffer(body, np.uint8)
+        self._set_bytes_used += len(body)
         first = self._set_slots_used
-        slots = [self._slots[(s << 16) | i] for s in sids for i in template_ids]
-        self.set_slots = grow(self.set_slots, first + m * c)
-        self.set_pids = grow(self.set_pids, first + m * c)
-        self.set_slots[first:first + m * c] = slots
-        self.set_pids[first:first + m * c] = [self.templates[(s << 16) | i][0] for s in sids for i in template_ids]
-        self._set_slots_used += m * c
+        self.set_slots = grow(self.set_slots, first + len(slots))
+        self.set_pids = grow(self.set_pids, first + len(slots))
+        self.set_slots[first:first + len(slots)] = slots
+        self.set_pids[first:first + len(slots)] = pids
+        self._set_slots_used += len(slots)
         self.set_off[e:e + m], self.set_first[e:e + m], self.set_count[e:e + m] = off, first + c * np.arange(m), c
 
     def refreshed(self, entries: np.ndarray, long_ago: bool) -> None:
