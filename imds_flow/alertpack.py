@@ -43,6 +43,7 @@ def _table(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 
 _NOTHING = np.empty(0, np.uint8)                 # _pack's out when it only measures
+_SINGLE = np.empty((0, 3), np.uint64)            # _pack's folded when each alert is one record's
 _ROOM = -1                                        # _pack_leaving: out must first grow
 
 
@@ -96,18 +97,49 @@ class Packer:
     def pack(self, batch: FlowBatch, hits: Hits, names: tuple[str, ...], exporters) -> tuple[list[bytes | None], list[float]]:
         """(msgpack of each hit's alert with count 1, None where only hit_alerts can say: a method
         index out of range; the alert's ts), for the same arguments as alerts.hit_alerts."""
-        idx, endpoint, direction = hits.idx, hits.endpoint, hits.direction
+        ints, floats = self._hit_fields(batch.rows, hits.idx)
+        return self._pack_all(ints, floats, hits.endpoint, hits.direction, _SINGLE, batch.buf, batch.late_buf,
+                              names, hits.signals, hits.header_names, exporters)
+
+    def pack_folded(self, held: np.ndarray, rows: np.ndarray, endpoint: np.ndarray, direction: np.ndarray,
+                    count: np.ndarray, sums: np.ndarray, times: np.ndarray, tail: np.ndarray,
+                    names: tuple[str, ...], signals: tuple[str, ...], header_names: tuple[str, ...],
+                    exporters) -> tuple[list[bytes | None], list[float]]:
+        """As pack(), for pending alerts leaving with their folded numbers: alert i is the one of
+        the record held[rows[i]] (a FlowBatch row without HTTP columns, alerts.Folder's copy of a
+        pending alert's first record), with count[i], sums[i] (bytes, packets and their
+        estimates), times[i] (first, last seen, NaN none, and ts) and tail[i] (sport, dport, VLAN
+        code, -1 none, of its latest record) where that record's own are: the bytes
+        Encoder().encode gives the dict Folder._release makes of them."""
+        ints, floats = self._hit_fields(held, rows)
+        ints[:, 9], ints[:, 10] = sums[:, 0], sums[:, 1]
+        ints[:, 6], ints[:, 7] = tail[:, 0], tail[:, 1]
+        ints[:, 21] = np.where(tail[:, 2] < 0, 0, tail[:, 2] + 1)          # hit_fields' VLAN column: code + 1
+        floats[:, 1], floats[:, 2], floats[:, 0] = times[:, 0], times[:, 1], times[:, 2]
+        folded = np.empty((len(rows), 3), np.uint64)
+        folded[:, 0], folded[:, 1], folded[:, 2] = count, sums[:, 2], sums[:, 3]
+        return self._pack_all(ints, floats, endpoint, direction, folded, _NOTHING, _NOTHING, names, signals,
+                              header_names, exporters)
+
+    @staticmethod
+    def _hit_fields(rows: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = len(idx)
         ints, floats = np.empty((m, len(kernels.HIT_INTS)), np.uint64), np.empty((m, len(kernels.HIT_FLOATS)), np.float64)
-        kernels.hit_fields(batch.rows, np.ascontiguousarray(idx, np.int64), ints, floats)
-        consts, c_off, base, n_headers = self._strings(names, hits.signals, hits.header_names)
+        kernels.hit_fields(rows, np.ascontiguousarray(idx, np.int64), ints, floats)
+        return ints, floats
+
+    def _pack_all(self, ints, floats, endpoint, direction, folded, buf, late_buf, names, signals, header_names,
+                  exporters) -> tuple[list[bytes | None], list[float]]:
+        """_pack's two passes over alerts whose fields hit_fields read (ints, floats)."""
+        m = len(ints)
+        consts, c_off, base, n_headers = self._strings(names, signals, header_names)
         test, n_test, test_port = self._test
         args = (ints, floats, floats.view(np.uint64), *self._exporters(exporters),
                 np.ascontiguousarray(endpoint, np.int64), np.ascontiguousarray(direction, np.int64),
-                consts, c_off, base, n_headers, *self._keys, batch.buf, batch.late_buf)
+                consts, c_off, base, n_headers, *self._keys, buf, late_buf)
         ends, ok, is_test = np.empty(m, np.int64), np.empty(m, np.bool_), np.empty(m, np.bool_)
         kind, val = np.empty(len(KEYS), np.int64), np.empty(len(KEYS), np.uint64)
-        args += (test, n_test, test_port, kind, val, ends, ok, is_test)
+        args += (test, n_test, test_port, folded, kind, val, ends, ok, is_test)
         out = np.empty(_pack(*args, _NOTHING, False), np.uint8)
         _pack(*args, out, True)
         blob = out.tobytes()
@@ -166,11 +198,12 @@ class Packer:
 
     def _leaving_scratch(self, size: int) -> None:
         """pack_leaving's scratch for `size` groups: their numbers, hit rows, endpoints, directions,
-        ints, floats (and their bits), ends, ok, is_test."""
+        ints, floats (and their bits), ends, ok, is_test, and _SINGLE."""
         floats = np.empty((size, len(kernels.HIT_FLOATS)), np.float64)
         numbers = tuple(np.empty(size, np.int64) for _ in range(4))
         self._leaving = numbers + (np.empty((size, len(kernels.HIT_INTS)), np.uint64), floats, floats.view(np.uint64),
-                                   np.empty(size, np.int64), np.empty(size, np.bool_), np.empty(size, np.bool_))
+                                   np.empty(size, np.int64), np.empty(size, np.bool_), np.empty(size, np.bool_),
+                                   _SINGLE)
 
 
 # --- the kernel: msgpack by hand (the msgpack-python packer's choices: the shortest int, float64,
@@ -346,14 +379,18 @@ _SKIP, _UINT, _FLOAT, _NIL, _CONST, _EXPORTER, _ADDRESS, _TEXT, _HEADERS, _TRUE 
 
 
 @njit(_nrt=False)
-def _fields(i, ints, fbits, floats, ep, direction, base, test, kind, val):
+def _fields(i, ints, fbits, floats, ep, direction, base, test, folded, kind, val):
     """kind[k] / val[k] of alert i's field KEYS[k]; False where the dict path must decide (a
-    method index out of range)."""
+    method index out of range). folded: each alert's count, bytes and packets estimates (a
+    folded alert's sums), or no rows (each alert one record's: count 1, estimates scaled here)."""
     version, flags, method = ints[i, 1], ints[i, 12], ints[i, 13]
     nbytes, packets, sampling = ints[i, 9], ints[i, 10], ints[i, 11]
     if sampling == 0:
         sampling = np.uint64(1)
+    count = np.uint64(1)
     b_est, p_est = kernels.sat_mul(nbytes, sampling), kernels.sat_mul(packets, sampling)
+    if folded.shape[0] > 0:
+        count, b_est, p_est = folded[i, 0], folded[i, 1], folded[i, 2]
     http = flags & np.uint64(HTTP) != 0
     if http and method >= np.uint64(len(METHODS)):
         return False
@@ -373,7 +410,7 @@ def _fields(i, ints, fbits, floats, ep, direction, base, test, kind, val):
     kind[13], val[13] = _UINT, packets
     for k in range(2):                                               # first_seen, last_seen
         kind[14 + k], val[14 + k] = (_NIL, np.uint64(0)) if np.isnan(floats[i, 1 + k]) else (_FLOAT, fbits[i, 1 + k])
-    kind[16], val[16] = _UINT, 1                                     # count
+    kind[16], val[16] = _UINT, count
     kind[17], val[17] = _UINT, sampling
     kind[18], val[18] = _UINT, b_est
     kind[19], val[19] = _UINT, p_est
@@ -462,17 +499,18 @@ def _is_test(ints, i, test, n_test, port):
 
 @kernel
 def _pack(ints, floats, fbits, e_buf, e_off, e_port, ep, direction, consts, c_off, base, n_headers, keys, k_off,
-          buf, late_buf, test, n_test, port, kind, val, ends, ok, is_test, out, write):
+          buf, late_buf, test, n_test, port, folded, kind, val, ends, ok, is_test, out, write):
     """Every alert's map, one after the other, into out (write); or first (not write) only where
     each ends (ends), whether it is packed (ok: else the dict path decides) and the total size,
-    returned. kind / val: scratch for _fields. One kernel for both passes: one compile."""
+    returned. kind / val: scratch for _fields; folded: as _fields takes it. One kernel for both
+    passes: one compile."""
     pos = 0
     for i in range(ints.shape[0]):
         if not write:
             is_test[i] = _is_test(ints, i, test, n_test, port)
-            ok[i] = _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], kind, val)
+            ok[i] = _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], folded, kind, val)
         elif ok[i]:
-            _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], kind, val)
+            _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], folded, kind, val)
         if ok[i]:
             pos = _alert(out, pos, i, ints, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off,
                          buf, late_buf, kind, val, write)
@@ -529,7 +567,7 @@ def _pack_selected(k, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, 
     """The alerts of the k hits in scratch's rows (sel), endpoints and directions into out; res =
     (k, bytes), or (0, 0) when one of them only hit_alerts can say (none the decoders make) or k is 0.
     Returns _ROOM, res[1] the bytes out must hold first, or 0."""
-    _, sel, ep, direction, ints, floats, fbits, ends, ok, is_test = scratch
+    _, sel, ep, direction, ints, floats, fbits, ends, ok, is_test, single = scratch
     f_kind, f_val = field_scratch
     res[0] = 0
     res[1] = 0
@@ -537,7 +575,7 @@ def _pack_selected(k, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, 
         return 0
     kernels.hit_fields(rows, sel[:k], ints[:k], floats[:k])
     size = _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off, base,
-                 n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k],
+                 n_headers, keys, k_off, buf, late_buf, test, n_test, port, single, f_kind, f_val, ends[:k], ok[:k],
                  is_test[:k], out, False)
     for i in range(k):
         if not ok[i]:
@@ -546,7 +584,7 @@ def _pack_selected(k, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, 
     if size > out.shape[0]:
         return _ROOM
     _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off, base,
-          n_headers, keys, k_off, buf, late_buf, test, n_test, port, f_kind, f_val, ends[:k], ok[:k], is_test[:k],
-          out, True)
+          n_headers, keys, k_off, buf, late_buf, test, n_test, port, single, f_kind, f_val, ends[:k], ok[:k],
+          is_test[:k], out, True)
     res[0] = k
     return 0

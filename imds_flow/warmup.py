@@ -59,6 +59,13 @@ def warm_up(pipeline) -> None:
                             pipeline.detector.names + ("x",), scratch)
         folder.add(hit_alerts(batch, Hits(kept[:1], np.zeros(1, np.int32), np.ones(1, np.uint8), 0),
                               pipeline.detector.names + ("x",), scratch))   # a lone hit: Folder.add's key lookup
+        names = pipeline.detector.names + ("x",)
+        made = Folder(60.0, lambda alert: None, packer=pipeline.folder.packer, emit_packed=lambda alert, ts: None,
+                      describe=lambda: (names, scratch, (), ()))
+        for _ in range(2):                   # the fold kernel makes the pending alert, and it leaves packed
+            made.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
+                          names, scratch)
+        made.close()
         empty = (np.zeros((2, 6), np.uint64), np.full(2, -1, np.int64))
         kernels.fold_compact(*empty, np.full(1, -1, np.int64), np.zeros((4, 6), np.uint64),
                              np.full(4, -1, np.int64))   # a fold key table grows, or is compacted (Folder.tick)

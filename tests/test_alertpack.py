@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from imds_flow.alertpack import Packer
 from imds_flow.alerts import Encoder, hit_alerts
 from imds_flow.detect import Hits
-from imds_flow.flows import ROW, FlowBatch
+from imds_flow.flows import HTTP, ROW, FlowBatch
 from imds_flow.probe import PROBE_PORT, PROBE_SOURCE, PROBE_SOURCE_V6, is_probe
 from imds_flow.addr import to_hilo
 
@@ -106,3 +106,57 @@ def test_exporter_rows_added_between_batches_and_another_table():
         hits = Hits(np.array(rows, np.int64), np.zeros(len(rows), np.int32), np.zeros(len(rows), np.uint8), 0, ("address",))
         packed, _ = packer.pack(fb, hits, ("imds",), table)
         assert packed == [enc.encode(alert) for _, alert in hit_alerts(fb, hits, ("imds",), table)]
+
+
+U64 = st.integers(0, 2**64 - 1)
+FOLDED = st.tuples(st.integers(1, 2**40), U64, U64, U64, U64,                 # count, bytes, packets, estimates
+                   st.one_of(st.just(float("nan")), st.floats(0, 2e9)),    # first, last seen
+                   st.one_of(st.just(float("nan")), st.floats(0, 2e9)), st.floats(0, 2e9),   # ts
+                   st.integers(0, 65535), st.integers(0, 65535), st.integers(-1, 4095))      # sport, dport, VLAN code
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), folded=st.lists(FOLDED, min_size=1, max_size=20), probe=st.floats(0, 1))
+def test_folded_alerts_are_the_encoded_dicts(seed, folded, probe):
+    """Packer.pack_folded (a pending alert the fold kernel made, leaving with its folded numbers)
+    against its oracle: the dict Folder._release makes (hit_alerts' of its first record, the folded
+    numbers over it, "test" where the final dict is a probe's), encoded. Rows of random bytes
+    without HTTP columns (the kernel holds none); the latest record's ports sometimes the probe's."""
+    rng = np.random.default_rng(seed)
+    m = len(folded)
+    held = np.frombuffer(rng.bytes(m * ROW.itemsize), ROW).copy()
+    fb = FlowBatch(m)
+    fb.reset(m)
+    fb.rows[:m] = held
+    c = fb.cols
+    c.exporter[:m] = rng.integers(0, 3, m)
+    c.row_flags[:m] &= ~np.uint8(HTTP) & 0xFF
+    c.http_method[:m] = 0
+    for i in np.flatnonzero(rng.random(m) < probe):
+        (c.src_hi[i], c.src_lo[i]) = to_hilo((PROBE_SOURCE, PROBE_SOURCE_V6)[i % 2])
+    held = fb.rows[:m].copy()
+    rows = rng.permutation(m)                           # pending rows in any order
+    ep = rng.integers(0, len(NAMES), m)
+    direction = rng.integers(0, 2, m)
+    f = np.array([list(x) for x in folded], dtype=object)
+    probe_port = rng.random(m) < probe
+    sport = np.where(probe_port, PROBE_PORT, f[:, 8]).astype(np.int64)
+    count = f[:, 0].astype(np.int64)
+    sums = np.array(f[:, 1:5].tolist(), np.uint64)
+    times = np.array(f[:, [5, 6, 7]].tolist(), np.float64)
+    tail = np.stack([sport, f[:, 9].astype(np.int64), f[:, 10].astype(np.int64)], axis=1)
+    packed, ts = Packer((PROBE_SOURCE, PROBE_SOURCE_V6), PROBE_PORT).pack_folded(
+        held, rows, ep, direction, count, sums, times, tail, NAMES, SIGNALS, HEADERS, _Exporters)
+    hits = Hits(rows.astype(np.int64), ep.astype(np.int32), direction.astype(np.uint8), 0, SIGNALS, HEADERS)
+    enc = Encoder()
+    for k, (_, alert) in enumerate(hit_alerts(fb, hits, NAMES, _Exporters)):
+        b, p, be, pe = sums[k].tolist()
+        first, last, t = times[k].tolist()
+        s, d, vlan = tail[k].tolist()
+        alert.update(count=int(count[k]), bytes=b, packets=p, first_seen=None if first != first else first,
+                     last_seen=None if last != last else last, ts=t, sport=s, dport=d,
+                     vlan=None if vlan < 0 else vlan, bytes_estimate=be, packets_estimate=pe)
+        if is_probe(alert):
+            alert["test"] = True
+        assert ts[k] == t
+        assert packed[k] == enc.encode(alert), alert
