@@ -121,8 +121,8 @@ def _text(buf: np.ndarray, off: int, length: int) -> str | None:
 # these numbers when it leaves (Folder._release); one the fold kernel made (a key's second record in
 # its window, kernels._hold) has no dict: its first record's row is copied in _held, and it leaves
 # packed from that row and these numbers with the others leaving at once (Packer.pack_folded), a dict
-# made only where no packer is set. An alert flood's pending alerts cost no Python per alert, made
-# or leaving (in process: ~12 us each before, made and released, ~3 us now).
+# made only where no packer is set. An alert flood's pending alerts cost no dict and no Python call
+# per alert, made or leaving (in process, a window of 2371 leaving: 6.7 -> 3.0 us an alert).
 _SUMS = ("bytes", "packets", "bytes_estimate", "packets_estimate")
 _KEY_SLACK = 4096                      # ids of closed windows kept before _FoldKeys.rebuild
 _SPARE = 64                            # rows set aside for the kernel's pending alerts at first,
@@ -241,7 +241,7 @@ class Folder:
         self._keys = _FoldKeys()
         # key id -> its pending alert (numbers in its row): a dict, or for one the fold kernel made
         # (kernels._hold: its first record's row in _held) what describe() said then, its alert made
-        # only when it leaves (_release_made)
+        # only when it leaves (_release_many, _made)
         self._pending: dict[int, dict | tuple] = {}
         self._count = np.zeros(64, np.int64)          # folded numbers of the pending alerts, a row each
         self._sums = np.zeros((64, 4), np.uint64)
