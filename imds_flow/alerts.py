@@ -289,27 +289,33 @@ class Folder:
     def _release_many(self, kids: list[int], rows: list[int]) -> None:
         """_release of each (kid, row), in order. The pending alerts the fold kernel made are made
         here, all in one call: packed with their folded numbers where a packer is set, else their
-        dicts (an alert flood holds thousands a window; no dict, no Python per alert)."""
+        dicts (an alert flood holds thousands a window: no dict and no call per alert)."""
         at = [k for k, kid in enumerate(kids) if type(self._pending[kid]) is tuple]
         made = self._made([kids[k] for k in at], [rows[k] for k in at]) if at else {}
-        if made and len(made) == len(kids) and self.packer is not None:   # all made and packed: in bulk
-            pending = self._pending
-            for kid in kids:
-                del pending[kid]
-            self._free += rows
-            self._keys.row[np.array(kids, np.int64)] = -1
-            blobs, stamps = zip(*(made[kid] for kid in kids))
-            self.emit_packed_many(list(blobs), list(stamps))
-            return
+        packed = ([], [], [], [])              # kids, rows, msgpack, ts: they leave in bulk
         for kid, row in zip(kids, rows):
             got = made.get(kid)
             if type(got) is tuple:               # (msgpack, ts)
-                del self._pending[kid]
-                self._free.append(row)
-                self._keys.row[kid] = -1
-                self.emit_packed(*got)
-            else:
-                self._release_dict(kid, row, got)
+                packed[0].append(kid)
+                packed[1].append(row)
+                packed[2].append(got[0])
+                packed[3].append(got[1])
+                continue
+            self._leave_packed(*packed)          # (those before it leave first: the order holds)
+            packed = ([], [], [], [])
+            self._release_dict(kid, row, got)
+        self._leave_packed(*packed)
+
+    def _leave_packed(self, kids: list[int], rows: list[int], blobs: list[bytes], stamps: list[float]) -> None:
+        """Pending alerts of keys `kids` (rows `rows`) leave as these msgpack bytes."""
+        if not kids:
+            return
+        pending = self._pending
+        for kid in kids:
+            del pending[kid]
+        self._free += rows
+        self._keys.row[np.array(kids, np.int64)] = -1
+        self.emit_packed_many(blobs, stamps)
 
     def _made(self, kids: list[int], rows: list[int]) -> dict:
         """{kid: (msgpack, ts)} of these kernel-made pending alerts (in `rows`) leaving with their

@@ -54,17 +54,16 @@ def warm_up(pipeline) -> None:
                                  pipeline.detector, Folder(60.0, lambda alert: None))   # a folder of their own
         folder = Folder(60.0, lambda alert: None, packer=pipeline.folder.packer, emit_packed=lambda alert, ts: None)
         kept = np.flatnonzero(batch.view("version") > 0)[:1].repeat(2)
-        for _ in range(2):                   # the second time, the hits merge into the pending alert
-            folder.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
-                            pipeline.detector.names + ("x",), scratch)
-        folder.add(hit_alerts(batch, Hits(kept[:1], np.zeros(1, np.int32), np.ones(1, np.uint8), 0),
-                              pipeline.detector.names + ("x",), scratch))   # a lone hit: Folder.add's key lookup
         names = pipeline.detector.names + ("x",)
+        twice = Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0)
+        for _ in range(2):                   # the second time, the hits merge into the pending alert
+            folder.add_hits(batch, twice, names, scratch)
+        folder.add(hit_alerts(batch, Hits(kept[:1], np.zeros(1, np.int32), np.ones(1, np.uint8), 0),
+                              names, scratch))   # a lone hit: Folder.add's key lookup
         made = Folder(60.0, lambda alert: None, packer=pipeline.folder.packer, emit_packed=lambda alert, ts: None,
                       describe=lambda: (names, scratch, (), ()))
         for _ in range(2):                   # the fold kernel makes the pending alert, and it leaves packed
-            made.add_hits(batch, Hits(kept, np.zeros(len(kept), np.int32), np.zeros(len(kept), np.uint8), 0),
-                          names, scratch)
+            made.add_hits(batch, twice, names, scratch)
         made.close()
         empty = (np.zeros((2, 6), np.uint64), np.full(2, -1, np.int64))
         kernels.fold_compact(*empty, np.full(1, -1, np.int64), np.zeros((4, 6), np.uint64),
