@@ -13,7 +13,7 @@ from .flows import HTTP, NAT_DST, NAT_SRC, VLAN_MORE_COUNT, VLAN_MORE_MAX
 from .jit import kernel, njit, step
 
 __all__ = ["match_net", "match_nets", "in_v4_endpoints", "cover", "in_cover", "detect_batch", "compact", "group_hits",
-           "fold_groups", "fold_insert", "fold_lookup", "fold_compact", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
+           "fold_groups", "fold_insert", "fold_lookup", "fold_index", "vlan_code", "vlan_codes", "count_batch", "key_lookup",
            "REQUEST", "RESPONSE"]
 
 REQUEST = 0
@@ -449,18 +449,19 @@ def fold_words(c, i, ep, direction):
 
 
 @njit
-def _find_words(words, t_keys, t_val):
-    """Slot of `words` in the open-addressing table (t_val -1 = empty): where it is, or the empty
-    slot where it would go."""
+def _find_words(words, k_words, t_val):
+    """Slot of `words` in the open-addressing table of ids (t_val -1 = empty; id k's key is row k
+    of k_words): where its id is, or the empty slot where it would go."""
     mask = t_val.shape[0] - 1
     h = _PRIME
     for q in range(6):
         h = _mix(h, words[q])
     s = np.int64(h & np.uint64(mask))
     while t_val[s] != -1:
+        k = t_val[s]
         same = True
         for q in range(6):
-            if t_keys[s, q] != words[q]:
+            if k_words[k, q] != words[q]:
                 same = False
                 break
         if same:
@@ -470,25 +471,26 @@ def _find_words(words, t_keys, t_val):
 
 
 @njit
-def fold_insert(words, value, t_keys, t_val):
-    """Store six-word key `words` -> value (>= 0) in the table fold_groups reads; the caller keeps
-    it at most half full."""
-    s = _find_words(words, t_keys, t_val)
+def fold_insert(words, value, k_words, t_val):
+    """Store six-word key `words` (absent) under id `value` (>= 0, a row of k_words) in the table
+    fold_groups reads; the caller keeps it at most half full."""
+    s = _find_words(words, k_words, t_val)
     for q in range(6):
-        t_keys[s, q] = words[q]
+        k_words[value, q] = words[q]
     t_val[s] = value
 
 
 @kernel
-def fold_lookup(words, t_keys, t_val):
+def fold_lookup(words, k_words, t_val):
     """The id of six-word key `words` in a fold key table, -1 when absent."""
-    return t_val[_find_words(words, t_keys, t_val)]
+    return t_val[_find_words(words, k_words, t_val)]
 
 
 @kernel
 def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, kind, opened):
     """What each of a batch's n hit groups (group_hits) does, and what can be done here: Python runs
-    only for the rest. `keys`: the fold keys seen (table t_keys / t_val: key -> id) and per id the
+    only for the rest. `keys`: the fold keys seen (per id its six words, k_words, and the table of
+    ids t_val: _find_words) and per id the
     open window's start, whether a window is open, its pending alert's row (-1: none); `pending`:
     the pending alerts' numbers (see _merge); `room`: keys that may still open
     (limits.max_fold_keys). kind[g]: 0 merged into its pending alert here, or made one here
@@ -501,13 +503,13 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
     counters: the next free id, how many windows opened that were not open, and at [4] the spare
     rows _hold may still take. Returns how many groups are left to Python."""
     g_first, g_second, g_last, g_count, g_sums, g_times = groups
-    t_keys, t_val, k_start, k_open, k_row = keys
+    k_words, t_val, k_start, k_open, k_row = keys
     g_kid, g_released, counters = opened
     rest = 0
     for g in range(n):
         f = g_first[g]
         words = fold_words(c, idx[f], ep[f], direction[f])
-        s = _find_words(words, t_keys, t_val)
+        s = _find_words(words, k_words, t_val)
         key = t_val[s]
         is_open = key >= 0 and k_open[key]
         t_first, t_max = g_times[g, 6], g_times[g, 2]
@@ -536,7 +538,7 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
                 key = counters[0]
                 counters[0] += 1
                 for q in range(6):
-                    t_keys[s, q] = words[q]
+                    k_words[key, q] = words[q]
                 t_val[s] = key
                 g_kid[g] = key
             g_released[g] = k_row[key] if is_open else -1
@@ -586,13 +588,20 @@ def fold_batch(c, idx, ep, direction, m, fold):
 
 
 @kernel
-def fold_compact(old_keys, old_val, new_id, t_keys, t_val):
-    """The keys of a fold key table whose id has a new one (new_id[id] >= 0), under it, into a new
-    table: ids of closed windows dropped (Folder.tick), or every key kept (new_id the identity: a
-    table that grows)."""
-    for s in range(old_val.shape[0]):
-        if old_val[s] != -1 and new_id[old_val[s]] >= 0:
-            fold_insert(old_keys[s], new_id[old_val[s]], t_keys, t_val)
+def fold_index(k_words, ids, t_val):
+    """Ids `ids` (distinct keys: rows of k_words) into an empty table of ids t_val (Folder's table
+    grown, or rebuilt with the ids of open windows): only the table is written, 8 bytes a slot, so
+    an alert flood's growing table costs little new memory."""
+    mask = t_val.shape[0] - 1
+    for j in range(ids.shape[0]):
+        k = ids[j]
+        h = _PRIME
+        for q in range(6):
+            h = _mix(h, k_words[k, q])
+        s = np.int64(h & np.uint64(mask))
+        while t_val[s] != -1:
+            s = (s + 1) & mask
+        t_val[s] = k
 
 
 @kernel

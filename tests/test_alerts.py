@@ -5,7 +5,8 @@ import numpy as np
 
 from hypothesis import given, settings, strategies as st
 
-from imds_flow.alerts import Folder, _vlans
+from imds_flow import kernels
+from imds_flow.alerts import Folder, _FoldKeys, _vlans, _words
 from imds_flow.flows import VLAN_COLUMNS, FlowBatch
 
 
@@ -85,3 +86,54 @@ def test_vlan_choice():
     assert _vlan([-1, -1, 0, 0], [0, 40]) == 40     # priority tags outside: the first real id, the 4th tag's
     assert _vlan([-1, -1, 0, 0], [0]) == 0
     assert _vlan([-1, -1, 5, 6], [7]) == 5
+
+
+def _fold_key(k: int):
+    """A fold key of hit_alerts' shape (exporter, source, destination, protocol, port, endpoint,
+    direction) for k >= 0; for k < 0 one of another shape (Folder.add takes any key)."""
+    if k < 0:
+        return ("other", k)
+    return (k % 7, (0, 0xFFFF0A000000 + k), (0, 0xFFFFA9FEA9FE), 6, 80 + k % 3, k % 2, k % 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.one_of(st.tuples(st.just("new"), st.integers(-5, -1) | st.integers(0, 400)),
+                              st.tuples(st.just("close"), st.integers(0, 400)),
+                              st.tuples(st.just("rebuild"), st.just(0)),
+                              st.tuples(st.just("many"), st.integers(0, 400))), max_size=40))
+def test_fold_keys_find_what_a_dict_finds(ops):
+    """_FoldKeys (six words by id, a table of ids the kernels read) against a dict: every key finds
+    its id, in Python and in the kernel's lookup, through growth (64 slots to thousands) and
+    rebuilds that keep only open windows' ids, renumbered in order; keys of another shape too."""
+    keys = _FoldKeys()
+    model: dict = {}                        # key -> id
+    is_open: dict = {}                      # id -> window open
+    for op, k in ops:
+        if op in ("new", "many"):
+            for j in ([k] if op == "new" else range(k, k + 300)):
+                key = _fold_key(j)
+                if key not in model:
+                    kid = keys.new(key)
+                    assert kid == len(model)
+                    model[key] = kid
+                    keys.open[kid] = is_open[kid] = True
+        elif op == "close" and model:
+            kid = k % len(model)
+            keys.open[kid] = is_open[kid] = False
+        elif op == "rebuild":
+            new_id = keys.rebuild()
+            old = model
+            kept = sorted((kid, key) for key, kid in old.items() if is_open[kid])
+            model = {key: j for j, (_, key) in enumerate(kept)}
+            is_open = {j: True for j in range(len(kept))}
+            assert [int(new_id[kid]) for kid in old.values()] == [model.get(key, -1) for key in old]
+        assert keys.n == len(model)
+        for j in range(-5, 700):
+            key = _fold_key(j)
+            assert keys.find(key) == model.get(key, -1)
+            words = _words(key)
+            if words is not None:
+                assert kernels.fold_lookup(words, keys.words, keys.table) == model.get(key, -1)
+        held = keys.table[keys.table >= 0]
+        assert sorted(held.tolist()) == sorted(kid for key, kid in model.items() if _words(key) is not None)
+        assert 2 * len(held) <= len(keys.table)

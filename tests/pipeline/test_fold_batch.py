@@ -129,7 +129,7 @@ def test_add_hits_finds_its_keys_after_the_key_table_grew():
         f_fast.add_hits(fb, hits, names, _Exporters)
         f_slow.add(hit_alerts(fb, hits, names, _Exporters))
         assert f_fast.pending == f_slow.pending == keys
-    assert len(f_fast._keys.t_val) >= 2048
+    assert len(f_fast._keys.table) >= 2048
     f_fast.close()
     f_slow.close()
     key = lambda a: (a["src"], a["exporter"], a["ts"], a["count"])  # noqa: E731
