@@ -490,8 +490,8 @@ def fold_lookup(words, k_words, t_val):
 def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, kind, opened):
     """What each of a batch's n hit groups (group_hits) does, and what can be done here: Python runs
     only for the rest. `keys`: the fold keys seen (per id its six words, k_words, and the table of
-    ids t_val: _find_words) and per id the
-    open window's start, whether a window is open, its pending alert's row (-1: none); `pending`:
+    ids t_val: _find_words) and per id the open window's start, whether a window is open, its
+    pending alert's row (-1: none); `pending`:
     the pending alerts' numbers (see _merge); `room`: keys that may still open
     (limits.max_fold_keys). kind[g]: 0 merged into its pending alert here, or made one here
     (_hold), 1 opens a pending alert in its window (Python makes it), 2 opens a window (opened

@@ -65,8 +65,8 @@ def warm_up(pipeline) -> None:
         for _ in range(2):                   # the fold kernel makes the pending alert, and it leaves packed
             made.add_hits(batch, twice, names, scratch)
         made.close()
-        kernels.fold_index(np.zeros((2, 6), np.uint64), np.arange(2), np.full(4, -1, np.int64))  # a fold key
-        # table grows, or is rebuilt (Folder.tick)
+        # a fold key table grows, or is rebuilt (Folder.tick)
+        kernels.fold_index(np.zeros((2, 6), np.uint64), np.arange(2), np.full(4, -1, np.int64))
         words = (np.zeros(2, np.uint64),) * 3, (np.zeros(4, np.uint64),) * 3
         kernels.key_rehash(*words[0], np.full(2, -1, np.int64), *words[1], np.full(4, -1, np.int64))  # a KeyMap grows
         kernels.key_insert_many(*words[0], np.zeros(2, np.int64), *words[1], np.full(4, -1, np.int64))  # ... is added to
