@@ -156,7 +156,7 @@ class _FoldKeys:
     Why words by id and a table of ids: an alert flood (thousands of new keys a second) grows the
     table again and again. With the words in its slots each growth re-inserted every key into 56
     bytes a slot of new memory (kernels.fold_compact: 53 ms in all, 12 growths, in a 10 s bench of
-    5000 exporters at 1 % matching, 140 000 keys); now the words grow in order with the other
+    5000 exporters at 1 % matching, ~98 000 keys); now the words grow in order with the other
     per-id arrays and only the 8-byte slots are filled afresh (kernels.fold_index: 3 ms), so a
     key takes 48 bytes plus 2-4 slots instead of 2-4 slots of 56."""
 
