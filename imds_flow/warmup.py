@@ -24,6 +24,7 @@ from .datagrams import DatagramBatch
 from .detect import Hits
 from .exporters import ExporterTable
 from .flows import FlowBatch
+from .keymap import KeyMap
 
 __all__ = ["warm_up", "compile_decoder", "SFLOW"]
 
@@ -67,9 +68,10 @@ def warm_up(pipeline) -> None:
         made.close()
         # a fold key table grows, or is rebuilt (Folder.tick)
         kernels.fold_index(np.zeros((2, 6), np.uint64), np.arange(2), np.full(4, -1, np.int64))
-        words = (np.zeros(2, np.uint64),) * 3, (np.zeros(4, np.uint64),) * 3
-        kernels.key_rehash(*words[0], np.full(2, -1, np.int64), *words[1], np.full(4, -1, np.int64))  # a KeyMap grows
-        kernels.key_insert_many(*words[0], np.zeros(2, np.int64), *words[1], np.full(4, -1, np.int64))  # ... is added to
+        grown = KeyMap(capacity=2)           # a KeyMap is added to and grows (key_insert_many, key_rehash)
+        for k in range(3):
+            grown.insert(k, 0, 0, k)
+        grown.arrays()
         receive.warm_up()
         if helper is not None:
             try:

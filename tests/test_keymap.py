@@ -49,3 +49,24 @@ def test_inserts_wait_for_the_next_read_and_keep_their_order(steps):
     held = {(int(a), int(b), int(c)): int(v) for a, b, c, v in zip(t0, t1, t2, val) if v >= 0}
     assert held == ref
     assert 2 * len(ref) <= len(val)
+
+
+def test_a_large_table_finds_what_a_dict_finds():
+    """Past 4096 slots key_lookup asks for every key's slot before reading any (prefetch): the same
+    answers as a dict, for keys stored, keys absent and runs of one key; every row starts on a
+    64-byte boundary (a row spans one cache line)."""
+    rng = np.random.default_rng(7)
+    stored = {tuple(k): i for i, k in enumerate(rng.integers(0, 2**64, (5000, 3), np.uint64).tolist())}
+    stored.update({(0, 0, p): 5000 + p for p in range(3000)})     # keys that differ in one word only
+    km = KeyMap()
+    for k, v in stored.items():
+        km.insert(*k, v)
+    t0, t1, t2, val = km.arrays()
+    assert len(val) >= 8192 and t0.ctypes.data % 64 == 0 and val.ctypes.data == t0.ctypes.data + 24
+    keys = list(stored)[::7] + [tuple(k) for k in rng.integers(0, 2**64, (500, 3), np.uint64).tolist()]
+    keys = [k for k in keys for _ in range(1 + len(k) % 2 + (k[2] & 1))]       # runs of one key
+    cols = [np.array([k[j] for k in keys], np.uint64) for j in range(3)]
+    out = np.empty(len(keys), np.int64)
+    missing = km.lookup(*cols, out)
+    assert out.tolist() == [stored.get(k, -2) for k in keys]
+    assert missing == sum(k not in stored for k in keys)
