@@ -64,7 +64,7 @@ def test_a_large_table_finds_what_a_dict_finds():
     t0, t1, t2, val = km.arrays()
     assert len(val) >= 8192 and t0.ctypes.data % 64 == 0 and val.ctypes.data == t0.ctypes.data + 24
     keys = list(stored)[::7] + [tuple(k) for k in rng.integers(0, 2**64, (500, 3), np.uint64).tolist()]
-    keys = [k for k in keys for _ in range(1 + len(k) % 2 + (k[2] & 1))]       # runs of one key
+    keys = [k for k in keys for _ in range(1 + k[2] % 3)]       # runs of one key, 1 to 3 long
     cols = [np.array([k[j] for k in keys], np.uint64) for j in range(3)]
     out = np.empty(len(keys), np.int64)
     missing = km.lookup(*cols, out)
