@@ -451,15 +451,21 @@ def fold_words(c, i, ep, direction):
             np.uint64(c.src_hi[i]), np.uint64(c.src_lo[i]), np.uint64(c.dst_hi[i]), np.uint64(c.dst_lo[i]))
 
 
+@step
+def _home_words(words, mask):
+    """The first slot a six-word fold key probes in a table of mask + 1 slots."""
+    h = _PRIME
+    for q in range(6):
+        h = _mix(h, words[q])
+    return np.int64(h & np.uint64(mask))
+
+
 @njit
 def _find_words(words, k_words, t_val):
     """Slot of `words` in the open-addressing table of ids (t_val -1 = empty; id k's key is row k
     of k_words): where its id is, or the empty slot where it would go."""
     mask = t_val.shape[0] - 1
-    h = _PRIME
-    for q in range(6):
-        h = _mix(h, words[q])
-    s = np.int64(h & np.uint64(mask))
+    s = _home_words(words, mask)
     while t_val[s] != -1:
         k = t_val[s]
         same = True
@@ -598,10 +604,7 @@ def fold_index(k_words, ids, t_val):
     mask = t_val.shape[0] - 1
     for j in range(ids.shape[0]):
         k = ids[j]
-        h = _PRIME
-        for q in range(6):
-            h = _mix(h, k_words[k, q])
-        s = np.int64(h & np.uint64(mask))
+        s = _home_words(k_words[k], mask)
         while t_val[s] != -1:
             s = (s + 1) & mask
         t_val[s] = k
@@ -626,6 +629,12 @@ _CACHED_SLOTS = 4096                   # key_lookup: a table this small stays in
 
 
 @step
+def _home(k0, k1, k2, mask):
+    """The first slot key (k0, k1, k2) probes in a KeyMap table of mask + 1 slots."""
+    return np.int64(_mix(_mix(_mix(_PRIME, k0), k1), k2) & np.uint64(mask))
+
+
+@step
 def _as_before(k0, k1, k2, i):
     """Key i is key i - 1."""
     return i > 0 and k0[i] == k0[i - 1] and k1[i] == k1[i - 1] and k2[i] == k2[i - 1]
@@ -643,9 +652,9 @@ def key_lookup(k0, k1, k2, t0, t1, t2, t_val, out):
     exporters); asked for together, the reads overlap. A small table (a few exporters) is in the
     caches already, and is not asked for."""
     mask = t_val.shape[0] - 1
-    for i in range(k0.shape[0] if mask >= _CACHED_SLOTS else 0):
+    for i in range(k0.shape[0] if t_val.shape[0] > _CACHED_SLOTS else 0):
         if not _as_before(k0, k1, k2, i):
-            s = np.int64(_mix(_mix(_mix(_PRIME, k0[i]), k1[i]), k2[i]) & np.uint64(mask))
+            s = _home(k0[i], k1[i], k2[i], mask)
             prefetch(t_val, s)
             prefetch(t_val, (s + 1) & mask)         # a collision's next slot (KeyMap: the next row)
     missing = 0
@@ -654,8 +663,7 @@ def key_lookup(k0, k1, k2, t0, t1, t2, t_val, out):
             out[i] = out[i - 1]
             missing += out[i] == -2
             continue
-        h = _mix(_mix(_mix(_PRIME, k0[i]), k1[i]), k2[i])
-        s = np.int64(h & np.uint64(mask))
+        s = _home(k0[i], k1[i], k2[i], mask)
         while True:
             v = t_val[s]
             if v == -1:
@@ -674,7 +682,7 @@ def key_insert(k0, k1, k2, val, t0, t1, t2, t_val):
     """Store key (k0, k1, k2) -> val (>= 0) in the table key_lookup reads; the caller keeps it at
     most half full."""
     mask = t_val.shape[0] - 1
-    s = np.int64(_mix(_mix(_mix(_PRIME, k0), k1), k2) & np.uint64(mask))
+    s = _home(k0, k1, k2, mask)
     while t_val[s] != -1 and not (t0[s] == k0 and t1[s] == k1 and t2[s] == k2):
         s = (s + 1) & mask
     t0[s], t1[s], t2[s] = k0, k1, k2
