@@ -13,7 +13,7 @@ million samples (lower is better). `floor` (bench/floor.py) is imds-flow's recei
 the same datagrams and decoding none: what waking up and reading cost, which no decoder can save; it
 is shown, not counted as a rival. With --repeat R every collector runs R times, interleaved (all of
 them, then again) so that other load on the machine falls on each alike; the table gives medians.
-CPU is read from /proc in 10 ms ticks: a run of a few seconds measures to a few per cent.
+CPU is each thread's run time from /proc, to the nanosecond (compare.tree_cpu_seconds).
 
 Datagrams are what a switch sends: an IPv4 agent, `samples` compact flow samples, each with an
 extended switch record and a raw Ethernet header of at most `header_bytes` bytes (802.1Q-tagged

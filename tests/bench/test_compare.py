@@ -138,3 +138,38 @@ def test_nfacctd_csv_sums_flows_column(tmp_path):
 def test_unknown_collector():
     with pytest.raises(ValueError):
         compare.available("softflowd")
+
+
+_BURN = r"""
+import sys, threading, time
+def burn(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+if sys.argv[1] == "thread":          # the work done by a thread that has ended when CPU is read
+    t = threading.Thread(target=burn, args=(0.15,)); t.start(); t.join()
+else:
+    burn(0.037)
+print(time.process_time(), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_tree_cpu_seconds_is_the_process_time(where):
+    """CPU read from /proc is the process's own CPU clock: to the millisecond where the kernel keeps
+    per-thread run times (not in 10 ms ticks), and work by a thread that has ended still counts."""
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", _BURN, where], stdout=subprocess.PIPE, text=True)
+    try:
+        own = float(child.stdout.readline())
+        read = compare.tree_cpu_seconds(child.pid)
+        precise = compare._threads_run_seconds(child.pid) > 0
+    finally:
+        child.kill()
+        child.wait()
+    if where == "thread" or not precise:
+        assert own - 2 / compare._CLK_TCK <= read <= own + 0.005
+    else:
+        assert abs(read - own) < 0.001, (read, own)
