@@ -54,6 +54,7 @@ from imds_flow.sockets import udp_sockets
 __all__ = ["Rival", "available", "installed", "start", "NAMES", "RIVALS"]
 
 NAMES = ("nfcapd", "nfacctd")
+OURS = ("imds-flow", "floor", "bare")  # no package to install: imds-flow, bench/floor.py, bench/bare.py
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _LOCALHOST_HEX = "0100007F"
 NFACCTD_PLUGIN_PIPE = 64 << 20         # core -> plugin queue, bytes
@@ -78,7 +79,7 @@ def installed(names: list[str], say) -> list[str]:
     (say(message)) and skipped, so a run compares what it can; imds-flow is kept."""
     keep = []
     for name in names:
-        if name in ("imds-flow", "floor") or available(name):      # the floor is ours: bench/floor.py
+        if name in OURS or available(name):
             keep.append(name)
         else:
             say(f"{name} is not installed: skipped (Debian: apt-get install {RIVALS[name][0]})")

@@ -234,6 +234,9 @@ def start_collector(name: str, workdir: Path, workers: int, exporters: int = 4):
     if name == "floor":
         from .floor import Floor
         return Floor(workdir, RCVBUF["bytes"])
+    if name == "bare":
+        from .bare import Bare
+        return Bare(workdir, RCVBUF["bytes"])
     from . import compare
     return compare.start(name, workdir)
 
@@ -440,7 +443,7 @@ def machine() -> dict:
 
 def check(st: Settings) -> None:
     """Settings click cannot check alone; raises BenchError (one line for the user)."""
-    known = ("sfcapd", "sfacctd", "floor") if st.export == "sflow" else ("nfcapd", "nfacctd") + (("floor",) if st.version == 5 else ())
+    known = ("sfcapd", "sfacctd", "floor") if st.export == "sflow" else ("nfcapd", "nfacctd") + (("floor", "bare") if st.version == 5 else ())
     for r in st.compare:
         if r not in known:
             raise BenchError(f"--compare {r}: for --export {st.export} the known collectors are {', '.join(known)}")

@@ -245,9 +245,10 @@ def _rates(ctx, param, value: str) -> tuple[float, ...]:
 def _rivals(ctx, param, value: str) -> tuple[str, ...]:
     names = tuple(r.strip() for r in value.split(",") if r.strip())
     for r in names:
-        if r not in ("nfcapd", "nfacctd", "sfcapd", "sfacctd", "floor"):
+        if r not in ("nfcapd", "nfacctd", "sfcapd", "sfacctd", "floor", "bare"):
             raise click.BadParameter(f"{r}: known collectors are nfcapd, nfacctd (NetFlow / IPFIX), "
-                                     "sfcapd, sfacctd (sFlow), and floor (NetFlow v5 and sFlow: imds-flow's receive loop alone)")
+                                     "sfcapd, sfacctd (sFlow), floor (NetFlow v5 and sFlow: imds-flow's receive loop alone) "
+                                     "and bare (NetFlow v5: a blocking recvmmsg loop alone)")
     return names
 
 
@@ -278,7 +279,8 @@ def _rivals(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="imds-flow listen --workers.")
 @click.option("--compare", default="", callback=_rivals, help="Also measure these C collectors: nfcapd,nfacctd (NetFlow / IPFIX) or sfcapd,sfacctd (sFlow); "
-                   "and floor (v5, sFlow): imds-flow's receive loop with nothing behind it, what waking up and reading cost.")
+                   "and floor (v5, sFlow): imds-flow's receive loop with nothing behind it, what waking up and reading cost; "
+                   "and bare (v5): a blocking recvmmsg loop alone, what waiting in the kernel for each datagram costs.")
 @click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Measure every rate this many times (interleaved across collectors); the table gives medians.")
 @click.option("--inprocess/--no-inprocess", default=True, show_default=True,

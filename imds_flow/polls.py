@@ -61,16 +61,22 @@ _MSG_DONTWAIT = receive.MSG_DONTWAIT
 _VOIDP = ir.IntType(8).as_pointer()
 
 
-@intrinsic
-def _recvmmsg(typingctx, fd, vec, vlen):
-    """libc's recvmmsg(fd, vec, vlen, MSG_DONTWAIT, NULL); vec an address (int64)."""
-    def codegen(context, builder, signature, args):
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [i32, _VOIDP, i32, i32, _VOIDP]),
-                                            "recvmmsg")
-        return builder.call(fn, [args[0], builder.inttoptr(args[1], _VOIDP), args[2],
-                                 ir.Constant(i32, _MSG_DONTWAIT), ir.Constant(_VOIDP, None)])
-    return types.int32(types.int32, types.int64, types.int32), codegen
+def recvmmsg_with(flags: int):
+    """An intrinsic for libc's recvmmsg(fd, vec, vlen, flags, NULL); vec an address (int64). The
+    polls read with MSG_DONTWAIT; bench/bare.py waits in the kernel (MSG_WAITFORONE)."""
+    @intrinsic
+    def recvmmsg(typingctx, fd, vec, vlen):
+        def codegen(context, builder, signature, args):
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [i32, _VOIDP, i32, i32, _VOIDP]),
+                                                "recvmmsg")
+            return builder.call(fn, [args[0], builder.inttoptr(args[1], _VOIDP), args[2],
+                                     ir.Constant(i32, flags), ir.Constant(_VOIDP, None)])
+        return types.int32(types.int32, types.int64, types.int32), codegen
+    return recvmmsg
+
+
+_recvmmsg = recvmmsg_with(_MSG_DONTWAIT)
 
 
 @intrinsic
