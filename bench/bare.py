@@ -15,26 +15,22 @@ SIGINT, "bare: D datagrams, R records".
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import os
-import re
 import signal
 import socket
 import struct
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from imds_flow import polls, receive
 from imds_flow.jit import kernel
 
-from .flowbench import PACKAGE, Listening
+from .flowbench import reads_only_main
 
-__all__ = ["Bare", "main"]
+__all__ = ["serve", "main"]
 
-_DONE = re.compile(r"bare: (\d+) datagrams, (\d+) records")
 MSG_WAITFORONE = 0x10000          # <linux/socket.h>: block for the first datagram only
 WAKE_SECONDS = 0.1                # SO_RCVTIMEO: how often the loop comes back to see a stop asked for
 
@@ -84,30 +80,8 @@ def serve(port: int, rcvbuf: int) -> None:
     print(f"bare: {res[0]} datagrams, {res[1]} records", file=sys.stderr, flush=True)
 
 
-class Bare(Listening):
-    """bare as a separate process on 127.0.0.1, a fresh one per point (flowbench.measure)."""
-
-    name = "bare"
-
-    def __init__(self, workdir: Path, rcvbuf: int):
-        super().__init__([sys.executable, "-m", f"{PACKAGE}.bare", "--port", "0", "--rcvbuf", str(rcvbuf)],
-                         workdir / "bare.log", "bare")
-
-    def stop(self) -> dict:
-        drops, text = self._stop()
-        m = _DONE.search(text)
-        if not m:
-            raise RuntimeError("no count from bare: " + text[-2000:])
-        return {"decoded_records": int(m.group(2)), "kernel_drop_datagrams": drops}
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--port", type=int, default=0, help="UDP port on 127.0.0.1 (0: a free one, said on stderr)")
-    p.add_argument("--rcvbuf", type=int, default=4 << 20, help="socket receive buffer, bytes")
-    a = p.parse_args(argv)
-    serve(a.port, a.rcvbuf)
-    return 0
+    return reads_only_main("bare", serve, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -15,18 +15,13 @@ records".
 """
 from __future__ import annotations
 
-import argparse
-import re
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from .flowbench import Listening
+from .flowbench import reads_only_main
 
-__all__ = ["Floor", "main"]
-
-_DONE = re.compile(r"floor: (\d+) datagrams, (\d+) records")
+__all__ = ["serve", "main"]
 
 
 class _Count:
@@ -129,30 +124,8 @@ def serve(port: int, rcvbuf: int) -> None:
     print(f"floor: {count.datagrams} datagrams, {count.records} records", file=sys.stderr, flush=True)
 
 
-class Floor(Listening):
-    """The floor as a separate process on 127.0.0.1, a fresh one per point (flowbench.measure)."""
-
-    name = "floor"
-
-    def __init__(self, workdir: Path, rcvbuf: int):
-        super().__init__([sys.executable, "-m", "bench.floor", "--port", "0", "--rcvbuf", str(rcvbuf)],
-                         workdir / "floor.log", "the floor", cwd=Path(__file__).parent.parent)
-
-    def stop(self) -> dict:
-        drops, text = self._stop()
-        m = _DONE.search(text)
-        if not m:
-            raise RuntimeError("no count from the floor: " + text[-2000:])
-        return {"decoded_records": int(m.group(2)), "kernel_drop_datagrams": drops}
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
-    p.add_argument("--port", type=int, default=0, help="UDP port on 127.0.0.1 (0: a free one, said on stderr)")
-    p.add_argument("--rcvbuf", type=int, default=4 << 20, help="socket receive buffer, bytes")
-    a = p.parse_args(argv)
-    serve(a.port, a.rcvbuf)
-    return 0
+    return reads_only_main("floor", serve, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,35 @@ class Listening:
         return drops, self._log_path.read_text()
 
 
+class ReadsOnly(Listening):
+    """One of the bench's receive-only loops (floor.py, bare.py: `name` is the module) as a separate
+    process on 127.0.0.1, a fresh one per point: `python -m <package>.<name> --port 0`, ended with
+    SIGTERM, its count read from the "<name>: D datagrams, R records" line it says last."""
+
+    def __init__(self, name: str, workdir: Path, rcvbuf: int):
+        self.name = name
+        super().__init__([sys.executable, "-m", f"{PACKAGE}.{name}", "--port", "0", "--rcvbuf", str(rcvbuf)],
+                         workdir / f"{name}.log", name)
+
+    def stop(self) -> dict:
+        drops, text = self._stop()
+        m = re.search(rf"{self.name}: (\d+) datagrams, (\d+) records", text)
+        if not m:
+            raise RuntimeError(f"no count from {self.name}: " + text[-2000:])
+        return {"decoded_records": int(m.group(2)), "kernel_drop_datagrams": drops}
+
+
+def reads_only_main(name: str, serve, doc: str, argv=None) -> int:
+    """The command line of a receive-only loop: --port, --rcvbuf, then serve(port, rcvbuf) until a signal."""
+    import argparse
+    p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc.split("\n\n")[0])
+    p.add_argument("--port", type=int, default=0, help="UDP port on 127.0.0.1 (0: a free one, said on stderr)")
+    p.add_argument("--rcvbuf", type=int, default=4 << 20, help="socket receive buffer, bytes")
+    a = p.parse_args(argv)
+    serve(a.port, a.rcvbuf)
+    return 0
+
+
 class Ours(Listening):
     """`imds-flow listen` as a separate process on 127.0.0.1, a fresh one per point."""
 
@@ -231,12 +260,8 @@ RCVBUF = {"bytes": 64 << 20}
 def start_collector(name: str, workdir: Path, workers: int, exporters: int = 4):
     if name == "imds-flow":
         return Ours(workdir, workers, rcvbuf=RCVBUF["bytes"], exporters=exporters)
-    if name == "floor":
-        from .floor import Floor
-        return Floor(workdir, RCVBUF["bytes"])
-    if name == "bare":
-        from .bare import Bare
-        return Bare(workdir, RCVBUF["bytes"])
+    if name in ("floor", "bare"):
+        return ReadsOnly(name, workdir, RCVBUF["bytes"])
     from . import compare
     return compare.start(name, workdir)
 

@@ -125,8 +125,8 @@ def _collector(name: str, work, rcvbuf: int, samples: int = 8):
     from .compare import _free_port
     work = Path(work)
     if name == "floor":
-        from .floor import Floor
-        floor = Floor(work, rcvbuf)
+        from .flowbench import ReadsOnly
+        floor = ReadsOnly("floor", work, rcvbuf)
 
         def count() -> int:
             m = re.search(r"floor: (\d+) datagrams", (work / "floor.log").read_text())
