@@ -74,6 +74,7 @@ class Settings:
     ipv6_fraction: float = 0.0
     imds_fraction: float = 0.001
     imds_sources: int = 64
+    imds_seen_by: str = "all"
     template_every: int = 0
     workers: int = 1
     compare: tuple[str, ...] = ()
@@ -278,6 +279,7 @@ def measure(name: str, st: Settings, rate: float) -> dict:
                  "--duration", str(duration), "--exporters", str(exporters), "--records", str(records),
                  "--version", str(version), "--ipv6-fraction", str(st.ipv6_fraction),
                  "--imds-fraction", str(st.imds_fraction), "--imds-sources", str(st.imds_sources),
+                 "--imds-seen-by", st.imds_seen_by,
                  "--template-every", str(st.template_every)],
                 capture_output=True, text=True, cwd=ROOT, timeout=duration + 60)
             if sent.returncode != 0:
@@ -489,6 +491,7 @@ def check(st: Settings) -> None:
     if st.export == "sflow":             # options bench/sflow.py has no use for: said, not ignored
         for flag, name in (("--exporters", "exporters"), ("--records", "records"), ("--workers", "workers"),
                            ("--ipv6-fraction", "ipv6_fraction"), ("--imds-sources", "imds_sources"),
+                           ("--imds-seen-by", "imds_seen_by"),
                            ("--template-every", "template_every")):
             if getattr(st, name) != getattr(d, name):
                 raise BenchError(f"{flag}: the sFlow bench sends one agent's samples to one imds-flow worker; it takes "
@@ -525,7 +528,8 @@ def run(st: Settings) -> int:
     from .compare import installed
     names = installed(["imds-flow", *rivals], _say)
     _say(f"{', '.join(names)}: {name} over loopback, {st.exporters} exporters, {st.records} records/datagram, "
-         f"{st.duration:g} s per point, {st.imds_fraction:g} of records to the endpoints, templates "
+         f"{st.duration:g} s per point, {st.imds_fraction:g} of records to the endpoints "
+         f"(each instance's through {'one exporter' if st.imds_seen_by == 'one' else 'every exporter'}), templates "
          f"{'every ' + str(st.template_every) + ' datagrams' if st.template_every else 'once'}")
     rows, ceilings = _points(names, st, _progress(started))
     result["points"] = rows
@@ -581,7 +585,8 @@ def _points(names: list[str], st: Settings, progress) -> tuple[list[dict], dict]
 
 
 def _title(st: Settings, name: str) -> str:
-    return f"{name}, {st.exporters} exporters, {st.records} records/datagram"
+    seen = ", each instance through one exporter" if st.imds_seen_by == "one" else ""
+    return f"{name}, {st.exporters} exporters{seen}, {st.records} records/datagram"
 
 
 def _report(result: dict, st: Settings, name: str) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from imds_flow.receive import IoVec, MMsgHdr      # the same struct mmsghdr layout as the receive side
 
-from .synth import flow_datagrams
+from .synth import flow_datagrams, instance_of_datagrams
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -76,7 +76,7 @@ class Burst:
 
 def run(host: str, port: int, rate: float, duration: float, exporters: int, records: int,
         imds_fraction: float, version: int = 5, ipv6_fraction: float = 0.0, burst: int = 64,
-        template_every: int = 0, imds_sources: int = 64) -> dict:
+        template_every: int = 0, imds_sources: int = 64, imds_seen_by: str = "all") -> dict:
     """Send `version` exports at `rate` records/s for `duration` s from `exporters` sockets.
 
     v9 / IPFIX exporters send their template datagram first and, with `template_every` N > 0,
@@ -86,7 +86,15 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
     bursts, a 3 s run at 1 M records/s would hear from only 1,560 of 5,000 exporters, each of
     them new). Returns offered datagrams, records and metadata records (hits), and how far the
     sender fell behind its schedule (late_max_ms; late_bursts: bursts sent more than 2 ms late):
-    a late sender sends what it owes back to back, a burst that can overflow a receive buffer."""
+    a late sender sends what it owes back to back, a burst that can overflow a receive buffer.
+
+    `imds_seen_by`: which exporters send each instance's metadata records. "all": any of them, so
+    every exporter reports the same `imds_sources` instances (for the collector the worst case:
+    with 5,000 exporters nearly every such record is a fold key of its own, a new alert). "one":
+    instance i's go through exporter i mod `exporters` only, as 169.254.169.254 traffic, never
+    routed, is seen on its own segment; the other datagrams spread as before, every datagram sent
+    on its own (not one sendmmsg a burst), for 4 exporters as for 5,000."""
+    one = imds_seen_by == "one"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks = []
     for _ in range(exporters):
@@ -97,22 +105,23 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
     nb = 64
     n6 = round(nb * ipv6_fraction) if version != 5 else 0
     exports = [flow_datagrams(version, burst * (nb - n6), records, imds_fraction, 0.0, seed=1,
-                              imds_sources=imds_sources)]
+                              imds_sources=imds_sources, instance_per_datagram=one)]
     if n6:
         exports.append(flow_datagrams(version, burst * n6, records, imds_fraction, 1.0, seed=2,
-                                      imds_sources=imds_sources))
-    bursts = []                               # (Burst, export, hits in that burst)
+                                      imds_sources=imds_sources, instance_per_datagram=one))
+    bursts = []                               # (Burst, export, hits in that burst, its rows' instances)
     for ex in exports:
+        instance = instance_of_datagrams(ex.hits, imds_sources) if one else None
         for i in range(len(ex.data) // burst):
             rows = slice(i * burst, (i + 1) * burst)
-            bursts.append((Burst(ex.data[rows]), ex, int(ex.hits[rows].sum())))
+            bursts.append((Burst(ex.data[rows]), ex, int(ex.hits[rows].sum()), None if instance is None else instance[rows]))
     order = np.random.default_rng(3).permutation(len(bursts))    # spread the IPv6 bursts out
     bursts = [bursts[i] for i in order]
     template = exports[0].template
     tbuf = np.frombuffer(template, np.uint8).copy() if template is not None else None
     seq = [0] * exporters
     sent_by = [0] * exporters
-    spread = _Spread(socks, burst, tbuf, template_every) if exporters > burst else None
+    spread = _Spread(socks, burst, tbuf, template_every) if exporters > burst or one else None
     dgram_rate = rate / records
     interval = burst / dgram_rate
     sent_d = hits = templates = 0
@@ -129,12 +138,12 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
             if next_at - now > 0.0005:
                 time.sleep(next_at - now - 0.0003)
             continue
-        b, ex, h = bursts[i % len(bursts)]
+        b, ex, h, instance = bursts[i % len(bursts)]
         late = now - next_at                 # behind schedule (a stall of this process, or of the VM):
         late_max = max(late_max, late)       # the bursts it owes go out back to back
         late_bursts += late > 0.002
         if spread is not None:
-            sent, tsent = spread.send(b, ex)
+            sent, tsent = spread.send(b, ex, instance)
             sent_d += sent
             templates += tsent
             hits += h
@@ -169,8 +178,9 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
 
 class _Spread:
     """Bursts sent by many exporters in turn, one datagram each: burst k's datagram j comes from
-    exporter (k * burst + j) mod exporters, numbered in that exporter's sequence, after its
-    template where one is due (its first datagram, and every `template_every`-th)."""
+    exporter (k * burst + j) mod exporters (one carrying instance i's metadata records, given: from
+    exporter i mod exporters), numbered in that exporter's sequence, after its template where one
+    is due (its first datagram, and every `template_every`-th)."""
 
     def __init__(self, socks: list[socket.socket], burst: int, template: np.ndarray | None, template_every: int):
         self.socks = socks
@@ -181,18 +191,23 @@ class _Spread:
         self.cursor = 0
         self.burst = burst
 
-    def send(self, b: Burst, ex) -> tuple[int, int]:
-        """Send burst `b` (rows of export `ex`); returns (data datagrams, template datagrams) sent."""
+    def send(self, b: Burst, ex, instance: np.ndarray | None = None) -> tuple[int, int]:
+        """Send burst `b` (rows of export `ex`, carrying these instances' metadata records: -1 none);
+        returns (data datagrams, template datagrams) sent."""
         es = (self.cursor + np.arange(b.n)) % len(self.socks)
+        if instance is not None:
+            es = np.where(instance >= 0, instance % len(self.socks), es)
         self.cursor = (self.cursor + b.n) % len(self.socks)
-        ex.set_sequences(b.data, self.seq[es])
-        self.seq[es] += np.uint64(ex.sequence_step)
+        before = _earlier(es)                 # an exporter can send several rows of a burst (fewer
+        sent = self.sent[es] + before         # exporters than rows, or an instance's): in row order
+        ex.set_sequences(b.data, self.seq[es] + np.uint64(ex.sequence_step) * before.astype(np.uint64))
+        np.add.at(self.seq, es, np.uint64(ex.sequence_step))
+        np.add.at(self.sent, es, 1)
         due = np.zeros(b.n, np.bool_)
         if self.template is not None:
-            due = self.sent[es] == 0
+            due = sent == 0
             if self.every > 0:
-                due |= self.sent[es] % self.every == 0
-        self.sent[es] += 1
+                due |= sent % self.every == 0
         templates = 0
         for e, row, t in zip(es.tolist(), b.data, due.tolist()):
             s = self.socks[e]
@@ -201,6 +216,17 @@ class _Spread:
                 templates += 1
             _send(s, row)
         return b.n, templates
+
+
+def _earlier(es: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same value."""
+    order = np.argsort(es, kind="stable")
+    ranked = es[order]
+    first = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    run = np.repeat(first, np.diff(np.r_[first, len(es)]))
+    out = np.empty(len(es), np.int64)
+    out[order] = np.arange(len(es)) - run
+    return out
 
 
 def _send(s: socket.socket, data) -> None:
@@ -228,13 +254,14 @@ def main() -> None:
     p.add_argument("--version", type=int, choices=(5, 9, 10), default=5)
     p.add_argument("--ipv6-fraction", type=float, default=0.0)
     p.add_argument("--imds-sources", type=int, default=64)
+    p.add_argument("--imds-seen-by", choices=("all", "one"), default="all")
     p.add_argument("--template-every", type=int, default=0, help="resend templates every N datagrams (0: once)")
     a = p.parse_args()
     if not (a.host.startswith("127.") or a.host in ("::1", "localhost")):
         sys.exit("bench sender: loopback targets only")
     print(json.dumps(run(a.host, a.port, a.rate, a.duration, a.exporters, a.records, a.imds_fraction,
                          a.version, a.ipv6_fraction, template_every=a.template_every,
-                         imds_sources=a.imds_sources)))
+                         imds_sources=a.imds_sources, imds_seen_by=a.imds_seen_by)))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,16 @@ IMDS_V4 = (169 << 24) | (254 << 16) | (169 << 8) | 254
 
 
 def v5_datagrams(count: int, records: int = 30, imds_fraction: float = 0.001, seed: int = 1,
-                 uptime_ms: int = 3_600_000, unix_secs: int = 1_700_000_000, imds_sources: int = 0) -> np.ndarray:
+                 uptime_ms: int = 3_600_000, unix_secs: int = 1_700_000_000, imds_sources: int = 0,
+                 instance_per_datagram: bool = False) -> np.ndarray:
     """`count` v5 datagrams of `records` records each, as a (count, size) uint8 array.
 
     Records are TCP/UDP between 10/8 hosts and the internet; `imds_fraction` of them go to
     169.254.169.254:80 (requests), from `imds_sources` hosts (10.255.0.0 + i) when given (instances
-    poll the endpoint again and again: alerts fold per source), else from any 10/8 host. The
-    header's flow_sequence is left 0: senders patch it.
+    poll the endpoint again and again: alerts fold per source), else from any 10/8 host; with
+    `instance_per_datagram`, all of datagram d's from instance d mod imds_sources (one exporter can
+    then send each instance's: sender.py --imds-seen-by one). The header's flow_sequence is left 0:
+    senders patch it.
     """
     rng = np.random.default_rng(seed)
     size = V5_HEADER + records * V5_RECORD
@@ -41,7 +44,7 @@ def v5_datagrams(count: int, records: int = 30, imds_fraction: float = 0.001, se
     hit = rng.random(n) < imds_fraction
     rec["dst"][hit] = IMDS_V4
     if imds_sources:
-        rec["src"][hit] = _IMDS_SOURCE + rng.integers(0, imds_sources, int(hit.sum()))
+        rec["src"][hit] = _instances(hit, records, imds_sources, instance_per_datagram, rng)
     rec["pkts"] = rng.integers(1, 1000, n)
     rec["octets"] = rec["pkts"] * rng.integers(40, 1500, n)
     rec["first"] = uptime_ms - rng.integers(1000, 60_000, n)
@@ -57,7 +60,24 @@ def v5_datagrams(count: int, records: int = 30, imds_fraction: float = 0.001, se
 
 
 _IMDS_SOURCE = (10 << 24) | (255 << 16)      # 10.255.0.0: the instances that poll the endpoint
+
+
+def _instances(hit: np.ndarray, records: int, sources: int, per_datagram: bool, rng) -> np.ndarray:
+    """The source address of each metadata record (`hit`, records in datagram order): one of
+    `sources` instances at random, or datagram d's instance d mod sources. The same random draws
+    either way, so that every other column is the same in both layouts."""
+    drawn = rng.integers(0, sources, int(hit.sum()))
+    if per_datagram:
+        drawn = np.flatnonzero(hit) // records % sources
+    return (_IMDS_SOURCE + drawn).astype(np.uint32)
+
+
+def instance_of_datagrams(hits: np.ndarray, sources: int) -> np.ndarray:
+    """Per datagram of an export made with instance_per_datagram: the instance its metadata
+    records come from, -1 where it has none."""
+    return np.where(hits > 0, np.arange(len(hits)) % sources, -1)
 IMDS_V6 = bytes.fromhex("fd000ec2000000000000000000000254")
+_IMDS_SOURCE6 = bytes.fromhex("20010db80001000000000000ffff")   # 2001:db8:1::ffff:<instance>
 V4_TEMPLATE, V6_TEMPLATE = 256, 257
 # (IE, length): src, dst, sport, dport, proto, bytes, packets, flowStart/EndMilliseconds, in/out if
 _V4_FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (152, 8), (153, 8), (10, 4), (14, 4)]
@@ -93,7 +113,8 @@ class Export:
         return first + step * len(rows)
 
 
-def _records(n: int, rng, imds_fraction: float, ipv6_fraction: float, now_ms: int, imds_sources: int = 0):
+def _records(n: int, rng, imds_fraction: float, ipv6_fraction: float, now_ms: int, imds_sources: int = 0,
+             records: int = 1, instance_per_datagram: bool = False):
     """Column values of n flow records; returns (is_v6, hit, columns dict)."""
     v6 = rng.random(n) < ipv6_fraction
     hit = rng.random(n) < imds_fraction
@@ -109,7 +130,7 @@ def _records(n: int, rng, imds_fraction: float, ipv6_fraction: float, now_ms: in
         "end": (now_ms - rng.integers(0, 1000, n)).astype(np.uint64),
     }
     if imds_sources:
-        cols["src4"][hit] = _IMDS_SOURCE + rng.integers(0, imds_sources, int(hit.sum()))
+        cols["src4"][hit] = _instances(hit, records, imds_sources, instance_per_datagram, rng)
     return v6, hit, cols
 
 
@@ -135,16 +156,20 @@ def _pack(fields, cols, idx, src6=None, dst6=None) -> np.ndarray:
 
 def flow_datagrams(version: int, count: int, records: int = 30, imds_fraction: float = 0.001,
                    ipv6_fraction: float = 0.0, seed: int = 1, unix_secs: int = 1_700_000_000,
-                   imds_sources: int = 0) -> Export:
+                   imds_sources: int = 0, instance_per_datagram: bool = False) -> Export:
     """`count` datagrams of one version, each with `records` records of one address family;
-    metadata requests come from `imds_sources` hosts (0: any 10/8 host)."""
+    metadata requests come from `imds_sources` hosts (0: any 10/8 host), with
+    `instance_per_datagram` each datagram's from one (v5_datagrams; IPv6 ones from
+    2001:db8:1::ffff:<instance>, else all from 2001:db8:1::)."""
     if version == 5:
-        data = v5_datagrams(count, records, imds_fraction, seed, imds_sources=imds_sources)
+        data = v5_datagrams(count, records, imds_fraction, seed, imds_sources=imds_sources,
+                            instance_per_datagram=instance_per_datagram)
         per = data[:, V5_HEADER:].reshape(count, records, V5_RECORD)[:, :, 4:8].copy().view(">u4")[..., 0]
         return Export(5, data, None, (per == IMDS_V4).sum(axis=1), records)
     rng = np.random.default_rng(seed)
     n = count * records
-    _, hit, cols = _records(n, rng, imds_fraction, 0.0, unix_secs * 1000, imds_sources)
+    _, hit, cols = _records(n, rng, imds_fraction, 0.0, unix_secs * 1000, imds_sources, records,
+                            instance_per_datagram)
     v6_dgram = rng.random(count) < ipv6_fraction            # one family per datagram
     rows = []
     for d in range(count):
@@ -153,6 +178,8 @@ def flow_datagrams(version: int, count: int, records: int = 30, imds_fraction: f
             src6 = np.frombuffer(bytes.fromhex("20010db8000100000000000000000000") * records, "V16").copy()
             dst6 = np.frombuffer(bytes.fromhex("20010db8ffff00000000000000000001") * records, "V16").copy()
             dst6[hit[idx]] = np.frombuffer(IMDS_V6, "V16")[0]
+            if instance_per_datagram and imds_sources:
+                src6[hit[idx]] = np.frombuffer(_IMDS_SOURCE6 + (d % imds_sources).to_bytes(2, "big"), "V16")[0]
             body = _pack(_V6_FIELDS, cols, idx, src6, dst6).tobytes()
             tid = V6_TEMPLATE
         else:

@@ -274,6 +274,10 @@ def _rivals(ctx, param, value: str) -> tuple[str, ...]:
               help="Share of records aimed at the metadata endpoints.")
 @click.option("--imds-sources", type=click.IntRange(1), default=64, show_default=True,
               help="Instances those records come from (alerts fold per source, as real polling does).")
+@click.option("--imds-seen-by", type=click.Choice(["all", "one"]), default="all", show_default=True,
+              help="Which exporters report each instance: all (every exporter the same instances: with many "
+                   "exporters nearly every such record a new alert, the worst case) or one (instance i behind "
+                   "exporter i mod --exporters: link-local traffic is seen on its own segment only).")
 @click.option("--template-every", type=click.IntRange(0), default=0, show_default=True,
               help="Each exporter resends its templates every N datagrams (0: once, at the start).")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench import flowbench, sender
-from bench.synth import flow_datagrams
+from bench.synth import IMDS_V4, flow_datagrams, instance_of_datagrams
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +35,8 @@ def bench(*args):
     (["--export", "sflow", "--max-points", "3"], ["--max-points", "sweep"]),
     (["--compare", "goflow2"], ["goflow2", "nfcapd, nfacctd"]),
     (["--rates", "fast"], ["--rates", "fast"]),
+    (["--imds-seen-by", "some"], ["--imds-seen-by", "some"]),
+    (["--export", "sflow", "--imds-seen-by", "one"], ["--imds-seen-by", "sFlow"]),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args, words):
     r = bench(*args)
@@ -104,42 +106,98 @@ def test_metadata_requests_come_from_the_given_sources():
     assert len(set(src[dst == (169 << 24 | 254 << 16 | 169 << 8 | 254)].tolist())) <= 3
 
 
-def test_many_exporters_each_send_in_turn_with_their_own_sequence_and_template():
-    """With more exporters than a burst holds, every burst comes from that many different exporters
-    (one datagram each), each numbered in its own sequence and preceded by its template when due."""
+@pytest.mark.parametrize("version", [5, 10])
+def test_an_instance_a_datagram_changes_only_the_sources(version):
+    """instance_per_datagram: datagram d's metadata records all come from instance d mod sources;
+    every other byte is as in the layout with instances at random."""
+    at, size = (24, 48) if version == 5 else (20, 53)     # the records, and one record's length
+    spread = flow_datagrams(version, 64, 30, imds_fraction=0.05, imds_sources=8)
+    one = flow_datagrams(version, 64, 30, imds_fraction=0.05, imds_sources=8, instance_per_datagram=True)
+    assert (one.hits == spread.hits).all() and one.hits.sum() > 8
+    a, b = (x.data[:, at:].reshape(64, 30, size) for x in (spread, one))
+    dst = a[:, :, 4:8].copy().view(">u4")[..., 0]
+    hit = dst == IMDS_V4
+    assert (a[:, :, 4:] == b[:, :, 4:]).all() and (a[~hit] == b[~hit]).all()
+    src = b[:, :, 0:4].copy().view(">u4")[..., 0]
+    for d in range(64):
+        assert set(src[d][hit[d]].tolist()) <= {(10 << 24 | 255 << 16) + d % 8}
+    assert (instance_of_datagrams(one.hits, 8) == np.where(one.hits > 0, np.arange(64) % 8, -1)).all()
+
+
+def _spread_sends(exporters: int, ex, instance=None, bursts: int = 6) -> dict[int, list[bytes]]:
+    """`bursts` bursts of ex's first 64 datagrams sent through sender._Spread from `exporters`
+    sockets (templates before every 3rd datagram), as received over loopback: exporter -> datagrams."""
     import socket
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)     # ~350 datagrams queue before we read
     rx.bind(("127.0.0.1", 0))
     rx.settimeout(2)
     socks = []
-    for _ in range(100):
+    for _ in range(exporters):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.connect(rx.getsockname())
         socks.append(s)
     try:
-        ex = flow_datagrams(10, 64, 30)
+        port_of = {s.getsockname()[1]: e for e, s in enumerate(socks)}
         tmpl = np.frombuffer(ex.template, np.uint8).copy()
         spread = sender._Spread(socks, 64, tmpl, 3)
-        sent = [spread.send(sender.Burst(ex.data[:64].copy()), ex) for _ in range(6)]   # 384 datagrams
-        assert [d for d, _ in sent] == [64] * 6
-        got = [rx.recvfrom(65535) for _ in range(384 + sum(t for _, t in sent))]
+        sent = [spread.send(sender.Burst(ex.data[:64].copy()), ex, instance) for _ in range(bursts)]
+        assert [d for d, _ in sent] == [64] * bursts
+        got = [rx.recvfrom(65535) for _ in range(64 * bursts + sum(t for _, t in sent))]
     finally:
         rx.close()
         for s in socks:
             s.close()
-    by_port: dict[int, list] = {}
+    by: dict[int, list] = {}
     for data, (_, port) in got:
-        by_port.setdefault(port, []).append(data)
-    assert len(by_port) == 100                             # every exporter sent, 3 or 4 datagrams each
-    for port, seen in by_port.items():
-        kinds = ["t" if d == ex.template else "d" for d in seen]
-        data = [int.from_bytes(d[8:12], "big") for d in seen if d != ex.template]
-        assert data == [30 * k for k in range(len(data))]  # its own sequence, from 0, step 30 records
-        want = []
-        for k in range(len(data)):                         # its template first, then before every 3rd
-            want += (["t"] if k % 3 == 0 else []) + ["d"]
-        assert kinds == want, port
+        by.setdefault(port_of[port], []).append(data)
+    return by
+
+
+def _own_sequence_and_templates(ex, seen: list[bytes]) -> bool:
+    """An exporter's datagrams numbered in its own sequence from 0 (step 30 records), its template
+    first and then before every 3rd."""
+    kinds = ["t" if d == ex.template else "d" for d in seen]
+    data = [int.from_bytes(d[8:12], "big") for d in seen if d != ex.template]
+    want = []
+    for k in range(len(data)):
+        want += (["t"] if k % 3 == 0 else []) + ["d"]
+    return data == [30 * k for k in range(len(data))] and kinds == want
+
+
+def test_many_exporters_each_send_in_turn_with_their_own_sequence_and_template():
+    """With more exporters than a burst holds, every burst comes from that many different exporters
+    (one datagram each), each numbered in its own sequence and preceded by its template when due."""
+    ex = flow_datagrams(10, 64, 30)
+    by = _spread_sends(100, ex)                             # 384 datagrams
+    assert len(by) == 100                                  # every exporter sent, 3 or 4 datagrams each
+    for e, seen in by.items():
+        assert _own_sequence_and_templates(ex, seen), e
+
+
+@pytest.mark.parametrize("exporters", [4, 100])
+def test_each_instance_seen_by_one_exporter(exporters):
+    """--imds-seen-by one: every metadata record of instance i comes through exporter i mod
+    exporters, and every exporter still numbers its own sequence and sends its templates when due
+    (with 4 exporters each sends 16 datagrams of a burst)."""
+    sources, record = 6, 53                                # the IPv4 template's record: src first, then dst
+    ex = flow_datagrams(10, 64, 30, imds_fraction=0.01, imds_sources=sources, instance_per_datagram=True)
+    instance = instance_of_datagrams(ex.hits, sources)
+    assert (instance >= 0).sum() > sources and len(set(instance[instance >= 0].tolist())) == sources
+    by = _spread_sends(exporters, ex, instance)
+    assert len(by) > min(exporters, 64 - (instance >= 0).sum()) // 2      # the others spread as before
+    seen_from: dict[int, set] = {}
+    for e, seen in by.items():
+        assert _own_sequence_and_templates(ex, seen), e
+        for d in seen:
+            if d == ex.template:
+                continue
+            recs = np.frombuffer(d[20:], np.uint8).reshape(30, record)
+            src, dst = recs[:, 0:4].copy().view(">u4").ravel(), recs[:, 4:8].copy().view(">u4").ravel()
+            for a in src[dst == IMDS_V4].tolist():
+                seen_from.setdefault(a, set()).add(e)
+    assert sorted(seen_from) == [(10 << 24 | 255 << 16) + i for i in range(sources)]
+    assert all(exps == {(a & 0xFFFF) % exporters} for a, exps in seen_from.items())
 
 
 def test_the_sender_says_how_far_behind_its_schedule_it_fell(monkeypatch):
