@@ -114,7 +114,8 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
         instance = instance_of_datagrams(ex.hits, imds_sources) if one else None
         for i in range(len(ex.data) // burst):
             rows = slice(i * burst, (i + 1) * burst)
-            bursts.append((Burst(ex.data[rows]), ex, int(ex.hits[rows].sum()), None if instance is None else instance[rows]))
+            bursts.append((Burst(ex.data[rows]), ex, int(ex.hits[rows].sum()),
+                           None if instance is None else instance[rows]))
     order = np.random.default_rng(3).permutation(len(bursts))    # spread the IPv6 bursts out
     bursts = [bursts[i] for i in order]
     template = exports[0].template

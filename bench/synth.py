@@ -76,6 +76,8 @@ def instance_of_datagrams(hits: np.ndarray, sources: int) -> np.ndarray:
     """Per datagram of an export made with instance_per_datagram: the instance its metadata
     records come from, -1 where it has none."""
     return np.where(hits > 0, np.arange(len(hits)) % sources, -1)
+
+
 IMDS_V6 = bytes.fromhex("fd000ec2000000000000000000000254")
 _IMDS_SOURCE6 = bytes.fromhex("20010db80001000000000000ffff")   # 2001:db8:1::ffff:<instance>
 V4_TEMPLATE, V6_TEMPLATE = 256, 257
