@@ -86,6 +86,11 @@ class Settings:
     def version(self) -> int:
         return EXPORTS[self.export]
 
+    @property
+    def seen_by(self) -> str:
+        """--imds-seen-by in words."""
+        return f"each instance through {'one exporter' if self.imds_seen_by == 'one' else 'every exporter'}"
+
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -190,12 +195,17 @@ class ReadsOnly(Listening):
         super().__init__([sys.executable, "-m", f"{PACKAGE}.{name}", "--port", "0", "--rcvbuf", str(rcvbuf)],
                          workdir / f"{name}.log", name)
 
-    def stop(self) -> dict:
-        drops, text = self._stop()
+    def counted(self) -> tuple[int, int]:
+        """(datagrams, records) from the count line it says once stopped."""
+        text = self._log_path.read_text()
         m = re.search(rf"{self.name}: (\d+) datagrams, (\d+) records", text)
         if not m:
             raise RuntimeError(f"no count from {self.name}: " + text[-2000:])
-        return {"decoded_records": int(m.group(2)), "kernel_drop_datagrams": drops}
+        return int(m.group(1)), int(m.group(2))
+
+    def stop(self) -> dict:
+        drops, _ = self._stop()
+        return {"decoded_records": self.counted()[1], "kernel_drop_datagrams": drops}
 
 
 def reads_only_main(name: str, serve, doc: str, argv=None) -> int:
@@ -529,7 +539,7 @@ def run(st: Settings) -> int:
     names = installed(["imds-flow", *rivals], _say)
     _say(f"{', '.join(names)}: {name} over loopback, {st.exporters} exporters, {st.records} records/datagram, "
          f"{st.duration:g} s per point, {st.imds_fraction:g} of records to the endpoints "
-         f"(each instance's through {'one exporter' if st.imds_seen_by == 'one' else 'every exporter'}), templates "
+         f"({st.seen_by}), templates "
          f"{'every ' + str(st.template_every) + ' datagrams' if st.template_every else 'once'}")
     rows, ceilings = _points(names, st, _progress(started))
     result["points"] = rows
@@ -585,7 +595,7 @@ def _points(names: list[str], st: Settings, progress) -> tuple[list[dict], dict]
 
 
 def _title(st: Settings, name: str) -> str:
-    seen = ", each instance through one exporter" if st.imds_seen_by == "one" else ""
+    seen = f", {st.seen_by}" if st.imds_seen_by == "one" else ""        # the default said only on stderr
     return f"{name}, {st.exporters} exporters{seen}, {st.records} records/datagram"
 
 

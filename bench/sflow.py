@@ -129,8 +129,7 @@ def _collector(name: str, work, rcvbuf: int, samples: int = 8):
         floor = ReadsOnly("floor", work, rcvbuf)
 
         def count() -> int:
-            m = re.search(r"floor: (\d+) datagrams", (work / "floor.log").read_text())
-            return int(m.group(1)) * samples
+            return floor.counted()[0] * samples
         return floor.proc, floor.port, count, "SIGTERM"
     if name == "imds-flow":
         (work / "cfg.toml").write_text(
