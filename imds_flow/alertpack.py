@@ -151,14 +151,16 @@ class Packer:
                      names: tuple[str, ...], exporters) -> tuple[list[bytes], list[float]]:
         """The alerts of the groups kernels.fold_batch left to alerts.Folder.finish (`kind`, and
         Folder's per-group ints) that only leave: each a window opened by one hit, releasing no
-        held alert (an alert flood: nearly every matching record a new fold key). Returns (msgpack
-        of each such group's alert, its ts) in group order, the bytes pack() makes, from one kernel
-        call and no Python per alert but its slice, and sets those groups' kind to 0: the others
-        are Folder._open_groups' as before."""
-        if groups > len(self._leaving[0]):
-            self._leaving_scratch(2 * groups)
+        held alert (an alert flood: nearly every matching record a new fold key), in group order,
+        then each hit's of the groups past limits.max_fold_keys (kind 4), in hit order. Returns
+        (msgpack of each such alert, its ts), the bytes pack() makes, from one kernel call and no
+        Python per alert but its slice, and sets those groups' kind to 0: the others are
+        Folder._open_groups' as before."""
+        m = len(hits)
+        if m > len(self._leaving[0]):
+            self._leaving_scratch(2 * m)
         test, n_test, test_port = self._test
-        args = (kind, groups_ints, groups, hits.idx, hits.endpoint, hits.direction, batch.rows, self._leaving,
+        args = (kind, groups_ints, groups, m, hits.idx, hits.endpoint, hits.direction, batch.rows, self._leaving,
                 *self._exporters(exporters), *self._strings(names, hits.signals, hits.header_names), *self._keys,
                 batch.buf, batch.late_buf, test, n_test, test_port, self._field_scratch)
         if _pack_leaving(*args, self._out, self._res) == _ROOM:
@@ -519,16 +521,19 @@ def _pack(ints, floats, fbits, e_buf, e_off, e_port, ep, direction, consts, c_of
 
 
 @kernel
-def _pack_leaving(kind, g, groups, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_off, e_port, consts, c_off, base,
+def _pack_leaving(kind, g, groups, m, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_off, e_port, consts, c_off, base,
                   n_headers, keys, k_off, buf, late_buf, test, n_test, port, field_scratch, out, res):
     """Packer.pack_leaving's kernel: the alert of the first hit (g[1], a position in the hits) of
-    every group of kind 2 with one hit (g[4], its count) and no released row (g[6] < 0) into out,
-    in group order, as _pack writes it for Packer.pack, and those groups' kind set to 0; res =
-    (such groups, bytes). Returns _ROOM, changing nothing but scratch, res and out, when out must
-    first hold res[1] bytes; else 0. (One kernel: packing from Python, in four calls, cost twice as
-    much a batch on the live core; holding _pack makes the first start's compile ~5 s longer.)"""
+    every group of kind 2 with one hit (g[4], its count) and no released row (g[6] < 0), in group
+    order, then the alert of every hit of the m whose group (g[0]) is of kind 4 (past
+    limits.max_fold_keys), in hit order, into out as _pack writes them for Packer.pack, and those
+    groups' kind set to 0; res = (such alerts, bytes). Scratch must hold m. Returns _ROOM,
+    changing nothing but scratch, res and out, when out must first hold res[1] bytes; else 0.
+    (One kernel: packing from Python, in four calls, cost twice as much a batch on the live core;
+    holding _pack makes the first start's compile ~5 s longer.)"""
     grp, sel, ep, direction = scratch[0], scratch[1], scratch[2], scratch[3]
     k = 0
+    over = False
     for j in range(groups):
         if kind[j] == 2 and g[4, j] == 1 and g[6, j] < 0:
             at = g[1, j]
@@ -537,11 +542,24 @@ def _pack_leaving(kind, g, groups, h_idx, h_ep, h_dir, rows, scratch, e_buf, e_o
             ep[k] = h_ep[at]
             direction[k] = h_dir[at]
             k += 1
+        over |= kind[j] == 4
+    lone = k
+    if over:                                     # (a key has one group a batch: its hits keep their order)
+        for h in range(m):
+            if kind[g[0, h]] == 4:
+                sel[k] = h_idx[h]
+                ep[k] = h_ep[h]
+                direction[k] = h_dir[h]
+                k += 1
     code = _pack_selected(k, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off, buf,
                           late_buf, test, n_test, port, field_scratch, out, res)
     if res[0]:
-        for i in range(k):
+        for i in range(lone):
             kind[grp[i]] = 0
+        if over:
+            for j in range(groups):
+                if kind[j] == 4:
+                    kind[j] = 0
     return code
 
 

@@ -263,8 +263,9 @@ class Folder:
         self._spare = np.zeros(0, np.int64)   # rows set aside for the kernel's pending alerts (kernels._hold)
         self._spare_size = _SPARE
         self._scratch(256)
-        # kernels.fold_batch's: next id, windows opened, rest, groups, spare rows left, spare rows given
-        self._counters = np.zeros(6, np.int64)
+        # kernels.fold_batch's: next id, windows opened, rest, groups, spare rows left, spare rows
+        # given, hits past max_keys (written unfolded)
+        self._counters = np.zeros(7, np.int64)
         # () -> (names, exporters, signals, header_names) of the hits being folded, as hit_alerts takes
         # them: set (Pipeline), the kernel makes pending alerts itself and Python only their dicts,
         # once per call that made any, instead of a return to Python for the batch
@@ -445,7 +446,8 @@ class Folder:
         counters = self._counters
         self._keys.n, opened, rest = counters[:3].tolist()
         self.windows += opened
-        counters[1] = 0
+        self.over_limit += int(counters[6])
+        counters[1] = counters[6] = 0
         self._take_made()
         return rest > 0
 
@@ -505,7 +507,9 @@ class Folder:
 
     def _open_groups(self, at: np.ndarray, kind: np.ndarray, batch: FlowBatch, hits: Hits, names, exporters) -> None:
         """The groups `at` (kernels.fold_groups did not merge them) that open a pending alert
-        (kind 1) or opened a window (2), or go hit by hit (3), in group order."""
+        (kind 1) or opened a window (2), go hit by hit (3), or are past max_keys (4: each hit's
+        alert leaves unfolded, counted by the kernel; Packer.pack_leaving packs them unless one
+        is only hit_alerts'), in group order."""
         group, first, second, last, count, g_kid, g_released = self._ints
         sums, times, c, m = self._g_sums, self._g_times, batch.cols, len(hits)
         steps = list(zip(at.tolist(), kind[at].tolist(), g_kid[at].tolist(), g_released[at].tolist(),
@@ -525,12 +529,12 @@ class Folder:
         if want:
             made = hit_alerts(batch, hits.subset(np.array(want, np.int64)), names, exporters)
             built = {pos: alert for pos, (_, alert) in zip(want, made)}
-        # the per-hit groups' alerts in one call too (past limits.max_fold_keys, in a flood of new keys,
-        # that is every group): their hits in batch order, handed to add() group by group
+        # the per-hit groups' alerts in one call too: their hits in batch order, handed to add() (3)
+        # or emitted (4) group by group
         per_hit: dict[int, list] = {}
-        three = [j for j, k, *_ in steps if k == 3]
-        if three:
-            pos = np.flatnonzero(np.isin(group[:m], three))
+        one_by_one = [j for j, k, *_ in steps if k >= 3]
+        if one_by_one:
+            pos = np.flatnonzero(np.isin(group[:m], one_by_one))
             for j, item in zip(group[pos].tolist(), hit_alerts(batch, hits.subset(pos), names, exporters)):
                 per_hit.setdefault(j, []).append(item)
         held = [j for j, k, _, _, n in steps if k == 1 or (k == 2 and n > 1)]
@@ -551,8 +555,11 @@ class Folder:
                     self.emit_packed(*got)
                 if n > 1:
                     self._hold(kid, built[second[j]], n - 1, sums[j, 4:].tolist(), times[j, 3:6].tolist(), tails[j])
-            else:
+            elif k == 3:
                 self.add(per_hit[j])
+            else:
+                for _, alert in per_hit[j]:
+                    self.emit(alert)
 
     def add(self, items: list[tuple[tuple, dict]]) -> None:
         if self.window <= 0:

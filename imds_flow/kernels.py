@@ -506,11 +506,13 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
     (_hold), 1 opens a pending alert in its window (Python makes it), 2 opens a window (opened
     here: a new key gets the next id, the caller having made room in the table and the arrays;
     hits after its first, with no pending alert to release, are held here and its count set to
-    1), 3 goes hit by hit (straddles a window boundary,
-    or past the limit). `opened`: per group its key's id (-1: none) and, for a kind 2 that reopens
-    a window holding a pending alert, that alert's row (the caller releases it; else -1); and
-    counters: the next free id, how many windows opened that were not open, and at [4] the spare
-    rows _hold may still take. Returns how many groups are left to Python."""
+    1), 3 goes hit by hit (straddles a window boundary), 4 past the limit: a key with no open
+    window and no room for one, each of its hits an alert that leaves unfolded, counted in
+    counters[6] (Folder.over_limit). `opened`: per group its key's id (-1: none) and, for a kind 2
+    that reopens a window holding a pending alert, that alert's row (the caller releases it; else
+    -1); and counters: the next free id, how many windows opened that were not open, at [4] the
+    spare rows _hold may still take, at [6] the hits past the limit. Returns how many groups are
+    left to Python."""
     g_first, g_second, g_last, g_count, g_sums, g_times = groups
     k_words, t_val, k_start, k_open, k_row = keys
     g_kid, g_released, counters = opened
@@ -524,8 +526,9 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
         t_first, t_max = g_times[g, 6], g_times[g, 2]
         g_kid[g] = key
         if not is_open:
-            if room <= 0:
-                kind[g] = 3
+            if room <= 0:                        # past the limit: each of its hits leaves unfolded
+                kind[g] = 4
+                counters[6] += g_count[g]
                 rest += 1
                 continue
             room -= 1
@@ -573,8 +576,9 @@ def fold_batch(c, idx, ep, direction, m, fold):
     counters, window, room). Returns the number of groups, or -1 when it could not fold them here
     (no folding window, scratch too small for m hits, or the key table and arrays without room for
     every group to be a new key: Folder.add_hits makes room and folds them). counters: the next
-    free id and the windows opened (fold_groups), the groups left to Python, and the groups made.
-    Grouping writes only scratch, so a batch declined after it is grouped again, unchanged."""
+    free id and the windows opened (fold_groups), the groups left to Python, the groups made and
+    at [6] the hits past limits.max_fold_keys. Grouping writes only scratch, so a batch declined
+    after it is grouped again, unchanged."""
     table, ints, g_sums, g_times, kind, keys, pending, counters, window, room = fold
     if window <= 0:
         return np.int64(-1)

@@ -26,7 +26,8 @@ A batch taken with nothing left for Python (no hit, or hits folded into windows 
 datagram rejected) never leaves the kernel: its counters, sequence state and folds are in the
 arrays Python reads. Alerts leave as soon as their batch is read, as before. When the only sink is
 an alert file taking msgpack (Pipeline.direct_sink), the alerts that leave at once (a new fold
-key's first, or every one with no folding window: an alert flood's) are packed and appended to it
+key's first, every one of a key past limits.max_fold_keys, or every one with no folding window: an
+alert flood's) are packed and appended to it
 here (_leave), one write() a batch, so such a batch stays in the kernel too: in an alert flood
 (the sFlow bench: 1 sample in 1000 aimed at the endpoint, every one from a new source) a third of
 the batches had come back to Python for ~200 us each on a cold core. v9 / IPFIX template
@@ -127,7 +128,8 @@ def _leave(sink, groups, hits, tables, rows, buf, fold):
     """The alerts that leave a batch at once, packed by alertpack's kernels and appended to the
     alert file here, their latency counted (what Folder.finish's first part, or Folder._emit_all
     with no folding window, and Pipeline.flush do); `sink` as Polls.sink makes it. With a window
-    they are new fold keys' lone hits' (an alert flood's); without, every hit's. Returns 0 when
+    they are new fold keys' lone hits' (an alert flood's) and the hits of keys past
+    limits.max_fold_keys; without, every hit's. Returns 0 when
     nothing is left for Python; TAKEN when groups are (held alerts, a window to reopen: written
     alerts' groups have kind 0, so Folder.finish does only the rest), or when nothing was packed
     (scratch or out too small: Python grows them; an alert only hit_alerts can say); UNWRITTEN
@@ -137,13 +139,13 @@ def _leave(sink, groups, hits, tables, rows, buf, fold):
     (scratch, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off, test, n_test, port, fields, out,
      packed) = pack
     kind, ints, window = fold[4], fold[1], fold[8]
-    if (hits if window <= 0 else groups) > scratch[0].shape[0]:
+    if hits > scratch[0].shape[0]:
         return TAKEN
     if window <= 0:
         if _pack_hits(hits, tables[4], tables[5], tables[6], rows, scratch, e_buf, e_off, e_port, consts, c_off, base,
                       n_headers, keys, k_off, buf, buf, test, n_test, port, fields, out, packed) != 0 or not packed[0]:
             return TAKEN
-    elif _pack_leaving(kind, ints, groups, tables[4], tables[5], tables[6], rows, scratch, e_buf, e_off, e_port,
+    elif _pack_leaving(kind, ints, groups, hits, tables[4], tables[5], tables[6], rows, scratch, e_buf, e_off, e_port,
                        consts, c_off, base, n_headers, keys, k_off, buf, buf, test, n_test, port, fields, out,
                        packed) != 0:
         return TAKEN

@@ -235,6 +235,27 @@ def test_new_keys_lone_hits_leave_in_one_kernel_call_and_nothing_else_does():
         assert [a for a in got if a["src"] == src(key)] == [a for a in slow if a["src"] == src(key)]
 
 
+def test_hits_past_max_fold_keys_leave_in_the_same_kernel_call():
+    """Past limits.max_fold_keys every hit of a key with no open window is an alert of its own
+    (fold_groups' kind 4, counted there): Packer.pack_leaving packs them after the lone new keys',
+    in hit order, with no dict and no Python per alert; the alerts and the count are add()'s."""
+    names = ("imds", "other")
+    many, each, slow = [], [], []
+    f = Folder(2.0, each.append, 2, packer=Packer(), emit_packed=lambda alert, ts: each.append(msgpack.unpackb(alert)),
+               emit_packed_many=lambda alerts, stamps: many.append([msgpack.unpackb(a) for a in alerts]))
+    ref = Folder(2.0, slow.append, 2)
+    rows = [(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (2, 1.1), (4, 1.2)]    # keys 0 and 1 take the room
+    fb = _batch_of_hits([(key, ts, 100 + i, math.nan, math.nan, 1024, -1) for i, (key, ts) in enumerate(rows)])
+    hits = Hits(np.arange(6, dtype=np.int64), np.zeros(6, np.int32), np.zeros(6, np.uint8), 0)
+    f.add_hits(fb, hits, names, _Exporters)
+    ref.add(hit_alerts(fb, hits, names, _Exporters))
+    assert [[(a["src"], a["bytes"]) for a in b] for b in many] == \
+        [[(f"10.0.0.{1 + key}", 100 + i) for i, (key, _) in enumerate(rows)]] and each == []
+    assert f.over_limit == ref.over_limit == 4 and f.windows == ref.windows == 2
+    enc = alerts.Encoder()
+    assert [enc.encode(a) for a in many[0]] == [enc.encode(a) for a in slow]
+
+
 def test_pending_alerts_are_made_in_the_kernel_and_python_only_names_them():
     """With `describe` set (Pipeline sets it), a hit in a key's open window makes the pending alert in
     the fold kernel, from a spare row: nothing is left to Folder.finish, and the alert that leaves
