@@ -298,24 +298,34 @@ class Folder:
         self._release_many([kid], [row])
 
     def _release_many(self, kids: list[int], rows: list[int]) -> None:
-        """_release of each (kid, row), in order. The pending alerts the fold kernel made are made
-        here, all in one call: packed with their folded numbers where a packer is set, else their
-        dicts (an alert flood holds thousands a window: no dict and no call per alert)."""
-        at = [k for k, kid in enumerate(kids) if type(self._pending[kid]) is tuple]
-        made = self._made([kids[k] for k in at], [rows[k] for k in at]) if at else {}
-        packed = ([], [], [], [])              # kids, rows, msgpack, ts: they leave in bulk
-        for kid, row in zip(kids, rows):
-            got = made.get(kid)
-            if type(got) is tuple:               # (msgpack, ts)
-                packed[0].append(kid)
-                packed[1].append(row)
-                packed[2].append(got[0])
-                packed[3].append(got[1])
-                continue
-            self._leave_packed(*packed)          # (those before it leave first: the order holds)
-            packed = ([], [], [], [])
-            self._release_dict(kid, row, got)
-        self._leave_packed(*packed)
+        """_release of each (kid, row). The pending alerts the fold kernel made leave first, all
+        made in one call: packed with their folded numbers where a packer is set (an alert flood
+        closes thousands of windows a tick: no dict and no call per alert), else as dicts; then
+        the others. Each in the order given (a key leaves once: its own alerts keep their order)."""
+        if not kids:
+            return
+        descs = [self._pending[kid] for kid in kids]
+        at = [k for k, desc in enumerate(descs) if type(desc) is tuple]
+        if len(at) < len(kids):
+            m_kids, m_rows, m_descs = [kids[k] for k in at], [rows[k] for k in at], [descs[k] for k in at]
+        else:
+            m_kids, m_rows, m_descs = kids, rows, descs
+        made = self._made(m_rows, m_descs) if at else []
+        if self.packer is not None and made:
+            blobs, stamps = made
+            if None in blobs:                    # (one only hit_alerts can say: none the decoders make)
+                keep = [i for i, blob in enumerate(blobs) if blob is not None]
+                m_kids, m_rows = [m_kids[i] for i in keep], [m_rows[i] for i in keep]
+                blobs, stamps = [blobs[i] for i in keep], [stamps[i] for i in keep]
+            self._leave_packed(m_kids, m_rows, blobs, stamps)
+        elif made:
+            for kid, row, alert in zip(m_kids, m_rows, made):
+                self._release_dict(kid, row, alert)
+        if len(m_kids) < len(kids):
+            pending = self._pending
+            for kid, row in zip(kids, rows):
+                if kid in pending:
+                    self._release_dict(kid, row)
 
     def _leave_packed(self, kids: list[int], rows: list[int], blobs: list[bytes], stamps: list[float]) -> None:
         """Pending alerts of keys `kids` (rows `rows`) leave as these msgpack bytes."""
@@ -328,29 +338,37 @@ class Folder:
         self._keys.row[np.array(kids, np.int64)] = -1
         self.emit_packed_many(blobs, stamps)
 
-    def _made(self, kids: list[int], rows: list[int]) -> dict:
-        """{kid: (msgpack, ts)} of these kernel-made pending alerts (in `rows`) leaving with their
-        folded numbers (Packer.pack_folded), or without a packer {kid: its dict as hit_alerts made
-        it}; made per describe() they were taken under (one, but across a reload)."""
+    def _made(self, rows: list[int], descs: list[tuple]):
+        """The kernel-made pending alerts in `rows` leaving with their folded numbers, each made
+        per the describe() it was taken under (`descs`: one, but across a reload): with a packer
+        (msgpack of each, None where only hit_alerts can say; ts of each) as Packer.pack_folded
+        makes them, else the list of their dicts as hit_alerts made them."""
+        first = descs[0]
+        if descs.count(first) == len(descs):     # (one naming for all: the usual case)
+            return self._made_one(rows, first)
         by_desc: dict[tuple, tuple] = {}
-        for kid, row in zip(kids, rows):
-            desc = self._pending[kid]            # (a tuple a call: the same objects but after a reload)
-            group = by_desc.setdefault(tuple(map(id, desc)), (desc, [], []))
-            group[1].append(kid)
-            group[2].append(row)
-        out = {}
-        for desc, group_kids, group_rows in by_desc.values():
-            if self.packer is None:
-                out.update(zip(group_kids, self._made_dicts(group_rows, desc)))
-                continue
-            names, exporters, signals, header_names = desc
-            r = np.array(group_rows, np.int64)
-            at = self._held_at[r]
-            blobs, stamps = self.packer.pack_folded(
-                self._held, r, at[:, 1], at[:, 2], self._count[r], self._sums[r], self._times[r], self._tail[r],
-                names, signals, header_names, exporters)
-            out.update((kid, (blob, ts)) for kid, blob, ts in zip(group_kids, blobs, stamps) if blob is not None)
-        return out
+        for k, desc in enumerate(descs):
+            by_desc.setdefault(tuple(map(id, desc)), (desc, []))[1].append(k)
+        out: list = [None] * len(rows)
+        stamps = [0.0] * len(rows)
+        for desc, where in by_desc.values():
+            got = self._made_one([rows[k] for k in where], desc)
+            for pos, k in enumerate(where):
+                if self.packer is None:
+                    out[k] = got[pos]
+                else:
+                    out[k], stamps[k] = got[0][pos], got[1][pos]
+        return out if self.packer is None else (out, stamps)
+
+    def _made_one(self, rows: list[int], desc: tuple):
+        """_made of `rows` all taken under `desc`."""
+        if self.packer is None:
+            return self._made_dicts(rows, desc)
+        names, exporters, signals, header_names = desc
+        r = np.array(rows, np.int64)
+        at = self._held_at[r]
+        return self.packer.pack_folded(self._held, r, at[:, 1], at[:, 2], self._count[r], self._sums[r],
+                                       self._times[r], self._tail[r], names, signals, header_names, exporters)
 
     def _release_dict(self, kid: int, row: int, alert: dict | None = None) -> None:
         """_release with the alert as a dict: the pending one, or `alert` made for it (_made)."""

@@ -310,6 +310,39 @@ def test_pending_alerts_are_made_in_the_kernel_and_python_only_names_them():
     assert sum(a["count"] for a in fast) == 20                # every hit of the eight batches
 
 
+@pytest.mark.parametrize("packed", [True, False])
+def test_pending_alerts_taken_under_two_namings_leave_each_with_its_own(packed):
+    """A reload between batches renames the endpoints: the kernel's pending alerts of each batch are
+    named as describe() said when they were made, released together (close), packed or as dicts,
+    beside one Python held (its HTTP row): the dict path's alerts, byte for byte."""
+    fast, slow = [], []
+    pack = dict(packer=Packer(), emit_packed=lambda alert, ts: fast.append(msgpack.unpackb(alert))) if packed else {}
+    f, ref = Folder(60.0, fast.append, **pack), Folder(60.0, slow.append)
+    naming = [("imds", "other")]
+    f.describe = lambda: (naming[0], _Exporters, (), ())
+
+    def batch(*rows, http=()):
+        fb = _batch_of_hits([(key, ts, 100 + i, math.nan, 5.0, 1024, -1) for i, (key, ts) in enumerate(rows)])
+        for i in http:
+            fb.cols.row_flags[i] = HTTP
+            fb.cols.url_len[i] = fb.cols.host_len[i] = fb.cols.headers[i] = fb.cols.http_method[i] = 0
+        m = len(rows)
+        hits = Hits(np.arange(m, dtype=np.int64), np.zeros(m, np.int32), np.zeros(m, np.uint8), 0)
+        f.add_hits(fb, hits, naming[0], _Exporters)
+        ref.add(hit_alerts(fb, hits, naming[0], _Exporters))
+
+    batch(*[(k, 1.0) for k in range(4)])                    # four windows open
+    batch((0, 1.5), (1, 1.5))                               # two pending alerts under the first naming
+    naming[0] = ("imds-renamed", "other")
+    batch((2, 1.6), (3, 1.6), http=(1,))                    # one under the second, one Python holds
+    assert f.pending == ref.pending == 4
+    f.close()
+    ref.close()
+    enc = alerts.Encoder()
+    assert sorted(map(enc.encode, fast)) == sorted(map(enc.encode, slow)) and len(fast) == 8
+    assert sorted(a["endpoint"] for a in fast) == ["imds"] * 6 + ["imds-renamed"] * 2
+
+
 _HUGE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (34, 4)]
 
 
