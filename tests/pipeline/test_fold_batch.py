@@ -238,7 +238,7 @@ def test_new_keys_lone_hits_leave_in_one_kernel_call_and_nothing_else_does():
 def test_hits_past_max_fold_keys_leave_in_the_same_kernel_call():
     """Past limits.max_fold_keys every hit of a key with no open window is an alert of its own
     (fold_groups' kind 4, counted there): Packer.pack_leaving packs them after the lone new keys',
-    in hit order, with no dict and no Python per alert; the alerts and the count are add()'s."""
+    in hit order, with no dict per alert; the alerts and the count are add()'s."""
     names = ("imds", "other")
     many, each, slow = [], [], []
     f = Folder(2.0, each.append, 2, packer=Packer(), emit_packed=lambda alert, ts: each.append(msgpack.unpackb(alert)),
