@@ -42,9 +42,10 @@ def _table(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(items) or b"\0", np.uint8).copy(), off
 
 
-_NOTHING = np.empty(0, np.uint8)                 # _pack's out when it only measures
+_NOTHING = np.empty(0, np.uint8)                 # no buffer (pack_folded's: held rows have no text)
 _SINGLE = np.empty((0, 3), np.uint64)            # _pack's folded when each alert is one record's
 _ROOM = -1                                        # _pack_leaving: out must first grow
+_KEEP = 4 << 20                                   # the most of _pack_all's buffer kept between calls
 
 
 class Packer:
@@ -60,6 +61,7 @@ class Packer:
         self._leaving_scratch(64)
         self._field_scratch = np.empty(len(KEYS), np.int64), np.empty(len(KEYS), np.uint64)   # _fields' kind, val
         self._out, self._res = np.empty(4096, np.uint8), np.zeros(2, np.int64)   # pack_leaving's bytes; (alerts, size)
+        self._all_out = np.empty(4096, np.uint8)  # _pack_all's bytes
 
     def _exporters(self, exporters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each exporter row's address as a packed str (buffer, offsets) and its port, rows added as
@@ -130,7 +132,8 @@ class Packer:
 
     def _pack_all(self, ints, floats, endpoint, direction, folded, buf, late_buf, names, signals, header_names,
                   exporters) -> tuple[list[bytes | None], list[float]]:
-        """_pack's two passes over alerts whose fields hit_fields read (ints, floats)."""
+        """_pack over alerts whose fields hit_fields read (ints, floats), into a buffer kept between
+        calls (fresh memory is dear: a tick releasing thousands of alerts wrote ~1.5 MB)."""
         m = len(ints)
         consts, c_off, base, n_headers = self._strings(names, signals, header_names)
         test, n_test, test_port = self._test
@@ -140,9 +143,13 @@ class Packer:
         ends, ok, is_test = np.empty(m, np.int64), np.empty(m, np.bool_), np.empty(m, np.bool_)
         kind, val = np.empty(len(KEYS), np.int64), np.empty(len(KEYS), np.uint64)
         args += (test, n_test, test_port, folded, kind, val, ends, ok, is_test)
-        out = np.empty(_pack(*args, _NOTHING, False), np.uint8)
-        _pack(*args, out, True)
-        blob = out.tobytes()
+        size = _pack(*args, self._all_out)
+        if size < 0:                              # (out grows seldom: twice what it lacked)
+            self._all_out = np.empty(-2 * size, np.uint8)
+            size = _pack(*args, self._all_out)
+        blob = self._all_out[:size].tobytes()
+        if len(self._all_out) > _KEEP:            # a closing window's thousands: not kept for good
+            self._all_out = np.empty(4096, np.uint8)
         starts = [0] + ends[:-1].tolist()
         packed = [blob[a:b] if good else None for a, b, good in zip(starts, ends.tolist(), ok.tolist())]
         return packed, floats[:, 0].tolist()
@@ -435,6 +442,36 @@ def _fields(i, ints, fbits, floats, ep, direction, base, test, folded, kind, val
 
 
 @njit(_nrt=False)
+def _bound(i, ints, e_off, c_off, base, n_headers, k_off, kind, val):
+    """At least the bytes _alert writes for alert i, from _fields' kind / val without writing
+    any: exact but for numbers (9 at most), addresses (41: str8 of up to 39) and text (each byte
+    at most 4 escaped, a str32 head). Lets one pass write where this much room is left."""
+    n = 3                                           # map16
+    for k in range(kind.shape[0]):
+        what, v = kind[k], val[k]
+        if what == _SKIP:
+            continue
+        n += k_off[k + 1] - k_off[k]
+        if what == _NIL or what == _TRUE:
+            n += 1
+        elif what == _CONST:
+            n += c_off[np.int64(v) + 1] - c_off[np.int64(v)]
+        elif what == _EXPORTER and k == 1:
+            n += e_off[np.int64(v) + 1] - e_off[np.int64(v)]
+        elif what == _ADDRESS:
+            n += 41
+        elif what == _TEXT:
+            n += 5 + 4 * np.int64(ints[i, np.int64(v) + 1])
+        elif what == _HEADERS:
+            n += 3
+            for h in range(n_headers):
+                n += c_off[base[5] + h + 1] - c_off[base[5] + h]
+        else:                                       # _UINT, _FLOAT, an exporter's port
+            n += 9
+    return n
+
+
+@njit(_nrt=False)
 def _alert(out, pos, i, ints, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off, buf, late_buf,
            kind, val, write):
     """Alert i's map at out[pos:] (write) or only its length, from _fields' kind / val; returns the
@@ -501,23 +538,25 @@ def _is_test(ints, i, test, n_test, port):
 
 @kernel
 def _pack(ints, floats, fbits, e_buf, e_off, e_port, ep, direction, consts, c_off, base, n_headers, keys, k_off,
-          buf, late_buf, test, n_test, port, folded, kind, val, ends, ok, is_test, out, write):
-    """Every alert's map, one after the other, into out (write); or first (not write) only where
-    each ends (ends), whether it is packed (ok: else the dict path decides) and the total size,
-    returned. kind / val: scratch for _fields; folded: as _fields takes it. One kernel for both
-    passes: one compile."""
-    pos = 0
+          buf, late_buf, test, n_test, port, folded, kind, val, ends, ok, is_test, out):
+    """Every alert's map, one after the other, into out; where each ends (ends), whether it is
+    packed (ok: else the dict path decides). Returns the total size when out held them all; else
+    minus the bytes out must hold for this to (some were measured, not written: an alert is
+    written only where _bound's bytes are left). One pass: measuring first cost a second walk
+    over every field of every alert."""
+    pos, need, whole = 0, 0, True
     for i in range(ints.shape[0]):
-        if not write:
-            is_test[i] = _is_test(ints, i, test, n_test, port)
-            ok[i] = _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], folded, kind, val)
-        elif ok[i]:
-            _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], folded, kind, val)
+        is_test[i] = _is_test(ints, i, test, n_test, port)
+        ok[i] = _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], folded, kind, val)
         if ok[i]:
+            most = _bound(i, ints, e_off, c_off, base, n_headers, k_off, kind, val)
+            write = pos + most <= out.shape[0]
+            whole &= write
+            need += most
             pos = _alert(out, pos, i, ints, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off,
                          buf, late_buf, kind, val, write)
         ends[i] = pos
-    return pos
+    return pos if whole else -max(need, 1)
 
 
 @kernel
@@ -594,15 +633,13 @@ def _pack_selected(k, rows, scratch, e_buf, e_off, e_port, consts, c_off, base, 
     kernels.hit_fields(rows, sel[:k], ints[:k], floats[:k])
     size = _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off, base,
                  n_headers, keys, k_off, buf, late_buf, test, n_test, port, single, f_kind, f_val, ends[:k], ok[:k],
-                 is_test[:k], out, False)
+                 is_test[:k], out)
     for i in range(k):
         if not ok[i]:
             return 0
-    res[1] = size
-    if size > out.shape[0]:
+    if size < 0:
+        res[1] = -size
         return _ROOM
-    _pack(ints[:k], floats[:k], fbits[:k], e_buf, e_off, e_port, ep[:k], direction[:k], consts, c_off, base,
-          n_headers, keys, k_off, buf, late_buf, test, n_test, port, single, f_kind, f_val, ends[:k], ok[:k],
-          is_test[:k], out, True)
     res[0] = k
+    res[1] = size
     return 0
