@@ -249,10 +249,16 @@ class Folder:
         self.over_limit = 0
         self.windows = 0                     # fold keys with an open window
         self._keys = _FoldKeys()
-        # key id -> its pending alert (numbers in its row): a dict, or for one the fold kernel made
-        # (kernels._hold: its first record's row in _held) what describe() said then, its alert made
-        # only when it leaves (_release_many, _made)
-        self._pending: dict[int, dict | tuple] = {}
+        # key id -> its pending alert (numbers in its row) where Python holds it, a dict. One the fold
+        # kernel made (kernels._hold: its first record's row in _held) is its row's only: `_naming`
+        # says which of `_namings` (what describe() said then) names it, its alert made only when
+        # it leaves (_release_many, _leave_made); -1 a free row or Python's. No Python object per alert:
+        # in a flood thousands a second are made and leave.
+        self._pending: dict[int, dict] = {}
+        self._naming = np.full(64, -1, np.int32)
+        self._namings: list[tuple] = []
+        self._naming_at: dict[tuple, int] = {}   # ids of a naming's parts -> its place in _namings
+        self._made_count = 0                      # rows whose _naming is set
         self._count = np.zeros(64, np.int64)          # folded numbers of the pending alerts, a row each
         self._sums = np.zeros((64, 4), np.uint64)
         self._times = np.zeros((64, 3), np.float64)
@@ -278,6 +284,7 @@ class Folder:
         have = len(self._count)
         self._count, self._sums, self._times, self._tail, self._held, self._held_at = (
             grow(a, 2 * have) for a in (self._count, self._sums, self._times, self._tail, self._held, self._held_at))
+        self._naming = grow(self._naming, 2 * have, fill=-1)
         self._free[:0] = range(2 * have - 1, have - 1, -1)
 
     def _hold(self, kid: int, alert: dict, count: int, sums, times, tail) -> None:
@@ -299,82 +306,70 @@ class Folder:
 
     def _release_many(self, kids: list[int], rows: list[int]) -> None:
         """_release of each (kid, row). The pending alerts the fold kernel made leave first, all
-        made in one call: packed with their folded numbers where a packer is set (an alert flood
-        closes thousands of windows a tick: no dict and no call per alert), else as dicts; then
-        the others. Each in the order given (a key leaves once: its own alerts keep their order)."""
+        made in one call per naming: packed with their folded numbers where a packer is set (an
+        alert flood closes thousands of windows a tick: no dict and no call per alert), else as
+        dicts; then the others. Each in the order given (a key leaves once: its own alerts keep
+        their order)."""
         if not kids:
             return
-        descs = [self._pending[kid] for kid in kids]
-        at = [k for k, desc in enumerate(descs) if type(desc) is tuple]
-        if len(at) < len(kids):
-            m_kids, m_rows, m_descs = [kids[k] for k in at], [rows[k] for k in at], [descs[k] for k in at]
-        else:
-            m_kids, m_rows, m_descs = kids, rows, descs
-        made = self._made(m_rows, m_descs) if at else []
-        if self.packer is not None and made:
-            blobs, stamps = made
-            if None in blobs:                    # (one only hit_alerts can say: none the decoders make)
-                keep = [i for i, blob in enumerate(blobs) if blob is not None]
-                m_kids, m_rows = [m_kids[i] for i in keep], [m_rows[i] for i in keep]
-                blobs, stamps = [blobs[i] for i in keep], [stamps[i] for i in keep]
-            self._leave_packed(m_kids, m_rows, blobs, stamps)
-        elif made:
-            for kid, row, alert in zip(m_kids, m_rows, made):
-                self._release_dict(kid, row, alert)
-        if len(m_kids) < len(kids):
-            pending = self._pending
-            for kid, row in zip(kids, rows):
-                if kid in pending:
-                    self._release_dict(kid, row)
-
-    def _leave_packed(self, kids: list[int], rows: list[int], blobs: list[bytes], stamps: list[float]) -> None:
-        """Pending alerts of keys `kids` (rows `rows`) leave as these msgpack bytes."""
-        if not kids:
-            return
-        pending = self._pending
-        for kid in kids:
-            del pending[kid]
-        self._free += rows
-        self._keys.row[np.array(kids, np.int64)] = -1
-        self.emit_packed_many(blobs, stamps)
-
-    def _made(self, rows: list[int], descs: list[tuple]):
-        """The kernel-made pending alerts in `rows` leaving with their folded numbers, each made
-        per the describe() it was taken under (`descs`: one, but across a reload): with a packer
-        (msgpack of each, None where only hit_alerts can say; ts of each) as Packer.pack_folded
-        makes them, else the list of their dicts as hit_alerts made them."""
-        first = descs[0]
-        if descs.count(first) == len(descs):     # (one naming for all: the usual case)
-            return self._made_one(rows, first)
-        by_desc: dict[tuple, tuple] = {}
-        for k, desc in enumerate(descs):
-            by_desc.setdefault(tuple(map(id, desc)), (desc, []))[1].append(k)
-        out: list = [None] * len(rows)
-        stamps = [0.0] * len(rows)
-        for desc, where in by_desc.values():
-            got = self._made_one([rows[k] for k in where], desc)
-            for pos, k in enumerate(where):
-                if self.packer is None:
-                    out[k] = got[pos]
-                else:
-                    out[k], stamps[k] = got[0][pos], got[1][pos]
-        return out if self.packer is None else (out, stamps)
-
-    def _made_one(self, rows: list[int], desc: tuple):
-        """_made of `rows` all taken under `desc`."""
-        if self.packer is None:
-            return self._made_dicts(rows, desc)
-        names, exporters, signals, header_names = desc
         r = np.array(rows, np.int64)
+        naming = self._naming[r]
+        made = np.flatnonzero(naming >= 0)
+        if len(made) == len(r) and naming.min() == naming.max():   # (one naming for all: the usual case)
+            self._leave_made(kids, rows, r, int(naming[0]))
+            return
+        if len(made):
+            for which in np.unique(naming[made]).tolist():
+                at = made[naming[made] == which]
+                self._leave_made([kids[k] for k in at.tolist()], [rows[k] for k in at.tolist()], r[at], which)
+        for k in np.flatnonzero(naming < 0).tolist():
+            self._release_dict(kids[k], rows[k])
+
+    def _leave_made(self, kids: list[int], rows: list[int], r: np.ndarray, which: int) -> None:
+        """The kernel-made pending alerts of keys `kids` in rows `rows` (r: the same as an array),
+        all named by _namings[which], leave: packed where a packer is set, else as dicts."""
+        made = self._made_one(r, self._namings[which])
+        if self.packer is None:
+            for kid, row, alert in zip(kids, rows, made):
+                self._release_dict(kid, row, alert)
+            return
+        blobs, stamps = made
+        rest = []
+        if None in blobs:                        # (one only hit_alerts can say: none the decoders make)
+            keep = [i for i, blob in enumerate(blobs) if blob is not None]
+            rest = [(kids[i], rows[i]) for i, blob in enumerate(blobs) if blob is None]
+            kids, rows = [kids[i] for i in keep], [rows[i] for i in keep]
+            blobs, stamps = [blobs[i] for i in keep], [stamps[i] for i in keep]
+            r = np.array(rows, np.int64)
+        if kids:
+            self._naming[r] = -1
+            self._made_count -= len(rows)
+            self._free += rows
+            self._keys.row[np.array(kids, np.int64)] = -1
+            self.emit_packed_many(blobs, stamps)
+        for kid, row in rest:                    # after the packed ones, as dicts
+            self._release_dict(kid, row, self._made_dicts([row], self._namings[which])[0])
+
+    def _made_one(self, r: np.ndarray, desc: tuple):
+        """The kernel-made pending alerts in rows `r`, all taken under `desc` (describe()'s),
+        leaving with their folded numbers: with a packer (msgpack of each, None where only
+        hit_alerts can say; ts of each) as Packer.pack_folded makes them, else the list of their
+        dicts as hit_alerts made them."""
+        if self.packer is None:
+            return self._made_dicts(r, desc)
+        names, exporters, signals, header_names = desc
         at = self._held_at[r]
         return self.packer.pack_folded(self._held, r, at[:, 1], at[:, 2], self._count[r], self._sums[r],
                                        self._times[r], self._tail[r], names, signals, header_names, exporters)
 
     def _release_dict(self, kid: int, row: int, alert: dict | None = None) -> None:
-        """_release with the alert as a dict: the pending one, or `alert` made for it (_made)."""
-        held = self._pending.pop(kid)
+        """_release with the alert as a dict: Python's pending one, or `alert` made for the
+        kernel's (_leave_made)."""
         if alert is None:
-            alert = held if type(held) is dict else self._made_dicts([row], held)[0]
+            alert = self._pending.pop(kid)
+        else:
+            self._naming[row] = -1
+            self._made_count -= 1
         b, p, be, pe = self._sums[row].tolist()
         first, last, ts = self._times[row].tolist()
         sport, dport, vlan = self._tail[row].tolist()
@@ -454,7 +449,9 @@ class Folder:
             self._grow_rows()
         if len(self._spare) < size:
             self._spare = grow(self._spare, size)
-        self._spare[left: size] = [self._free.pop() for _ in range(size - left)]
+        take = size - left                       # (as many pop()s: the last free rows, last first)
+        self._spare[left: size] = self._free[len(self._free) - take:][::-1]
+        del self._free[len(self._free) - take:]
         counters[4] = counters[5] = size
 
     def folded(self) -> bool:
@@ -480,14 +477,24 @@ class Folder:
         counters[5] = left
         if not left:                             # all taken: more next time (the kernel held the rest back)
             self._spare_size = min(2 * self._spare_size, _SPARE_MAX)
-        desc = self.describe()
-        self._pending.update(dict.fromkeys(self._held_at[rows, 0].tolist(), desc))
+        self._naming[rows] = self._naming_of(self.describe())
+        self._made_count += len(rows)
 
-    def _made_dicts(self, rows: list[int], desc: tuple) -> list[dict]:
+    def _naming_of(self, desc: tuple) -> int:
+        """desc's place in _namings (describe() makes a new tuple of the same parts each time;
+        a reload makes other parts)."""
+        ids = tuple(map(id, desc))
+        at = self._naming_at.get(ids)
+        if at is None:
+            at = self._naming_at[ids] = len(self._namings)
+            self._namings.append(desc)           # (kept: its parts' ids stay theirs)
+        return at
+
+    def _made_dicts(self, rows, desc: tuple) -> list[dict]:
         """The alert dicts (count 1, their first record's) of kernel-made pending alerts in `rows`,
         as hit_alerts made them under `desc` (describe()'s)."""
         names, exporters, signals, header_names = desc
-        r = np.array(rows, np.int64)
+        r = np.asarray(rows, np.int64)
         at = self._held_at[r]
         hits = Hits(r, at[:, 1].astype(np.int32), at[:, 2].astype(np.uint8), 0, signals, header_names)
         return [alert for _, alert in hit_alerts(_Held(self._held), hits, names, exporters)]
@@ -625,14 +632,15 @@ class Folder:
             self._pending = {int(new_id[kid]): alert for kid, alert in self._pending.items()}
 
     def close(self) -> None:
-        kids = sorted(self._pending)
-        self._release_many(kids, self._keys.row[np.array(kids, np.int64)].tolist())
+        keys = self._keys
+        kids = np.flatnonzero(keys.row[: keys.n] >= 0)          # every key with a pending alert
+        self._release_many(kids.tolist(), keys.row[kids].tolist())
         self._keys = _FoldKeys()
         self.windows = 0
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._made_count
 
 
 def _nan(v: float | None) -> float:
