@@ -55,6 +55,7 @@ max_exporters = {max_exporters}
 """
 VERSION_NAME = {5: "NetFlow v5", 9: "NetFlow v9", 10: "IPFIX"}
 EXPORTS = {"v5": 5, "v9": 9, "ipfix": 10, "sflow": None}      # --export: sflow has its own bench (bench/sflow.py)
+START_SECONDS = 600                  # how long a collector may take to say it listens (a first start compiles)
 
 
 class BenchError(Exception):
@@ -161,11 +162,19 @@ class Listening:
         with open(log, "w") as err:          # the child keeps its own handle; ours is not needed after
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
                                          **popen)
-        deadline = time.monotonic() + 60
+        # a first start compiles imds-flow's kernels: over a minute on a slow core (the bench gave up
+        # at 60 s, and a run on a fresh cache failed), so waited for while it lives, said once
+        started = time.monotonic()
+        said = False
         while not (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if self.proc.poll() is not None or waited > START_SECONDS:
                 self.proc.kill()
-                raise RuntimeError(f"{what} did not start: " + log.read_text()[-2000:])
+                raise RuntimeError(f"{what} did not start in {waited:.0f} s: " + log.read_text()[-2000:])
+            if waited > 10 and not said:
+                print(f"  (waiting for {what} to start: a first start compiles its kernels, a minute or two)",
+                      file=sys.stderr, flush=True)
+                said = True
             time.sleep(0.02)
         self.port = int(m.group(1))
         self.started_s = time.monotonic()
