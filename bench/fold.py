@@ -17,13 +17,13 @@ bench/results/); the median is the figure. No network, no alert file.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from . import write_result
 
 __all__ = ["measure", "main"]
 
@@ -116,11 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'exporters':>9}  {'records':>9}  {'alerts':>7}  {'median ms':>9}  {'ms/M rec':>8}  runs ms")
     print(f"{r['exporters']:>9}  {r['records']:>9}  {r['alerts']:>7}  {1e3 * r['median_cpu_s']:>9.1f}  "
           f"{r['ms_per_million_records']:>8.1f}  " + " ".join(f"{1e3 * s:.1f}" for s in r["runs_cpu_s"]))
-    stamp = datetime.now(timezone.utc)
-    path = a.json or Path("bench/results") / f"fold-{stamp:%Y%m%d-%H%M%S}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"date": stamp.isoformat(timespec="seconds"), **r}, indent=1))
-    print(f"wrote {path}")
+    write_result("fold", a.json, r)
     return 0
 
 

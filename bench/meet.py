@@ -14,12 +14,12 @@ a table, writes JSON (default bench/results/); the median is the figure. No netw
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from . import write_result
 
 __all__ = ["measure", "main"]
 
@@ -80,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'exporters':>9}  {'batches':>7}  {'median ms':>9}  {'us/exporter':>11}  runs ms")
     print(f"{r['exporters']:>9}  {r['batches']:>7}  {1e3 * r['median_cpu_s']:>9.1f}  {r['us_per_exporter']:>11.1f}  "
           + " ".join(f"{1e3 * s:.1f}" for s in r["runs_cpu_s"]))
-    stamp = datetime.now(timezone.utc)
-    path = a.json or Path("bench/results") / f"meet-{stamp:%Y%m%d-%H%M%S}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"date": stamp.isoformat(timespec="seconds"), **r}, indent=1))
-    print(f"wrote {path}")
+    write_result("meet", a.json, r)
     return 0
 
 

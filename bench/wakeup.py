@@ -14,13 +14,12 @@ Prints a table, writes JSON. No sockets.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from . import write_result
 from .synth import flow_datagrams
 
 __all__ = ["measure", "main"]
@@ -91,12 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(_VERSIONS[a.export], a.datagrams, idles, a.batches)
     print(f"Pipeline.process, {a.export}, {a.datagrams} datagrams of 30 records, median of {a.batches} batches (CPU time)")
     print(table(rows))
-    stamp = datetime.now(timezone.utc)
-    path = a.json or Path("bench/results") / f"wakeup-{a.export}-{stamp:%Y%m%d-%H%M%S}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"date": stamp.isoformat(timespec="seconds"), "export": a.export,
-                                "datagrams": a.datagrams, "batches": a.batches, "rows": rows}, indent=1))
-    print(f"wrote {path}")
+    write_result(f"wakeup-{a.export}", a.json,
+                 {"export": a.export, "datagrams": a.datagrams, "batches": a.batches, "rows": rows})
     return 0
 
 
