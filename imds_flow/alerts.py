@@ -257,7 +257,7 @@ class Folder:
         self._pending: dict[int, dict] = {}
         self._naming = np.full(64, -1, np.int32)
         self._namings: list[tuple] = []
-        self._naming_at: dict[tuple, int] = {}   # ids of a naming's parts -> its place in _namings
+        self._naming_at: dict[tuple, int] = {}   # a naming -> its place in _namings (_naming_of)
         self._made_count = 0                      # rows whose _naming is set
         self._count = np.zeros(64, np.int64)          # folded numbers of the pending alerts, a row each
         self._sums = np.zeros((64, 4), np.uint64)
@@ -481,13 +481,15 @@ class Folder:
         self._made_count += len(rows)
 
     def _naming_of(self, desc: tuple) -> int:
-        """desc's place in _namings (describe() makes a new tuple of the same parts each time;
-        a reload makes other parts)."""
-        ids = tuple(map(id, desc))
-        at = self._naming_at.get(ids)
+        """desc's place in _namings: one per naming (names, signals, header names, by value; the
+        exporter table, by identity), however often describe() makes the tuple again, so that
+        _namings grows by a reload that renames, not by a call."""
+        names, exporters, signals, header_names = desc
+        key = (id(exporters), names, signals, header_names)
+        at = self._naming_at.get(key)
         if at is None:
-            at = self._naming_at[ids] = len(self._namings)
-            self._namings.append(desc)           # (kept: its parts' ids stay theirs)
+            at = self._naming_at[key] = len(self._namings)
+            self._namings.append(desc)           # (kept: the table's id stays its own)
         return at
 
     def _made_dicts(self, rows, desc: tuple) -> list[dict]:

@@ -314,12 +314,13 @@ def test_pending_alerts_are_made_in_the_kernel_and_python_only_names_them():
 def test_pending_alerts_taken_under_two_namings_leave_each_with_its_own(packed):
     """A reload between batches renames the endpoints: the kernel's pending alerts of each batch are
     named as describe() said when they were made, released together (close), packed or as dicts,
-    beside one Python held (its HTTP row): the dict path's alerts, byte for byte."""
+    beside one Python held (its HTTP row): the dict path's alerts, byte for byte. The folder keeps
+    one naming per naming, however often describe() builds it anew."""
     fast, slow = [], []
     pack = dict(packer=Packer(), emit_packed=lambda alert, ts: fast.append(msgpack.unpackb(alert))) if packed else {}
     f, ref = Folder(60.0, fast.append, **pack), Folder(60.0, slow.append)
     naming = [("imds", "other")]
-    f.describe = lambda: (naming[0], _Exporters, (), ())
+    f.describe = lambda: (tuple(list(naming[0])), _Exporters, (), ())   # a new tuple each call, as a caller may
 
     def batch(*rows, http=()):
         fb = _batch_of_hits([(key, ts, 100 + i, math.nan, 5.0, 1024, -1) for i, (key, ts) in enumerate(rows)])
@@ -336,11 +337,13 @@ def test_pending_alerts_taken_under_two_namings_leave_each_with_its_own(packed):
     naming[0] = ("imds-renamed", "other")
     batch((2, 1.6), (3, 1.6), http=(1,))                    # one under the second, one Python holds
     assert f.pending == ref.pending == 4
+    batch((4, 1.7), (4, 1.8))                               # a new key: one leaves, one more under the second
+    assert f.pending == ref.pending == 5 and len(f._namings) == 2   # a naming each, not a describe() call each
     f.close()
     ref.close()
     enc = alerts.Encoder()
-    assert sorted(map(enc.encode, fast)) == sorted(map(enc.encode, slow)) and len(fast) == 8
-    assert sorted(a["endpoint"] for a in fast) == ["imds"] * 6 + ["imds-renamed"] * 2
+    assert sorted(map(enc.encode, fast)) == sorted(map(enc.encode, slow)) and len(fast) == 10
+    assert sorted(a["endpoint"] for a in fast) == ["imds"] * 6 + ["imds-renamed"] * 4
 
 
 _HUGE = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8), (34, 4)]
