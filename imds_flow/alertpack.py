@@ -12,6 +12,8 @@ tests check every alert against that oracle.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import msgpack
 import numpy as np
 
@@ -23,7 +25,7 @@ from .grow import grow
 from .jit import kernel, njit, step
 from .wire.packet import METHODS
 
-__all__ = ["Packer", "KEYS"]
+__all__ = ["Packer", "Run", "KEYS"]
 
 # the map's keys in the order hit_alerts inserts them (in_if / out_if only when non-zero, test only
 # for a probe's alert)
@@ -45,7 +47,27 @@ def _table(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 _NOTHING = np.empty(0, np.uint8)                 # no buffer (pack_folded's: held rows have no text)
 _SINGLE = np.empty((0, 3), np.uint64)            # _pack's folded when each alert is one record's
 _ROOM = -1                                        # _pack_leaving: out must first grow
-_KEEP = 4 << 20                                   # the most of _pack_all's buffer kept between calls
+_KEEP = 4 << 20                                   # the most of _pack_run's buffer kept between calls
+
+
+class Run(NamedTuple):
+    """Alerts packed back to back: alert i is out[ends[i - 1]: ends[i]] (from 0), its ts stamps[i];
+    ok[i] False where only hit_alerts can say (nothing packed: its bytes are empty), None when every
+    one is packed. Views of the packer's buffers, good until it packs again: a sink writes `out` at
+    once (Sinks.write_run), or split() makes a bytes object of each."""
+    out: np.ndarray
+    ends: np.ndarray
+    stamps: np.ndarray
+    ok: np.ndarray | None = None
+
+    def split(self) -> tuple[list[bytes | None], list[float]]:
+        """(bytes of each alert, None where not packed; ts of each)."""
+        blob = self.out.tobytes()
+        ends = self.ends.tolist()
+        starts = [0] + ends[:-1]
+        if self.ok is None:
+            return [blob[a:b] for a, b in zip(starts, ends)], self.stamps.tolist()
+        return [blob[a:b] if good else None for a, b, good in zip(starts, ends, self.ok.tolist())], self.stamps.tolist()
 
 
 class Packer:
@@ -100,14 +122,14 @@ class Packer:
         """(msgpack of each hit's alert with count 1, None where only hit_alerts can say: a method
         index out of range; the alert's ts), for the same arguments as alerts.hit_alerts."""
         ints, floats = self._hit_fields(batch.rows, hits.idx)
-        return self._pack_all(ints, floats, hits.endpoint, hits.direction, _SINGLE, batch.buf, batch.late_buf,
-                              names, hits.signals, hits.header_names, exporters)
+        return self._pack_run(ints, floats, hits.endpoint, hits.direction, _SINGLE, batch.buf, batch.late_buf,
+                              names, hits.signals, hits.header_names, exporters).split()
 
     def pack_folded(self, held: np.ndarray, rows: np.ndarray, endpoint: np.ndarray, direction: np.ndarray,
                     count: np.ndarray, sums: np.ndarray, times: np.ndarray, tail: np.ndarray,
                     names: tuple[str, ...], signals: tuple[str, ...], header_names: tuple[str, ...],
-                    exporters) -> tuple[list[bytes | None], list[float]]:
-        """As pack(), for pending alerts leaving with their folded numbers: alert i is the one of
+                    exporters) -> Run:
+        """As pack(), as a Run, for pending alerts leaving with their folded numbers: alert i is the one of
         the record held[rows[i]] (a FlowBatch row without HTTP columns, alerts.Folder's copy of a
         pending alert's first record), with count[i], sums[i] (bytes, packets and their
         estimates), times[i] (first, last seen, NaN none, and ts) and tail[i] (sport, dport, VLAN
@@ -120,7 +142,7 @@ class Packer:
         floats[:, 1], floats[:, 2], floats[:, 0] = times[:, 0], times[:, 1], times[:, 2]
         folded = np.empty((len(rows), 3), np.uint64)
         folded[:, 0], folded[:, 1], folded[:, 2] = count, sums[:, 2], sums[:, 3]
-        return self._pack_all(ints, floats, endpoint, direction, folded, _NOTHING, _NOTHING, names, signals,
+        return self._pack_run(ints, floats, endpoint, direction, folded, _NOTHING, _NOTHING, names, signals,
                               header_names, exporters)
 
     @staticmethod
@@ -130,10 +152,10 @@ class Packer:
         kernels.hit_fields(rows, np.ascontiguousarray(idx, np.int64), ints, floats)
         return ints, floats
 
-    def _pack_all(self, ints, floats, endpoint, direction, folded, buf, late_buf, names, signals, header_names,
-                  exporters) -> tuple[list[bytes | None], list[float]]:
+    def _pack_run(self, ints, floats, endpoint, direction, folded, buf, late_buf, names, signals, header_names,
+                  exporters) -> Run:
         """_pack over alerts whose fields hit_fields read (ints, floats), into a buffer kept between
-        calls (fresh memory is dear: a tick releasing thousands of alerts wrote ~1.5 MB)."""
+        calls (fresh memory is dear: each page of it a fault, and a tick may release thousands)."""
         m = len(ints)
         consts, c_off, base, n_headers = self._strings(names, signals, header_names)
         test, n_test, test_port = self._test
@@ -147,22 +169,19 @@ class Packer:
         if size < 0:                              # (out grows seldom: twice what it lacked)
             self._all_out = np.empty(-2 * size, np.uint8)
             size = _pack(*args, self._all_out)
-        blob = self._all_out[:size].tobytes()
-        if len(self._all_out) > _KEEP:            # a closing window's thousands: not kept for good
+        out = self._all_out[:size]
+        if len(self._all_out) > _KEEP:            # one huge batch's: not kept for good (the run keeps it alive)
             self._all_out = np.empty(4096, np.uint8)
-        starts = [0] + ends[:-1].tolist()
-        packed = [blob[a:b] if good else None for a, b, good in zip(starts, ends.tolist(), ok.tolist())]
-        return packed, floats[:, 0].tolist()
+        return Run(out, ends, floats[:, 0], ok)
 
     def pack_leaving(self, kind: np.ndarray, groups_ints: np.ndarray, groups: int, batch: FlowBatch, hits: Hits,
-                     names: tuple[str, ...], exporters) -> tuple[list[bytes], list[float]]:
+                     names: tuple[str, ...], exporters) -> Run:
         """The alerts of the groups kernels.fold_batch left to alerts.Folder.finish (`kind`, and
         Folder's per-group ints) that only leave: each a window opened by one hit, releasing no
         held alert (an alert flood: nearly every matching record a new fold key), in group order,
         then each hit's of the groups past limits.max_fold_keys (kind 4), in hit order. Returns
-        (msgpack of each such alert, its ts), the bytes pack() makes, from one kernel call and no
-        Python per alert but its slice, and sets those groups' kind to 0: the others are
-        Folder._open_groups' as before."""
+        their Run (every one packed: the bytes pack() makes), from one kernel call and no Python
+        per alert, and sets those groups' kind to 0: the others are Folder._open_groups' as before."""
         m = len(hits)
         if m > len(self._leaving[0]):
             self._leaving_scratch(2 * m)
@@ -175,14 +194,10 @@ class Packer:
             _pack_leaving(*args, self._out, self._res)
         return self.packed()
 
-    def packed(self) -> tuple[list[bytes], list[float]]:
+    def packed(self) -> Run:
         """The alerts _pack_leaving last packed (here, or in polls._leave), as pack_leaving returns them."""
         k, size = self._res.tolist()
-        if not k:
-            return [], []
-        blob = self._out[:size].tobytes()
-        ends = self._leaving[7][:k].tolist()
-        return [blob[a:b] for a, b in zip([0] + ends[:-1], ends)], self._leaving[5][:k, 0].tolist()
+        return Run(self._out[:size], self._leaving[7][:k], self._leaving[5][:k, 0])
 
     def leaving_arguments(self, exporters, names: tuple[str, ...], signals: tuple[str, ...],
                           header_names: tuple[str, ...]) -> tuple:

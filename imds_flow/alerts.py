@@ -17,6 +17,7 @@ import numpy as np
 
 from . import kernels
 from .addr import from_hilo
+from .alertpack import Run
 from .detect import DIRECTIONS, REQUEST, Hits
 from .flows import HTTP, LATE, ROW, SFLOW, FlowBatch
 from .grow import grow
@@ -127,6 +128,7 @@ _SUMS = ("bytes", "packets", "bytes_estimate", "packets_estimate")
 _KEY_SLACK = 4096                      # ids of closed windows kept before _FoldKeys.rebuild
 _SPARE = 64                            # rows set aside for the kernel's pending alerts at first,
 _SPARE_MAX = 1 << 16                   # and at most (doubled each time a call took them all)
+_RUN = 2048                            # pending alerts packed at a time when they leave (~0.7 MB)
 
 
 class _Held:
@@ -235,16 +237,19 @@ class Folder:
     """`emit` takes each alert dict as it leaves. With `packer` (alertpack.Packer) and
     `emit_packed` (its bytes and ts), an alert that leaves as it is made, never held to fold, is
     made as msgpack bytes in one kernel call per batch instead (an alert flood's every alert);
-    `emit_packed_many` (bytes, ts: lists) takes a batch's at once where given."""
+    `emit_packed_many` (bytes, ts: lists) takes a batch's at once where given, `emit_packed_run`
+    (an alertpack.Run, every alert in it packed) a packing's without a bytes object per alert."""
 
     def __init__(self, window: float, emit: Callable[[dict], None], max_keys: int = 1 << 62,
                  packer=None, emit_packed: Callable[[bytes, float], None] | None = None,
                  emit_packed_many: Callable[[list, list], None] | None = None,
-                 describe: Callable[[], tuple] | None = None):
+                 describe: Callable[[], tuple] | None = None,
+                 emit_packed_run: Callable[[Run], None] | None = None):
         self.window = window
         self.emit = emit
         self.packer, self.emit_packed = packer, emit_packed
         self.emit_packed_many = emit_packed_many or self._emit_each
+        self.emit_packed_run = emit_packed_run or self._emit_run
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
         self.windows = 0                     # fold keys with an open window
@@ -327,40 +332,50 @@ class Folder:
 
     def _leave_made(self, kids: list[int], rows: list[int], r: np.ndarray, which: int) -> None:
         """The kernel-made pending alerts of keys `kids` in rows `rows` (r: the same as an array),
-        all named by _namings[which], leave: packed where a packer is set, else as dicts."""
-        made = self._made_one(r, self._namings[which])
+        all named by _namings[which], leave: packed where a packer is set, _RUN at a time (a
+        closing window's thousands in a buffer the packer keeps), else as dicts."""
+        desc = self._namings[which]
         if self.packer is None:
-            for kid, row, alert in zip(kids, rows, made):
+            for kid, row, alert in zip(kids, rows, self._made_dicts(r, desc)):
                 self._release_dict(kid, row, alert)
             return
-        blobs, stamps = made
-        rest = []
-        if None in blobs:                        # (one only hit_alerts can say: none the decoders make)
-            keep = [i for i, blob in enumerate(blobs) if blob is not None]
-            rest = [(kids[i], rows[i]) for i, blob in enumerate(blobs) if blob is None]
-            kids, rows = [kids[i] for i in keep], [rows[i] for i in keep]
-            blobs, stamps = [blobs[i] for i in keep], [stamps[i] for i in keep]
-            r = np.array(rows, np.int64)
-        if kids:
-            self._naming[r] = -1
-            self._made_count -= len(rows)
-            self._free += rows
-            self._keys.row[np.array(kids, np.int64)] = -1
-            self.emit_packed_many(blobs, stamps)
-        for kid, row in rest:                    # after the packed ones, as dicts
-            self._release_dict(kid, row, self._made_dicts([row], self._namings[which])[0])
+        for at in range(0, len(rows), _RUN):
+            self._leave_packed(kids[at: at + _RUN], rows[at: at + _RUN], r[at: at + _RUN], desc)
 
-    def _made_one(self, r: np.ndarray, desc: tuple):
-        """The kernel-made pending alerts in rows `r`, all taken under `desc` (describe()'s),
-        leaving with their folded numbers: with a packer (msgpack of each, None where only
-        hit_alerts can say; ts of each) as Packer.pack_folded makes them, else the list of their
-        dicts as hit_alerts made them."""
-        if self.packer is None:
-            return self._made_dicts(r, desc)
-        names, exporters, signals, header_names = desc
+    def _leave_packed(self, kids: list[int], rows: list[int], r: np.ndarray, desc: tuple) -> None:
+        """_leave_made's packing of up to _RUN of them (Packer.pack_folded, what Folder._release
+        would make of each), as one run; those only hit_alerts can say leave as dicts, after."""
         at = self._held_at[r]
-        return self.packer.pack_folded(self._held, r, at[:, 1], at[:, 2], self._count[r], self._sums[r],
-                                       self._times[r], self._tail[r], names, signals, header_names, exporters)
+        run = self.packer.pack_folded(self._held, r, at[:, 1], at[:, 2], self._count[r], self._sums[r],
+                                      self._times[r], self._tail[r], *self._naming_args(desc))
+        if run.ok.all():
+            self._unhold(kids, rows, r)
+            self.emit_packed_run(run)
+            return
+        blobs, stamps = run.split()              # (one only hit_alerts can say: none the decoders make)
+        keep = [i for i, blob in enumerate(blobs) if blob is not None]
+        rest = [(kids[i], rows[i]) for i, blob in enumerate(blobs) if blob is None]
+        if keep:
+            self._unhold([kids[i] for i in keep], [rows[i] for i in keep], r[keep])
+            self.emit_packed_many([blobs[i] for i in keep], [stamps[i] for i in keep])
+        for kid, row in rest:                    # after the packed ones, as dicts
+            self._release_dict(kid, row, self._made_dicts([row], desc)[0])
+
+    @staticmethod
+    def _naming_args(desc: tuple) -> tuple:
+        """pack_folded's names, signals, header names and exporters from describe()'s tuple."""
+        names, exporters, signals, header_names = desc
+        return names, signals, header_names, exporters
+
+    def _unhold(self, kids: list[int], rows: list[int], r: np.ndarray) -> None:
+        """Kernel-made pending alerts in rows `rows` (r: as an array) of keys `kids` have left."""
+        self._naming[r] = -1
+        self._made_count -= len(rows)
+        self._free += rows
+        self._keys.row[np.array(kids, np.int64)] = -1
+
+    def _emit_run(self, run: Run) -> None:
+        self.emit_packed_many(*run.split())
 
     def _release_dict(self, kid: int, row: int, alert: dict | None = None) -> None:
         """_release with the alert as a dict: Python's pending one, or `alert` made for the
@@ -506,9 +521,9 @@ class Folder:
         lone hits leave first (Packer.pack_leaving), then the other groups' alerts in group order:
         a key has one group per batch, so each key's alerts keep their order."""
         if self.packer is not None:              # new keys' lone hits (an alert flood's): packed in one call,
-            blobs, stamps = self.packer.pack_leaving(self._kind, self._ints, groups, batch, hits, names, exporters)
-            if blobs:                            # leaving first; their groups' kind is now 0
-                self.emit_packed_many(blobs, stamps)
+            run = self.packer.pack_leaving(self._kind, self._ints, groups, batch, hits, names, exporters)
+            if len(run.ends):                    # leaving first; their groups' kind is now 0
+                self.emit_packed_run(run)
         kind = self._kind[:groups]
         at = np.flatnonzero(kind)
         if len(at):

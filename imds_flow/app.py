@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import warmup, wire
-from .alertpack import Packer
+from .alertpack import Packer, Run
 from .alerts import Encoder, Folder
 from .config import Config
 from .datagrams import DatagramBatch
@@ -71,7 +71,8 @@ class Pipeline:
         packer = Packer((PROBE_SOURCE, PROBE_SOURCE_V6), PROBE_PORT) if type(self.encoder) is Encoder else None
         self.folder = Folder(config.alerts.fold_window_seconds, self._emit, lim.max_fold_keys,
                              packer=packer, emit_packed=self._emit_packed,
-                             emit_packed_many=self._emit_packed_many, describe=self._describe)
+                             emit_packed_many=self._emit_packed_many, describe=self._describe,
+                             emit_packed_run=self._emit_packed_run)
         self._bounds_logged = (0, 0)          # (batches_split, folder.over_limit) at the last warning
         self._bounds_limit = RateLimit(config.logging.error_interval_seconds)
         self._redefined = 0                   # template redefinitions at the last debug line
@@ -99,6 +100,24 @@ class Pipeline:
         self._out += alerts
         self._out_ts += stamps
         self.alerts_written += len(alerts)
+
+    def _emit_packed_run(self, run: Run) -> None:
+        """Alerts packed back to back (a tick's closing windows, a batch's new keys): written at once
+        by a sink that takes them so (Sinks.write_run: one file, nothing to re-encode, no rotation
+        due), no bytes object made per alert, after those still to write (flushed first); else as
+        _emit_packed_many's. Written, or lost and counted by Sinks, before this returns."""
+        k = len(run.ends)
+        write_run = getattr(self.sink, "write_run", None)
+        if write_run is None:
+            self._emit_packed_many(*run.split())
+            return
+        self.flush()
+        if not write_run(run.out, k):
+            self._emit_packed_many(*run.split())
+            return
+        self.sink.flush()
+        self.alerts_written += k
+        self.latency.add(self.clock() - run.stamps)
 
     def _describe(self) -> tuple:
         """What the folder's hits are named by (alerts.Folder.describe): the detector's of now."""

@@ -371,8 +371,7 @@ class Polls:
         p = self.pipeline
         if wrote > 0:
             p.sink.cut(wrote)
-        blobs, stamps = self._packer.packed()
-        p.folder.emit_packed_many(blobs, stamps)
+        p.folder.emit_packed_many(*self._packer.packed().split())
 
     def _ipfix_ok(self) -> bool:
         """v9 / IPFIX batches may go to the kernel: no plan compaction due, no data waiting for a

@@ -150,8 +150,10 @@ def test_folded_alerts_are_the_encoded_dicts(seed, folded, probe):
     sums = np.array(f[:, 1:5].tolist(), np.uint64)
     times = np.array(f[:, [5, 6, 7]].tolist(), np.float64)
     tail = np.stack([sport, f[:, 9].astype(np.int64), f[:, 10].astype(np.int64)], axis=1)
-    packed, ts = Packer((PROBE_SOURCE, PROBE_SOURCE_V6), PROBE_PORT).pack_folded(
+    run = Packer((PROBE_SOURCE, PROBE_SOURCE_V6), PROBE_PORT).pack_folded(
         held, rows, ep, direction, count, sums, times, tail, NAMES, SIGNALS, HEADERS, _Exporters)
+    assert len(run.out) == run.ends[-1] and run.ok.all()
+    packed, ts = run.split()
     hits = Hits(rows.astype(np.int64), ep.astype(np.int32), direction.astype(np.uint8), 0, SIGNALS, HEADERS)
     enc = Encoder()
     for k, (_, alert) in enumerate(hit_alerts(fb, hits, NAMES, _Exporters)):

@@ -90,6 +90,16 @@ class FileSink:
         self.write(b"".join(alerts[start:]))
         self.sent += len(alerts) - start
 
+    def write_run(self, data, alerts: int) -> bool:
+        """write_alerts of `alerts` alerts packed back to back in `data` (a buffer), written as they
+        are; False (nothing written) when they would take the file past max_bytes: rotation cuts
+        between alerts, which write_alerts does."""
+        if self.max_bytes and self.size + len(data) > self.max_bytes:
+            return False
+        self.write(data)
+        self.sent += alerts
+        return True
+
     def _rotate(self) -> None:
         if self.keep:
             for i in range(self.keep - 1, 0, -1):

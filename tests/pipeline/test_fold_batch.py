@@ -383,3 +383,57 @@ def test_counters_past_64_bits_saturate(window, batches, encoder):
         (top - 4, top - 2, top, top)
     if window:
         assert all(got[1][name] == top for name in ("bytes", "packets", "bytes_estimate", "packets_estimate"))
+
+
+@pytest.mark.parametrize("case", ["file", "rotation", "disk_full"])
+def test_a_tick_writes_its_closing_windows_packed_at_once_as_write_alerts_would(case, tmp_path):
+    """A tick releasing more pending alerts (all the fold kernel's) than one run packs (alerts._RUN:
+    two runs and part of a third) hands each run to the file at once (Sinks.write_run, no bytes
+    object per alert), as a batch's new keys' alerts (Folder.finish) are: the files, sink counters, alert count and latency are what write_alerts
+    leaves with the same alerts one bytes object each. With a rotation due within a run, write_alerts
+    takes that run (files cut between alerts); on a full disk (/dev/full) the runs are dropped and
+    counted as write_alerts drops them."""
+    from imds_flow import build
+    from imds_flow.sinks import Sinks
+    from imds_flow.sinks.stream import open_sink
+    keys, t0 = 2 * alerts._RUN + 100, 1.7e9
+
+    def run(by_run: bool) -> dict:
+        now = [t0]
+        path = tmp_path / f"{by_run}.mp"
+        target = "/dev/full" if case == "disk_full" else str(path)
+        sink = Sinks([open_sink(target, max_bytes=(1 << 20) if case == "rotation" else 0, keep=1000)],
+                     ["msgpack"], "msgpack")
+        taken, write_run = [], sink.write_run
+        sink.write_run = lambda data, k: taken.append(write_run(data, k) if by_run else False) or taken[-1]
+        p = app.Pipeline(config.parse('[[endpoints]]\nname = "imds"\naddress = "169.254.169.254"\n'), sink,
+                         clock=lambda: now[0])
+        hosts = [f"10.{k >> 16}.{k >> 8 & 255}.{k & 255}" for k in range(1, keys + 1)]
+        for rep in range(2):                     # each key's first alert leaves at once, its second is held
+            payloads = [build.v5([(h, "169.254.169.254", 4000 + rep, 80) for h in hosts[i: i + 30]], seq=rep * keys + i)
+                        for i in range(0, keys, 30)]
+            for part in ([payloads], [[d] for d in payloads])[rep]:   # (held a datagram at a time: by the kernel)
+                p.process(DatagramBatch.from_payloads(part, src=("192.0.2.1", 2055), ts=t0 + rep))
+        assert p.folder._made_count == keys and p.alerts_written == keys
+        now[0] = t0 + 61
+        p.tick(now[0])
+        assert p.alerts_written == 2 * keys and p.folder.pending == 0
+        files = sorted(tmp_path.glob(f"{by_run}.mp.*"), key=lambda f: -int(f.suffix[1:])) + [path]
+        out = {"file": b"".join(f.read_bytes() for f in files if f.exists()), "files": len(files),
+               "sinks": [{k: v for k, v in one.items() if k != "name"} for one in sink.stats()["sinks"]], "latency": p.latency.counts.tolist(), "summary": p.summary(latency=False)}
+        p.close()
+        return out, taken
+
+    (packed, taken), (each, none) = run(True), run(False)
+    assert packed == each and none == [False] * len(none)
+    if case == "disk_full":
+        assert taken == [True] * 4 and each["sinks"][0]["dropped"] == 2 * keys
+        return
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(each["file"])
+    got = list(unpacker)
+    assert sum(a["count"] for a in got) == 2 * keys and len(got) == 2 * keys
+    if case == "file":                           # the first batch's new keys (Folder.finish), then the tick's three
+        assert taken == [True] * 4 and each["files"] == 1
+    else:                                        # runs that would pass the rotation size: write_alerts'
+        assert True in taken and False in taken and each["files"] >= 3
