@@ -20,6 +20,19 @@ def test_a_row_past_the_first_window(tmp_path, capsys):
     assert "from 50 exporters" in printed and f"wrote {out}" in printed
 
 
+def test_alerts_to_a_file_are_written_and_the_file_removed(tmp_path, monkeypatch, capsys):
+    """--alert-file: the alerts go to a temporary file (every one: at least a map's bytes each past
+    the window start alone), removed after the run."""
+    monkeypatch.setattr(fold.tempfile, "tempdir", str(tmp_path))
+    out = tmp_path / "f.json"
+    assert fold.main(["--exporters", "50", "--from", "61", "--to", "62", "--runs", "1", "--alert-file",
+                      "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["alert_file"] is True and r["alerts"] > 0 and r["file_bytes"] > 100 * r["alerts"]
+    assert "alerts to a file" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
 def test_a_run_that_decoded_less_is_an_error(monkeypatch):
     """measure() checks what it measured: a run whose records were not all decoded fails."""
     real = fold._run
