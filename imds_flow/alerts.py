@@ -551,7 +551,8 @@ class Folder:
         """The groups `at` (kernels.fold_groups did not merge them) that open a pending alert
         (kind 1) or opened a window (2), go hit by hit (3), or are past max_keys (4: each hit's
         alert leaves unfolded, counted by the kernel; Packer.pack_leaving packs them unless one
-        is only hit_alerts'), in group order."""
+        is only hit_alerts'), in group order, after the alerts held in the windows kind 2 reopened
+        (each key's alerts in their order)."""
         group, first, second, last, count, g_kid, g_released = self._ints
         sums, times, c, m = self._g_sums, self._g_times, batch.cols, len(hits)
         steps = list(zip(at.tolist(), kind[at].tolist(), g_kid[at].tolist(), g_released[at].tolist(),
@@ -584,12 +585,16 @@ class Folder:
         if held:
             l_idx = hits.idx[last[held]]
             tails = dict(zip(held, zip(c.sport[l_idx].tolist(), c.dport[l_idx].tolist(), _vlans(batch, l_idx))))
+        # a window reopened over a held alert (its window ended, not yet ticked): that alert leaves
+        # first, all of them in one call (each key's alerts keep their order; a window closing
+        # between ticks meets thousands of such groups a second)
+        reopened = [(kid, old_row) for _, k, kid, old_row, _ in steps if k == 2 and old_row >= 0]
+        if reopened:
+            self._release_many([kid for kid, _ in reopened], [row for _, row in reopened])
         for j, k, kid, old_row, n in steps:
             if k == 1:
                 self._hold(kid, built[first[j]], n, sums[j, :4].tolist(), times[j, :3].tolist(), tails[j])
             elif k == 2:
-                if old_row >= 0:                  # the window it reopened held an alert: it leaves first
-                    self._release(kid, old_row)
                 got = packed.get(first[j])
                 if got is None:
                     self.emit(built[first[j]])

@@ -235,6 +235,45 @@ def test_new_keys_lone_hits_leave_in_one_kernel_call_and_nothing_else_does():
         assert [a for a in got if a["src"] == src(key)] == [a for a in slow if a["src"] == src(key)]
 
 
+def test_windows_reopened_over_held_alerts_let_them_leave_in_one_call():
+    """A batch whose hits reopen many windows that ended over a held alert (no tick between: a
+    window closing in a flood) lets those alerts leave in one packing call, the fold kernel's and
+    Python's held alike, each before its key's new alert, as the dict path emits them."""
+    names = ("imds", "other")
+    out, slow = [], []
+    packed = lambda alert, ts: out.append(msgpack.unpackb(alert))              # noqa: E731
+    f = Folder(2.0, out.append, packer=Packer(), emit_packed=packed,
+               emit_packed_many=lambda alerts, stamps: out.extend(msgpack.unpackb(a) for a in alerts),
+               describe=lambda: (names, _Exporters, (), ()))
+    ref = Folder(2.0, slow.append)
+    calls = []
+    pack_folded = f.packer.pack_folded
+    f.packer.pack_folded = lambda *a: calls.append(len(a[1])) or pack_folded(*a)
+
+    def batch(rows):
+        m = len(rows)
+        fb = _batch_of_hits([(key, ts, 100 + i, math.nan, math.nan, 1024 + i, -1) for i, (key, ts) in enumerate(rows)])
+        hits = Hits(np.arange(m, dtype=np.int64), np.zeros(m, np.int32), np.zeros(m, np.uint8), 0)
+        f.add_hits(fb, hits, names, _Exporters)
+        ref.add(hit_alerts(fb, hits, names, _Exporters))
+
+    keys = range(150)
+    batch([(k, 1.0) for k in keys])                         # new keys: each alert leaves at once
+    batch([(k, 1.5) for k in keys])                         # a second hit each, held (the kernel's spare
+                                                            # rows are 64 at first: the rest by Python)
+    made = f._made_count
+    assert f.pending == 150 and 0 < made < 150 and calls == []
+    batch([(k, 4.0) for k in keys])                         # every window ended: reopened over its held alert
+    assert calls == [made] and f.pending == 0 and len(out) == 3 * 150
+    f.close()
+    ref.close()
+    enc = alerts.Encoder()
+    assert sorted(map(enc.encode, out)) == sorted(map(enc.encode, slow))
+    for k in keys:                                          # each key's: its first, its held, its new one
+        src = f"10.0.0.{1 + k}"
+        assert [a["ts"] for a in out if a["src"] == src] == [a["ts"] for a in slow if a["src"] == src] == [1.0, 1.5, 4.0]
+
+
 def test_hits_past_max_fold_keys_leave_in_the_same_kernel_call():
     """Past limits.max_fold_keys every hit of a key with no open window is an alert of its own
     (fold_groups' kind 4, counted there): Packer.pack_leaving packs them after the lone new keys',
