@@ -252,6 +252,7 @@ class Folder:
         self.emit_packed_run = emit_packed_run or self._emit_run
         self.max_keys = max_keys             # limits.max_fold_keys: a further new key's alert is written unfolded
         self.over_limit = 0
+        self.reopened = 0                    # windows reopened over a held alert their tick had not yet let leave
         self.windows = 0                     # fold keys with an open window
         self._keys = _FoldKeys()
         # key id -> its pending alert (numbers in its row) where Python holds it, a dict. One the fold
@@ -590,6 +591,7 @@ class Folder:
         # between ticks meets thousands of such groups a second)
         reopened = [(kid, old_row) for _, k, kid, old_row, _ in steps if k == 2 and old_row >= 0]
         if reopened:
+            self.reopened += len(reopened)
             self._release_many([kid for kid, _ in reopened], [row for _, row in reopened])
         for j, k, kid, old_row, n in steps:
             if k == 1:

@@ -6,6 +6,7 @@ serve.run_listen, which runs a Pipeline on live sockets. The same Pipeline.proce
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable, Iterable
 
@@ -32,6 +33,7 @@ __all__ = ["Pipeline", "run_replay"]
 
 log = logging.getLogger("imds_flow")
 _TRUNCATED = wire.errors.reason_code("truncated_by_receive")
+EARLY_TICK_SECONDS = 0.1                      # _close_ended's least interval (a tick scans every fold key: ~0.3 ms for 400 000)
 
 
 class Pipeline:
@@ -74,6 +76,7 @@ class Pipeline:
                              emit_packed_many=self._emit_packed_many, describe=self._describe,
                              emit_packed_run=self._emit_packed_run)
         self._bounds_logged = (0, 0)          # (batches_split, folder.over_limit) at the last warning
+        self._reopened, self._ended_closed = 0, -math.inf   # _close_ended: folder.reopened seen, when it last ran
         self._bounds_limit = RateLimit(config.logging.error_interval_seconds)
         self._redefined = 0                   # template redefinitions at the last debug line
         self.errors = ErrorLog(self.exporters, config.logging.error_interval_seconds)
@@ -153,6 +156,7 @@ class Pipeline:
             return
         if hits:                              # None: no hit, and no Hits made for it
             self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
+            self._close_ended()
         self.flush()
 
     def taken(self, dg: DatagramBatch, one: tuple[int, int, int]) -> None:
@@ -172,7 +176,22 @@ class Pipeline:
             elif self.folder.folded():            # groups left to Python: alerts that leave or are held
                 self.folder.finish(groups, self.batch, self.detector.hits(count, suppressed),
                                    self.detector.names, self.exporters)
+            self._close_ended()
         self.flush()
+
+    def _close_ended(self) -> None:
+        """Close the folding windows that ended by now (Folder.tick: what the next tick does) when
+        hits of this batch met a window that ended over a held alert its tick had not yet let
+        leave (Folder.reopened), at most every EARLY_TICK_SECONDS. Each such hit sends a batch
+        back from compiled code to Python: in an alert flood, while the first minute's windows
+        close, ~150 a second, each a few hundred us (and the held alerts leave sooner)."""
+        if self.folder.reopened == self._reopened:
+            return
+        self._reopened = self.folder.reopened
+        now = self.clock()
+        if now - self._ended_closed >= EARLY_TICK_SECONDS:
+            self._ended_closed = now
+            self.folder.tick(now)
 
     def _decode_and_detect(self, dg: DatagramBatch, truncated: np.ndarray | None):
         """The general path: any format, new exporters, truncated datagrams. None when every

@@ -476,3 +476,41 @@ def test_a_tick_writes_its_closing_windows_packed_at_once_as_write_alerts_would(
         assert taken == [True] * 4 and each["files"] == 1
     else:                                        # runs that would pass the rotation size: write_alerts'
         assert True in taken and False in taken and each["files"] >= 3
+
+
+def test_a_window_reopened_over_a_held_alert_closes_the_ended_ones_at_most_every_early_tick():
+    """Hits that meet a window ended over a held alert before the tick let it leave (each sends its
+    batch from compiled code back to Python) make the pipeline close every ended window then, as
+    the next tick would: the other keys' held alerts leave at once instead of each costing a return
+    on its own next hit; at most once per app.EARLY_TICK_SECONDS of the clock."""
+    from imds_flow import build
+    now, t0 = [1.7e9], 1.7e9
+    p = app.Pipeline(config.parse('[[endpoints]]\nname = "imds"\naddress = "169.254.169.254"\n'), app._NullSink(),
+                     clock=lambda: now[0])
+    ticks = []
+    tick = p.folder.tick
+    p.folder.tick = lambda t: (ticks.append(t), tick(t))
+    seq = [0]
+
+    def send(hosts, t):
+        now[0] = t
+        payloads = [build.v5([(h, "169.254.169.254", 4000, 80) for h in hosts[i: i + 30]], seq=seq[0] + i)
+                    for i in range(0, len(hosts), 30)]
+        seq[0] += len(hosts)
+        p.process(DatagramBatch.from_payloads(payloads, src=("192.0.2.1", 2055), ts=t))
+
+    many = [f"10.1.{k >> 8}.{k & 255}" for k in range(100)]
+    for start, hosts in ((0.0, many + ["10.2.0.1"]), (2.02, ["10.2.0.2"]), (2.1, ["10.2.0.3"])):
+        send(hosts, t0 + start)                 # a window each, its first alert out at once
+        send(hosts, t0 + start + 0.5)           # and one held
+    assert p.folder.pending == 103 and ticks == []
+    send(["10.2.0.1"], t0 + 62.0)               # its window ended: reopened over its held alert
+    assert p.folder.reopened == 1 and ticks == [t0 + 62.0]
+    assert p.folder.pending == 2                # the 100 ended with it left too (10.2.0.2, .3 still open)
+    send(["10.2.0.2"], t0 + 62.05)              # ended at 62.02: reopened, but within EARLY_TICK_SECONDS
+    assert p.folder.reopened == 2 and ticks == [t0 + 62.0] and p.folder.pending == 1
+    later = t0 + 62.0 + 2 * app.EARLY_TICK_SECONDS
+    send(["10.2.0.3"], later)                   # ended at 62.1: reopened past EARLY_TICK_SECONDS
+    assert p.folder.reopened == 3 and ticks == [t0 + 62.0, later]
+    assert p.folder.pending == 0 and p.alerts_written == 2 * 103 + 3
+    p.close()
