@@ -105,10 +105,11 @@ class Pipeline:
         self.alerts_written += len(alerts)
 
     def _emit_packed_run(self, run: Run) -> None:
-        """Alerts packed back to back (a tick's closing windows, a batch's new keys): written at once
-        by a sink that takes them so (Sinks.write_run: one file, nothing to re-encode, no rotation
-        due), no bytes object made per alert, after those still to write (flushed first); else as
-        _emit_packed_many's. Written, or lost and counted by Sinks, before this returns."""
+        """Alerts packed back to back (a tick's closing windows, a batch's new keys): after those
+        still to write (flushed first), written at once, no bytes object made per alert, by a sink
+        that takes them so (Sinks.write_run: one file, nothing to re-encode, no rotation due), or
+        lost and counted there, before this returns; else bytes each, as _emit_packed_many's
+        (written at the next flush)."""
         k = len(run.ends)
         write_run = getattr(self.sink, "write_run", None)
         if write_run is None:
