@@ -10,7 +10,8 @@ records to the endpoints from 64 instances that every exporter reports (each (ex
 a fold key of its own: with 5000 exporters nearly one alert for every matching record). A fresh
 Pipeline on the flow bench's config (default 60 s folding window) takes the batches with
 Pipeline.process, stamped with a simulated clock, and Pipeline.tick each simulated second, into a
-null sink (or, with --alert-file, a temporary alert file as `imds-flow listen --alerts` writes it). CPU seconds of the process (time.process_time) over simulated seconds [--from, --to):
+null sink (or, with --alert-file, a temporary alert file as `imds-flow listen --alerts` writes
+it). CPU seconds of the process (time.process_time) over simulated seconds [--from, --to):
 past the first window, where the tick releases held alerts, keys reopen and the key table is
 rebuilt, a phase a short `imds-flow bench` never reaches. Prints a table, writes JSON (default
 bench/results/); the median is the figure. No network.
@@ -103,8 +104,9 @@ def measure(exporters: int, start: float, end: float, runs: int, alert_file: boo
             out.append(r)
     seconds = [r["cpu_s"] for r in out]
     median = statistics.median(seconds)
-    return {"exporters": exporters, "alert_file": alert_file, "from_s": start, "to_s": end, "records": out[0]["records"],
-            "alerts": out[0]["alerts"], "file_bytes": out[0].get("file_bytes"), "runs_cpu_s": seconds, "median_cpu_s": median,
+    return {"exporters": exporters, "alert_file": alert_file, "from_s": start, "to_s": end,
+            "records": out[0]["records"], "alerts": out[0]["alerts"], "file_bytes": out[0].get("file_bytes"),
+            "runs_cpu_s": seconds, "median_cpu_s": median,
             "ms_per_million_records": 1e9 * median / out[0]["records"]}
 
 

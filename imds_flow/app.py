@@ -33,7 +33,8 @@ __all__ = ["Pipeline", "run_replay"]
 
 log = logging.getLogger("imds_flow")
 _TRUNCATED = wire.errors.reason_code("truncated_by_receive")
-EARLY_TICK_SECONDS = 0.1                      # _close_ended's least interval (a tick scans every fold key: ~0.3 ms for 400 000)
+EARLY_TICK_SECONDS = 0.1                      # _close_ended's least interval (a tick scans every fold key:
+                                              # ~0.3 ms for 400 000)
 
 
 class Pipeline:

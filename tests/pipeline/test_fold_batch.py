@@ -271,7 +271,8 @@ def test_windows_reopened_over_held_alerts_let_them_leave_in_one_call():
     assert sorted(map(enc.encode, out)) == sorted(map(enc.encode, slow))
     for k in keys:                                          # each key's: its first, its held, its new one
         src = f"10.0.0.{1 + k}"
-        assert [a["ts"] for a in out if a["src"] == src] == [a["ts"] for a in slow if a["src"] == src] == [1.0, 1.5, 4.0]
+        assert [a["ts"] for a in out if a["src"] == src] == [a["ts"] for a in slow if a["src"] == src] == \
+            [1.0, 1.5, 4.0]
 
 
 def test_hits_past_max_fold_keys_leave_in_the_same_kernel_call():
@@ -428,16 +429,16 @@ def test_counters_past_64_bits_saturate(window, batches, encoder):
 def test_a_tick_writes_its_closing_windows_packed_at_once_as_write_alerts_would(case, tmp_path):
     """A tick releasing more pending alerts (all the fold kernel's) than one run packs (alerts._RUN:
     two runs and part of a third) hands each run to the file at once (Sinks.write_run, no bytes
-    object per alert), as a batch's new keys' alerts (Folder.finish) are: the files, sink counters, alert count and latency are what write_alerts
-    leaves with the same alerts one bytes object each. With a rotation due within a run, write_alerts
-    takes that run (files cut between alerts); on a full disk (/dev/full) the runs are dropped and
-    counted as write_alerts drops them."""
+    object per alert), as a batch's new keys' alerts (Folder.finish) are: the files, sink counters,
+    alert count and latency are what write_alerts leaves with the same alerts one bytes object each.
+    With a rotation due within a run, write_alerts takes that run (files cut between alerts); on a
+    full disk (/dev/full) the runs are dropped and counted as write_alerts drops them."""
     from imds_flow import build
     from imds_flow.sinks import Sinks
     from imds_flow.sinks.stream import open_sink
     keys, t0 = 2 * alerts._RUN + 100, 1.7e9
 
-    def run(by_run: bool) -> dict:
+    def run(by_run: bool) -> tuple[dict, list[bool]]:
         now = [t0]
         path = tmp_path / f"{by_run}.mp"
         target = "/dev/full" if case == "disk_full" else str(path)
@@ -459,7 +460,8 @@ def test_a_tick_writes_its_closing_windows_packed_at_once_as_write_alerts_would(
         assert p.alerts_written == 2 * keys and p.folder.pending == 0
         files = sorted(tmp_path.glob(f"{by_run}.mp.*"), key=lambda f: -int(f.suffix[1:])) + [path]
         out = {"file": b"".join(f.read_bytes() for f in files if f.exists()), "files": len(files),
-               "sinks": [{k: v for k, v in one.items() if k != "name"} for one in sink.stats()["sinks"]], "latency": p.latency.counts.tolist(), "summary": p.summary(latency=False)}
+               "sinks": [{k: v for k, v in one.items() if k != "name"} for one in sink.stats()["sinks"]],
+               "latency": p.latency.counts.tolist(), "summary": p.summary(latency=False)}
         p.close()
         return out, taken
 
