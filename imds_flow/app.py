@@ -158,7 +158,7 @@ class Pipeline:
             return
         if hits:                              # None: no hit, and no Hits made for it
             self.folder.add_hits(self.batch, hits, self.detector.names, self.exporters)
-            self._close_ended()
+            self._close_ended(float(dg.ts[dg.n - 1]))
         self.flush()
 
     def taken(self, dg: DatagramBatch, one: tuple[int, int, int]) -> None:
@@ -178,19 +178,19 @@ class Pipeline:
             elif self.folder.folded():            # groups left to Python: alerts that leave or are held
                 self.folder.finish(groups, self.batch, self.detector.hits(count, suppressed),
                                    self.detector.names, self.exporters)
-            self._close_ended()
+            self._close_ended(now)
         self.flush()
 
-    def _close_ended(self) -> None:
-        """Close the folding windows that ended by now (Folder.tick: what the next tick does) when
-        hits of this batch met a window that ended over a held alert its tick had not yet let
-        leave (Folder.reopened), at most every EARLY_TICK_SECONDS. Each such hit sends a batch
-        back from compiled code to Python: in an alert flood, while the first minute's windows
-        close, ~150 a second, each a few hundred us (and the held alerts leave sooner)."""
+    def _close_ended(self, now: float) -> None:
+        """Close the folding windows that ended by `now`, the batch's last arrival time (Folder.tick:
+        what the next tick does; a replay's capture time, which its windows follow) when hits of
+        this batch met a window that ended over a held alert its tick had not yet let leave
+        (Folder.reopened), at most every EARLY_TICK_SECONDS. Each such hit sends a batch back
+        from compiled code to Python: in an alert flood, while the first minute's windows close,
+        ~150 a second, each a few hundred us (and the held alerts leave sooner)."""
         if self.folder.reopened == self._reopened:
             return
         self._reopened = self.folder.reopened
-        now = self.clock()
         if now - self._ended_closed >= EARLY_TICK_SECONDS:
             self._ended_closed = now
             self.folder.tick(now)
