@@ -495,6 +495,29 @@ def fold_lookup(words, k_words, t_val):
     return t_val[_find_words(words, k_words, t_val)]
 
 
+@step
+def _ask_for_keys(c, idx, ep, direction, g_first, n, keys, slot):
+    """fold_groups' memory reads asked for before it makes them (prefetch, as key_lookup): each
+    group's first slot in the table of ids, then the rows of the ids found there (its words,
+    window and pending row). In an alert flood (thousands of exporters each reporting the same
+    instances: hundreds of thousands of keys) the table and rows are out of the caches, and one
+    group after another waited for five memory reads after another. `slot`: scratch of n."""
+    k_words, t_val, k_start, k_open, k_row = keys
+    mask = t_val.shape[0] - 1
+    for g in range(n):
+        f = g_first[g]
+        slot[g] = _home_words(fold_words(c, idx[f], ep[f], direction[f]), mask)
+        prefetch(t_val, slot[g])
+    flat = k_words.reshape(-1)
+    for g in range(n):
+        key = t_val[slot[g]]
+        if key >= 0:
+            prefetch(flat, 6 * key)
+            prefetch(k_start, key)
+            prefetch(k_open, key)
+            prefetch(k_row, key)
+
+
 @kernel
 def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, kind, opened):
     """What each of a batch's n hit groups (group_hits) does, and what can be done here: Python runs
@@ -516,6 +539,8 @@ def fold_groups(c, idx, ep, direction, groups, n, keys, pending, window, room, k
     g_first, g_second, g_last, g_count, g_sums, g_times = groups
     k_words, t_val, k_start, k_open, k_row = keys
     g_kid, g_released, counters = opened
+    if t_val.shape[0] > _CACHED_SLOTS:
+        _ask_for_keys(c, idx, ep, direction, g_first, n, keys, g_kid)
     rest = 0
     for g in range(n):
         f = g_first[g]
