@@ -16,6 +16,9 @@ from typing import NamedTuple
 
 import msgpack
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from . import kernels
 from .addr import to_hilo
@@ -38,16 +41,19 @@ _DIRECTIONS = ("request", "response")
 
 
 def _table(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Byte strings as one buffer and offsets (len(items) + 1)."""
+    """Byte strings as one buffer and offsets (len(items) + 1); _WORD bytes after the last, which
+    _copy reads a word at a time."""
     off = np.zeros(len(items) + 1, np.int64)
     off[1:] = np.cumsum([len(b) for b in items])
-    return np.frombuffer(b"".join(items) or b"\0", np.uint8).copy(), off
+    return np.frombuffer(b"".join(items) + bytes(_WORD), np.uint8).copy(), off
 
 
 _NOTHING = np.empty(0, np.uint8)                 # no buffer (pack_folded's: held rows have no text)
 _SINGLE = np.empty((0, 3), np.uint64)            # _pack's folded when each alert is one record's
 _ROOM = -1                                        # _pack_leaving: out must first grow
 _KEEP = 4 << 20                                   # the most of _pack_run's buffer kept between calls
+_WORD = 8                                         # bytes _copy, _uint and _float store at once: out holds
+                                                  # this many past every alert written, sources past their end
 
 
 class Run(NamedTuple):
@@ -95,7 +101,7 @@ class Packer:
             parts = [msgpack.packb(a) for a in exporters.address[have:n]]
             new = b"".join(parts)
             start = int(self._e_off[have])
-            self._e_buf = grow(self._e_buf, start + len(new))
+            self._e_buf = grow(self._e_buf, start + len(new) + _WORD)
             self._e_buf[start: start + len(new)] = np.frombuffer(new, np.uint8)
             self._e_off = np.concatenate([self._e_off, start + np.cumsum([len(b) for b in parts])])
             self._e_port = np.concatenate([self._e_port, np.array(exporters.port[have:n], np.uint64)])
@@ -233,11 +239,55 @@ class Packer:
 # --- the kernel: msgpack by hand (the msgpack-python packer's choices: the shortest int, float64,
 # str8 for strings of 32-255 bytes, nil for None) ----------------------------------------------------
 
+def _bytes_array(arr) -> bool:
+    """A contiguous uint8 array: its data pointer plus a position addresses that byte."""
+    return isinstance(arr, types.Array) and arr.dtype == types.uint8 and arr.ndim == 1 and arr.layout == "C"
+
+
+@intrinsic
+def _load_word(typingctx, arr, at):
+    """The 8 bytes of uint8 array arr at [at, at + 8) as a little-endian uint64 (any alignment)."""
+    if not _bytes_array(arr):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer())
+        return builder.load(ptr, align=1)
+    return types.uint64(arr, types.int64), codegen
+
+
+@intrinsic
+def _store_word(typingctx, arr, at, word):
+    """word into uint8 array arr at [at, at + 8), little-endian (any alignment)."""
+    if not _bytes_array(arr):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer())
+        builder.store(args[2], ptr, align=1)
+        return context.get_dummy_value()
+    return types.void(arr, types.int64, types.uint64), codegen
+
+
+@intrinsic
+def _big_endian(typingctx, word):
+    """word with its bytes in reverse order (one instruction): stored, its most significant first."""
+    def codegen(context, builder, signature, args):
+        return builder.bswap(args[0])
+    return types.uint64(types.uint64), codegen
+
+
+# Bytes are written a word at a time, not one by one (~1 ns a byte stored singly, most of the
+# kernel's time): a copy or a number may write up to _WORD - 1 bytes past its end, which the next
+# field overwrites or, past the alert's end, lie in the _WORD bytes _pack leaves free there.
+
 @step
 def _copy(out, pos, src, a, b, write):
     if write:
-        for q in range(b - a):
-            out[pos + q] = src[a + q]
+        for q in range(0, b - a, _WORD):
+            _store_word(out, pos + q, _load_word(src, a + q))
     return pos + (b - a)
 
 
@@ -256,8 +306,8 @@ def _uint(out, pos, v, write):
         n, head = 8, np.uint64(0xcf)
     if write:
         out[pos] = np.uint8(head)
-        for q in range(n):
-            out[pos + n - q] = np.uint8((v >> np.uint64(8 * q)) & np.uint64(255))
+        if n:                                 # its n low bytes, the most significant first
+            _store_word(out, pos + 1, _big_endian(v << np.uint64(64 - 8 * n)))
     return pos + 1 + n
 
 
@@ -265,8 +315,7 @@ def _uint(out, pos, v, write):
 def _float(out, pos, bits, write):
     if write:
         out[pos] = 0xcb
-        for q in range(8):
-            out[pos + 8 - q] = np.uint8((bits >> np.uint64(8 * q)) & np.uint64(255))
+        _store_word(out, pos + 1, _big_endian(np.uint64(bits)))
     return pos + 9
 
 
@@ -456,33 +505,27 @@ def _fields(i, ints, fbits, floats, ep, direction, base, test, folded, kind, val
     return True
 
 
-@njit(_nrt=False)
-def _bound(i, ints, e_off, c_off, base, n_headers, k_off, kind, val):
-    """At least the bytes _alert writes for alert i, from _fields' kind / val without writing
-    any: exact but for numbers (9 at most), addresses (41: str8 of up to 39) and text (each byte
-    at most 4 escaped, a str32 head). Lets one pass write where this much room is left."""
-    n = 3                                           # map16
-    for k in range(kind.shape[0]):
-        what, v = kind[k], val[k]
-        if what == _SKIP:
-            continue
-        n += k_off[k + 1] - k_off[k]
-        if what == _NIL or what == _TRUE:
-            n += 1
-        elif what == _CONST:
-            n += c_off[np.int64(v) + 1] - c_off[np.int64(v)]
-        elif what == _EXPORTER and k == 1:
-            n += e_off[np.int64(v) + 1] - e_off[np.int64(v)]
-        elif what == _ADDRESS:
-            n += 41
-        elif what == _TEXT:
-            n += 5 + 4 * np.int64(ints[i, np.int64(v) + 1])
-        elif what == _HEADERS:
-            n += 3
-            for h in range(n_headers):
-                n += c_off[base[5] + h + 1] - c_off[base[5] + h]
-        else:                                       # _UINT, _FLOAT, an exporter's port
-            n += 9
+@step
+def _fixed_most(e_off, c_off, base, n_headers, k_off):
+    """At least the bytes _alert writes for any alert, but for its exporter's address and its two
+    texts (_most adds them): the map's head and every key, each value at most 9 bytes (a number)
+    or the longest constant string, two addresses of 41 (str8 of up to 39 characters), the header
+    names all present. An upper bound, not a size: it only says where out must have room left."""
+    longest = 0
+    for v in range(base[5]):
+        longest = max(longest, c_off[v + 1] - c_off[v])
+    headers = c_off[base[5] + n_headers] - c_off[base[5]]
+    return 3 + (k_off[k_off.shape[0] - 1] - k_off[0]) + (k_off.shape[0] - 1) * max(9, longest) + 2 * 41 + 3 + headers
+
+
+@step
+def _most(i, ints, e_off, fixed):
+    """At least the bytes _alert writes for alert i: _fixed_most's, its exporter's address and,
+    for an HTTP alert, its host and URL (each byte escaped to at most 4, a str32 head)."""
+    e = np.int64(ints[i, 0])
+    n = fixed + e_off[e + 1] - e_off[e]
+    if ints[i, 12] & np.uint64(HTTP) != 0:
+        n += 10 + 4 * np.int64(ints[i, 15] + ints[i, 18])
     return n
 
 
@@ -557,21 +600,23 @@ def _pack(ints, floats, fbits, e_buf, e_off, e_port, ep, direction, consts, c_of
     """Every alert's map, one after the other, into out; where each ends (ends), whether it is
     packed (ok: else the dict path decides). Returns the total size when out held them all; else
     minus the bytes out must hold for this to (some were measured, not written: an alert is
-    written only where _bound's bytes are left). One pass: measuring first cost a second walk
-    over every field of every alert."""
+    written only where _most's bytes and _WORD more are left; one not written is measured, so
+    the next pass knows every alert's place). One pass: measuring first cost a second walk over
+    every field of every alert."""
     pos, need, whole = 0, 0, True
+    fixed = _fixed_most(e_off, c_off, base, n_headers, k_off)
     for i in range(ints.shape[0]):
         is_test[i] = _is_test(ints, i, test, n_test, port)
         ok[i] = _fields(i, ints, fbits, floats, ep, direction, base, is_test[i], folded, kind, val)
         if ok[i]:
-            most = _bound(i, ints, e_off, c_off, base, n_headers, k_off, kind, val)
-            write = pos + most <= out.shape[0]
+            room = pos + _most(i, ints, e_off, fixed) + _WORD
+            write = room <= out.shape[0]
             whole &= write
-            need += most
+            need = max(need, room)
             pos = _alert(out, pos, i, ints, e_buf, e_off, e_port, consts, c_off, base, n_headers, keys, k_off,
                          buf, late_buf, kind, val, write)
         ends[i] = pos
-    return pos if whole else -max(need, 1)
+    return pos if whole else -need
 
 
 @kernel

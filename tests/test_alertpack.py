@@ -33,7 +33,8 @@ HEADERS = ("x-aws-ec2-metadata-token", "x-aws-ec2-metadata-token-ttl-seconds", "
        room=st.integers(0, 6000))
 def test_packed_alerts_are_the_encoded_dicts(seed, n, buf, probe, small, headers, room):
     """`room`: the bytes the packer's buffer holds at first (one pass writes while room is left and
-    only measures the rest; then again into twice what it lacked): the same bytes either way."""
+    only measures the rest; then again into twice what it lacked): the same bytes either way, and
+    not one written past that buffer's end (the kernel stores a word at a time: alertpack._WORD)."""
     rng = np.random.default_rng(seed)
     fb = FlowBatch(n)
     fb.reset(n)
@@ -75,8 +76,10 @@ def test_packed_alerts_are_the_encoded_dicts(seed, n, buf, probe, small, headers
     direction = rng.integers(0, 2, len(idx)).astype(np.uint8)
     hits = Hits(idx, ep, direction, 0, SIGNALS[: rng.integers(0, 4)], headers)
     packer = Packer((PROBE_SOURCE, PROBE_SOURCE_V6), PROBE_PORT)
-    packer._all_out = np.empty(room, np.uint8)
+    guarded = np.full(room + 64, 0xAB, np.uint8)
+    packer._all_out = guarded[:room]
     packed, ts = packer.pack(fb, hits, NAMES, _Exporters)
+    assert (guarded[room:] == 0xAB).all()
     enc = Encoder()
     for k, (_, alert) in enumerate(hit_alerts(fb, hits, NAMES, _Exporters)):
         if is_probe(alert):
