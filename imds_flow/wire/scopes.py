@@ -399,13 +399,18 @@ class ScopeTable:
         return [-1 if e is None or now - e[1] > life else e[0] for e in map(held.get, keys)]
 
     def expire(self, now: float) -> int:
-        """Forget templates older than their lifetime; returns how many."""
-        old = [k for k, (_, received, _) in self.templates.items() if now - received > self.lifetime]
-        for k in old:
-            self._forget(k)
-        if old:
-            self.dirty = True
-            self._compact_slots()
+        """Forget templates older than their lifetime; returns how many. Found in the kernels'
+        mirror (slot_received; slot_plan -1 where forgotten), one comparison over an array: every
+        tick walked the dict, and with 5000 exporters that was ~1.5 ms of Python a second."""
+        n = len(self._slot_keys)
+        old = np.flatnonzero((self.slot_plan[:n] >= 0) & (now - self.slot_received[:n] > self.lifetime))
+        if not len(old):
+            return 0
+        keys = self._slot_keys
+        for slot in old.tolist():
+            self._forget(keys[slot])
+        self.dirty = True
+        self._compact_slots()
         return len(old)
 
     # --- sampling ----------------------------------------------------------------------------

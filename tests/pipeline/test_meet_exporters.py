@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imds_flow import kernels
+from imds_flow import app, kernels
 from imds_flow.datagrams import DatagramBatch
 from imds_flow.wire import resolve
 
-from .test_bounds import FIELDS, T0, assert_mirrored, data, pipeline, templates
+from .test_bounds import FIELDS, T0, assert_mirrored, data, pipeline, templates, with_limits
 
 OTHER = [(12, 4), (8, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 8)]
 
@@ -101,6 +101,25 @@ def test_a_scope_that_held_the_ids_before_goes_one_by_one():
     assert len(cache._slots) == len(set(cache._slot_keys)) == len(cache.templates)
     assert_mirrored(cache)
     assert p.stats()["records"] == 2 * (3 + 1)
+
+
+def test_expiry_forgets_what_the_dict_says_is_old():
+    """ScopeTable.expire finds old templates in the kernels' mirror: it forgets exactly those whose
+    received time in the dict is past the lifetime (the dict walk it replaced, as the oracle), with
+    some templates resent later (refreshed by the kernel) and some not."""
+    clock = [T0]
+    p = app.Pipeline(with_limits(), app._NullSink(), clock=lambda: clock[0], compact=False)
+    cache = p.exporters.templates
+    for n, clock[0] in ((40, T0), (20, T0 + 100), (5, T0 + 200)):      # the first 20, then 5, resend
+        p.process(batch_of(n, clock[0]))
+    for now, left in ((T0 + 50, True), (T0 + 150, True), (T0 + 250, False)):
+        now += cache.lifetime
+        before = set(cache.templates)
+        old = {k for k, (_, received, _) in cache.templates.items() if now - received > cache.lifetime}
+        assert 0 < len(old) and (len(old) < len(before)) == left
+        assert cache.expire(now) == len(old)
+        assert set(cache.templates) == before - old
+        assert_mirrored(cache)
 
 
 def test_kept_fields_are_the_templates_fields():
