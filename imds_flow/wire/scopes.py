@@ -401,7 +401,7 @@ class ScopeTable:
     def expire(self, now: float) -> int:
         """Forget templates older than their lifetime; returns how many. Found in the kernels'
         mirror (slot_received; slot_plan -1 where forgotten), one comparison over an array: every
-        tick walked the dict, and with 5000 exporters that was ~1.5 ms of Python a second."""
+        tick walked the dict, and with 5000 exporters that was ~1.7 ms of Python a second (perf)."""
         n = len(self._slot_keys)
         old = np.flatnonzero((self.slot_plan[:n] >= 0) & (now - self.slot_received[:n] > self.lifetime))
         if not len(old):
