@@ -92,20 +92,25 @@ def _v5() -> list[bytes]:
 def test_decoded_records_exact(name, fmt, tmp_path):
     _need(name)
     datagrams = _v5() if fmt == "v5" else ipfix_datagrams(DATAGRAMS)
-    with compare.start(name, tmp_path) as rival:
-        rows = udp_sockets(rival.port, compare._socket_inodes(rival.pid))
-        assert rows and all(r["local"].startswith(compare._LOCALHOST_HEX + ":") for r in rows)  # loopback only
-        assert rival.rcvbuf is None or rival.rcvbuf > 1 << 20
-        _send(rival.port, datagrams)
-        result = rival.stop()
     # Every record is decoded or was in a datagram the kernel dropped: nothing is lost or invented
-    # inside the collector or by stopping it. Kernel drops only happen if the machine is busy
-    # (another job took the collector's core); a few are tolerated so the test is not flaky.
-    drops = result["kernel_drop_datagrams"]
-    assert result["decoded_records"] + RECORDS * drops == DATAGRAMS * RECORDS
+    # inside the collector or by stopping it, in every attempt. Kernel drops only happen when the
+    # machine is busy (another job took the collector's core; in CI, right after a compile, a rival
+    # once dropped 4 %); past 1 % the stream is sent again to a fresh collector, up to three times,
+    # so that the count is checked on a stream the collector mostly saw, never on an empty one.
+    for attempt in range(3):
+        with compare.start(name, tmp_path / str(attempt)) as rival:
+            rows = udp_sockets(rival.port, compare._socket_inodes(rival.pid))
+            assert rows and all(r["local"].startswith(compare._LOCALHOST_HEX + ":") for r in rows)  # loopback only
+            assert rival.rcvbuf is None or rival.rcvbuf > 1 << 20
+            _send(rival.port, datagrams)
+            result = rival.stop()
+        drops = result["kernel_drop_datagrams"]
+        assert result["decoded_records"] + RECORDS * drops == DATAGRAMS * RECORDS
+        assert isinstance(result["cpu_seconds"], float) and result["cpu_seconds"] >= 0
+        assert rival.stop() is result                      # idempotent
+        if drops <= DATAGRAMS // 100:
+            break
     assert drops <= DATAGRAMS // 100
-    assert isinstance(result["cpu_seconds"], float) and result["cpu_seconds"] >= 0
-    assert rival.stop() is result                      # idempotent
 
 
 @pytest.mark.parametrize("name", compare.NAMES)
