@@ -5,7 +5,7 @@
 
 Two runs set side by side (1 % of the records matching against none) differ by less than the same
 run repeated: on a VM the CPU of one run spreads by 40 % as the host's phases go, and a matching
-record adds ~10 ms per million records at 1 % where a run costs 50-90 (bench/HISTORY.md, the
+record adds 4-10 ms per million records at 1 % where a run costs 40-130 (bench/HISTORY.md, the
 twenty-seventh set). So here one collector (`imds-flow listen`, the flow bench's config and
 process) takes one stream at one record rate from `--exporters` exporters whose content switches
 every `--slice` seconds between the same kind of traffic with none of its records aimed at an
