@@ -41,7 +41,6 @@ __all__ = ["estimate", "measure", "main"]
 
 PACKAGE = __package__ or "bench"
 EXPORTS = {"v5": 5, "ipfix": 10}
-WARMUP_S = 5.0                    # traffic without matching records before the first slice: exporters met
 
 
 def estimate(cpu: list[float], hits: list[int], kind: list[int]) -> list[float]:
@@ -118,7 +117,7 @@ def send(port: int, rate: float, version: int, exporters: int, fraction: float, 
 # --- one run: a collector, the sender, the CPU read at every switch ----------------------------------
 
 def measure(export: str, rate: float, fraction: float, slice_s: float, slices: int, lag: float,
-            exporters: int = 4) -> dict:
+            exporters: int = 4, warmup: float = 5.0) -> dict:
     """One run: a fresh collector, `slices` alternating slices; each slice's CPU seconds and hits,
     the per-slice estimates, and the checks (records decoded, alerts' counts)."""
     from .flowbench import Ours
@@ -131,7 +130,7 @@ def measure(export: str, rate: float, fraction: float, slice_s: float, slices: i
             sender = subprocess.Popen(
                 [sys.executable, "-m", f"{PACKAGE}.matchcost", "--send", "--port", str(col.port), "--rate", str(rate),
                  "--export", export, "--exporters", str(exporters), "--imds-fraction", str(fraction),
-                 "--slice", str(slice_s), "--slices", str(slices)],
+                 "--slice", str(slice_s), "--slices", str(slices), "--warmup", str(warmup)],
                 stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
             line = sender.stdout.readline()
             if not line.startswith("start "):
@@ -189,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=31, help="slices a run, odd (default 31: about a minute)")
     ap.add_argument("--lag", type=float, default=0.05,
                     help="how long after a switch the CPU is read (default 0.05 s, past the collector's batching)")
+    ap.add_argument("--warmup", type=float, default=5.0,
+                    help="seconds of traffic without matching records before the first slice (default 5)")
     ap.add_argument("--runs", type=int, default=3, help="runs, a fresh collector each (default 3)")
     ap.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")
     ap.add_argument("--send", action="store_true", help=argparse.SUPPRESS)       # the sender's own process
@@ -196,15 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.send:
         print(json.dumps(send(a.port, a.rate, EXPORTS[a.export], a.exporters, a.imds_fraction, a.slice,
-                              a.slices, WARMUP_S)))
+                              a.slices, a.warmup)))
         return 0
     bad = ("--rate" if a.rate <= 0 else "--imds-fraction" if not 0 < a.imds_fraction <= 1
            else "--exporters" if a.exporters < 1 else "--slice" if a.slice <= 0
            else "--slices" if a.slices < 3 or a.slices % 2 == 0 else "--lag" if not 0 <= a.lag < a.slice
-           else "--runs" if a.runs < 1 else None)
+           else "--warmup" if a.warmup < 0 else "--runs" if a.runs < 1 else None)
     if bad:
         print(f"bench.matchcost: bad {bad}: rate, slice > 0; 0 < fraction <= 1; slices odd, >= 3; "
-              "0 <= lag < slice; exporters, runs >= 1", file=sys.stderr)
+              "0 <= lag < slice; warmup >= 0; exporters, runs >= 1", file=sys.stderr)
         return 2
     print(f"A matching record end to end: {a.export}, {a.rate:g} records/s from {a.exporters} exporters, "
           f"{100 * a.imds_fraction:g} % matching every other {a.slice:g} s slice, {a.slices} slices a run, "
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: v for k, v in vars(a).items() if k not in ("send", "port", "json")}
     runs, every = [], []
     for r in range(a.runs):
-        run = measure(a.export, a.rate, a.imds_fraction, a.slice, a.slices, a.lag, a.exporters)
+        run = measure(a.export, a.rate, a.imds_fraction, a.slice, a.slices, a.lag, a.exporters, a.warmup)
         wrong = _check(run, sum(run["slice_hits"]))
         run["check"] = wrong or "ok"
         runs.append(run)

@@ -35,7 +35,7 @@ def test_estimate_skips_slices_without_both_neighbours_or_hits():
 
 def test_a_short_run_over_loopback(tmp_path, capsys):
     out = tmp_path / "m.json"
-    assert matchcost.main(["--rate", "2e5", "--slice", "0.5", "--slices", "5", "--runs", "1",
+    assert matchcost.main(["--rate", "2e5", "--slice", "0.5", "--slices", "5", "--runs", "1", "--warmup", "1",
                            "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     (run,) = r["runs"]
@@ -57,7 +57,8 @@ def test_a_run_that_lost_records_gives_no_figure():
 
 
 @pytest.mark.parametrize("args, name", [(["--slices", "4"], "--slices"), (["--lag", "3"], "--lag"),
-                                        (["--imds-fraction", "0"], "--imds-fraction"), (["--runs", "0"], "--runs")])
+                                        (["--imds-fraction", "0"], "--imds-fraction"), (["--runs", "0"], "--runs"),
+                                        (["--warmup", "-1"], "--warmup")])
 def test_bad_arguments_are_one_line_and_exit_2(args, name, capsys):
     assert matchcost.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
