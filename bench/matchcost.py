@@ -63,8 +63,6 @@ def send(port: int, rate: float, version: int, exporters: int, fraction: float, 
     what each slice carried (records, matching records) and how late it fell behind."""
     import socket
 
-    import numpy as np
-
     from .sender import Burst
     from .synth import flow_datagrams
 
