@@ -61,17 +61,10 @@ def send(port: int, rate: float, version: int, exporters: int, fraction: float, 
     `slice_s` s, even ones with no matching record, odd ones with `fraction` of them matching.
     Says "start <monotonic time of slice 0>" on stdout once its datagrams are built, and returns
     what each slice carried (records, matching records) and how late it fell behind."""
-    import socket
-
-    from .sender import Burst
+    from .sender import Burst, exporter_sockets
     from .synth import flow_datagrams
 
-    socks = []
-    for _ in range(exporters):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        s.connect(("127.0.0.1", port))
-        socks.append(s)
+    socks = exporter_sockets("127.0.0.1", port, exporters)
     kinds = []
     for k, f in enumerate((0.0, fraction)):
         ex = flow_datagrams(version, burst * 64, records, f, 0.0, seed=1 + k, imds_sources=64)
@@ -169,6 +162,15 @@ def _check(run: dict, hits_total: int) -> str | None:
     return None
 
 
+def _summary(values: list[float]) -> tuple[float, float, float]:
+    """Median, mean and the mean's standard error (NaN where too few values say it)."""
+    n = len(values)
+    if not n:
+        return math.nan, math.nan, math.nan
+    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else math.nan
+    return statistics.median(values), statistics.fmean(values), se
+
+
 def _ms_per_million(run: dict, kind: int) -> float:
     cpu = sum(c for c, k in zip(run["slice_cpu_s"], run["kind"]) if k == kind)
     records = sum(r for r, k in zip(run["slice_records"], run["kind"]) if k == kind)
@@ -220,16 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         est = [1e6 * x for x in run["estimates_s"]]
         if not wrong:
             every += est
+        median, mean, se = _summary(est)
         print(f"{r + 1:>3}  {_ms_per_million(run, 0):>9.1f}  {_ms_per_million(run, 1):>13.1f}  {len(est):>6}  "
-              f"{statistics.median(est):>9.2f}  {statistics.fmean(est):>7.2f}  "
-              f"{statistics.stdev(est) / math.sqrt(len(est)) if len(est) > 1 else math.nan:>5.2f}  {run['check']}",
-              flush=True)
+              f"{median:>9.2f}  {mean:>7.2f}  {se:>5.2f}  {run['check']}", flush=True)
     if not every:
-        print("no run passed its checks: no figure", file=sys.stderr)
+        print("no run passed its checks with a matching record sent: no figure", file=sys.stderr)
         write_result("matchcost", a.json, {"settings": settings, "runs": runs, "us_per_matching_record": None})
         return 1
-    median, mean = statistics.median(every), statistics.fmean(every)
-    se = statistics.stdev(every) / math.sqrt(len(every)) if len(every) > 1 else math.nan
+    median, mean, se = _summary(every)
     print(f"all    {len(every)} slices: median {median:.2f} us a matching record, mean {mean:.2f} +- {se:.2f} (se)")
     write_result("matchcost", a.json, {"settings": settings, "runs": runs, "us_per_matching_record": median,
                                        "mean_us": mean, "se_us": se, "slices": len(every)})

@@ -74,6 +74,18 @@ class Burst:
         return sent
 
 
+def exporter_sockets(host: str, port: int, exporters: int) -> list[socket.socket]:
+    """One UDP socket per exporter, connected to host:port, with a send buffer for bursts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    for _ in range(exporters):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.connect((host, port))
+        socks.append(s)
+    return socks
+
+
 def run(host: str, port: int, rate: float, duration: float, exporters: int, records: int,
         imds_fraction: float, version: int = 5, ipv6_fraction: float = 0.0, burst: int = 64,
         template_every: int = 0, imds_sources: int = 64, imds_seen_by: str = "all") -> dict:
@@ -95,13 +107,7 @@ def run(host: str, port: int, rate: float, duration: float, exporters: int, reco
     routed, is seen on its own segment; the other datagrams spread as before, every datagram sent
     on its own (not one sendmmsg a burst), for 4 exporters as for 5,000."""
     one = imds_seen_by == "one"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    socks = []
-    for _ in range(exporters):
-        s = socket.socket(family, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        s.connect((host, port))
-        socks.append(s)
+    socks = exporter_sockets(host, port, exporters)
     nb = 64
     n6 = round(nb * ipv6_fraction) if version != 5 else 0
     exports = [flow_datagrams(version, burst * (nb - n6), records, imds_fraction, 0.0, seed=1,
