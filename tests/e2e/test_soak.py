@@ -1,5 +1,8 @@
-"""Soak: a minute of load over loopback with 1 % malformed datagrams mixed in. No crash, no alert
-lost, every counter exact. IMDS_FLOW_SOAK_SECONDS shortens or lengthens it (default 60)."""
+"""Soak: half a minute of load over loopback (about 3 300 datagrams/s, some 100 000 datagrams, as
+many as the earlier minute at half the rate sent) with 1 % malformed datagrams mixed in. No crash, no
+alert lost, every counter exact. IMDS_FLOW_SOAK_SECONDS shortens or lengthens it (default 30, to keep
+the whole suite under ten minutes; the five-second fold window and the two-second error log interval
+still turn over several times)."""
 import os
 import re
 import socket
@@ -12,7 +15,7 @@ from imds_flow.build import data_set, ipfix, record, template_set
 from tests.support.collector import Collector
 from imds_flow.build import v5
 
-SECONDS = float(os.environ.get("IMDS_FLOW_SOAK_SECONDS", "60"))
+SECONDS = float(os.environ.get("IMDS_FLOW_SOAK_SECONDS", "30"))
 IMDS = "169.254.169.254"
 CONFIG = '''
 [[endpoints]]
@@ -57,7 +60,7 @@ def test_soak_with_malformed_datagrams(tmp_path):
         end = time.monotonic() + SECONDS
         i = 0
         while time.monotonic() < end:
-            for _ in range(100):                     # about 2 000 datagrams/s, 1 in 100 malformed
+            for _ in range(200):                     # about 3 300 datagrams/s, 1 in 100 malformed
                 i += 1
                 local = "10.99.0.7" if i % 7 == 0 else f"10.{i % 200}.0.1"
                 dst = IMDS if i % 3 == 0 else "192.0.2.1"
@@ -91,4 +94,4 @@ def test_soak_with_malformed_datagrams(tmp_path):
     assert suppressed == want["suppressed"]
     assert sum(a["count"] for a in alerts) == want["hits"]            # folded, yet not one record lost
     assert len(alerts) == alerted < want["hits"]
-    assert want["rejected"] >= SECONDS * 10
+    assert want["rejected"] >= SECONDS * 20
