@@ -99,16 +99,22 @@ class NatsConnection:
 
     # --- publishing ------------------------------------------------------------------------------
 
+    def _subscribe_once(self) -> bytes:
+        """The SUB for this connection's reply inbox, the first time only: it goes out in the same write
+        as the first publish, as a separate small write Nagle would hold ~40 ms for the server's
+        delayed ACK (the first publish after every connect waited that long)."""
+        if self._subscribed:
+            return b""
+        self._subscribed = True
+        return f"SUB {self._inbox}.* 1\r\n".encode()
+
     def _reply(self) -> str:
-        if not self._subscribed:
-            self.sock.sendall(f"SUB {self._inbox}.* 1\r\n".encode())
-            self._subscribed = True
         self._next += 1
         return f"{self._inbox}.{self._next}"
 
     def publish_acked(self, subject: str, messages: list[tuple[bytes, bytes]], deadline: float) -> None:
         """JetStream: publish (message id, payload) pairs, then wait until the stream acknowledged each."""
-        replies, out = {}, []
+        replies, out = {}, [self._subscribe_once()]
         for msg_id, payload in messages:
             reply = self._reply()
             replies[reply] = None
@@ -145,7 +151,8 @@ class NatsConnection:
 
     def request(self, subject: str, payload: bytes, deadline: float) -> bytes:
         reply = self._reply()
-        self.sock.sendall(f"PUB {subject} {reply} {len(payload)}\r\n".encode() + payload + b"\r\n")
+        self.sock.sendall(self._subscribe_once() + f"PUB {subject} {reply} {len(payload)}\r\n".encode()
+                          + payload + b"\r\n")
         while True:
             op, args, data = self._frame(deadline)
             if op == "MSG" and args.split()[0] == reply:
